@@ -1,0 +1,61 @@
+import type { BrokerHandler, Engine, RateLimitOptions, UserEvent } from "../ports.js";
+
+/** A backend under test: one or more nodes' engines sharing its state, isolated from other tests. */
+export interface ContractBackend {
+  /** The engine of one more node. The memory backend has a single node and returns it again. */
+  node(): Promise<Engine>;
+  /** How many distinct nodes node() can give (1 for memory). */
+  readonly maxNodes: number;
+  /** Closes every engine it made and removes what the test wrote. */
+  close(): Promise<void>;
+}
+
+export interface BackendOptions {
+  readonly rateLimit: RateLimitOptions;
+}
+
+/** Makes a fresh, isolated backend (e.g. a new key prefix on a shared Redis). */
+export type BackendFactory = (options: BackendOptions) => Promise<ContractBackend>;
+
+/** A broker handler that records what reaches one node. */
+export class Recorder implements BrokerHandler {
+  readonly events: { userId: string; event: UserEvent }[] = [];
+  readonly broadcasts: string[] = [];
+
+  onUserEvent(userId: string, event: UserEvent): void {
+    this.events.push({ userId, event });
+  }
+
+  onBroadcast(frame: string): void {
+    this.broadcasts.push(frame);
+  }
+
+  eventsFor(userId: string): UserEvent[] {
+    return this.events.filter((entry) => entry.userId === userId).map((entry) => entry.event);
+  }
+
+  presence(): { userId: string; status: string; onlineUsers: string[] }[] {
+    return this.broadcasts.map((frame) => JSON.parse(frame));
+  }
+}
+
+/** Polls `check` until it stops throwing, or rethrows its last error after `timeoutMs`. */
+export async function eventually(check: () => void, timeoutMs = 3000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      check();
+      return;
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await sleep(10);
+    }
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Time given to asynchronous backends to show an event that must NOT arrive. */
+export const QUIET_MS = 150;

@@ -1,0 +1,19 @@
+/**
+ * The engine contract: one suite per port, run against every engine (memory here, Redis in
+ * @mrezhen/engine-redis). Call {@link engineContract} inside a test file with a factory.
+ */
+import { describe } from "vitest";
+import type { BackendFactory } from "./harness.js";
+import { messageStoreContract } from "./message-store.js";
+import { presenceContract } from "./presence.js";
+import { rateLimiterContract } from "./rate-limiter.js";
+
+export * from "./harness.js";
+
+export function engineContract(name: string, factory: BackendFactory): void {
+  describe(`${name} engine contract`, () => {
+    messageStoreContract(factory);
+    presenceContract(factory);
+    rateLimiterContract(factory);
+  });
+}

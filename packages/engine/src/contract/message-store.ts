@@ -1,0 +1,223 @@
+import { randomUUID } from "node:crypto";
+import type { ChatMessage } from "@mrezhen/protocol";
+import { afterEach, describe, expect, it } from "vitest";
+import type { AppendInput, Engine, MessageEvent } from "../ports.js";
+import {
+  type BackendFactory,
+  type ContractBackend,
+  eventually,
+  QUIET_MS,
+  Recorder,
+  sleep,
+} from "./harness.js";
+
+const RATE = { limit: 1000, windowMs: 60_000 };
+
+function input(from: string, to: string, content = "hello", senderConnId = "conn-1"): AppendInput {
+  return {
+    id: randomUUID(),
+    from,
+    to,
+    content,
+    timestamp: new Date().toISOString(),
+    senderConnId,
+  };
+}
+
+/** Puts `userId` online on `engine`'s node the way a node does: subscribe, then register. */
+async function goOnline(engine: Engine, userId: string): Promise<void> {
+  await engine.broker.subscribe(userId);
+  await engine.presence.connect(userId);
+}
+
+export function messageStoreContract(factory: BackendFactory): void {
+  describe("MessageStore + Broker", () => {
+    let backend: ContractBackend;
+    afterEach(async () => backend?.close());
+
+    async function setup(): Promise<{ engine: Engine; recorder: Recorder }> {
+      backend = await factory({ rateLimit: RATE });
+      const engine = await backend.node();
+      const recorder = new Recorder();
+      engine.broker.setHandler(recorder);
+      return { engine, recorder };
+    }
+
+    it("queues for an offline recipient and hands the queue out exactly once", async () => {
+      const { engine } = await setup();
+      const sent = input("alice", "bob", "are you there?");
+      const result = await engine.messages.append(sent);
+      expect(result).toMatchObject({ seq: 1, status: "queued" });
+
+      const queued = await engine.messages.takeQueued("bob");
+      expect(queued).toHaveLength(1);
+      const [entry] = queued;
+      expect(entry?.messageId).toBe(sent.id);
+      expect(entry?.position).toBe(result.recipientPosition);
+      expect(JSON.parse(entry?.messageJson ?? "")).toEqual({
+        id: sent.id,
+        from: "alice",
+        to: "bob",
+        content: "are you there?",
+        timestamp: sent.timestamp,
+        seq: 1,
+      } satisfies ChatMessage);
+      expect(await engine.messages.takeQueued("bob")).toEqual([]);
+    });
+
+    it("delivers to an online recipient's node instead of queueing", async () => {
+      const { engine, recorder } = await setup();
+      await goOnline(engine, "bob");
+      const sent = input("alice", "bob");
+      const result = await engine.messages.append(sent);
+      expect(result.status).toBe("delivered");
+      await eventually(() => expect(recorder.eventsFor("bob")).toHaveLength(1));
+      const event = recorder.eventsFor("bob")[0] as MessageEvent;
+      expect(event).toMatchObject({
+        kind: "message",
+        messageId: sent.id,
+        position: result.recipientPosition,
+      });
+      expect(event.excludeConnId).toBeUndefined();
+      expect(JSON.parse(event.messageJson)).toMatchObject({ id: sent.id, seq: 1, to: "bob" });
+      expect(await engine.messages.takeQueued("bob")).toEqual([]);
+    });
+
+    it("sends the sender's other connections a copy that excludes the sending one", async () => {
+      const { engine, recorder } = await setup();
+      await goOnline(engine, "alice");
+      await engine.presence.connect("alice");
+      const sent = input("alice", "bob", "hi", "alice-phone");
+      const result = await engine.messages.append(sent);
+      await eventually(() => expect(recorder.eventsFor("alice")).toHaveLength(1));
+      expect(recorder.eventsFor("alice")[0]).toMatchObject({
+        messageId: sent.id,
+        position: result.senderPosition,
+        excludeConnId: "alice-phone",
+      });
+    });
+
+    it("numbers each conversation from 1 without gaps, in both directions", async () => {
+      const { engine } = await setup();
+      const seqs: number[] = [];
+      for (let i = 0; i < 4; i++) {
+        const [from, to] = i % 2 === 0 ? ["alice", "bob"] : ["bob", "alice"];
+        seqs.push((await engine.messages.append(input(from, to))).seq);
+      }
+      expect(seqs).toEqual([1, 2, 3, 4]);
+      expect((await engine.messages.append(input("alice", "carol"))).seq).toBe(1);
+    });
+
+    it("gives distinct, gap-free sequence numbers to concurrent appends", async () => {
+      const { engine } = await setup();
+      const results = await Promise.all(
+        Array.from({ length: 40 }, (_, i) =>
+          engine.messages.append(input(i % 2 ? "alice" : "bob", i % 2 ? "bob" : "alice")),
+        ),
+      );
+      const seqs = results.map((r) => r.seq).sort((a, b) => a - b);
+      expect(seqs).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
+    });
+
+    it("gives every user strictly increasing inbox positions across conversations", async () => {
+      const { engine } = await setup();
+      const a = await engine.messages.append(input("alice", "bob"));
+      const b = await engine.messages.append(input("carol", "alice"));
+      const c = await engine.messages.append(input("alice", "dave"));
+      expect([a.senderPosition, b.recipientPosition, c.senderPosition]).toEqual([1, 2, 3]);
+      expect(a.recipientPosition).toBe(1);
+      expect(b.senderPosition).toBe(1);
+    });
+
+    it("returns the newest messages of a conversation, oldest first, to either party", async () => {
+      const { engine } = await setup();
+      for (let i = 1; i <= 5; i++) {
+        await engine.messages.append(
+          input(i % 2 ? "alice" : "bob", i % 2 ? "bob" : "alice", `m${i}`),
+        );
+      }
+      await engine.messages.append(input("alice", "carol", "elsewhere"));
+      const contents = (texts: string[]) =>
+        texts.map((t) => (JSON.parse(t) as ChatMessage).content);
+      expect(contents(await engine.messages.history("alice", "bob", 3))).toEqual([
+        "m3",
+        "m4",
+        "m5",
+      ]);
+      expect(contents(await engine.messages.history("bob", "alice", 100))).toEqual([
+        "m1",
+        "m2",
+        "m3",
+        "m4",
+        "m5",
+      ]);
+      expect(await engine.messages.history("bob", "carol", 10)).toEqual([]);
+    });
+
+    it("keeps send order in the queue and hands each entry to exactly one of concurrent takers", async () => {
+      const { engine } = await setup();
+      const ids: string[] = [];
+      for (let i = 0; i < 20; i++) {
+        const sent = input("alice", "bob", `m${i}`);
+        ids.push(sent.id);
+        await engine.messages.append(sent);
+      }
+      const takes = await Promise.all(
+        Array.from({ length: 5 }, () => engine.messages.takeQueued("bob")),
+      );
+      const nonEmpty = takes.filter((t) => t.length > 0);
+      expect(nonEmpty).toHaveLength(1);
+      expect(nonEmpty[0]?.map((q) => q.messageId)).toEqual(ids);
+    });
+
+    it("requeues a message only while its user is offline, in position order", async () => {
+      const { engine } = await setup();
+      await goOnline(engine, "bob");
+      const first = input("alice", "bob", "first");
+      const second = input("alice", "bob", "second");
+      const r1 = await engine.messages.append(first);
+      const r2 = await engine.messages.append(second);
+      expect(await engine.messages.requeueIfOffline("bob", first.id, r1.recipientPosition)).toBe(
+        false,
+      );
+
+      await engine.presence.disconnect("bob");
+      expect(await engine.messages.requeueIfOffline("bob", second.id, r2.recipientPosition)).toBe(
+        true,
+      );
+      expect(await engine.messages.requeueIfOffline("bob", first.id, r1.recipientPosition)).toBe(
+        true,
+      );
+      const queued = await engine.messages.takeQueued("bob");
+      expect(queued.map((q) => q.messageId)).toEqual([first.id, second.id]);
+      expect(JSON.parse(queued[1]?.messageJson ?? "")).toMatchObject({ content: "second" });
+    });
+
+    it("routes to another node only while that node is subscribed", async () => {
+      backend = await factory({ rateLimit: RATE });
+      if (backend.maxNodes < 2) return;
+      const nodeA = await backend.node();
+      const nodeB = await backend.node();
+      const recorderA = new Recorder();
+      const recorderB = new Recorder();
+      nodeA.broker.setHandler(recorderA);
+      nodeB.broker.setHandler(recorderB);
+
+      await goOnline(nodeB, "bob");
+      const sent = input("alice", "bob", "across");
+      expect((await nodeA.messages.append(sent)).status).toBe("delivered");
+      await eventually(() => expect(recorderB.eventsFor("bob")).toHaveLength(1));
+      expect(recorderA.eventsFor("bob")).toHaveLength(0);
+
+      await nodeB.broker.unsubscribe("bob");
+      await nodeA.messages.append(input("alice", "bob", "not routed"));
+      await sleep(QUIET_MS);
+      expect(recorderB.eventsFor("bob")).toHaveLength(1);
+
+      // History is the same whichever node reads it.
+      expect(await nodeB.messages.history("alice", "bob", 10)).toEqual(
+        await nodeA.messages.history("bob", "alice", 10),
+      );
+    });
+  });
+}

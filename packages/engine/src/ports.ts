@@ -1,0 +1,178 @@
+/**
+ * The engine ports: everything a node shares with the other nodes of a cluster. A node keeps only
+ * its local socket map; all else goes through these interfaces. There are two engines: the memory
+ * engine (one node, the default) and the Redis engine (any number of nodes). Both pass the same
+ * contract suites (`@mrezhen/engine/contract`), which are the executable form of the guarantees
+ * written on each method below.
+ *
+ * Every method may reject with {@link EngineUnavailableError} when the shared backend cannot be
+ * reached; callers must then not claim success to a client (no ack).
+ */
+
+/** Thrown (or rejected with) when the engine's backend cannot serve right now. Retryable. */
+export class EngineUnavailableError extends Error {
+  override readonly name = "EngineUnavailableError";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broker: routes events to a user's connections on whichever nodes hold them.
+
+/** An event for one user's connections on this node. */
+export type UserEvent = MessageEvent;
+
+/** A stored direct message, for the recipient or the sender's other connections. */
+export interface MessageEvent {
+  readonly kind: "message";
+  readonly messageId: string;
+  /** The message as stored (protocol `encodeMessage`), spliced into frames without re-encoding. */
+  readonly messageJson: string;
+  /** The inbox position of this message for the user the event is addressed to. */
+  readonly position: number;
+  /** A connection that must not get this event (the sender's own connection gets an ack instead). */
+  readonly excludeConnId?: string;
+}
+
+/** Receives what the broker routes to this node. Called synchronously; must not throw. */
+export interface BrokerHandler {
+  /** An event for `userId`, delivered only while this node is subscribed to that user. */
+  onUserEvent(userId: string, event: UserEvent): void;
+  /** A ready-to-send frame for every connection on every node (presence changes). */
+  onBroadcast(frame: string): void;
+}
+
+export interface Broker {
+  /** Sets the one handler of this node. Call once, before the first subscribe. */
+  setHandler(handler: BrokerHandler): void;
+  /**
+   * Starts routing `userId`'s events to this node. Resolves once the subscription is active:
+   * every event published after that reaches this node, in publish order per user.
+   * Reference counting (first/last local connection) is the caller's job.
+   */
+  subscribe(userId: string): Promise<void>;
+  /** Stops routing `userId`'s events to this node. Events already in flight may still arrive. */
+  unsubscribe(userId: string): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presence: who is online, cluster-wide.
+
+export interface PresenceStore {
+  /**
+   * Registers one connection of `userId` on this node. When it is the user's first connection
+   * anywhere, the user becomes online and a `presence` frame (status online, with the full
+   * online list) is broadcast to every node, atomically with the change: presence frames are
+   * totally ordered and each one's list matches the state it announces.
+   */
+  connect(userId: string): Promise<void>;
+  /** Unregisters one connection; the user's last one anywhere makes it offline, announced likewise. */
+  disconnect(userId: string): Promise<void>;
+  /** Every user with at least one connection anywhere, in no particular order. */
+  onlineUsers(): Promise<string[]>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages: history, inboxes, offline queues.
+
+export interface AppendInput {
+  readonly id: string;
+  readonly from: string;
+  readonly to: string;
+  readonly content: string;
+  readonly timestamp: string;
+  /** The sending connection: it gets an ack, not a copy of the message. */
+  readonly senderConnId: string;
+}
+
+export interface AppendResult {
+  /** Conversation sequence number: from 1, gap-free, in append order. */
+  readonly seq: number;
+  /** `queued` when the recipient had no connection anywhere at the moment of the append. */
+  readonly status: "delivered" | "queued";
+  readonly senderPosition: number;
+  readonly recipientPosition: number;
+}
+
+/** A message taken from an offline queue, with the recipient's inbox position of it. */
+export interface QueuedMessage {
+  readonly messageId: string;
+  readonly messageJson: string;
+  readonly position: number;
+}
+
+export interface MessageStore {
+  /**
+   * Stores a direct message and routes it, as one atomic step:
+   * - assigns the next conversation `seq` and the next inbox `position` of sender and recipient;
+   * - appends it to the conversation's history;
+   * - if the recipient has no connection anywhere (PresenceStore of the same engine), appends it
+   *   to the recipient's offline queue and answers `queued`; otherwise publishes a
+   *   {@link MessageEvent} to the recipient and answers `delivered`;
+   * - publishes a copy to the sender's other connections (excluding `senderConnId`).
+   * Resolves only once the message is stored: a resolved append is never lost. The append is
+   * decided atomically against presence, so a recipient connecting concurrently either sees the
+   * message in its queue or gets it live, never neither.
+   */
+  append(input: AppendInput): Promise<AppendResult>;
+  /**
+   * The newest `limit` messages between `userA` and `userB`, oldest first, as stored texts.
+   * Symmetric in its two users.
+   */
+  history(userA: string, userB: string, limit: number): Promise<string[]>;
+  /**
+   * Atomically takes every message queued for `userId`, in append order. Each queued message is
+   * returned by exactly one call, whichever node makes it.
+   */
+  takeQueued(userId: string): Promise<QueuedMessage[]>;
+  /**
+   * For a node that got a message event for a user with no connection on it (the user left
+   * between append and delivery): queues the message for `userId` if, and only if, the user has
+   * no connection anywhere now. Returns whether it queued. Keeps queue order by position.
+   */
+  requeueIfOffline(userId: string, messageId: string, position: number): Promise<boolean>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate limiting.
+
+export interface RateDecision {
+  readonly allowed: boolean;
+  /** When refused: how long until one more would be allowed, in milliseconds. */
+  readonly retryAfterMs: number;
+}
+
+export interface RateLimiter {
+  /**
+   * Counts one action of `key` if it fits the sliding window, atomically across nodes: of any
+   * number of concurrent calls, exactly as many are allowed as the window has room for. A refused
+   * call is not counted.
+   */
+  consume(key: string): Promise<RateDecision>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine: the ports of one backend, built together because they share state.
+
+export interface EngineHealth {
+  readonly ok: boolean;
+  /** Why not, when not ok (for /ready). */
+  readonly reason?: string;
+}
+
+export interface Engine {
+  /** "memory" or "redis": for logs and metrics. */
+  readonly kind: string;
+  readonly broker: Broker;
+  readonly presence: PresenceStore;
+  readonly messages: MessageStore;
+  readonly rateLimiter: RateLimiter;
+  /** Whether the backend can serve now. Cheap: reads a flag kept up to date in the background. */
+  health(): EngineHealth;
+  /** Releases connections and timers. Idempotent. */
+  close(): Promise<void>;
+}
+
+export interface RateLimitOptions {
+  /** Actions allowed per window. */
+  readonly limit: number;
+  readonly windowMs: number;
+}

@@ -1,0 +1,108 @@
+import type { ErrorCode } from "./errors.js";
+
+/**
+ * A stored direct message as it travels on the wire. Part A clients see `id`, `from`, `content`
+ * and `timestamp`; `to` and `seq` (per-conversation sequence, from 1, no gaps) are additive.
+ */
+export interface ChatMessage {
+  readonly id: string;
+  readonly from: string;
+  readonly to: string;
+  readonly content: string;
+  /** ISO 8601 UTC, e.g. `2026-11-26T03:00:00.000Z`. */
+  readonly timestamp: string;
+  readonly seq: number;
+}
+
+// ---- Client → server commands (already validated; see parse.ts) ----
+
+export interface DirectMessageCommand {
+  readonly type: "direct_message";
+  readonly to: string;
+  readonly content: string;
+}
+
+export interface GetHistoryCommand {
+  readonly type: "get_history";
+  readonly with: string;
+  /** Already defaulted and clamped to 1..100. */
+  readonly limit: number;
+}
+
+export interface GetOnlineUsersCommand {
+  readonly type: "get_online_users";
+}
+
+export interface PingCommand {
+  readonly type: "ping";
+}
+
+export type ClientCommand =
+  | DirectMessageCommand
+  | GetHistoryCommand
+  | GetOnlineUsersCommand
+  | PingCommand;
+
+export type ClientCommandType = ClientCommand["type"];
+
+// ---- Server → client frames ----
+
+export type DeliveryStatus = "delivered" | "queued";
+export type PresenceStatus = "online" | "offline";
+
+export interface DirectMessageFrame {
+  readonly type: "direct_message";
+  readonly message: ChatMessage;
+  /** The recipient's inbox position of this message. */
+  readonly position?: number;
+  /** Present (true) when the message waited in the offline queue. */
+  readonly queued?: true;
+}
+
+export interface MessageAckFrame {
+  readonly type: "message_ack";
+  readonly messageId: string;
+  readonly to: string;
+  readonly timestamp: string;
+  readonly status: DeliveryStatus;
+  /** The conversation sequence number the message got. */
+  readonly seq?: number;
+}
+
+export interface PresenceFrame {
+  readonly type: "presence";
+  readonly userId: string;
+  readonly status: PresenceStatus;
+  readonly onlineUsers: readonly string[];
+}
+
+export interface OnlineUsersFrame {
+  readonly type: "online_users";
+  readonly users: readonly string[];
+}
+
+export interface MessageHistoryFrame {
+  readonly type: "message_history";
+  readonly with: string;
+  readonly messages: readonly ChatMessage[];
+}
+
+export interface PongFrame {
+  readonly type: "pong";
+  readonly timestamp: string;
+}
+
+export interface ErrorFrame {
+  readonly type: "error";
+  readonly code: ErrorCode;
+  readonly message: string;
+}
+
+export type ServerFrame =
+  | DirectMessageFrame
+  | MessageAckFrame
+  | PresenceFrame
+  | OnlineUsersFrame
+  | MessageHistoryFrame
+  | PongFrame
+  | ErrorFrame;

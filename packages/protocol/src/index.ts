@@ -1,0 +1,19 @@
+/**
+ * The Mrezhen wire protocol: frame types, validation of client frames, encoders of server frames,
+ * the error and close-code catalogues and the protocol limits. Shared by the server and clients.
+ */
+export { CloseCode, shouldReconnect } from "./close-codes.js";
+export {
+  directMessageFrame,
+  encodeMessage,
+  errorFrame,
+  messageAckFrame,
+  messageHistoryFrame,
+  onlineUsersFrame,
+  pongFrame,
+  presenceFrame,
+} from "./encode.js";
+export { ErrorCode, type ProtocolError, retryableErrors } from "./errors.js";
+export type * from "./frames.js";
+export { Limits } from "./limits.js";
+export { codePointLength, type ParseResult, parseClientFrame } from "./parse.js";

@@ -1,0 +1,14 @@
+/** Protocol limits, part A. Changing any of these changes the wire contract. */
+export const Limits = {
+  /** Largest accepted frame, in bytes; larger closes the connection with 1009. */
+  MAX_FRAME_BYTES: 64 * 1024,
+  /** Longest message content, in characters (Unicode code points). */
+  MAX_CONTENT_CHARS: 5000,
+  /** User ids are strings of this many characters (UTF-16 code units). */
+  MIN_USER_ID_LENGTH: 1,
+  MAX_USER_ID_LENGTH: 128,
+  /** `get_history.limit`: default and clamp range. */
+  HISTORY_DEFAULT_LIMIT: 50,
+  HISTORY_MIN_LIMIT: 1,
+  HISTORY_MAX_LIMIT: 100,
+} as const;

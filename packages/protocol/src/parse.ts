@@ -1,0 +1,140 @@
+import { ErrorCode, type ProtocolError } from "./errors.js";
+import type { ClientCommand } from "./frames.js";
+import { Limits } from "./limits.js";
+
+/** The outcome of reading one client frame: a validated command, or the error to answer with. */
+export type ParseResult =
+  | { readonly ok: true; readonly command: ClientCommand }
+  | { readonly ok: false; readonly error: ProtocolError };
+
+type JsonObject = Record<string, unknown>;
+
+/**
+ * Reads one text frame from a client. Never throws: every input yields either a validated command
+ * (a fresh object holding only the known fields) or a {@link ProtocolError}. Unknown fields are
+ * ignored, `from` included: the sender is always the token's subject.
+ *
+ * @example
+ * const result = parseClientFrame('{"type":"ping"}');
+ * if (result.ok) handle(result.command); else reply(result.error);
+ */
+export function parseClientFrame(text: string): ParseResult {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return fail(ErrorCode.INVALID_JSON, "The frame is not valid JSON.");
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return fail(ErrorCode.INVALID_FORMAT, "A frame must be a JSON object.");
+  }
+  const frame = value as JsonObject;
+  const type = frame["type"];
+  if (type === undefined || type === null || type === "") {
+    return fail(ErrorCode.MISSING_TYPE, 'The frame has no "type".');
+  }
+  if (typeof type !== "string") {
+    return fail(ErrorCode.INVALID_FORMAT, '"type" must be a string.');
+  }
+  switch (type) {
+    case "direct_message":
+      return parseDirectMessage(frame);
+    case "get_history":
+      return parseGetHistory(frame);
+    case "get_online_users":
+      return GET_ONLINE_USERS;
+    case "ping":
+      return PING;
+    default:
+      return fail(ErrorCode.UNKNOWN_TYPE, `Unknown frame type ${quote(type)}.`);
+  }
+}
+
+const GET_ONLINE_USERS: ParseResult = { ok: true, command: { type: "get_online_users" } };
+const PING: ParseResult = { ok: true, command: { type: "ping" } };
+
+function parseDirectMessage(frame: JsonObject): ParseResult {
+  const to = readUserId(frame, "to");
+  if (typeof to !== "string") return to;
+  const content = frame["content"];
+  if (content === undefined || content === null) {
+    return fail(ErrorCode.EMPTY_CONTENT, '"content" is missing.');
+  }
+  if (typeof content !== "string") {
+    return fail(ErrorCode.INVALID_FORMAT, '"content" must be a string.');
+  }
+  if (!NON_WHITESPACE.test(content)) {
+    return fail(ErrorCode.EMPTY_CONTENT, '"content" is empty.');
+  }
+  if (
+    content.length > Limits.MAX_CONTENT_CHARS &&
+    codePointLength(content) > Limits.MAX_CONTENT_CHARS
+  ) {
+    return fail(
+      ErrorCode.CONTENT_TOO_LONG,
+      `"content" is longer than ${Limits.MAX_CONTENT_CHARS} characters.`,
+    );
+  }
+  return { ok: true, command: { type: "direct_message", to, content } };
+}
+
+function parseGetHistory(frame: JsonObject): ParseResult {
+  const other = readUserId(frame, "with");
+  if (typeof other !== "string") return other;
+  const rawLimit = frame["limit"];
+  let limit: number = Limits.HISTORY_DEFAULT_LIMIT;
+  if (rawLimit !== undefined && rawLimit !== null) {
+    if (typeof rawLimit !== "number") {
+      return fail(ErrorCode.INVALID_FORMAT, '"limit" must be a number.');
+    }
+    limit = clamp(Math.floor(rawLimit), Limits.HISTORY_MIN_LIMIT, Limits.HISTORY_MAX_LIMIT);
+  }
+  return { ok: true, command: { type: "get_history", with: other, limit } };
+}
+
+/** Reads a field naming another user: missing or empty is MISSING_RECIPIENT, wrong type or length INVALID_FORMAT. */
+function readUserId(frame: JsonObject, field: "to" | "with"): string | ParseResult {
+  const value = frame[field];
+  if (value === undefined || value === null || value === "") {
+    return fail(ErrorCode.MISSING_RECIPIENT, `"${field}" is missing.`);
+  }
+  if (typeof value !== "string") {
+    return fail(ErrorCode.INVALID_FORMAT, `"${field}" must be a user id string.`);
+  }
+  if (value.length > Limits.MAX_USER_ID_LENGTH) {
+    return fail(
+      ErrorCode.INVALID_FORMAT,
+      `"${field}" must be a user id of at most ${Limits.MAX_USER_ID_LENGTH} characters.`,
+    );
+  }
+  return value;
+}
+
+const NON_WHITESPACE = /\S/;
+
+/** Counts Unicode code points without allocating (a surrogate pair is one character). */
+export function codePointLength(text: string): number {
+  let count = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+      const next = text.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next <= 0xdfff) i++;
+    }
+    count++;
+  }
+  return count;
+}
+
+function clamp(value: number, min: number, max: number): number {
+  return value < min ? min : value > max ? max : value;
+}
+
+/** Quotes client-supplied text for an error message, cut short so errors stay small. */
+function quote(text: string): string {
+  return JSON.stringify(text.length > 64 ? `${text.slice(0, 64)}…` : text);
+}
+
+function fail(code: ErrorCode, message: string): ParseResult {
+  return { ok: false, error: { code, message } };
+}
