@@ -1,0 +1,5 @@
+/** Test helpers shared by every package: tokens, a WebSocket test client, Redis, ports. */
+export { type CloseInfo, type Frame, TestClient, UpgradeRefused } from "./client.js";
+export { eventually, freePort } from "./net.js";
+export { deletePrefix, redisForTests, type TestRedis } from "./redis.js";
+export { DEV_JWT_ISSUER, DEV_JWT_SECRET, mintToken, type TokenOptions } from "./tokens.js";
