@@ -87,7 +87,10 @@ function parseGetHistory(frame: JsonObject): ParseResult {
     if (typeof rawLimit !== "number") {
       return fail(ErrorCode.INVALID_FORMAT, '"limit" must be a number.');
     }
-    limit = clamp(Math.floor(rawLimit), Limits.HISTORY_MIN_LIMIT, Limits.HISTORY_MAX_LIMIT);
+    limit = Math.min(
+      Limits.HISTORY_MAX_LIMIT,
+      Math.max(Limits.HISTORY_MIN_LIMIT, Math.floor(rawLimit)),
+    );
   }
   return { ok: true, command: { type: "get_history", with: other, limit } };
 }
@@ -124,10 +127,6 @@ export function codePointLength(text: string): number {
     count++;
   }
   return count;
-}
-
-function clamp(value: number, min: number, max: number): number {
-  return value < min ? min : value > max ? max : value;
 }
 
 /** Quotes client-supplied text for an error message, cut short so errors stay small. */

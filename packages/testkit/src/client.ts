@@ -39,7 +39,11 @@ export class TestClient {
         const info = { code, reason: reason.toString() };
         for (const waiter of this.waiters.splice(0)) {
           clearTimeout(waiter.timer);
-          waiter.reject(new Error(`closed (${code} ${info.reason}) while waiting for ${waiter.type ?? "a frame"}`));
+          waiter.reject(
+            new Error(
+              `closed (${code} ${info.reason}) while waiting for ${waiter.type ?? "a frame"}`,
+            ),
+          );
         }
         resolve(info);
       });
@@ -93,7 +97,10 @@ export class TestClient {
   }
 
   async close(): Promise<CloseInfo> {
-    if (this.socket.readyState === WebSocket.OPEN || this.socket.readyState === WebSocket.CONNECTING) {
+    if (
+      this.socket.readyState === WebSocket.OPEN ||
+      this.socket.readyState === WebSocket.CONNECTING
+    ) {
       this.socket.close();
     }
     return this.closed;

@@ -34,13 +34,19 @@ export async function redisForTests(): Promise<TestRedis | undefined> {
   } catch (error) {
     const why = `no Redis for tests: REDIS_URL is not set and testcontainers failed (${String(error)})`;
     if (process.env["CI"] === "true") throw new Error(`${why}; under CI=true this is a failure.`);
-    console.warn(`\n⚠️  SKIPPING Redis tests: ${why}.\n   Set REDIS_URL=redis://127.0.0.1:6379 to run them.\n`);
+    console.warn(
+      `\n⚠️  SKIPPING Redis tests: ${why}.\n   Set REDIS_URL=redis://127.0.0.1:6379 to run them.\n`,
+    );
     return undefined;
   }
 }
 
 async function assertReachable(url: string): Promise<void> {
-  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null });
+  const client = new Redis(url, {
+    lazyConnect: true,
+    maxRetriesPerRequest: 1,
+    retryStrategy: () => null,
+  });
   try {
     await client.connect();
     await client.ping();

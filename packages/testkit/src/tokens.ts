@@ -31,6 +31,7 @@ export async function mintToken(options: TokenOptions): Promise<string> {
     .setIssuer(options.issuer ?? DEV_JWT_ISSUER)
     .setIssuedAt(now);
   if (!options.noExpiry) jwt = jwt.setExpirationTime(now + (options.ttlSeconds ?? 3600));
-  if (options.notBeforeSeconds !== undefined) jwt = jwt.setNotBefore(now + options.notBeforeSeconds);
+  if (options.notBeforeSeconds !== undefined)
+    jwt = jwt.setNotBefore(now + options.notBeforeSeconds);
   return jwt.sign(new TextEncoder().encode(options.secret ?? DEV_JWT_SECRET));
 }

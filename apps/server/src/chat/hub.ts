@@ -1,0 +1,103 @@
+import type { Broker, BrokerHandler, MessageStore, UserEvent } from "@mrezhen/engine";
+import { directMessageFrame } from "@mrezhen/protocol";
+import type { Logger } from "./ports.js";
+import type { Session } from "./session.js";
+
+/** The sessions of one user on this node, and the broker subscription that feeds them. */
+interface LocalUser {
+  readonly sessions: Set<Session>;
+  /** Resolves once the broker routes this user's events here. */
+  readonly subscribed: Promise<void>;
+}
+
+/**
+ * The node's local socket map (user → open sessions) and the receiving end of the broker. A
+ * user's broker subscription lives from its first local session until release() after its last.
+ */
+export class Hub implements BrokerHandler {
+  private readonly users = new Map<string, LocalUser>();
+  private sessionCount = 0;
+
+  constructor(
+    private readonly broker: Broker,
+    private readonly messages: MessageStore,
+    private readonly log: Logger,
+  ) {
+    broker.setHandler(this);
+  }
+
+  /** Open sessions on this node. */
+  get connections(): number {
+    return this.sessionCount;
+  }
+
+  /** Adds a session; resolves once its user's events are routed to this node. */
+  add(session: Session): Promise<void> {
+    let user = this.users.get(session.userId);
+    if (user === undefined) {
+      user = { sessions: new Set(), subscribed: this.broker.subscribe(session.userId) };
+      this.users.set(session.userId, user);
+    }
+    user.sessions.add(session);
+    this.sessionCount++;
+    return user.subscribed;
+  }
+
+  /** Removes a session. Its user stays subscribed until release(). */
+  remove(session: Session): void {
+    if (this.users.get(session.userId)?.sessions.delete(session)) this.sessionCount--;
+  }
+
+  /**
+   * Unsubscribes a user that has no session left on this node. Called after presence has
+   * marked the connection gone, so that messages sent in between are either routed here (and
+   * requeued) or queued by the sender's append.
+   */
+  async release(userId: string): Promise<void> {
+    const user = this.users.get(userId);
+    if (user === undefined || user.sessions.size > 0) return;
+    this.users.delete(userId);
+    await this.broker.unsubscribe(userId);
+  }
+
+  /** Every open session on this node (for broadcasts, drain and sweeps). */
+  *sessions(): IterableIterator<Session> {
+    for (const user of this.users.values()) yield* user.sessions;
+  }
+
+  onUserEvent(userId: string, event: UserEvent): void {
+    const sessions = this.users.get(userId)?.sessions;
+    let frame: string | undefined;
+    if (sessions !== undefined) {
+      for (const session of sessions) {
+        if (session.connId === event.excludeConnId) continue;
+        frame ??= directMessageFrame(event.messageJson, event.position, false);
+        session.deliver(event.messageId, frame);
+      }
+    }
+    // The recipient left this node between the sender's append and now: give the message back
+    // to the offline queue (if the user is offline everywhere) rather than drop it. Copies for
+    // the sender's other devices are not queued: the sender has the message already.
+    if (frame === undefined && event.excludeConnId === undefined) this.requeue(userId, event);
+  }
+
+  onBroadcast(frame: string): void {
+    for (const user of this.users.values())
+      for (const session of user.sessions) session.send(frame);
+  }
+
+  private requeue(userId: string, event: UserEvent): void {
+    this.messages.requeueIfOffline(userId, event.messageId, event.position).then(
+      (queued) =>
+        this.log.debug(
+          { userId, messageId: event.messageId, queued },
+          "late message for a departed user",
+        ),
+      (error: unknown) =>
+        this.log.error(
+          { err: error, userId, messageId: event.messageId },
+          "could not requeue a late message; it stays in history",
+        ),
+    );
+  }
+}

@@ -1,0 +1,28 @@
+/**
+ * What the chat core needs from its surroundings, as small interfaces, so that it can be tested
+ * without sockets (see test/chat-core.test.ts) and never depends on ws, Fastify or a store driver.
+ */
+
+/** One client connection, as the core sees it. The http layer adapts a ws socket to this. */
+export interface Transport {
+  /** Queues a text frame. Never throws; frames sent after close are dropped. */
+  send(frame: string): void;
+  /** Starts a clean close with a WebSocket close code. Idempotent. */
+  close(code: number, reason: string): void;
+  /** Drops the connection at once, without a close handshake. */
+  terminate(): void;
+  /** Bytes queued for this connection and not yet written to the network. */
+  readonly bufferedAmount: number;
+  /** Stops reading frames from the client (TCP backpressure), until resume(). */
+  pause(): void;
+  resume(): void;
+}
+
+/** The logger the core writes to (pino's Logger fits). */
+export interface Logger {
+  debug(object: object, message?: string): void;
+  info(object: object, message?: string): void;
+  warn(object: object, message?: string): void;
+  error(object: object, message?: string): void;
+  child(bindings: Record<string, unknown>): Logger;
+}

@@ -1,0 +1,291 @@
+import { randomUUID } from "node:crypto";
+import { type Engine, EngineUnavailableError, type QueuedMessage } from "@mrezhen/engine";
+import {
+  type ClientCommand,
+  CloseCode,
+  type DirectMessageCommand,
+  directMessageFrame,
+  ErrorCode,
+  errorFrame,
+  type GetHistoryCommand,
+  messageAckFrame,
+  messageHistoryFrame,
+  onlineUsersFrame,
+  type ProtocolError,
+  parseClientFrame,
+  pongFrame,
+} from "@mrezhen/protocol";
+import { Hub } from "./hub.js";
+import type { Logger } from "./ports.js";
+import type { Session } from "./session.js";
+
+export interface ChatOptions {
+  readonly engine: Engine;
+  readonly log: Logger;
+  readonly rateLimit: { readonly limit: number; readonly windowMs: number };
+  /** The clock (ms since the epoch); tests fake it. */
+  readonly now?: () => number;
+}
+
+/** Invalid frames tolerated per window before the connection is closed with 1008. */
+export const INVALID_FRAME_LIMIT = 20;
+export const INVALID_FRAME_WINDOW_MS = 10_000;
+/** Frames waiting behind a slow one before the connection stops being read (TCP backpressure). */
+export const BACKLOG_PAUSE_AT = 32;
+
+/**
+ * The chat core: connection lifecycle and the handlers of every client frame. It speaks to the
+ * engine ports and to sessions' transports only; nothing here knows about sockets or Redis.
+ */
+export class ChatService {
+  readonly hub: Hub;
+  private readonly engine: Engine;
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private readonly rateLimitText: string;
+  /** Handlers still running (for drain). */
+  private inFlight = 0;
+  private idle: (() => void) | undefined;
+
+  constructor(options: ChatOptions) {
+    this.engine = options.engine;
+    this.log = options.log;
+    this.now = options.now ?? Date.now;
+    this.hub = new Hub(this.engine.broker, this.engine.messages, this.log);
+    const { limit, windowMs } = options.rateLimit;
+    this.rateLimitText = `at most ${limit} messages per ${windowMs} ms`;
+  }
+
+  // ---- Connection lifecycle -------------------------------------------------------------
+
+  /**
+   * Brings a new session online: routes its user's events here, registers presence, then
+   * flushes the user's offline queue before any live message. A session that cannot be brought
+   * online (engine unavailable) is closed with 1013 so that the client retries.
+   */
+  open(session: Session): Promise<void> {
+    session.opened = this.bringOnline(session);
+    return session.opened;
+  }
+
+  private async bringOnline(session: Session): Promise<void> {
+    try {
+      await this.hub.add(session);
+      if (session.isClosed) return;
+      await this.engine.presence.connect(session.userId);
+      session.registered = true;
+      if (session.isClosed) return;
+      const queued = await this.engine.messages.takeQueued(session.userId);
+      if (session.isClosed) {
+        await this.giveBack(session, queued);
+        return;
+      }
+      const sent = new Set<string>();
+      for (const entry of queued) {
+        session.send(directMessageFrame(entry.messageJson, entry.position, true));
+        sent.add(entry.messageId);
+      }
+      session.finishOpening(sent);
+      session.log.info({ queued: queued.length }, "connected");
+    } catch (error) {
+      session.log.warn({ err: error }, "could not bring the connection online");
+      session.close(CloseCode.TRY_AGAIN_LATER, "service unavailable, retry");
+    }
+  }
+
+  /** The session's connection closed: unregisters it once open() has settled. */
+  async closed(session: Session, code: number): Promise<void> {
+    session.state = "closed";
+    await session.opened;
+    this.hub.remove(session);
+    try {
+      if (session.registered) await this.engine.presence.disconnect(session.userId);
+      await this.hub.release(session.userId);
+    } catch (error) {
+      session.log.warn({ err: error }, "could not unregister the connection");
+    }
+    session.log.info({ code }, "disconnected");
+  }
+
+  /** Queued messages taken for a session that closed before they could be sent. */
+  private async giveBack(session: Session, queued: QueuedMessage[]): Promise<void> {
+    for (const entry of queued) {
+      await this.engine.messages.requeueIfOffline(session.userId, entry.messageId, entry.position);
+    }
+  }
+
+  /** Closes sessions whose token expired (`UNAUTHORIZED`, then 4001). Run periodically. */
+  expireTokens(): void {
+    const now = this.now();
+    for (const session of this.hub.sessions()) {
+      if (session.expiresAt > now || session.isClosed) continue;
+      session.send(
+        errorFrame(ErrorCode.UNAUTHORIZED, "The token expired; reconnect with a fresh one."),
+      );
+      session.close(CloseCode.UNAUTHORIZED, "token expired");
+    }
+  }
+
+  /** Resolves when no handler is running (used by drain, bounded by the caller). */
+  whenIdle(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.idle = resolve;
+    });
+  }
+
+  // ---- Frames -----------------------------------------------------------------------------
+
+  /**
+   * Handles one text frame. Frames of a session are handled one at a time, in arrival order: a
+   * frame that needs the engine holds back the ones after it (and, past a few, the transport
+   * stops reading), so acks and stored order follow send order.
+   */
+  handleFrame(session: Session, text: string): void {
+    if (session.busy) {
+      session.backlog.push(text);
+      if (session.backlog.length === BACKLOG_PAUSE_AT) session.transport.pause();
+      return;
+    }
+    this.dispatch(session, text);
+  }
+
+  private dispatch(session: Session, text: string): void {
+    const parsed = parseClientFrame(text);
+    if (!parsed.ok) {
+      this.refuse(session, parsed.error);
+      return;
+    }
+    const pending = this.run(session, parsed.command);
+    if (pending === undefined) return;
+    session.busy = true;
+    this.inFlight++;
+    pending.then(
+      () => this.settle(session),
+      (error: unknown) => {
+        this.failRequest(session, error);
+        this.settle(session);
+      },
+    );
+  }
+
+  /** Runs a command; returns a promise only when it needs the engine. */
+  private run(session: Session, command: ClientCommand): Promise<void> | undefined {
+    switch (command.type) {
+      case "ping":
+        session.send(pongFrame(new Date(this.now()).toISOString()));
+        return undefined;
+      case "direct_message":
+        return this.directMessage(session, command);
+      case "get_history":
+        return this.history(session, command);
+      case "get_online_users":
+        return this.engine.presence
+          .onlineUsers()
+          .then((users) => session.send(onlineUsersFrame(users)));
+    }
+  }
+
+  private settle(session: Session): void {
+    session.busy = false;
+    const wasPaused = session.backlog.length >= BACKLOG_PAUSE_AT;
+    while (!session.busy && session.backlog.length > 0 && !session.isClosed) {
+      this.dispatch(session, session.backlog.shift() as string);
+    }
+    if (wasPaused && session.backlog.length < BACKLOG_PAUSE_AT) session.transport.resume();
+    // Counted down only after the backlog was dispatched, so "idle" means no frame is pending.
+    if (--this.inFlight === 0 && this.idle !== undefined) {
+      this.idle();
+      this.idle = undefined;
+    }
+  }
+
+  private async directMessage(session: Session, command: DirectMessageCommand): Promise<void> {
+    if (command.to === session.userId) {
+      this.refuse(session, {
+        code: ErrorCode.SELF_MESSAGE,
+        message: "You cannot send a message to yourself.",
+      });
+      return;
+    }
+    const now = this.now();
+    if (session.rateLimitedUntil > now) {
+      this.rateLimited(session, session.rateLimitedUntil - now);
+      return;
+    }
+    const decision = await this.engine.rateLimiter.consume(session.userId);
+    if (!decision.allowed) {
+      // The sliding window cannot have room before retryAfterMs, on any node: answer locally
+      // until then instead of asking the engine again.
+      session.rateLimitedUntil = this.now() + decision.retryAfterMs;
+      this.rateLimited(session, decision.retryAfterMs);
+      return;
+    }
+    const id = randomUUID();
+    const timestamp = new Date(this.now()).toISOString();
+    const result = await this.engine.messages.append({
+      id,
+      from: session.userId,
+      to: command.to,
+      content: command.content,
+      timestamp,
+      senderConnId: session.connId,
+    });
+    session.send(messageAckFrame(id, command.to, timestamp, result.status, result.seq));
+  }
+
+  private async history(session: Session, command: GetHistoryCommand): Promise<void> {
+    const messages = await this.engine.messages.history(
+      session.userId,
+      command.with,
+      command.limit,
+    );
+    session.send(messageHistoryFrame(command.with, messages));
+  }
+
+  // ---- Errors -------------------------------------------------------------------------------
+
+  private rateLimited(session: Session, retryAfterMs: number): void {
+    session.send(
+      errorFrame(
+        ErrorCode.RATE_LIMITED,
+        `Rate limit exceeded (${this.rateLimitText}); retry in ${Math.ceil(retryAfterMs)} ms. The message was not sent.`,
+      ),
+    );
+  }
+
+  /** Answers a bad frame; a connection that keeps sending them is closed with 1008. */
+  private refuse(session: Session, error: ProtocolError): void {
+    session.send(errorFrame(error.code, error.message));
+    const now = this.now();
+    if (now - session.invalidWindowStart > INVALID_FRAME_WINDOW_MS) {
+      session.invalidWindowStart = now;
+      session.invalidFrames = 0;
+    }
+    if (++session.invalidFrames > INVALID_FRAME_LIMIT) {
+      session.log.warn(
+        { invalidFrames: session.invalidFrames },
+        "closing a connection that keeps sending invalid frames",
+      );
+      session.close(CloseCode.POLICY_VIOLATION, "too many invalid frames");
+    }
+  }
+
+  /** A request failed in the engine or in our code: say so, never ack. */
+  private failRequest(session: Session, error: unknown): void {
+    if (error instanceof EngineUnavailableError) {
+      session.log.warn({ err: error }, "engine unavailable");
+      session.send(
+        errorFrame(
+          ErrorCode.UNAVAILABLE,
+          "The service cannot store this right now; nothing was sent. Retry later.",
+        ),
+      );
+      return;
+    }
+    session.log.error({ err: error }, "request failed");
+    session.send(
+      errorFrame(ErrorCode.INTERNAL_ERROR, "The request failed on the server; nothing was sent."),
+    );
+  }
+}

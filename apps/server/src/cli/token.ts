@@ -1,0 +1,57 @@
+#!/usr/bin/env node
+/**
+ * `pnpm token <userId> [displayName] [--ttl <duration>]`: prints a token signed with the same
+ * JWT_SECRET and JWT_ISSUER as the server, and nothing else on stdout.
+ */
+import { parseArgs } from "node:util";
+import { SignJWT } from "jose";
+import { ConfigError, loadConfig } from "../config.js";
+
+const USAGE = `usage: pnpm token <userId> [displayName] [--ttl 1h]
+  --ttl   lifetime: a number with s, m, h or d (default 24h)
+The token is signed with JWT_SECRET and JWT_ISSUER from the environment, like the server.`;
+
+async function main(): Promise<void> {
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: { ttl: { type: "string", default: "24h" }, help: { type: "boolean", short: "h" } },
+  });
+  const [userId, displayName] = positionals;
+  if (values.help || userId === undefined || positionals.length > 2) fail(USAGE);
+  if (userId.length < 1 || userId.length > 128)
+    fail("mrezhen token: the user id must have 1 to 128 characters");
+  const ttlSeconds = parseDuration(values.ttl);
+  if (ttlSeconds === undefined)
+    fail(`mrezhen token: --ttl "${values.ttl}" is not a duration like 30m, 24h or 7d`);
+
+  let config: ReturnType<typeof loadConfig>;
+  try {
+    config = loadConfig();
+  } catch (error) {
+    fail(`mrezhen token: ${error instanceof ConfigError ? error.message : String(error)}`);
+  }
+  const now = Math.floor(Date.now() / 1000);
+  const token = await new SignJWT(displayName === undefined ? {} : { name: displayName })
+    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+    .setSubject(userId)
+    .setIssuer(config.jwt.issuer)
+    .setIssuedAt(now)
+    .setExpirationTime(now + ttlSeconds)
+    .sign(new TextEncoder().encode(config.jwt.secret));
+  process.stdout.write(`${token}\n`);
+}
+
+function parseDuration(text: string): number | undefined {
+  const match = /^(\d+)([smhd])$/.exec(text);
+  if (match === null) return undefined;
+  const unit = { s: 1, m: 60, h: 3600, d: 86_400 }[match[2] as "s" | "m" | "h" | "d"];
+  const seconds = Number(match[1]) * unit;
+  return seconds > 0 ? seconds : undefined;
+}
+
+function fail(message: string): never {
+  process.stderr.write(`${message}\n`);
+  process.exit(2);
+}
+
+await main();

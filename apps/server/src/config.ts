@@ -1,0 +1,111 @@
+import { randomBytes } from "node:crypto";
+
+/**
+ * The node's configuration, read once from the environment at start-up. Every variable has its
+ * default here, in one literal; a bad value stops start-up with one line that names the
+ * variable and says how to fix it.
+ */
+export interface Config {
+  readonly nodeEnv: string;
+  readonly host: string;
+  /** 0 picks a free port (tests). */
+  readonly port: number;
+  readonly jwt: { readonly secret: string; readonly issuer: string };
+  readonly rateLimit: { readonly limit: number; readonly windowMs: number };
+  readonly logLevel: string;
+  /** Set → Redis engine; absent → the embedded memory engine (one node). */
+  readonly redis: { readonly url: string; readonly keyPrefix: string } | undefined;
+  readonly nodeId: string;
+  readonly heartbeatIntervalMs: number;
+  readonly shutdownTimeoutMs: number;
+}
+
+export const DEV_JWT_SECRET = "mrezhen-dev-secret-change-in-production";
+
+export const defaults = {
+  NODE_ENV: "development",
+  HOST: "0.0.0.0",
+  WS_PORT: 3001,
+  JWT_SECRET: DEV_JWT_SECRET,
+  JWT_ISSUER: "mrezhen",
+  RATE_LIMIT_MESSAGES: 30,
+  RATE_LIMIT_WINDOW_MS: 60_000,
+  LOG_LEVEL: "info",
+  REDIS_KEY_PREFIX: "mrezhen:",
+  HEARTBEAT_INTERVAL_MS: 30_000,
+  SHUTDOWN_TIMEOUT_MS: 10_000,
+} as const;
+
+/** A configuration value that cannot be used; the message is the whole diagnosis. */
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+export function loadConfig(env: Env = process.env): Config {
+  const read = (name: keyof typeof defaults | "REDIS_URL" | "NODE_ID"): string | undefined => {
+    const value = env[name]?.trim();
+    return value === "" ? undefined : value;
+  };
+  const nodeEnv = read("NODE_ENV") ?? defaults.NODE_ENV;
+  const secret = read("JWT_SECRET") ?? defaults.JWT_SECRET;
+  if (nodeEnv === "production") {
+    if (secret === DEV_JWT_SECRET) {
+      throw new ConfigError(
+        "JWT_SECRET is the development default, which is refused with NODE_ENV=production: set JWT_SECRET to a random secret of at least 32 characters (e.g. `openssl rand -base64 48`).",
+      );
+    }
+    if (secret.length < 32) {
+      throw new ConfigError(
+        `JWT_SECRET has ${secret.length} characters; with NODE_ENV=production it needs at least 32 (e.g. \`openssl rand -base64 48\`).`,
+      );
+    }
+  }
+  const logLevel = read("LOG_LEVEL") ?? defaults.LOG_LEVEL;
+  if (!LOG_LEVELS.includes(logLevel)) {
+    throw new ConfigError(`LOG_LEVEL must be one of ${LOG_LEVELS.join(", ")}; got "${logLevel}".`);
+  }
+  const redisUrl = read("REDIS_URL");
+  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) {
+    throw new ConfigError(`REDIS_URL must start with redis:// or rediss://; got "${redisUrl}".`);
+  }
+  return Object.freeze({
+    nodeEnv,
+    host: read("HOST") ?? defaults.HOST,
+    port: integer(read, "WS_PORT", 0, 65_535),
+    jwt: Object.freeze({ secret, issuer: read("JWT_ISSUER") ?? defaults.JWT_ISSUER }),
+    rateLimit: Object.freeze({
+      limit: integer(read, "RATE_LIMIT_MESSAGES", 1, 1_000_000_000),
+      windowMs: integer(read, "RATE_LIMIT_WINDOW_MS", 1, 86_400_000),
+    }),
+    logLevel,
+    redis:
+      redisUrl === undefined
+        ? undefined
+        : Object.freeze({
+            url: redisUrl,
+            keyPrefix: read("REDIS_KEY_PREFIX") ?? defaults.REDIS_KEY_PREFIX,
+          }),
+    nodeId: read("NODE_ID") ?? `node-${randomBytes(4).toString("hex")}`,
+    heartbeatIntervalMs: integer(read, "HEARTBEAT_INTERVAL_MS", 100, 3_600_000),
+    shutdownTimeoutMs: integer(read, "SHUTDOWN_TIMEOUT_MS", 0, 600_000),
+  });
+}
+
+function integer(
+  read: (name: keyof typeof defaults) => string | undefined,
+  name: keyof typeof defaults,
+  min: number,
+  max: number,
+): number {
+  const raw = read(name);
+  if (raw === undefined) return defaults[name] as number;
+  const value = Number(raw);
+  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${name} must be a whole number from ${min} to ${max}; got "${raw}".`);
+  }
+  return value;
+}

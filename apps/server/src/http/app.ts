@@ -1,0 +1,154 @@
+import { readFileSync } from "node:fs";
+import { createServer } from "node:http";
+import websocket from "@fastify/websocket";
+import type { Engine } from "@mrezhen/engine";
+import { Limits } from "@mrezhen/protocol";
+import Fastify, { type FastifyReply, type FastifyRequest, LogController } from "fastify";
+import type { Logger as PinoLogger } from "pino";
+import type WebSocket from "ws";
+import { AuthError, extractToken, type Principal, type TokenVerifier } from "../auth/token.js";
+import type { ChatService } from "../chat/service.js";
+import type { Connections } from "./connections.js";
+
+declare module "fastify" {
+  interface FastifyRequest {
+    /** Set by the upgrade's authentication hook; present in every WebSocket handler. */
+    principal?: Principal;
+  }
+}
+
+export interface AppOptions {
+  readonly chat: ChatService;
+  readonly engine: Engine;
+  readonly connections: Connections;
+  readonly verifier: TokenVerifier;
+  readonly log: PinoLogger;
+  /** True once the node started draining: refuse upgrades, report not ready. */
+  readonly isDraining: () => boolean;
+}
+
+/** Header limits well under Node's defaults: a WebSocket upgrade needs few, short headers. */
+const MAX_HEADER_BYTES = 16 * 1024;
+const MAX_HEADERS = 64;
+const HEADERS_TIMEOUT_MS = 10_000;
+/** Fragments per message: browsers send one; a flood of tiny fragments is an attack. */
+const MAX_FRAGMENTS = 32;
+
+const demoPage = loadDemoPage();
+
+/**
+ * The HTTP face of a node: the WebSocket endpoint (`/ws`, and `/` for older clients), which
+ * authenticates during the upgrade, the probes, and the demo page.
+ */
+export async function buildApp(options: AppOptions) {
+  const { chat, engine, connections, verifier, log, isDraining } = options;
+  const app = Fastify({
+    loggerInstance: log,
+    // Per-request logs would double every upgrade and probe; connections are logged by the core.
+    logController: new LogController({ disableRequestLogging: true }),
+    // Behind nginx the client address comes from X-Forwarded-For; it is used for logs only.
+    trustProxy: true,
+    serverFactory: (handler) => {
+      const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES }, handler);
+      server.maxHeadersCount = MAX_HEADERS;
+      server.headersTimeout = HEADERS_TIMEOUT_MS;
+      return server;
+    },
+  });
+
+  // `maxFragments` (ws ≥ 8.19) is newer than @types/ws, hence a variable rather than a literal.
+  const socketOptions = {
+    maxPayload: Limits.MAX_FRAME_BYTES,
+    maxFragments: MAX_FRAGMENTS,
+    perMessageDeflate: false,
+    clientTracking: false,
+  };
+  await app.register(websocket, {
+    options: socketOptions,
+    // The socket's own errors (oversized frame, bad UTF-8) are the client's: ws has already
+    // closed it with the right code; destroying it here would lose that close frame.
+    errorHandler: (error, _socket, request) => request.log.debug({ err: error }, "websocket error"),
+  });
+
+  /** Authenticates an upgrade before the handshake: a bad token gets a plain 401 and no socket. */
+  const authenticate = async (request: FastifyRequest, reply: FastifyReply) => {
+    if (!request.ws) return;
+    if (isDraining()) {
+      return reply
+        .code(503)
+        .header("connection", "close")
+        .type("text/plain")
+        .send("Draining: connect again.");
+    }
+    try {
+      request.principal = await verifier.verify(
+        extractToken(request.query, request.headers.authorization),
+      );
+    } catch (error) {
+      if (!(error instanceof AuthError)) throw error;
+      request.log.debug({ reason: error.reason }, "upgrade refused");
+      return reply
+        .code(401)
+        .header("connection", "close")
+        .type("text/plain")
+        .send(`Unauthorized: ${error.reason}.`);
+    }
+  };
+
+  const onSocket = (socket: WebSocket, request: FastifyRequest) => {
+    if (request.principal === undefined) {
+      socket.close(1011, "unauthenticated");
+      return;
+    }
+    connections.accept(socket, request.principal, request.ip);
+  };
+
+  app.route({
+    method: "GET",
+    url: "/ws",
+    preValidation: authenticate,
+    handler: (_request, reply) =>
+      reply
+        .code(426)
+        .header("upgrade", "websocket")
+        .send({ error: "Connect with a WebSocket client." }),
+    wsHandler: onSocket,
+  });
+  app.route({
+    method: "GET",
+    url: "/",
+    preValidation: authenticate,
+    handler: (_request, reply) => reply.type("text/html; charset=utf-8").send(demoPage),
+    wsHandler: onSocket,
+  });
+  app.get("/demo", (_request, reply) => reply.type("text/html; charset=utf-8").send(demoPage));
+
+  app.get("/health", async () => ({
+    status: "ok",
+    uptime: process.uptime(),
+    connections: chat.hub.connections,
+  }));
+
+  app.get("/ready", async (_request, reply) => {
+    if (isDraining())
+      return reply.code(503).send({ status: "draining", reason: "the node is shutting down" });
+    const health = engine.health();
+    if (!health.ok)
+      return reply
+        .code(503)
+        .send({ status: "unavailable", reason: health.reason ?? "engine unavailable" });
+    return { status: "ready" };
+  });
+
+  return app;
+}
+
+function loadDemoPage(): string {
+  try {
+    // Two levels up from src/http (tests) and from dist/http (production): apps/server/public.
+    return readFileSync(new URL("../../public/demo.html", import.meta.url), "utf8");
+  } catch {
+    return "<!doctype html><title>Mrezhen</title><p>Mrezhen is running. The demo page is not installed.</p>";
+  }
+}
+export type App = Awaited<ReturnType<typeof buildApp>>;

@@ -1,0 +1,112 @@
+import { CloseCode } from "@mrezhen/protocol";
+import WebSocket from "ws";
+import type { Principal } from "../auth/token.js";
+import type { Logger } from "../chat/ports.js";
+import type { ChatService } from "../chat/service.js";
+import { Session } from "../chat/session.js";
+import { WsTransport } from "./ws-transport.js";
+
+/**
+ * The open WebSocket connections of this node: wires each socket to a chat Session, beats the
+ * heartbeat, and closes them all on drain.
+ */
+export class Connections {
+  private readonly open = new Set<WsTransport>();
+  /** close() handlers still unregistering presence; drain waits for them. */
+  private readonly closing = new Set<Promise<void>>();
+  private sequence = 0;
+  private readonly heartbeat: NodeJS.Timeout;
+
+  constructor(
+    private readonly chat: ChatService,
+    private readonly nodeId: string,
+    private readonly log: Logger,
+    heartbeatIntervalMs: number,
+  ) {
+    this.heartbeat = setInterval(() => this.beat(), heartbeatIntervalMs);
+    this.heartbeat.unref();
+  }
+
+  get size(): number {
+    return this.open.size;
+  }
+
+  accept(socket: WebSocket, principal: Principal, ip: string): void {
+    const connId = `${this.nodeId}.${(++this.sequence).toString(36)}`;
+    const transport = new WsTransport(socket);
+    const log = this.log.child({ connId, userId: principal.userId });
+    const session = new Session(
+      connId,
+      principal.userId,
+      principal.name,
+      principal.expiresAt,
+      transport,
+      log,
+    );
+    this.open.add(transport);
+    log.debug({ ip }, "upgrade accepted");
+
+    socket.on("message", (data: Buffer) => {
+      // A frame that arrives after our close frame is dropped unread: it was neither stored nor
+      // acked, so the client sends it again after reconnecting, and nothing is lost or doubled.
+      if (socket.readyState === WebSocket.OPEN)
+        this.chat.handleFrame(session, data.toString("utf8"));
+    });
+    socket.on("pong", () => {
+      transport.alive = true;
+    });
+    socket.on("close", (code: number) => {
+      this.open.delete(transport);
+      const done = this.chat.closed(session, code).finally(() => this.closing.delete(done));
+      this.closing.add(done);
+    });
+    // ws closes the socket itself on protocol errors (1009 for an oversized frame, 1002, 1007):
+    // the error is the client's, so it is logged quietly and never rethrown.
+    socket.on("error", (error) => log.debug({ err: error }, "socket error"));
+    void this.chat.open(session);
+  }
+
+  /** Pings every connection; terminates those that did not answer the previous ping. */
+  private beat(): void {
+    for (const transport of this.open) {
+      if (!transport.alive) {
+        transport.terminate();
+        continue;
+      }
+      transport.alive = false;
+      transport.ping();
+    }
+  }
+
+  /**
+   * Drain: stop reading, let handlers finish (every message in flight is acked or refused),
+   * then close every connection with 1012 so clients reconnect to another node, and wait for
+   * presence to be unregistered. Bounded by `deadline` (ms since the epoch).
+   */
+  async drain(deadline: number): Promise<void> {
+    clearInterval(this.heartbeat);
+    for (const transport of this.open) transport.pause();
+    await beforeDeadline(this.chat.whenIdle(), deadline);
+    for (const transport of this.open) {
+      transport.close(CloseCode.SERVICE_RESTART, "service restart");
+      // Read again so the client's close reply arrives; frames after our close are dropped.
+      transport.resume();
+    }
+    await beforeDeadline(this.allClosed(), deadline);
+    for (const transport of this.open) transport.terminate();
+    await beforeDeadline(Promise.all(this.closing), deadline);
+  }
+
+  private async allClosed(): Promise<void> {
+    while (this.open.size > 0) await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+async function beforeDeadline(work: Promise<unknown>, deadline: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+  });
+  await Promise.race([work, timeout]);
+  clearTimeout(timer);
+}

@@ -1,0 +1,89 @@
+import type { Engine } from "@mrezhen/engine";
+import { type Logger as PinoLogger, pino } from "pino";
+import { TokenVerifier } from "./auth/token.js";
+import { ChatService } from "./chat/service.js";
+import type { Config } from "./config.js";
+import { createEngine } from "./engine.js";
+import { type App, buildApp } from "./http/app.js";
+import { Connections } from "./http/connections.js";
+
+export interface NodeOptions {
+  readonly config: Config;
+  /** Defaults to a pino logger at the config's level. */
+  readonly logger?: PinoLogger;
+  /** Defaults to the engine the config selects. Given engines are closed by close() too. */
+  readonly engine?: Engine;
+}
+
+/** A running Mrezhen node. */
+export interface MrezhenNode {
+  readonly app: App;
+  readonly chat: ChatService;
+  readonly engine: Engine;
+  readonly config: Config;
+  /** Listens on the config's host and port; resolves to the HTTP base URL. */
+  listen(): Promise<string>;
+  /**
+   * Drains and stops, within the config's SHUTDOWN_TIMEOUT_MS: not ready at once, no new
+   * upgrades, in-flight frames answered, clients closed with 1012, then the engine closed.
+   * Idempotent: every call returns the same promise.
+   */
+  close(): Promise<void>;
+}
+
+/** Token expiry is checked this often on open connections. */
+const TOKEN_SWEEP_MS = 1000;
+
+/** Composes a node: config → engine → chat core → HTTP. */
+export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
+  const { config } = options;
+  const log =
+    options.logger ??
+    pino({
+      level: config.logLevel,
+      base: { nodeId: config.nodeId },
+      redact: ["req.headers.authorization"],
+    });
+  const engine = options.engine ?? (await createEngine(config, log));
+  const chat = new ChatService({ engine, log, rateLimit: config.rateLimit });
+  const connections = new Connections(chat, config.nodeId, log, config.heartbeatIntervalMs);
+  let draining = false;
+  const app = await buildApp({
+    chat,
+    engine,
+    connections,
+    verifier: new TokenVerifier(config.jwt.secret, config.jwt.issuer),
+    log,
+    isDraining: () => draining,
+  });
+  const tokenSweep = setInterval(() => chat.expireTokens(), TOKEN_SWEEP_MS);
+  tokenSweep.unref();
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      draining = true;
+      clearInterval(tokenSweep);
+      const deadline = Date.now() + config.shutdownTimeoutMs;
+      log.info({ connections: connections.size }, "draining");
+      await connections.drain(deadline);
+      await app.close();
+      await engine.close();
+      log.info("stopped");
+    })();
+    return closing;
+  };
+
+  return {
+    app,
+    chat,
+    engine,
+    config,
+    listen: async () => {
+      const address = await app.listen({ host: config.host, port: config.port });
+      log.info({ address, engine: engine.kind }, "listening");
+      return address;
+    },
+    close,
+  };
+}
