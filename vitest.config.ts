@@ -5,6 +5,7 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   ssr: { resolve: { conditions: ["mrezhen-source", "module", "node", "development|production"] } },
   test: {
+    globalSetup: ["./vitest.global-setup.ts"],
     include: ["apps/*/test/**/*.test.ts", "packages/*/test/**/*.test.ts"],
     testTimeout: 20_000,
     hookTimeout: 30_000,

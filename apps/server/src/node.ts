@@ -6,6 +6,7 @@ import type { Config } from "./config.js";
 import { createEngine } from "./engine.js";
 import { type App, buildApp } from "./http/app.js";
 import { Connections } from "./http/connections.js";
+import { NodeMetrics } from "./http/metrics.js";
 
 export interface NodeOptions {
   readonly config: Config;
@@ -45,14 +46,23 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
       redact: ["req.headers.authorization"],
     });
   const engine = options.engine ?? (await createEngine(config, log));
-  const chat = new ChatService({ engine, log, rateLimit: config.rateLimit });
-  const connections = new Connections(chat, config.nodeId, log, config.heartbeatIntervalMs);
+  const metrics = new NodeMetrics(config.nodeId, engine);
+  const chat = new ChatService({ engine, log, rateLimit: config.rateLimit, metrics });
+  metrics.countConnectionsWith(() => chat.hub.connections);
+  const connections = new Connections(
+    chat,
+    config.nodeId,
+    log,
+    metrics,
+    config.heartbeatIntervalMs,
+  );
   let draining = false;
   const app = await buildApp({
     chat,
     engine,
     connections,
     verifier: new TokenVerifier(config.jwt.secret, config.jwt.issuer),
+    metrics,
     log,
     isDraining: () => draining,
   });

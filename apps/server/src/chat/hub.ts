@@ -1,6 +1,6 @@
 import type { Broker, BrokerHandler, MessageStore, UserEvent } from "@mrezhen/engine";
 import { directMessageFrame } from "@mrezhen/protocol";
-import type { Logger } from "./ports.js";
+import type { ChatMetrics, Logger } from "./ports.js";
 import type { Session } from "./session.js";
 
 /** The sessions of one user on this node, and the broker subscription that feeds them. */
@@ -22,6 +22,7 @@ export class Hub implements BrokerHandler {
     private readonly broker: Broker,
     private readonly messages: MessageStore,
     private readonly log: Logger,
+    private readonly metrics: ChatMetrics,
   ) {
     broker.setHandler(this);
   }
@@ -73,6 +74,7 @@ export class Hub implements BrokerHandler {
         if (session.connId === event.excludeConnId) continue;
         frame ??= directMessageFrame(event.messageJson, event.position, false);
         session.deliver(event.messageId, frame);
+        this.metrics.deliveredLive();
       }
     }
     // The recipient left this node between the sender's append and now: give the message back

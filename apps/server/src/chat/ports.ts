@@ -26,3 +26,25 @@ export interface Logger {
   error(object: object, message?: string): void;
   child(bindings: Record<string, unknown>): Logger;
 }
+
+/**
+ * What the core counts, for /metrics. Called on the per-message path: implementations must be
+ * cheap (pre-bound counters, no allocation). The default does nothing.
+ */
+export interface ChatMetrics {
+  /** A frame was read; `type` is its command type, or "invalid". */
+  frameIn(type: string): void;
+  /** An error frame was sent. */
+  error(code: string): void;
+  /** A direct message was stored and acked, `seconds` after its frame was read. */
+  acked(status: "delivered" | "queued", seconds: number): void;
+  /** A message was written live to one of its recipient's (or sender's other) connections. */
+  deliveredLive(): void;
+}
+
+export const noMetrics: ChatMetrics = {
+  frameIn: () => {},
+  error: () => {},
+  acked: () => {},
+  deliveredLive: () => {},
+};

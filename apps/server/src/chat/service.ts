@@ -16,7 +16,7 @@ import {
   pongFrame,
 } from "@mrezhen/protocol";
 import { Hub } from "./hub.js";
-import type { Logger } from "./ports.js";
+import { type ChatMetrics, type Logger, noMetrics } from "./ports.js";
 import type { Session } from "./session.js";
 
 export interface ChatOptions {
@@ -25,6 +25,7 @@ export interface ChatOptions {
   readonly rateLimit: { readonly limit: number; readonly windowMs: number };
   /** The clock (ms since the epoch); tests fake it. */
   readonly now?: () => number;
+  readonly metrics?: ChatMetrics;
 }
 
 /** Invalid frames tolerated per window before the connection is closed with 1008. */
@@ -42,6 +43,7 @@ export class ChatService {
   private readonly engine: Engine;
   private readonly log: Logger;
   private readonly now: () => number;
+  private readonly metrics: ChatMetrics;
   private readonly rateLimitText: string;
   /** Handlers still running (for drain). */
   private inFlight = 0;
@@ -51,7 +53,8 @@ export class ChatService {
     this.engine = options.engine;
     this.log = options.log;
     this.now = options.now ?? Date.now;
-    this.hub = new Hub(this.engine.broker, this.engine.messages, this.log);
+    this.metrics = options.metrics ?? noMetrics;
+    this.hub = new Hub(this.engine.broker, this.engine.messages, this.log, this.metrics);
     const { limit, windowMs } = options.rateLimit;
     this.rateLimitText = `at most ${limit} messages per ${windowMs} ms`;
   }
@@ -119,8 +122,10 @@ export class ChatService {
     const now = this.now();
     for (const session of this.hub.sessions()) {
       if (session.expiresAt > now || session.isClosed) continue;
-      session.send(
-        errorFrame(ErrorCode.UNAUTHORIZED, "The token expired; reconnect with a fresh one."),
+      this.sendError(
+        session,
+        ErrorCode.UNAUTHORIZED,
+        "The token expired; reconnect with a fresh one.",
       );
       session.close(CloseCode.UNAUTHORIZED, "token expired");
     }
@@ -153,9 +158,11 @@ export class ChatService {
   private dispatch(session: Session, text: string): void {
     const parsed = parseClientFrame(text);
     if (!parsed.ok) {
+      this.metrics.frameIn("invalid");
       this.refuse(session, parsed.error);
       return;
     }
+    this.metrics.frameIn(parsed.command.type);
     const pending = this.run(session, parsed.command);
     if (pending === undefined) return;
     session.busy = true;
@@ -223,6 +230,7 @@ export class ChatService {
     }
     const id = randomUUID();
     const timestamp = new Date(this.now()).toISOString();
+    const started = performance.now();
     const result = await this.engine.messages.append({
       id,
       from: session.userId,
@@ -232,6 +240,7 @@ export class ChatService {
       senderConnId: session.connId,
     });
     session.send(messageAckFrame(id, command.to, timestamp, result.status, result.seq));
+    this.metrics.acked(result.status, (performance.now() - started) / 1000);
   }
 
   private async history(session: Session, command: GetHistoryCommand): Promise<void> {
@@ -245,18 +254,23 @@ export class ChatService {
 
   // ---- Errors -------------------------------------------------------------------------------
 
+  /** Sends an error frame (and counts it). */
+  private sendError(session: Session, code: ErrorCode, message: string): void {
+    this.metrics.error(code);
+    session.send(errorFrame(code, message));
+  }
+
   private rateLimited(session: Session, retryAfterMs: number): void {
-    session.send(
-      errorFrame(
-        ErrorCode.RATE_LIMITED,
-        `Rate limit exceeded (${this.rateLimitText}); retry in ${Math.ceil(retryAfterMs)} ms. The message was not sent.`,
-      ),
+    this.sendError(
+      session,
+      ErrorCode.RATE_LIMITED,
+      `Rate limit exceeded (${this.rateLimitText}); retry in ${Math.ceil(retryAfterMs)} ms. The message was not sent.`,
     );
   }
 
   /** Answers a bad frame; a connection that keeps sending them is closed with 1008. */
   private refuse(session: Session, error: ProtocolError): void {
-    session.send(errorFrame(error.code, error.message));
+    this.sendError(session, error.code, error.message);
     const now = this.now();
     if (now - session.invalidWindowStart > INVALID_FRAME_WINDOW_MS) {
       session.invalidWindowStart = now;
@@ -275,17 +289,18 @@ export class ChatService {
   private failRequest(session: Session, error: unknown): void {
     if (error instanceof EngineUnavailableError) {
       session.log.warn({ err: error }, "engine unavailable");
-      session.send(
-        errorFrame(
-          ErrorCode.UNAVAILABLE,
-          "The service cannot store this right now; nothing was sent. Retry later.",
-        ),
+      this.sendError(
+        session,
+        ErrorCode.UNAVAILABLE,
+        "The service cannot store this right now; nothing was sent. Retry later.",
       );
       return;
     }
     session.log.error({ err: error }, "request failed");
-    session.send(
-      errorFrame(ErrorCode.INTERNAL_ERROR, "The request failed on the server; nothing was sent."),
+    this.sendError(
+      session,
+      ErrorCode.INTERNAL_ERROR,
+      "The request failed on the server; nothing was sent.",
     );
   }
 }

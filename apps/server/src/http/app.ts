@@ -9,6 +9,7 @@ import type WebSocket from "ws";
 import { AuthError, extractToken, type Principal, type TokenVerifier } from "../auth/token.js";
 import type { ChatService } from "../chat/service.js";
 import type { Connections } from "./connections.js";
+import type { NodeMetrics } from "./metrics.js";
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -22,6 +23,7 @@ export interface AppOptions {
   readonly engine: Engine;
   readonly connections: Connections;
   readonly verifier: TokenVerifier;
+  readonly metrics: NodeMetrics;
   readonly log: PinoLogger;
   /** True once the node started draining: refuse upgrades, report not ready. */
   readonly isDraining: () => boolean;
@@ -41,7 +43,7 @@ const demoPage = loadDemoPage();
  * authenticates during the upgrade, the probes, and the demo page.
  */
 export async function buildApp(options: AppOptions) {
-  const { chat, engine, connections, verifier, log, isDraining } = options;
+  const { chat, engine, connections, verifier, metrics, log, isDraining } = options;
   const app = Fastify({
     loggerInstance: log,
     // Per-request logs would double every upgrade and probe; connections are logged by the core.
@@ -139,6 +141,10 @@ export async function buildApp(options: AppOptions) {
         .send({ status: "unavailable", reason: health.reason ?? "engine unavailable" });
     return { status: "ready" };
   });
+
+  app.get("/metrics", async (_request, reply) =>
+    reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),
+  );
 
   return app;
 }

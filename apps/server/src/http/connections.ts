@@ -4,6 +4,7 @@ import type { Principal } from "../auth/token.js";
 import type { Logger } from "../chat/ports.js";
 import type { ChatService } from "../chat/service.js";
 import { Session } from "../chat/session.js";
+import type { NodeMetrics } from "./metrics.js";
 import { WsTransport } from "./ws-transport.js";
 
 /**
@@ -21,6 +22,7 @@ export class Connections {
     private readonly chat: ChatService,
     private readonly nodeId: string,
     private readonly log: Logger,
+    private readonly metrics: NodeMetrics,
     heartbeatIntervalMs: number,
   ) {
     this.heartbeat = setInterval(() => this.beat(), heartbeatIntervalMs);
@@ -33,7 +35,7 @@ export class Connections {
 
   accept(socket: WebSocket, principal: Principal, ip: string): void {
     const connId = `${this.nodeId}.${(++this.sequence).toString(36)}`;
-    const transport = new WsTransport(socket);
+    const transport = new WsTransport(socket, this.metrics);
     const log = this.log.child({ connId, userId: principal.userId });
     const session = new Session(
       connId,

@@ -1,5 +1,6 @@
 import WebSocket from "ws";
 import type { Transport } from "../chat/ports.js";
+import type { NodeMetrics } from "./metrics.js";
 
 /** Bytes queued to a client that does not read, past which it is dropped (a slow consumer). */
 export const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
@@ -9,7 +10,10 @@ export class WsTransport implements Transport {
   /** Cleared at each heartbeat ping, set by the pong: false at the next beat means the peer is gone. */
   alive = true;
 
-  constructor(private readonly socket: WebSocket) {}
+  constructor(
+    private readonly socket: WebSocket,
+    private readonly metrics: NodeMetrics,
+  ) {}
 
   get bufferedAmount(): number {
     return this.socket.bufferedAmount;
@@ -24,6 +28,7 @@ export class WsTransport implements Transport {
       return;
     }
     this.socket.send(frame);
+    this.metrics.frameOut();
   }
 
   close(code: number, reason: string): void {

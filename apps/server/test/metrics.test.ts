@@ -1,0 +1,56 @@
+import { describe, expect, it } from "vitest";
+import { startNode } from "./helpers.js";
+
+/** Parses Prometheus text exposition into `name{labels}` → value, checking every line's syntax. */
+function parsePrometheus(text: string): Map<string, number> {
+  const samples = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    if (line === "" || line.startsWith("# HELP ") || line.startsWith("# TYPE ")) continue;
+    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (-?[0-9.e+-]+|NaN|\+Inf|-Inf)$/.exec(
+      line,
+    );
+    if (match === null) throw new Error(`not Prometheus text: ${line}`);
+    const labels = (match[2] ?? "").replace(/,?node_id="[^"]*"/, "").replace("{,", "{");
+    samples.set(`${match[1]}${labels === "{}" ? "" : labels}`, Number(match[3]));
+  }
+  return samples;
+}
+
+describe("GET /metrics", () => {
+  it("exposes Prometheus text whose counters move as messages flow", async () => {
+    const { url, connect } = await startNode({ NODE_ID: "node-metrics", RATE_LIMIT_MESSAGES: "2" });
+    const scrape = async () => {
+      const response = await fetch(`${url}/metrics`);
+      expect(response.headers.get("content-type")).toMatch(/^text\/plain/);
+      const text = await response.text();
+      expect(text).toContain('node_id="node-metrics"');
+      return parsePrometheus(text);
+    };
+    const before = await scrape();
+    expect(before.get("mrezhen_connections")).toBe(0);
+    expect(before.get("mrezhen_engine_up")).toBe(1);
+    expect(before.has("mrezhen_process_nodejs_eventloop_lag_seconds")).toBe(true);
+
+    const bob = await connect("bob");
+    const alice = await connect("alice");
+    for (let i = 0; i < 3; i++) alice.send({ type: "direct_message", to: "bob", content: `m${i}` });
+    await alice.next("message_ack");
+    await alice.next("message_ack");
+    expect((await alice.next("error"))["code"]).toBe("RATE_LIMITED");
+    alice.send("not json");
+    await alice.next("error");
+    await bob.next("direct_message");
+    await bob.next("direct_message");
+
+    const after = await scrape();
+    expect(after.get("mrezhen_connections")).toBe(2);
+    expect(after.get('mrezhen_frames_in_total{type="direct_message"}')).toBe(3);
+    expect(after.get('mrezhen_frames_in_total{type="invalid"}')).toBe(1);
+    expect(after.get('mrezhen_messages_acked_total{status="delivered"}')).toBe(2);
+    expect(after.get("mrezhen_messages_delivered_total")).toBe(2);
+    expect(after.get("mrezhen_rate_limited_total")).toBe(1);
+    expect(after.get('mrezhen_errors_total{code="INVALID_JSON"}')).toBe(1);
+    expect(after.get("mrezhen_send_latency_seconds_count")).toBe(2);
+    expect(after.get("mrezhen_frames_out_total")).toBeGreaterThanOrEqual(8);
+  });
+});

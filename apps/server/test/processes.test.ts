@@ -1,0 +1,90 @@
+import { execFile, spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { TokenVerifier } from "@mrezhen/server";
+import { freePort, TestClient } from "@mrezhen/testkit";
+import { describe, expect, it, onTestFinished } from "vitest";
+
+const run = promisify(execFile);
+const dist = fileURLToPath(new URL("../dist/", import.meta.url));
+const SECRET = "a-test-secret-that-is-long-enough-1234567890";
+
+function env(extra: Record<string, string>): NodeJS.ProcessEnv {
+  const { REDIS_URL: _ignored, ...rest } = process.env;
+  return { ...rest, LOG_LEVEL: "warn", ...extra };
+}
+
+describe("pnpm token", () => {
+  it("prints only a token that the server's verifier accepts, with the display name", async () => {
+    const { stdout, stderr } = await run(
+      process.execPath,
+      [`${dist}cli/token.js`, "user_alice", "Alice", "--ttl", "2h"],
+      {
+        env: env({ JWT_SECRET: SECRET }),
+      },
+    );
+    expect(stderr).toBe("");
+    expect(stdout).toMatch(/^[\w-]+\.[\w-]+\.[\w-]+\n$/);
+    const principal = await new TokenVerifier(SECRET, "mrezhen").verify(stdout.trim());
+    expect(principal.userId).toBe("user_alice");
+    expect(principal.name).toBe("Alice");
+    expect(principal.expiresAt - Date.now()).toBeGreaterThan(7_000_000);
+    expect(principal.expiresAt - Date.now()).toBeLessThanOrEqual(7_200_000);
+  });
+
+  it("explains its usage on stderr and exits 2 without a user id", async () => {
+    const failure = await run(process.execPath, [`${dist}cli/token.js`], { env: env({}) }).catch(
+      (e: unknown) => e,
+    );
+    expect(failure).toMatchObject({ code: 2, stdout: "" });
+    expect((failure as { stderr: string }).stderr).toMatch(/usage: pnpm token/);
+  });
+});
+
+describe("start-up", () => {
+  it.each([
+    [{ WS_PORT: "http" }, /WS_PORT must be a whole number from 0 to 65535; got "http"/],
+    [{ RATE_LIMIT_MESSAGES: "0" }, /RATE_LIMIT_MESSAGES must be a whole number from 1/],
+    [{ NODE_ENV: "production" }, /JWT_SECRET is the development default/],
+    [{ NODE_ENV: "production", JWT_SECRET: "short" }, /needs at least 32/],
+    [{ LOG_LEVEL: "loud" }, /LOG_LEVEL must be one of/],
+    [{ REDIS_URL: "localhost:6379" }, /REDIS_URL must start with redis:\/\//],
+  ])("refuses %o with one line and exit code 1", async (bad, message) => {
+    const failure = (await run(process.execPath, [`${dist}main.js`], {
+      env: env({ WS_PORT: "0", ...bad }),
+    }).catch((e: unknown) => e)) as { code: number; stderr: string };
+    expect(failure.code).toBe(1);
+    expect(failure.stderr).toMatch(message);
+    expect(failure.stderr.trim().split("\n")).toHaveLength(1);
+  });
+
+  it("starts on the embedded engine, serves, and exits 0 on SIGTERM with clients closed by 1012", async () => {
+    const port = await freePort();
+    const child = spawn(process.execPath, [`${dist}main.js`], {
+      env: env({ WS_PORT: String(port), HOST: "127.0.0.1", JWT_SECRET: SECRET }),
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    onTestFinished(() => void child.kill("SIGKILL"));
+    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+    const base = `http://127.0.0.1:${port}`;
+    for (let i = 0; i < 100; i++) {
+      if (
+        await fetch(`${base}/health`).then(
+          (r) => r.ok,
+          () => false,
+        )
+      )
+        break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    const { stdout: token } = await run(process.execPath, [`${dist}cli/token.js`, "alice"], {
+      env: env({ JWT_SECRET: SECRET }),
+    });
+    const alice = await TestClient.connect(`ws://127.0.0.1:${port}/ws?token=${token.trim()}`);
+    alice.send({ type: "ping" });
+    await alice.next("pong");
+    child.kill("SIGTERM");
+    expect((await alice.closed).code).toBe(1012);
+    expect(await exited).toBe(0);
+  });
+});

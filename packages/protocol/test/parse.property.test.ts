@@ -1,0 +1,129 @@
+import { ErrorCode, Limits, parseClientFrame } from "@mrezhen/protocol";
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+
+const ERROR_CODES = new Set<string>(Object.values(ErrorCode));
+const KNOWN_TYPES = ["direct_message", "get_history", "get_online_users", "ping"];
+
+/** Any JSON value, nested a little. */
+const jsonValue = fc.jsonValue({ maxDepth: 3 });
+
+/** A value of a field: sometimes right, sometimes wrong type, sometimes edge strings. */
+const fieldValue = fc.oneof(
+  jsonValue,
+  fc.string({ maxLength: 20 }),
+  fc.constantFrom("", " ", "\n\t", "bob", "alice", "😀", "x".repeat(129), "x".repeat(5001)),
+  fc.integer(),
+  fc.double(),
+  fc.constant(null),
+);
+
+/** Frames shaped like the protocol's: a type (known, unknown or wrong) and random known/unknown fields. */
+const structuredFrame = fc.record(
+  {
+    type: fc.oneof(fc.constantFrom(...KNOWN_TYPES), fc.string({ maxLength: 12 }), jsonValue),
+    to: fieldValue,
+    content: fieldValue,
+    with: fieldValue,
+    limit: fc.oneof(fc.integer({ min: -1000, max: 1000 }), fc.double(), fieldValue),
+    from: fieldValue,
+    extra: jsonValue,
+  },
+  { requiredKeys: [] },
+);
+
+function expectWellFormed(text: string): void {
+  const result = parseClientFrame(text);
+  if (result.ok) {
+    expect(KNOWN_TYPES).toContain(result.command.type);
+  } else {
+    expect(ERROR_CODES.has(result.error.code)).toBe(true);
+    expect(result.error.message.length).toBeGreaterThan(0);
+  }
+}
+
+describe("parseClientFrame (properties)", () => {
+  it("turns every structured frame into a command or a catalogued error, never a throw", () => {
+    fc.assert(
+      fc.property(structuredFrame, (frame) => expectWellFormed(JSON.stringify(frame))),
+      { numRuns: 3000 },
+    );
+  });
+
+  it("does the same for arbitrary JSON and arbitrary text", () => {
+    fc.assert(
+      fc.property(jsonValue, (value) => expectWellFormed(JSON.stringify(value))),
+      { numRuns: 1000 },
+    );
+    fc.assert(
+      fc.property(fc.string({ maxLength: 200 }), (text) => expectWellFormed(text)),
+      { numRuns: 1000 },
+    );
+    fc.assert(
+      fc.property(fc.string({ unit: "binary", maxLength: 100 }), (text) => expectWellFormed(text)),
+      { numRuns: 500 },
+    );
+  });
+
+  it("accepts exactly the valid direct messages, with only the known fields", () => {
+    fc.assert(
+      fc.property(
+        fc.string({ minLength: 1, maxLength: Limits.MAX_USER_ID_LENGTH }),
+        fc.string({ minLength: 1, maxLength: 300 }).filter((s) => /\S/.test(s)),
+        fieldValue,
+        (to, content, junk) => {
+          const result = parseClientFrame(
+            JSON.stringify({ type: "direct_message", to, content, from: junk, junk }),
+          );
+          expect(result).toEqual({ ok: true, command: { type: "direct_message", to, content } });
+        },
+      ),
+      { numRuns: 1000 },
+    );
+  });
+
+  it("always clamps history limits into 1..100", () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.integer(), fc.double({ noNaN: true })), (limit) => {
+        const result = parseClientFrame(
+          JSON.stringify({ type: "get_history", with: "bob", limit }),
+        );
+        // JSON has no Infinity: it serialises as null, which means "default".
+        expect(result.ok).toBe(true);
+        if (result.ok && result.command.type === "get_history") {
+          expect(result.command.limit).toBeGreaterThanOrEqual(1);
+          expect(result.command.limit).toBeLessThanOrEqual(100);
+          expect(Number.isInteger(result.command.limit)).toBe(true);
+        }
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
+  it("does not let __proto__ or constructor keys change the result's prototype", () => {
+    const result = parseClientFrame(
+      '{"type":"ping","__proto__":{"polluted":true},"constructor":{"x":1}}',
+    );
+    expect(result.ok).toBe(true);
+    expect(({} as Record<string, unknown>)["polluted"]).toBeUndefined();
+  });
+});
+
+describe("parseClientFrame (examples)", () => {
+  it.each([
+    ['{"type":"direct_message","to":"bob","content":"x"}', true],
+    [`{"type":"direct_message","to":"bob","content":"${"x".repeat(5000)}"}`, true],
+    [`{"type":"direct_message","to":"bob","content":"${"x".repeat(5001)}"}`, "CONTENT_TOO_LONG"],
+    ['{"type":"get_history","with":"bob","limit":1e400}', true],
+    ['{"type":"get_history","with":"bob","limit":null}', true],
+    ['{"type":"direct_message","to":null,"content":"x"}', "MISSING_RECIPIENT"],
+    ['{"type":"direct_message","to":"bob","content":null}', "EMPTY_CONTENT"],
+    ['{"type":null}', "MISSING_TYPE"],
+    ['{"type":["ping"]}', "INVALID_FORMAT"],
+    ["", "INVALID_JSON"],
+  ])("%s → %s", (text, expected) => {
+    const result = parseClientFrame(text);
+    if (expected === true) expect(result.ok).toBe(true);
+    else expect(result.ok ? "ok" : result.error.code).toBe(expected);
+  });
+});
