@@ -45,6 +45,10 @@ export async function startNode(
       const token = await mintToken({ sub: userId, ...tokenOptions });
       const client = await TestClient.connect(`${wsUrl}?token=${token}${tokenOptions.query ?? ""}`);
       onTestFinished(() => void client.close());
+      // The first answer comes only once the connection is online (registered, subscribed,
+      // queue flushed): after this ping, messages to this user reach it live.
+      client.send({ type: "ping" });
+      await client.next("pong");
       return client;
     },
   };

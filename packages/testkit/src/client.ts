@@ -8,8 +8,16 @@ export interface CloseInfo {
   readonly reason: string;
 }
 
+/** Which frames a waiter takes: one type, any of several, or (undefined) any frame. */
+type Wanted = string | readonly string[] | undefined;
+
+function matches(wanted: Wanted, frame: Frame): boolean {
+  if (wanted === undefined) return true;
+  return typeof wanted === "string" ? frame.type === wanted : wanted.includes(frame.type);
+}
+
 interface Waiter {
-  readonly type: string | undefined;
+  readonly type: Wanted;
   readonly resolve: (frame: Frame) => void;
   readonly reject: (error: Error) => void;
   readonly timer: NodeJS.Timeout;
@@ -68,15 +76,18 @@ export class TestClient {
     this.socket.send(typeof frame === "string" ? frame : JSON.stringify(frame));
   }
 
-  /** The next frame of `type` (or of any type), waiting up to `timeoutMs`. Other frames stay queued. */
-  next(type?: string, timeoutMs = 3000): Promise<Frame> {
-    const index = this.inbox.findIndex((frame) => type === undefined || frame.type === type);
+  /**
+   * The next frame of `type` (one type, any of a list, or any frame), waiting up to `timeoutMs`.
+   * Frames of other types stay queued for later calls.
+   */
+  next(type?: string | readonly string[], timeoutMs = 3000): Promise<Frame> {
+    const index = this.inbox.findIndex((frame) => matches(type, frame));
     if (index >= 0) return Promise.resolve(this.inbox.splice(index, 1)[0] as Frame);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiters.splice(this.waiters.indexOf(waiter), 1);
         const seen = this.inbox.map((frame) => frame.type).join(", ") || "nothing";
-        reject(new Error(`no ${type ?? "frame"} within ${timeoutMs} ms (queued: ${seen})`));
+        reject(new Error(`no ${String(type ?? "frame")} within ${timeoutMs} ms (queued: ${seen})`));
       }, timeoutMs);
       const waiter: Waiter = { type, resolve, reject, timer };
       this.waiters.push(waiter);
@@ -108,7 +119,7 @@ export class TestClient {
 
   private onFrame(frame: Frame): void {
     this.received.push(frame);
-    const index = this.waiters.findIndex((w) => w.type === undefined || w.type === frame.type);
+    const index = this.waiters.findIndex((waiter) => matches(waiter.type, frame));
     if (index < 0) {
       this.inbox.push(frame);
       return;

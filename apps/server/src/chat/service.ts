@@ -90,6 +90,7 @@ export class ChatService {
       }
       session.finishOpening(sent);
       session.log.info({ queued: queued.length }, "connected");
+      this.handleBacklog(session);
     } catch (error) {
       session.log.warn({ err: error }, "could not bring the connection online");
       session.close(CloseCode.TRY_AGAIN_LATER, "service unavailable, retry");
@@ -194,17 +195,22 @@ export class ChatService {
   }
 
   private settle(session: Session): void {
+    this.handleBacklog(session);
+    // Counted down only after the backlog was dispatched, so "idle" means no frame is pending.
+    if (--this.inFlight === 0 && this.idle !== undefined) {
+      this.idle();
+      this.idle = undefined;
+    }
+  }
+
+  /** Handles waiting frames until one needs the engine (or none is left). */
+  private handleBacklog(session: Session): void {
     session.busy = false;
     const wasPaused = session.backlog.length >= BACKLOG_PAUSE_AT;
     while (!session.busy && session.backlog.length > 0 && !session.isClosed) {
       this.dispatch(session, session.backlog.shift() as string);
     }
     if (wasPaused && session.backlog.length < BACKLOG_PAUSE_AT) session.transport.resume();
-    // Counted down only after the backlog was dispatched, so "idle" means no frame is pending.
-    if (--this.inFlight === 0 && this.idle !== undefined) {
-      this.idle();
-      this.idle = undefined;
-    }
   }
 
   private async directMessage(session: Session, command: DirectMessageCommand): Promise<void> {

@@ -24,8 +24,12 @@ export class Session {
 
   /** Frames read but not yet handled, while an earlier frame is still being handled. */
   readonly backlog: string[] = [];
-  /** A frame is being handled asynchronously; later frames wait in `backlog` (per-connection order). */
-  busy = false;
+  /**
+   * A frame is being handled asynchronously, or the session is still opening: later frames wait
+   * in `backlog` (per-connection order). So a client's first answer, even a pong, means its
+   * connection is registered, subscribed and its offline queue flushed.
+   */
+  busy = true;
 
   /** Invalid frames counted in the current window, and when that window started. */
   invalidFrames = 0;
