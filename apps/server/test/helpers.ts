@@ -1,6 +1,8 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import type { Engine } from "@mrezhen/engine";
 import { type Config, createNode, loadConfig, type MrezhenNode } from "@mrezhen/server";
-import { mintToken, TestClient, type TokenOptions } from "@mrezhen/testkit";
+import { eventually, freePort, mintToken, TestClient, type TokenOptions } from "@mrezhen/testkit";
 import { onTestFinished } from "vitest";
 
 export interface TestNode {
@@ -52,4 +54,39 @@ export async function startNode(
       return client;
     },
   };
+}
+
+/** A node running as a real child process (the built `dist/main.js`), for kill -9 and signals. */
+export interface NodeProcess {
+  readonly url: string;
+  readonly wsUrl: string;
+  readonly child: ChildProcess;
+  readonly exited: Promise<number | null>;
+}
+
+/** Starts `node dist/main.js` on a free port and waits until /health answers. Killed when the test ends. */
+export async function spawnNode(env: Record<string, string>): Promise<NodeProcess> {
+  const port = await freePort();
+  const main = fileURLToPath(new URL("../dist/main.js", import.meta.url));
+  const child = spawn(process.execPath, [main], {
+    env: { ...process.env, LOG_LEVEL: "warn", HOST: "127.0.0.1", WS_PORT: String(port), ...env },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  onTestFinished(() => void child.kill("SIGKILL"));
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  const url = `http://127.0.0.1:${port}`;
+  await eventually(async () => {
+    const response = await fetch(`${url}/health`);
+    if (!response.ok) throw new Error(`health ${response.status}`);
+  }, 10_000);
+  return { url, wsUrl: `ws://127.0.0.1:${port}/ws`, child, exited };
+}
+
+/** Connects `userId` to any node URL and waits until the connection is online. */
+export async function connectTo(wsUrl: string, userId: string): Promise<TestClient> {
+  const client = await TestClient.connect(`${wsUrl}?token=${await mintToken({ sub: userId })}`);
+  onTestFinished(() => void client.close());
+  client.send({ type: "ping" });
+  await client.next("pong");
+  return client;
 }
