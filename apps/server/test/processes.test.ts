@@ -37,8 +37,42 @@ describe("pnpm token", () => {
       (e: unknown) => e,
     );
     expect(failure).toMatchObject({ code: 2, stdout: "" });
-    expect((failure as { stderr: string }).stderr).toMatch(/usage: pnpm token/);
+    expect((failure as { stderr: string }).stderr).toMatch(/usage: pnpm run token/);
   });
+});
+
+describe("the README's commands, as written", () => {
+  const root = fileURLToPath(new URL("../../../", import.meta.url));
+
+  it("`pnpm run token alice Alice` prints a token and nothing else on stdout", async () => {
+    const { stdout } = await run("pnpm", ["run", "token", "alice", "Alice"], {
+      cwd: root,
+      env: env({ JWT_SECRET: SECRET }),
+    });
+    const principal = await new TokenVerifier(SECRET, "mrezhen").verify(stdout.trim());
+    expect(principal).toMatchObject({ userId: "alice", name: "Alice" });
+    expect(stdout.trim().split("\n")).toHaveLength(1);
+  });
+
+  it("`pnpm start` builds and serves the embedded node", async () => {
+    const port = await freePort();
+    const child = spawn("pnpm", ["start"], {
+      cwd: root,
+      env: env({ WS_PORT: String(port), HOST: "127.0.0.1" }),
+      stdio: "ignore",
+      detached: true, // its own process group, so the node under pnpm is stopped with it
+    });
+    onTestFinished(() => {
+      if (child.pid !== undefined) process.kill(-child.pid, "SIGKILL");
+    });
+    let health: Response | undefined;
+    for (let i = 0; i < 300 && health === undefined; i++) {
+      health = await fetch(`http://127.0.0.1:${port}/health`).catch(() => undefined);
+      if (health === undefined) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect(health?.status).toBe(200);
+    expect(await health?.json()).toMatchObject({ status: "ok", connections: 0 });
+  }, 60_000);
 });
 
 describe("start-up", () => {

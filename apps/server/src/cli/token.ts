@@ -1,13 +1,13 @@
 #!/usr/bin/env node
 /**
- * `pnpm token <userId> [displayName] [--ttl <duration>]`: prints a token signed with the same
+ * `pnpm run token <userId> [displayName] [--ttl <duration>]`: prints a token signed with the same
  * JWT_SECRET and JWT_ISSUER as the server, and nothing else on stdout.
  */
 import { parseArgs } from "node:util";
 import { SignJWT } from "jose";
 import { ConfigError, loadConfig } from "../config.js";
 
-const USAGE = `usage: pnpm token <userId> [displayName] [--ttl 1h]
+const USAGE = `usage: pnpm run token <userId> [displayName] [--ttl 1h]
   --ttl   lifetime: a number with s, m, h or d (default 24h)
 The token is signed with JWT_SECRET and JWT_ISSUER from the environment, like the server.`;
 
