@@ -7,7 +7,9 @@ import type { Session } from "./session.js";
 interface LocalUser {
   readonly sessions: Set<Session>;
   /** Resolves once the broker routes this user's events here. */
-  readonly subscribed: Promise<void>;
+  subscribed: Promise<void>;
+  /** The last subscription attempt failed: the next session to arrive tries again. */
+  failed: boolean;
 }
 
 /**
@@ -36,8 +38,18 @@ export class Hub implements BrokerHandler {
   add(session: Session): Promise<void> {
     let user = this.users.get(session.userId);
     if (user === undefined) {
-      user = { sessions: new Set(), subscribed: this.broker.subscribe(session.userId) };
+      user = { sessions: new Set(), subscribed: Promise.resolve(), failed: true };
       this.users.set(session.userId, user);
+    }
+    if (user.failed) {
+      // First session, or the previous attempt failed (a Redis blip): subscribe (again), rather
+      // than let every later session inherit one failure.
+      const local = user;
+      local.failed = false;
+      local.subscribed = this.broker.subscribe(session.userId);
+      local.subscribed.catch(() => {
+        local.failed = true;
+      });
     }
     user.sessions.add(session);
     this.sessionCount++;

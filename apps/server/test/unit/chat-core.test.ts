@@ -187,3 +187,26 @@ describe("ChatService", () => {
     expect(chat.hub.connections).toBe(0);
   });
 });
+
+describe("Hub", () => {
+  it("retries the broker subscription for the next connection after one failed", async () => {
+    const { engine, chat, session } = setup();
+    const subscribe = engine.broker.subscribe.bind(engine.broker);
+    let failures = 1;
+    engine.broker.subscribe = async (userId) => {
+      if (failures-- > 0) throw new Error("redis blip");
+      return subscribe(userId);
+    };
+    const first = session("bob");
+    await chat.open(first.session);
+    expect(first.transport.closedWith).toBe(1013);
+
+    // The failed connection has not finished closing when the next one arrives.
+    const second = session("bob");
+    await chat.open(second.session);
+    expect(second.transport.closedWith).toBeUndefined();
+    expect(await engine.presence.onlineUsers()).toEqual(["bob"]);
+    await chat.closed(first.session, 1013);
+    expect(chat.hub.connections).toBe(1);
+  });
+});
