@@ -1,14 +1,13 @@
 import { describe, expect, it } from "vitest";
 import { startNode } from "./helpers.js";
 
-/** Parses Prometheus text exposition into `name{labels}` → value, checking every line's syntax. */
+/** Parses Prometheus text exposition (NaN in any case, as prom-client writes "Nan") into `name{labels}` → value, checking every line's syntax. */
 function parsePrometheus(text: string): Map<string, number> {
   const samples = new Map<string, number>();
   for (const line of text.split("\n")) {
     if (line === "" || line.startsWith("# HELP ") || line.startsWith("# TYPE ")) continue;
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (-?[0-9.e+-]+|NaN|\+Inf|-Inf)$/.exec(
-      line,
-    );
+    const match =
+      /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (-?[0-9.e+-]+|[Nn]a[Nn]|\+Inf|-Inf)$/.exec(line);
     if (match === null) throw new Error(`not Prometheus text: ${line}`);
     const labels = (match[2] ?? "").replace(/,?node_id="[^"]*"/, "").replace("{,", "{");
     samples.set(`${match[1]}${labels === "{}" ? "" : labels}`, Number(match[3]));

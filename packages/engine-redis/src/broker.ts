@@ -1,0 +1,91 @@
+/**
+ * Broker on Redis pub/sub, over the engine's dedicated subscriber connection.
+ *
+ * - `<p>user:<userId>`: one channel per user, subscribed while the user has a connection on this
+ *   node. Events are published by the append script (scripts.ts), payloads as in codec.ts. A
+ *   direct message is one PUBLISH to the recipient's channel (plus one to the sender's when it
+ *   has other connections): it reaches only the nodes that hold the user, never all nodes.
+ * - `<p>broadcast`: presence frames, ready to send; every node subscribes to it at start.
+ *
+ * subscribe() resolves when Redis has confirmed the subscription (ioredis resolves SUBSCRIBE on
+ * the server's confirmation), so every event published after that reaches this node; one
+ * connection delivers a channel's messages in publish order. After a reconnect ioredis
+ * subscribes again to every confirmed channel (autoResubscribe; test/outage.test.ts checks it),
+ * and the engine reports healthy only once that is confirmed too.
+ */
+import type { Broker, BrokerHandler } from "@mrezhen/engine";
+import type { Redis } from "ioredis";
+import { decodeUserEvent } from "./codec.js";
+import type { Logger } from "./engine.js";
+import type { Keys } from "./keys.js";
+import { toEngineError } from "./script-runner.js";
+
+export class RedisBroker implements Broker {
+  private handler: BrokerHandler | undefined;
+  /**
+   * Users whose UNSUBSCRIBE failed (connection down): ioredis would subscribe to them again on
+   * reconnect, so they are unsubscribed once the connection is back, unless wanted again.
+   */
+  private readonly staleUsers = new Set<string>();
+  private warnedUndecodable = false;
+
+  constructor(
+    private readonly subscriber: Redis,
+    private readonly keys: Keys,
+    private readonly logger: Logger,
+  ) {}
+
+  setHandler(handler: BrokerHandler): void {
+    this.handler = handler;
+  }
+
+  async subscribe(userId: string): Promise<void> {
+    this.staleUsers.delete(userId);
+    try {
+      await this.subscriber.subscribe(this.keys.userChannel(userId));
+    } catch (error) {
+      throw toEngineError(error);
+    }
+  }
+
+  async unsubscribe(userId: string): Promise<void> {
+    try {
+      await this.subscriber.unsubscribe(this.keys.userChannel(userId));
+    } catch (error) {
+      this.staleUsers.add(userId);
+      throw toEngineError(error);
+    }
+  }
+
+  /** Retries the unsubscribes that failed during an outage (after the subscriber reconnected). */
+  async dropStale(): Promise<void> {
+    for (const userId of [...this.staleUsers]) {
+      this.staleUsers.delete(userId);
+      await this.unsubscribe(userId);
+    }
+  }
+
+  /** The subscriber connection's `message` listener. Never throws into ioredis. */
+  readonly dispatch = (channel: string, payload: string): void => {
+    const handler = this.handler;
+    if (handler === undefined) return;
+    try {
+      if (channel === this.keys.broadcastChannel) {
+        handler.onBroadcast(payload);
+        return;
+      }
+      const userId = this.keys.userOfChannel(channel);
+      if (userId === undefined) return;
+      const event = decodeUserEvent(payload);
+      if (event !== undefined) {
+        handler.onUserEvent(userId, event);
+      } else if (!this.warnedUndecodable) {
+        // A newer node publishing a kind this one does not know (rolling upgrade): skip it.
+        this.warnedUndecodable = true;
+        this.logger.warn({ channel }, "ignoring a user event this version cannot decode");
+      }
+    } catch (error) {
+      this.logger.error({ err: error, channel }, "broker handler threw");
+    }
+  };
+}

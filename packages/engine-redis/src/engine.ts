@@ -1,0 +1,400 @@
+/**
+ * The Redis engine: connections, health, liveness timers and shutdown. The ports themselves are
+ * in broker.ts, presence.ts, messages.ts and rate-limiter.ts; keys in keys.ts; Lua in scripts.ts.
+ *
+ * Two connections per node:
+ * - the command connection runs every command and script. Its offline queue is off and it never
+ *   re-sends a command after a reconnect (`enableOfflineQueue: false`,
+ *   `autoResendUnfulfilledCommands: false`, `maxRetriesPerRequest: 0`): during an outage a call
+ *   fails at once with EngineUnavailableError instead of waiting, and an append whose reply was
+ *   lost is never run a second time behind the caller's back.
+ * - the subscriber connection carries pub/sub only (Broker). ioredis re-subscribes its channels
+ *   after a reconnect (autoResubscribe).
+ * Both reconnect forever with a capped backoff (min(attempt × 100, 2000) ms), and both have a
+ * socket timeout, so a connection that stops answering is replaced rather than waited on.
+ *
+ * health() reads a flag: ok only while both connections are ready (for the subscriber: its
+ * re-subscriptions confirmed; for the command connection: presence re-asserted after a
+ * reconnect). Connection loss and recovery are logged once each, not once per retry.
+ *
+ * Every heartbeatIntervalMs one script (TICK) refreshes this node's liveness key and sweeps dead
+ * nodes; see presence.ts for the liveness design.
+ */
+import { type Engine, type EngineHealth, EngineUnavailableError } from "@mrezhen/engine";
+import { Redis, type RedisOptions } from "ioredis";
+import { RedisBroker } from "./broker.js";
+import { Keys } from "./keys.js";
+import { RedisMessageStore } from "./messages.js";
+import { RedisPresenceStore } from "./presence.js";
+import { RedisRateLimiter } from "./rate-limiter.js";
+import { loadScripts, toEngineError } from "./script-runner.js";
+import { ALL_SCRIPTS } from "./scripts.js";
+
+/** pino-compatible. */
+export interface Logger {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export interface RedisEngineOptions {
+  /** REDIS_URL, e.g. `redis://:password@redis:6379/0`. */
+  readonly url: string;
+  /** REDIS_KEY_PREFIX (the server's default is `mrezhen:`): prefixes every key and channel. */
+  readonly keyPrefix: string;
+  /** NODE_ID: this node's identity for presence liveness. Must be unique among live nodes. */
+  readonly nodeId: string;
+  readonly rateLimit: { readonly limit: number; readonly windowMs: number };
+  /** Default: silent. */
+  readonly logger?: Logger;
+  /** How often the node refreshes its liveness key and sweeps dead nodes. Default 3000. */
+  readonly heartbeatIntervalMs?: number;
+  /** A node whose liveness key is older than this is dead. Default 9000. */
+  readonly nodeTtlMs?: number;
+}
+
+const DEFAULT_HEARTBEAT_INTERVAL_MS = 3000;
+const DEFAULT_NODE_TTL_MS = 9000;
+/** A connection with a command unanswered this long is presumed dead and replaced. */
+const SOCKET_TIMEOUT_MS = 5000;
+const CONNECT_TIMEOUT_MS = 5000;
+const MAX_RECONNECT_DELAY_MS = 2000;
+
+type Role = "command" | "subscriber";
+
+/**
+ * Connects to Redis, loads the scripts, clears what a previous process with this node id left,
+ * registers the node and starts its heartbeat. Rejects with EngineUnavailableError when Redis
+ * cannot be reached (nothing is left running then).
+ *
+ * @example
+ * const engine = await createRedisEngine({
+ *   url: "redis://127.0.0.1:6379",
+ *   keyPrefix: "mrezhen:",
+ *   nodeId: "node-1",
+ *   rateLimit: { limit: 30, windowMs: 60_000 },
+ * });
+ */
+export async function createRedisEngine(options: RedisEngineOptions): Promise<Engine> {
+  const engine = new RedisEngine(options);
+  await engine.start();
+  return engine;
+}
+
+/**
+ * Stops an engine the way `kill -9` would: timers stop and connections drop, without close()'s
+ * cleanup, so its registrations stay in Redis until other nodes sweep them. For tests only.
+ */
+export function haltRedisEngineForTests(engine: Engine): void {
+  if (!(engine instanceof RedisEngine)) throw new TypeError("not a Redis engine");
+  engine.halt();
+}
+
+const SILENT: Logger = { info() {}, warn() {}, error() {} };
+const HEALTHY: EngineHealth = { ok: true };
+const STARTING: EngineHealth = { ok: false, reason: "starting" };
+const CLOSED: EngineHealth = { ok: false, reason: "engine closed" };
+const UNREACHABLE: EngineHealth = { ok: false, reason: "redis unreachable" };
+const SUBSCRIBER_DOWN: EngineHealth = { ok: false, reason: "redis subscriber connection down" };
+
+class RedisEngine implements Engine {
+  readonly kind = "redis";
+  readonly broker: RedisBroker;
+  readonly presence: RedisPresenceStore;
+  readonly messages: RedisMessageStore;
+  readonly rateLimiter: RedisRateLimiter;
+
+  private readonly command: Redis;
+  private readonly subscriber: Redis;
+  private readonly keys: Keys;
+  private readonly logger: Logger;
+  private readonly heartbeatIntervalMs: number;
+
+  private state: "starting" | "running" | "closed" = "starting";
+  private commandReady = false;
+  private subscriberReady = false;
+  private healthState: EngineHealth = STARTING;
+  /** When each connection was lost, while it is down (for one log line per outage). */
+  private readonly downSince: Record<Role, number | undefined> = {
+    command: undefined,
+    subscriber: undefined,
+  };
+  private readonly errorLogged: Record<Role, boolean> = { command: false, subscriber: false };
+  /** The latest connection error, for the message when the first connection fails. */
+  private lastError: unknown;
+  private tickTimer: NodeJS.Timeout | undefined;
+  private closing: Promise<void> | undefined;
+
+  constructor(private readonly options: RedisEngineOptions) {
+    validate(options);
+    this.logger = options.logger ?? SILENT;
+    this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS;
+    this.keys = new Keys(options.keyPrefix, options.nodeId);
+    this.command = new Redis(options.url, clientOptions(options.nodeId, "command"));
+    this.subscriber = new Redis(options.url, clientOptions(options.nodeId, "subscriber"));
+    this.watch(this.command, "command");
+    this.watch(this.subscriber, "subscriber");
+
+    this.broker = new RedisBroker(this.subscriber, this.keys, this.logger);
+    this.subscriber.on("message", this.broker.dispatch);
+    this.presence = new RedisPresenceStore(
+      this.command,
+      this.keys,
+      options.nodeId,
+      options.nodeTtlMs ?? DEFAULT_NODE_TTL_MS,
+    );
+    this.messages = new RedisMessageStore(this.command, this.keys);
+    this.rateLimiter = new RedisRateLimiter(
+      this.command,
+      this.keys,
+      options.rateLimit,
+      options.nodeId,
+    );
+  }
+
+  async start(): Promise<void> {
+    try {
+      await Promise.all([this.command.connect(), this.subscriber.connect()]);
+    } catch (error) {
+      this.dropConnections();
+      // connect() only says "Connection is closed."; the 'error' event said why.
+      const cause = this.lastError ?? error;
+      const message = cause instanceof Error ? cause.message : String(cause);
+      throw new EngineUnavailableError(
+        `cannot reach Redis at ${redactUrl(this.options.url)} (${message}): check REDIS_URL and that Redis is running`,
+        { cause },
+      );
+    }
+    try {
+      await loadScripts(this.command, ALL_SCRIPTS);
+      await this.subscriber.subscribe(this.keys.broadcastChannel);
+      // Clears registrations a previous process with this node id left, then registers the node.
+      const cleared = await this.presence.reassert();
+      if (cleared > 0) {
+        this.logger.info(
+          { users: cleared },
+          "cleared presence left by a previous run of this node",
+        );
+      }
+    } catch (error) {
+      this.dropConnections();
+      throw toEngineError(error);
+    }
+    this.state = "running";
+    this.updateHealth();
+    this.scheduleTick();
+    this.logger.info({ nodeId: this.options.nodeId }, "redis engine started");
+  }
+
+  health(): EngineHealth {
+    return this.healthState;
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  /** See haltRedisEngineForTests. */
+  halt(): void {
+    this.state = "closed";
+    clearTimeout(this.tickTimer);
+    this.dropConnections();
+    this.updateHealth();
+    this.closing ??= Promise.resolve();
+  }
+
+  private async shutdown(): Promise<void> {
+    const wasRunning = this.state === "running";
+    this.state = "closed";
+    clearTimeout(this.tickTimer);
+    this.updateHealth();
+    if (wasRunning && this.commandReady) {
+      try {
+        await this.presence.unregister();
+      } catch (error) {
+        // Other nodes sweep this node's registrations once its liveness key expires.
+        this.logger.warn({ err: error }, "could not unregister this node from Redis");
+      }
+    }
+    await Promise.all([quit(this.command), quit(this.subscriber)]);
+  }
+
+  private watch(client: Redis, role: Role): void {
+    client.on("error", (error: unknown) => this.connectionError(role, error));
+    client.on("close", () => this.connectionLost(role));
+    client.on("ready", () => this.connectionReady(role));
+  }
+
+  /** Logged once until the connection is ready again: an outage must not log every retry. */
+  private connectionError(role: Role, error: unknown): void {
+    this.lastError = error;
+    if (this.state === "closed" || this.errorLogged[role]) return;
+    this.errorLogged[role] = true;
+    this.logger.warn({ role, err: error }, "redis connection error");
+  }
+
+  private connectionLost(role: Role): void {
+    if (role === "command") this.commandReady = false;
+    else this.subscriberReady = false;
+    this.updateHealth();
+    if (this.downSince[role] !== undefined) return;
+    this.downSince[role] = Date.now();
+    if (this.state !== "closed") this.logger.warn({ role }, "redis connection lost; reconnecting");
+  }
+
+  private connectionReady(role: Role): void {
+    if (this.state === "closed") return;
+    const client = role === "command" ? this.command : this.subscriber;
+    const downSince = this.downSince[role];
+    this.downSince[role] = undefined;
+    this.errorLogged[role] = false;
+    if (downSince !== undefined && this.state === "running") {
+      this.logger.info({ role, downMs: Date.now() - downSince }, "redis connection restored");
+    }
+    // Readiness is reported only once what the reconnect must restore is restored.
+    const restore: Promise<unknown> =
+      role === "subscriber"
+        ? // Replies come in order: the PONG follows the confirmations of ioredis' re-subscribes.
+          this.subscriber.ping().then(() => this.broker.dropStale())
+        : this.state === "running"
+          ? this.reassert("reconnected")
+          : Promise.resolve();
+    restore
+      .catch(() => {}) // The next outage or tick reports what matters.
+      .finally(() => {
+        const ready = client.status === "ready";
+        if (role === "command") this.commandReady = ready;
+        else this.subscriberReady = ready;
+        this.updateHealth();
+      });
+  }
+
+  private async reassert(why: string): Promise<void> {
+    try {
+      const changed = await this.presence.reassert();
+      if (changed > 0)
+        this.logger.info({ why, users: changed }, "re-asserted this node's presence");
+    } catch (error) {
+      if (!(error instanceof EngineUnavailableError)) {
+        this.logger.error({ err: error, why }, "presence re-assert failed");
+      }
+      throw error;
+    }
+  }
+
+  private scheduleTick(): void {
+    if (this.state !== "running") return;
+    this.tickTimer = setTimeout(() => void this.tick(), this.heartbeatIntervalMs);
+    this.tickTimer.unref();
+  }
+
+  /** Heartbeat and sweep; it keeps running through outages and resumes by itself. */
+  private async tick(): Promise<void> {
+    try {
+      if (this.commandReady) {
+        const { wasAlive, swept } = await this.presence.tick();
+        if (swept > 0) this.logger.info({ nodes: swept }, "swept dead nodes' presence");
+        if (!wasAlive) {
+          this.logger.warn({}, "this node's liveness key had expired; re-asserting its presence");
+          await this.reassert("expired");
+        } else if (this.presence.needsReassert) {
+          await this.reassert("unconfirmed change");
+        }
+      }
+      // Keeps the subscriber connection's socket timeout armed: a half-open socket is noticed.
+      if (this.subscriberReady) await this.subscriber.ping();
+    } catch (error) {
+      // Outages are logged by the connection listeners; anything else is a bug worth seeing.
+      if (this.state === "running" && !(toEngineError(error) instanceof EngineUnavailableError)) {
+        this.logger.error({ err: error }, "heartbeat failed");
+      }
+    } finally {
+      this.scheduleTick();
+    }
+  }
+
+  private updateHealth(): void {
+    this.healthState =
+      this.state === "closed"
+        ? CLOSED
+        : this.state === "starting"
+          ? STARTING
+          : !this.commandReady
+            ? UNREACHABLE
+            : !this.subscriberReady
+              ? SUBSCRIBER_DOWN
+              : HEALTHY;
+  }
+
+  private dropConnections(): void {
+    this.command.disconnect();
+    this.subscriber.disconnect();
+  }
+}
+
+function clientOptions(nodeId: string, role: Role) {
+  return {
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    autoResendUnfulfilledCommands: false,
+    maxRetriesPerRequest: 0,
+    autoResubscribe: true,
+    retryStrategy: (attempt: number) => Math.min(attempt * 100, MAX_RECONNECT_DELAY_MS),
+    connectTimeout: CONNECT_TIMEOUT_MS,
+    socketTimeout: SOCKET_TIMEOUT_MS,
+    // For CLIENT LIST; names cannot contain spaces.
+    connectionName: `mrezhen:${nodeId}:${role}`.replace(/[^\w.:-]/g, "_"),
+  } satisfies RedisOptions;
+}
+
+async function quit(client: Redis): Promise<void> {
+  try {
+    await client.quit();
+  } catch {
+    client.disconnect();
+  }
+}
+
+function validate(options: RedisEngineOptions): void {
+  const problems: string[] = [];
+  if (typeof options.url !== "string" || options.url === "") {
+    problems.push("url is empty: set REDIS_URL, e.g. redis://127.0.0.1:6379");
+  }
+  if (typeof options.nodeId !== "string" || options.nodeId === "") {
+    problems.push("nodeId is empty: set NODE_ID or let the server generate one");
+  }
+  if (typeof options.keyPrefix !== "string") problems.push("keyPrefix must be a string");
+  const { limit, windowMs } = options.rateLimit;
+  if (!Number.isSafeInteger(limit) || limit < 1) {
+    problems.push(`rateLimit.limit must be a positive integer (got ${limit})`);
+  }
+  if (!Number.isSafeInteger(windowMs) || windowMs < 1) {
+    problems.push(`rateLimit.windowMs must be a positive integer (got ${windowMs})`);
+  }
+  const heartbeat = options.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS;
+  const ttl = options.nodeTtlMs ?? DEFAULT_NODE_TTL_MS;
+  if (!Number.isSafeInteger(heartbeat) || heartbeat < 10) {
+    problems.push(`heartbeatIntervalMs must be an integer ≥ 10 (got ${heartbeat})`);
+  }
+  if (!Number.isSafeInteger(ttl) || ttl <= heartbeat) {
+    problems.push(
+      `nodeTtlMs (${ttl}) must be an integer above heartbeatIntervalMs (${heartbeat}); ` +
+        "about 3 × the interval lets a live node miss a beat without being declared dead",
+    );
+  }
+  if (problems.length > 0) {
+    throw new TypeError(`invalid Redis engine options: ${problems.join("; ")}`);
+  }
+}
+
+/** The URL without its password, for messages. */
+function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password !== "") parsed.password = "***";
+    return parsed.toString();
+  } catch {
+    return "(unparseable REDIS_URL)";
+  }
+}

@@ -1,0 +1,122 @@
+/**
+ * Key and channel naming of the Redis engine. Every key and channel starts with the configured
+ * prefix (REDIS_KEY_PREFIX, default `mrezhen:`), so deployments and test runs can share a Redis.
+ *
+ * Layout (`<p>` = prefix):
+ *
+ * | key                          | type   | contents                                              |
+ * |------------------------------|--------|-------------------------------------------------------|
+ * | `<p>msg:<messageId>`         | string | the stored message text (protocol `encodeMessage`)    |
+ * | `<p>conv-seq:<conversation>` | string | last conversation `seq` handed out (INCR)             |
+ * | `<p>conv:<conversation>`     | zset   | history: score `seq` → message id                     |
+ * | `<p>inbox-pos:<userId>`      | string | last inbox position handed out to the user (INCR)     |
+ * | `<p>inbox:<userId>`          | zset   | inbox: score position → message id (for B2 sync)      |
+ * | `<p>queue:<userId>`          | zset   | offline queue: score recipient position → message id  |
+ * | `<p>presence:online`         | set    | users with at least one connection anywhere           |
+ * | `<p>presence:count`          | hash   | user → connections on all nodes                       |
+ * | `<p>presence:node:<nodeId>`  | hash   | user → connections on that node                       |
+ * | `<p>nodes`                   | set    | node ids that may own presence entries                |
+ * | `<p>node-alive:<nodeId>`     | string | liveness: PX TTL = nodeTtlMs, refreshed by heartbeat  |
+ * | `<p>rate:<key>`              | zset   | rate-limit window: score µs → unique member           |
+ *
+ * | channel            | payload                                                             |
+ * |--------------------|---------------------------------------------------------------------|
+ * | `<p>user:<userId>` | user events (codec.ts); subscribed while the user is on this node   |
+ * | `<p>broadcast`     | ready-to-send presence frames; every node subscribes at start       |
+ *
+ * `<conversation>` is `conversationKey(a, b)` from @mrezhen/engine, so both engines agree.
+ *
+ * Why the variable part is always last: ids are arbitrary strings (a user id may contain `:`),
+ * so `inbox:<user>:pos` could collide with the inbox of a user named `<user>:pos`. With a fixed
+ * head and the id as the tail, two different heads never produce the same key.
+ *
+ * Scripts that reach keys named by data they read (other nodes' hashes in the sweep, message
+ * texts by id in history and queue reads) get the key heads from here as arguments, so the names
+ * live in this file only. Such keys are not declared in KEYS: the layout assumes a standalone
+ * Redis (or a primary with replicas), not Redis Cluster.
+ */
+import { conversationKey } from "@mrezhen/engine";
+
+export class Keys {
+  readonly presenceOnline: string;
+  readonly presenceCount: string;
+  readonly nodes: string;
+  readonly broadcastChannel: string;
+  /** This node's presence hash and liveness key. */
+  readonly presenceThisNode: string;
+  readonly aliveThisNode: string;
+  /** `<p>user:`; a user channel is this plus the user id. */
+  readonly userChannelHead: string;
+  /** Key heads for scripts that append an id read from Redis. */
+  readonly messageHead: string;
+  readonly presenceNodeHead: string;
+  readonly aliveHead: string;
+
+  constructor(
+    readonly prefix: string,
+    nodeId: string,
+  ) {
+    this.presenceOnline = `${prefix}presence:online`;
+    this.presenceCount = `${prefix}presence:count`;
+    this.nodes = `${prefix}nodes`;
+    this.broadcastChannel = `${prefix}broadcast`;
+    this.messageHead = `${prefix}msg:`;
+    this.presenceNodeHead = `${prefix}presence:node:`;
+    this.aliveHead = `${prefix}node-alive:`;
+    this.presenceThisNode = this.presenceNode(nodeId);
+    this.aliveThisNode = this.alive(nodeId);
+    this.userChannelHead = `${prefix}user:`;
+  }
+
+  message(messageId: string): string {
+    return this.messageHead + messageId;
+  }
+
+  /** The conversation part of the conversation keys: one per unordered pair of users. */
+  conversationOf(userA: string, userB: string): string {
+    return conversationKey(userA, userB);
+  }
+
+  conversationSeq(conversation: string): string {
+    return `${this.prefix}conv-seq:${conversation}`;
+  }
+
+  conversation(conversation: string): string {
+    return `${this.prefix}conv:${conversation}`;
+  }
+
+  inboxPosition(userId: string): string {
+    return `${this.prefix}inbox-pos:${userId}`;
+  }
+
+  inbox(userId: string): string {
+    return `${this.prefix}inbox:${userId}`;
+  }
+
+  queue(userId: string): string {
+    return `${this.prefix}queue:${userId}`;
+  }
+
+  presenceNode(nodeId: string): string {
+    return this.presenceNodeHead + nodeId;
+  }
+
+  alive(nodeId: string): string {
+    return this.aliveHead + nodeId;
+  }
+
+  rate(key: string): string {
+    return `${this.prefix}rate:${key}`;
+  }
+
+  userChannel(userId: string): string {
+    return this.userChannelHead + userId;
+  }
+
+  /** The user of a user channel, or undefined for any other channel. */
+  userOfChannel(channel: string): string | undefined {
+    return channel.startsWith(this.userChannelHead)
+      ? channel.slice(this.userChannelHead.length)
+      : undefined;
+  }
+}

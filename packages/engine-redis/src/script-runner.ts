@@ -1,0 +1,84 @@
+/**
+ * Running the Lua scripts, and what a failure means to the caller.
+ *
+ * A script costs one round trip: EVALSHA with the script's SHA1. The scripts are loaded with
+ * SCRIPT LOAD at start; when Redis has forgotten them (restart, SCRIPT FLUSH, failover) EVALSHA
+ * fails with NOSCRIPT, without running anything, and the runner sends the body with EVAL. That
+ * fallback is safe for non-idempotent scripts (append) precisely because NOSCRIPT means "not run";
+ * EVAL also caches the script again, so the next call is a plain EVALSHA.
+ * (ioredis' `defineCommand` would do the same, but sends EVAL first on every new connection and
+ * gives untyped methods; this is a few lines and keeps the hot path exactly one EVALSHA.)
+ */
+import { EngineUnavailableError } from "@mrezhen/engine";
+import type { Redis } from "ioredis";
+import type { LuaScript } from "./scripts.js";
+
+export type ScriptArgument = string | number;
+
+/** Runs `script` with `args` = its keys followed by its other arguments. Rejects with toEngineError. */
+export async function runScript(
+  client: Redis,
+  script: LuaScript,
+  args: readonly ScriptArgument[],
+): Promise<unknown> {
+  try {
+    return await client.evalsha(script.sha, script.numberOfKeys, ...args);
+  } catch (error) {
+    if (!isNoScript(error)) throw toEngineError(error);
+  }
+  try {
+    return await client.eval(script.lua, script.numberOfKeys, ...args);
+  } catch (error) {
+    throw toEngineError(error);
+  }
+}
+
+/** Loads every script, so that the first call of each is already a hit. */
+export async function loadScripts(client: Redis, scripts: readonly LuaScript[]): Promise<void> {
+  await Promise.all(scripts.map((script) => client.script("LOAD", script.lua)));
+}
+
+function isNoScript(error: unknown): boolean {
+  return error instanceof Error && error.message.startsWith("NOSCRIPT");
+}
+
+/**
+ * Server replies that mean "cannot serve now, try again" rather than "this request is wrong":
+ * loading a dataset, a script running too long, a replica or a failover in progress, out of memory.
+ */
+const RETRYABLE_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|TRYAGAIN|CLUSTERDOWN|OOM|NOREPLICAS)\b/;
+
+/**
+ * Maps a failure to what the ports promise: EngineUnavailableError when Redis cannot serve right
+ * now (connection down, closed while the command was in flight, socket timeout, or a retryable
+ * server reply), the error itself otherwise (a script error is a bug, not an outage).
+ * Every error that does not come from the server is a connection-level failure: with the offline
+ * queue disabled, ioredis rejects at once when the connection is not ready.
+ */
+export function toEngineError(error: unknown): Error {
+  if (error instanceof EngineUnavailableError) return error;
+  const message = error instanceof Error ? error.message : String(error);
+  if (error instanceof Error && error.name === "ReplyError" && !RETRYABLE_REPLY.test(message)) {
+    return error;
+  }
+  return new EngineUnavailableError(`redis unavailable: ${message}`, { cause: error });
+}
+
+/** A script reply of `count` integers; anything else is a bug in a script, not an outage. */
+export function integers<T extends number[]>(reply: unknown, count: T["length"], what: string): T {
+  if (
+    !Array.isArray(reply) ||
+    reply.length !== count ||
+    !reply.every((value) => typeof value === "number")
+  ) {
+    throw new Error(`unexpected reply from the ${what} script: ${JSON.stringify(reply)}`);
+  }
+  return reply as T;
+}
+
+export function strings(reply: unknown, what: string): string[] {
+  if (!Array.isArray(reply) || !reply.every((value) => typeof value === "string")) {
+    throw new Error(`unexpected reply from the ${what} script: ${JSON.stringify(reply)}`);
+  }
+  return reply;
+}
