@@ -2,9 +2,11 @@
  * Broker on Redis pub/sub, over the engine's dedicated subscriber connection.
  *
  * - `<p>user:<userId>`: one channel per user, subscribed while the user has a connection on this
- *   node. Events are published by the append script (scripts.ts), payloads as in codec.ts. A
- *   direct message is one PUBLISH to the recipient's channel (plus one to the sender's when it
- *   has other connections): it reaches only the nodes that hold the user, never all nodes.
+ *   node. Message events are published by the append script (scripts.ts), receipt frames by the
+ *   acknowledge and mark-read scripts, other frames (typing) by publishFrame; payloads as in
+ *   codec.ts. A direct message is one PUBLISH to the recipient's channel (plus one to the
+ *   sender's when it has other connections): it reaches only the nodes that hold the user,
+ *   never all nodes.
  * - `<p>broadcast`: presence frames, ready to send; every node subscribes to it at start.
  *
  * subscribe() resolves when Redis has confirmed the subscription (ioredis resolves SUBSCRIBE on
@@ -12,10 +14,13 @@
  * connection delivers a channel's messages in publish order. After a reconnect ioredis
  * subscribes again to every confirmed channel (autoResubscribe; test/outage.test.ts checks it),
  * and the engine reports healthy only once that is confirmed too.
+ *
+ * publishFrame is one PUBLISH on the command connection (a connection in subscriber mode cannot
+ * publish): at most once, to whichever nodes hold the user at that moment, nothing stored.
  */
 import type { Broker, BrokerHandler } from "@mrezhen/engine";
 import type { Redis } from "ioredis";
-import { decodeUserEvent } from "./codec.js";
+import { decodeUserEvent, encodeFrameEvent } from "./codec.js";
 import type { Logger } from "./engine.js";
 import type { Keys } from "./keys.js";
 import { toEngineError } from "./script-runner.js";
@@ -31,6 +36,8 @@ export class RedisBroker implements Broker {
 
   constructor(
     private readonly subscriber: Redis,
+    /** The engine's command connection, for publishFrame. */
+    private readonly command: Redis,
     private readonly keys: Keys,
     private readonly logger: Logger,
   ) {}
@@ -53,6 +60,14 @@ export class RedisBroker implements Broker {
       await this.subscriber.unsubscribe(this.keys.userChannel(userId));
     } catch (error) {
       this.staleUsers.add(userId);
+      throw toEngineError(error);
+    }
+  }
+
+  async publishFrame(userId: string, frame: string): Promise<void> {
+    try {
+      await this.command.publish(this.keys.userChannel(userId), encodeFrameEvent(frame));
+    } catch (error) {
       throw toEngineError(error);
     }
   }

@@ -1,18 +1,30 @@
 /**
- * The payload of user-channel events. The append script (scripts.ts) writes it; every node that
- * holds the user decodes it once per event, so it is a flat, splittable string rather than JSON:
+ * The payload of user-channel events. The scripts (scripts.ts) and Broker.publishFrame write it;
+ * every node that holds the user decodes it once per event, so it is a flat, splittable string
+ * rather than JSON. Two kinds, told apart by the leading tag:
  *
- *     m|<position>|<excludeConnId or empty>|<messageId>|<messageJson>
+ *     m|<position>|<excludeConnId or empty>|<messageId>|<messageJson>   a stored message
+ *     f|<frame>                                                         a ready-to-send frame
  *
- * The first four fields never contain `|` (positions are integers, ids are node-generated UUIDs
- * and connection ids), so four `indexOf` calls split it, and the message text, which may contain
- * anything, is the untouched tail: it goes into frames as-is, without a parse and a stringify.
- * The leading kind tag leaves room for other event kinds (receipts, typing) later.
+ * The first four fields of a message event never contain `|` (positions are integers, ids are
+ * node-generated UUIDs and connection ids), so four `indexOf` calls split it, and the message
+ * text, which may contain anything, is the untouched tail: it goes into frames as-is, without a
+ * parse and a stringify. A frame event (receipts, typing) is the frame text after the tag.
  */
 import type { UserEvent } from "@mrezhen/engine";
 
+/** Tag of a frame event; the Lua scripts that publish receipts write the same two bytes. */
+export const FRAME_TAG = "f|";
+
+/** The payload of a frame event (see the format above). */
+export function encodeFrameEvent(frame: string): string {
+  return FRAME_TAG + frame;
+}
+
 /** Decodes a user-channel payload; undefined when it is not one this version understands. */
 export function decodeUserEvent(payload: string): UserEvent | undefined {
+  if (payload.startsWith(FRAME_TAG))
+    return { kind: "frame", frame: payload.slice(FRAME_TAG.length) };
   if (!payload.startsWith("m|")) return undefined;
   const afterPosition = payload.indexOf("|", 2);
   const afterExclude = afterPosition < 0 ? -1 : payload.indexOf("|", afterPosition + 1);

@@ -20,7 +20,13 @@
  * Every heartbeatIntervalMs one script (TICK) refreshes this node's liveness key and sweeps dead
  * nodes; see presence.ts for the liveness design.
  */
-import { type Engine, type EngineHealth, EngineUnavailableError } from "@mrezhen/engine";
+import {
+  DEFAULT_RETENTION,
+  type Engine,
+  type EngineHealth,
+  EngineUnavailableError,
+  type RetentionOptions,
+} from "@mrezhen/engine";
 import { Redis, type RedisOptions } from "ioredis";
 import { RedisBroker } from "./broker.js";
 import { Keys } from "./keys.js";
@@ -45,6 +51,12 @@ export interface RedisEngineOptions {
   /** NODE_ID: this node's identity for presence liveness. Must be unique among live nodes. */
   readonly nodeId: string;
   readonly rateLimit: { readonly limit: number; readonly windowMs: number };
+  /**
+   * How long message bodies live (PX) and how many newest entries each inbox, offline queue,
+   * conversation index and conversation list keeps. Default {@link DEFAULT_RETENTION} (the
+   * memory engine's: 30 days, 10,000 entries). See keys.ts for what expires and what does not.
+   */
+  readonly retention?: RetentionOptions;
   /** Default: silent. */
   readonly logger?: Logger;
   /** How often the node refreshes its liveness key and sweeps dead nodes. Default 3000. */
@@ -135,7 +147,7 @@ class RedisEngine implements Engine {
     this.watch(this.command, "command");
     this.watch(this.subscriber, "subscriber");
 
-    this.broker = new RedisBroker(this.subscriber, this.keys, this.logger);
+    this.broker = new RedisBroker(this.subscriber, this.command, this.keys, this.logger);
     this.subscriber.on("message", this.broker.dispatch);
     this.presence = new RedisPresenceStore(
       this.command,
@@ -143,7 +155,11 @@ class RedisEngine implements Engine {
       options.nodeId,
       options.nodeTtlMs ?? DEFAULT_NODE_TTL_MS,
     );
-    this.messages = new RedisMessageStore(this.command, this.keys);
+    this.messages = new RedisMessageStore(
+      this.command,
+      this.keys,
+      options.retention ?? DEFAULT_RETENTION,
+    );
     this.rateLimiter = new RedisRateLimiter(
       this.command,
       this.keys,
@@ -382,6 +398,15 @@ function validate(options: RedisEngineOptions): void {
       `nodeTtlMs (${ttl}) must be an integer above heartbeatIntervalMs (${heartbeat}); ` +
         "about 3 × the interval lets a live node miss a beat without being declared dead",
     );
+  }
+  if (options.retention !== undefined) {
+    const { messageTtlMs, maxEntries } = options.retention;
+    if (!Number.isSafeInteger(messageTtlMs) || messageTtlMs < 1) {
+      problems.push(`retention.messageTtlMs must be a positive integer (got ${messageTtlMs})`);
+    }
+    if (!Number.isSafeInteger(maxEntries) || maxEntries < 1) {
+      problems.push(`retention.maxEntries must be a positive integer (got ${maxEntries})`);
+    }
   }
   if (problems.length > 0) {
     throw new TypeError(`invalid Redis engine options: ${problems.join("; ")}`);

@@ -6,18 +6,46 @@
  *
  * | key                          | type   | contents                                              |
  * |------------------------------|--------|-------------------------------------------------------|
- * | `<p>msg:<messageId>`         | string | the stored message text (protocol `encodeMessage`)    |
+ * | `<p>msg:<messageId>`         | string | the stored message text (protocol `encodeMessage`);   |
+ * |                              |        | PX retention.messageTtlMs                             |
  * | `<p>conv-seq:<conversation>` | string | last conversation `seq` handed out (INCR)             |
- * | `<p>conv:<conversation>`     | zset   | history: score `seq` → message id                     |
+ * | `<p>conv:<conversation>`     | zset   | history: score `seq` → message id (capped, PX ttl †)  |
  * | `<p>inbox-pos:<userId>`      | string | last inbox position handed out to the user (INCR)     |
- * | `<p>inbox:<userId>`          | zset   | inbox: score position → message id (for B2 sync)      |
+ * | `<p>inbox:<userId>`          | zset   | inbox: score position → message id (B2 sync; capped,  |
+ * |                              |        | PX ttl †)                                             |
  * | `<p>queue:<userId>`          | zset   | offline queue: score recipient position → message id  |
+ * |                              |        | (capped, PX ttl †)                                    |
+ * | `<p>idem:<n>:<from><cmid>`   | string | idempotency record of (from, clientMsgId), n = the    |
+ * |                              |        | length of `from`: the original append's result (see   |
+ * |                              |        | APPEND in scripts.ts); PX IDEMPOTENCY_TTL_MS          |
+ * | `<p>convs:<userId>`          | zset   | the user's conversations: other user → the user's     |
+ * |                              |        | inbox position of their last message (capped ‡)       |
+ * | `<p>conv-last:<userId>`      | hash   | other user → id of the conversation's last message    |
+ * |                              |        | (its fields come and go with the `convs` members)     |
+ * | `<p>unread:<userId>`         | hash   | other user → messages from them above the read mark   |
+ * | `<p>acked:<userId>`          | string | highest inbox position any device of the user acked   |
+ * | `<p>delivered:<userId>`      | hash   | other user → highest seq of theirs the user acked     |
+ * | `<p>read:<userId>`           | hash   | other user → the user's read watermark (a seq)        |
+ * | `<p>receipts:<userId>`       | hash   | `<kind>` + "\|" + sender → the latest receipt frame   |
+ * |                              |        | of that kind from that sender, for the user's sync    |
  * | `<p>presence:online`         | set    | users with at least one connection anywhere           |
  * | `<p>presence:count`          | hash   | user → connections on all nodes                       |
  * | `<p>presence:node:<nodeId>`  | hash   | user → connections on that node                       |
  * | `<p>nodes`                   | set    | node ids that may own presence entries                |
  * | `<p>node-alive:<nodeId>`     | string | liveness: PX TTL = nodeTtlMs, refreshed by heartbeat  |
  * | `<p>rate:<key>`              | zset   | rate-limit window: score µs → unique member           |
+ *
+ * † Capped at retention.maxEntries newest entries on every write (ZREMRANGEBYRANK), and given
+ * PX retention.messageTtlMs on every write: every entry is at most that old, so when the index
+ * expires, all its bodies have expired too. Entries whose body expired first are skipped by every
+ * read and removed there (lazily). Bodies are never deleted except by their TTL: an inbox and a
+ * conversation share them, and either may still need one the other has trimmed.
+ * ‡ Capped likewise, without a TTL: a conversation whose last text expired leaves `convs` and
+ * `conv-last` when conversations() comes across it.
+ * Counters, watermarks and conversation lists (`conv-seq`, `inbox-pos`, `acked`, `delivered`,
+ * `read`, `unread`, `receipts`, `convs`, `conv-last`) have no TTL: a seq or position must never
+ * be handed out twice, nor a watermark lowered. They grow with the number of users and of pairs
+ * that ever talked (a few small fields per pair), not with traffic.
  *
  * | channel            | payload                                                             |
  * |--------------------|---------------------------------------------------------------------|
@@ -31,7 +59,8 @@
  * head and the id as the tail, two different heads never produce the same key.
  *
  * Scripts that reach keys named by data they read (other nodes' hashes in the sweep, message
- * texts by id in history and queue reads) get the key heads from here as arguments, so the names
+ * texts by id in history and queue reads, the receipts and channel of a sender read from a
+ * message body in acknowledge) get the key heads from here as arguments, so the names
  * live in this file only. Such keys are not declared in KEYS: the layout assumes a standalone
  * Redis (or a primary with replicas), not Redis Cluster.
  */
@@ -49,6 +78,8 @@ export class Keys {
   readonly userChannelHead: string;
   /** Key heads for scripts that append an id read from Redis. */
   readonly messageHead: string;
+  /** `<p>receipts:`, for the acknowledge script (the receipts key of a sender read from a body). */
+  readonly receiptsHead: string;
   readonly presenceNodeHead: string;
   readonly aliveHead: string;
 
@@ -61,6 +92,7 @@ export class Keys {
     this.nodes = `${prefix}nodes`;
     this.broadcastChannel = `${prefix}broadcast`;
     this.messageHead = `${prefix}msg:`;
+    this.receiptsHead = `${prefix}receipts:`;
     this.presenceNodeHead = `${prefix}presence:node:`;
     this.aliveHead = `${prefix}node-alive:`;
     this.presenceThisNode = this.presenceNode(nodeId);
@@ -95,6 +127,39 @@ export class Keys {
 
   queue(userId: string): string {
     return `${this.prefix}queue:${userId}`;
+  }
+
+  /** The length prefix makes (from, clientMsgId) unambiguous for any ids (as the memory engine). */
+  idempotency(from: string, clientMsgId: string): string {
+    return `${this.prefix}idem:${from.length}:${from}${clientMsgId}`;
+  }
+
+  conversations(userId: string): string {
+    return `${this.prefix}convs:${userId}`;
+  }
+
+  conversationLast(userId: string): string {
+    return `${this.prefix}conv-last:${userId}`;
+  }
+
+  unread(userId: string): string {
+    return `${this.prefix}unread:${userId}`;
+  }
+
+  acked(userId: string): string {
+    return `${this.prefix}acked:${userId}`;
+  }
+
+  delivered(userId: string): string {
+    return `${this.prefix}delivered:${userId}`;
+  }
+
+  read(userId: string): string {
+    return `${this.prefix}read:${userId}`;
+  }
+
+  receipts(userId: string): string {
+    return this.receiptsHead + userId;
   }
 
   presenceNode(nodeId: string): string {

@@ -1,38 +1,69 @@
 /**
- * MessageStore on Redis. Round trips (each one EVALSHA, see scripts.ts):
- * - append: 1 (APPEND: seq, positions, text, history, inboxes, queue-or-publish, sender copy);
- * - history: 1 (HISTORY: ZRANGE of the conversation + MGET of the texts inside the script);
+ * MessageStore on Redis. Round trips (each one EVALSHA, see scripts.ts, unless said otherwise):
+ * - append: 1 (APPEND: idempotency check, seq, positions, text, history, inboxes, conversation
+ *   lists, unread count, queue-or-publish, sender copy, idempotency record) — with or without a
+ *   clientMsgId, and a retry answered from the idempotency record is 1 too;
+ * - history: 1 (HISTORY: a page of the conversation + the texts, inside the script);
+ * - readInbox: 1 (READ_INBOX); acknowledge: 1 (ACKNOWLEDGE); markRead: 1 (MARK_READ);
+ * - receipts: 1 (HVALS); conversations: 1 (CONVERSATIONS);
  * - takeQueued: 1 (TAKE_QUEUED: read and delete the queue, with the texts);
  * - requeueIfOffline: 1 (REQUEUE_IF_OFFLINE: check presence and add, atomically).
  *
  * A direct message therefore costs the node two round trips in all: RateLimiter.consume and
  * MessageStore.append (test/round-trips.test.ts counts them with MONITOR).
  *
- * Messages have no expiry: history is kept until an operator trims it.
+ * Retention (RetentionOptions): message texts expire (PX messageTtlMs); every index (history,
+ * inbox, queue, conversation list) is capped at maxEntries newest entries, and the message
+ * indexes expire with their newest text; reads skip and drop entries whose text expired. See
+ * keys.ts for the layout and what is kept without a TTL.
  */
-import type { AppendInput, AppendResult, MessageStore, QueuedMessage } from "@mrezhen/engine";
+import {
+  type AppendInput,
+  type AppendResult,
+  type ConversationSummary,
+  type HistoryPage,
+  IDEMPOTENCY_TTL_MS,
+  type InboxPage,
+  type MessageStore,
+  type QueuedMessage,
+  type RetentionOptions,
+} from "@mrezhen/engine";
+import { encodeMessageWithoutSeq, type ReceiptKind, receiptFrame } from "@mrezhen/protocol";
 import type { Redis } from "ioredis";
 import type { Keys } from "./keys.js";
-import { integers, runScript, strings } from "./script-runner.js";
-import { APPEND, HISTORY, REQUEUE_IF_OFFLINE, TAKE_QUEUED } from "./scripts.js";
+import { runScript, strings, toEngineError } from "./script-runner.js";
+import {
+  ACKNOWLEDGE,
+  APPEND,
+  CONVERSATIONS,
+  HISTORY,
+  MARK_READ,
+  READ_INBOX,
+  REQUEUE_IF_OFFLINE,
+  TAKE_QUEUED,
+} from "./scripts.js";
+
+/** Largest count sent to a script (limits are clamped to it; a Lua LIMIT takes any of these). */
+const MAX_COUNT = 2_147_483_646;
 
 export class RedisMessageStore implements MessageStore {
   constructor(
     private readonly client: Redis,
     private readonly keys: Keys,
+    private readonly retention: RetentionOptions,
   ) {}
 
   async append(input: AppendInput): Promise<AppendResult> {
     const { keys } = this;
     const conversation = keys.conversationOf(input.from, input.to);
     // protocol encodeMessage without `,"seq":N}`, which the script appends once it knows N.
-    // Same keys in the same order, so the stored text is byte-identical to encodeMessage's.
-    const head = JSON.stringify({
+    const head = encodeMessageWithoutSeq({
       id: input.id,
       from: input.from,
       to: input.to,
       content: input.content,
       timestamp: input.timestamp,
+      ...(input.clientMsgId === undefined ? {} : { clientMsgId: input.clientMsgId }),
     }).slice(0, -1);
     const reply = await runScript(this.client, APPEND, [
       keys.conversationSeq(conversation),
@@ -44,6 +75,12 @@ export class RedisMessageStore implements MessageStore {
       keys.inbox(input.to),
       keys.presenceCount,
       keys.queue(input.to),
+      keys.idempotency(input.from, input.clientMsgId ?? ""),
+      keys.conversations(input.from),
+      keys.conversations(input.to),
+      keys.conversationLast(input.from),
+      keys.conversationLast(input.to),
+      keys.unread(input.to),
       input.id,
       input.from,
       input.to,
@@ -51,27 +88,126 @@ export class RedisMessageStore implements MessageStore {
       keys.userChannel(input.to),
       keys.userChannel(input.from),
       input.senderConnId,
+      this.retention.messageTtlMs,
+      this.retention.maxEntries,
+      input.clientMsgId === undefined ? 0 : IDEMPOTENCY_TTL_MS,
+      input.timestamp,
     ]);
-    const [seq, delivered, senderPosition, recipientPosition] = integers<
-      [number, number, number, number]
-    >(reply, 4, "append");
-    return {
-      seq,
-      status: delivered === 1 ? "delivered" : "queued",
-      senderPosition,
-      recipientPosition,
-    };
+    return appendResult(reply, input);
   }
 
-  async history(userA: string, userB: string, limit: number): Promise<string[]> {
-    if (!(limit >= 1)) return [];
-    const conversation = this.keys.conversation(this.keys.conversationOf(userA, userB));
+  async history(
+    userA: string,
+    userB: string,
+    limit: number,
+    before?: number,
+  ): Promise<HistoryPage> {
+    // Seqs start at 1: nothing is below 1.
+    if (before !== undefined && before <= 1) return { messages: [], hasMore: false };
+    const upper =
+      before === undefined || Number.isNaN(before) || before === Number.POSITIVE_INFINITY
+        ? "+inf"
+        : `(${before}`;
     const reply = await runScript(this.client, HISTORY, [
-      conversation,
-      Math.min(Math.floor(limit), Number.MAX_SAFE_INTEGER),
+      this.keys.conversation(this.keys.conversationOf(userA, userB)),
+      count(limit),
+      upper,
       this.keys.messageHead,
     ]);
-    return strings(reply, "history");
+    if (!Array.isArray(reply) || (reply[0] !== 0 && reply[0] !== 1)) unexpected("history", reply);
+    return { messages: strings(reply.slice(1), "history"), hasMore: reply[0] === 1 };
+  }
+
+  async readInbox(userId: string, after: number, limit: number): Promise<InboxPage> {
+    const reply = await runScript(this.client, READ_INBOX, [
+      this.keys.inbox(userId),
+      this.keys.inboxPosition(userId),
+      lowerBound(after),
+      count(limit),
+      this.keys.messageHead,
+    ]);
+    const flat = strings(reply, "readInbox");
+    const entries: QueuedMessage[] = [];
+    for (let i = 2; i + 2 < flat.length; i += 3) {
+      entries.push({
+        messageId: flat[i] as string,
+        position: Number(flat[i + 1]),
+        messageJson: flat[i + 2] as string,
+      });
+    }
+    return { entries, oldest: Number(flat[0]), newest: Number(flat[1]) };
+  }
+
+  async acknowledge(userId: string, upTo: number): Promise<void> {
+    const position = integer(upTo);
+    if (position === undefined) return;
+    const [frameHead, frameTail] = receiptFrameParts("delivered", userId);
+    await runScript(this.client, ACKNOWLEDGE, [
+      this.keys.inbox(userId),
+      this.keys.inboxPosition(userId),
+      this.keys.acked(userId),
+      this.keys.delivered(userId),
+      position,
+      JSON.stringify(userId),
+      userId,
+      this.keys.messageHead,
+      this.keys.receiptsHead,
+      frameHead,
+      frameTail,
+      this.keys.userChannelHead,
+    ]);
+  }
+
+  async markRead(userId: string, other: string, upTo: number): Promise<void> {
+    const seq = integer(upTo);
+    if (seq === undefined) return;
+    const conversation = this.keys.conversationOf(userId, other);
+    const [frameHead, frameTail] = receiptFrameParts("read", userId);
+    await runScript(this.client, MARK_READ, [
+      this.keys.conversationSeq(conversation),
+      this.keys.conversation(conversation),
+      this.keys.read(userId),
+      this.keys.unread(userId),
+      this.keys.receipts(other),
+      other,
+      seq,
+      JSON.stringify(other),
+      this.keys.messageHead,
+      `read|${userId}`,
+      this.keys.userChannel(other),
+      frameHead,
+      frameTail,
+    ]);
+  }
+
+  async receipts(userId: string): Promise<string[]> {
+    try {
+      return strings(await this.client.hvals(this.keys.receipts(userId)), "hvals");
+    } catch (error) {
+      throw toEngineError(error);
+    }
+  }
+
+  async conversations(userId: string, limit: number): Promise<ConversationSummary[]> {
+    const wanted = count(limit);
+    if (wanted === 0) return [];
+    const reply = await runScript(this.client, CONVERSATIONS, [
+      this.keys.conversations(userId),
+      this.keys.conversationLast(userId),
+      this.keys.unread(userId),
+      wanted,
+      this.keys.messageHead,
+    ]);
+    const flat = strings(reply, "conversations");
+    const summaries: ConversationSummary[] = [];
+    for (let i = 0; i + 2 < flat.length; i += 3) {
+      summaries.push({
+        with: flat[i] as string,
+        lastMessageJson: flat[i + 1] as string,
+        unread: Number(flat[i + 2]),
+      });
+    }
+    return summaries;
   }
 
   async takeQueued(userId: string): Promise<QueuedMessage[]> {
@@ -99,7 +235,67 @@ export class RedisMessageStore implements MessageStore {
       userId,
       position,
       messageId,
+      this.retention.maxEntries,
+      this.retention.messageTtlMs,
     ]);
     return reply === 1;
   }
+}
+
+/** APPEND's reply: `{ seq, delivered, senderPos, recipientPos, 0 }` or, for a duplicate, `{ …, 1, id, timestamp }`. */
+function appendResult(reply: unknown, input: AppendInput): AppendResult {
+  if (
+    !Array.isArray(reply) ||
+    !(reply.length === 5 || reply.length === 7) ||
+    !reply.slice(0, 5).every((value) => typeof value === "number") ||
+    !reply.slice(5).every((value) => typeof value === "string")
+  ) {
+    unexpected("append", reply);
+  }
+  const [seq, delivered, senderPosition, recipientPosition, duplicate, messageId, timestamp] =
+    reply as [number, number, number, number, number, string?, string?];
+  return {
+    messageId: messageId ?? input.id,
+    timestamp: timestamp ?? input.timestamp,
+    duplicate: duplicate === 1,
+    seq,
+    status: delivered === 1 ? "delivered" : "queued",
+    senderPosition,
+    recipientPosition,
+  };
+}
+
+/** A limit as a script count: a whole number from 0 to MAX_COUNT. */
+function count(limit: number): number {
+  if (!(limit > 0)) return 0;
+  return Math.min(Math.floor(limit), MAX_COUNT);
+}
+
+/** An exclusive lower score bound: entries after `after`. */
+function lowerBound(after: number): string {
+  if (Number.isNaN(after) || after === Number.NEGATIVE_INFINITY) return "-inf";
+  if (after === Number.POSITIVE_INFINITY) return "(+inf";
+  return `(${after}`;
+}
+
+/** A position or seq as a whole number for a script; undefined for NaN. */
+function integer(value: number): number | undefined {
+  if (Number.isNaN(value)) return undefined;
+  return Math.max(-Number.MAX_SAFE_INTEGER, Math.min(Math.floor(value), Number.MAX_SAFE_INTEGER));
+}
+
+const UP_TO_PROBE = 987_654_321;
+
+/**
+ * protocol receiptFrame split around its `upTo`: a script writes head + seq + tail, so the frame
+ * is byte-identical to receiptFrame's whatever the user id holds (JSON escaping included).
+ */
+function receiptFrameParts(kind: ReceiptKind, from: string): [string, string] {
+  const frame = receiptFrame(kind, from, UP_TO_PROBE);
+  const at = frame.lastIndexOf(String(UP_TO_PROBE));
+  return [frame.slice(0, at), frame.slice(at + String(UP_TO_PROBE).length)];
+}
+
+function unexpected(what: string, reply: unknown): never {
+  throw new Error(`unexpected reply from the ${what} script: ${JSON.stringify(reply)}`);
 }

@@ -9,13 +9,22 @@
  *   exactly one presence frame on the broadcast channel, from the same script, so frames are
  *   totally ordered and each one's list is the set at that moment;
  * - every node with a `presence:node:<n>` hash is in `nodes`, so a dead node's hash is always
- *   found by the sweep and never becomes a ghost.
+ *   found by the sweep and never becomes a ghost;
+ * - a message id in an index (`conv`, `inbox`, `queue`) or in `conv-last` names a text that
+ *   exists or expired; texts are only ever removed by their TTL, so an entry whose text is gone
+ *   is dead for good and any script may drop it;
+ * - `seq`, positions and watermarks only go up.
  *
  * Presence frames are built by concatenation with a JSON string encoder that writes exactly what
  * JavaScript's JSON.stringify writes: Redis' cjson escapes "/" as "\/" and orders object keys
  * arbitrarily, and these frames must be byte-identical to protocol's `presenceFrame()`.
+ * Receipt frames need no encoder: their only string, the acting user, is known to the node, which
+ * passes protocol `receiptFrame()` split around `upTo`; the script puts the seq in between.
+ * Scripts that need the sender of a stored text read its JSON literal in place (MESSAGE_TEXT)
+ * rather than with cjson, which refuses the lone-surrogate escapes JSON.stringify writes.
  *
- * The Lua is kept in template literals; only JSON_STRING, which has backslashes, is String.raw.
+ * The Lua is kept in template literals; only JSON_STRING and MESSAGE_TEXT, which have
+ * backslashes, are String.raw.
  *
  * Lua numbers are doubles: integers (positions, seqs, microsecond times) are formatted with
  * `%d`/`%.0f`, never with `..`, which would switch to exponent notation above 1e14.
@@ -234,35 +243,229 @@ return drop_node(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2])
 // -------------------------------------------------------------------------------------------
 // Messages
 
+const INDEX = `
+-- ZREM / HDEL of any number of members (in batches, like mget_all).
+local function zrem_all(key, members)
+  for first = 1, #members, 1000 do
+    redis.call('ZREM', key, unpack(members, first, math.min(first + 999, #members)))
+  end
+end
+local function hdel_all(key, fields)
+  for first = 1, #fields, 1000 do
+    redis.call('HDEL', key, unpack(fields, first, math.min(first + 999, #fields)))
+  end
+end
+
+-- Keeps the cap newest (highest-scored) entries of an index and renews its TTL (retention).
+-- size_bound, when given, is an upper bound of the index's size (the counter that numbers its
+-- entries): at or below cap there is nothing to trim, which spares the hot path a command.
+local function cap_index(key, cap, ttl, size_bound)
+  if not size_bound or size_bound > cap then
+    redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
+  end
+  redis.call('PEXPIRE', key, ttl)
+end
+`;
+
+const WALK = `
+-- Walks the entries of an index of message ids (score range from..to, descending when down)
+-- whose message text still exists, calling visit(member, score, text) until it returns true.
+-- Entries whose text expired are removed from the index on the way: a text only ever goes by
+-- its TTL, so such an entry is dead for good, and each one is walked over once. Reads in pages
+-- of batch entries (at least 256 after the first page).
+local function walk(key, down, from, to, head, batch, visit)
+  while true do
+    local page
+    if down then
+      page = redis.call('ZREVRANGEBYSCORE', key, from, to, 'WITHSCORES', 'LIMIT', 0, batch)
+    else
+      page = redis.call('ZRANGEBYSCORE', key, from, to, 'WITHSCORES', 'LIMIT', 0, batch)
+    end
+    if #page == 0 then return end
+    local keys = {}
+    for i = 1, #page, 2 do keys[#keys + 1] = head .. page[i] end
+    local texts = mget_all(keys)
+    local dead = {}
+    local stop = false
+    for i = 1, #keys do
+      local text = texts[i]
+      if not text then
+        dead[#dead + 1] = page[2 * i - 1]
+      elseif not stop then
+        stop = visit(page[2 * i - 1], page[2 * i], text)
+      end
+    end
+    if #dead > 0 then zrem_all(key, dead) end
+    if stop or #page < 2 * batch then return end
+    from = '(' .. page[#page]
+    batch = math.max(batch, 256)
+  end
+end
+`;
+
+const MESSAGE_TEXT = String.raw`
+-- Stored texts are protocol encodeMessage's, {"id":<string>,"from":<string>,...,"seq":N}: the
+-- fixed key order lets a script read the fields it needs without decoding the whole text
+-- (cjson would also refuse the lone surrogates JSON.stringify writes as \udxxx escapes).
+
+-- The index of the quote that closes the JSON string literal whose opening quote is at start.
+local function literal_end(text, start)
+  local i = start + 1
+  while true do
+    local j = string.find(text, '["\\]', i)
+    if not j then return nil end
+    if string.byte(text, j) == 92 then i = j + 2 else return j end
+  end
+end
+
+-- The sender of a stored message as its JSON string literal, quotes included (nil if malformed).
+local function sender_literal(text)
+  local id_end = literal_end(text, 7) -- the id's opening quote follows {"id":
+  if not id_end or string.sub(text, id_end + 1, id_end + 8) ~= ',"from":' then return nil end
+  local from_end = literal_end(text, id_end + 9)
+  if not from_end then return nil end
+  return string.sub(text, id_end + 9, from_end)
+end
+
+-- The seq of a stored message: always its last field (so only the tail is searched).
+local function seq_of(text)
+  return tonumber(string.match(text, ',"seq":(%d+)}$', math.max(1, #text - 32)))
+end
+
+local JSON_UNESCAPES = {
+  ['"'] = '"', ['\\'] = '\\', ['/'] = '/', b = '\b', f = '\f', n = '\n', r = '\r', t = '\t',
+}
+
+local function utf8_char(code)
+  if code < 0x80 then return string.char(code) end
+  if code < 0x800 then
+    return string.char(0xC0 + math.floor(code / 0x40), 0x80 + code % 0x40)
+  end
+  if code < 0x10000 then
+    return string.char(0xE0 + math.floor(code / 0x1000), 0x80 + math.floor(code / 0x40) % 0x40,
+      0x80 + code % 0x40)
+  end
+  return string.char(0xF0 + math.floor(code / 0x40000), 0x80 + math.floor(code / 0x1000) % 0x40,
+    0x80 + math.floor(code / 0x40) % 0x40, 0x80 + code % 0x40)
+end
+
+-- The string a JSON string literal stands for, as the UTF-8 bytes Node sends for that string
+-- (a lone surrogate becomes U+FFFD, as in Buffer.from), so it names the same keys and channels.
+local function json_unliteral(literal)
+  local body = string.sub(literal, 2, -2)
+  if not string.find(body, '\\', 1, true) then return body end
+  local out, i = {}, 1
+  while true do
+    local j = string.find(body, '\\', i, true)
+    if not j then
+      out[#out + 1] = string.sub(body, i)
+      break
+    end
+    out[#out + 1] = string.sub(body, i, j - 1)
+    local c = string.sub(body, j + 1, j + 1)
+    if c == 'u' then
+      local code = tonumber(string.sub(body, j + 2, j + 5), 16) or 0xFFFD
+      i = j + 6
+      if code >= 0xD800 and code < 0xDC00 and string.sub(body, i, i + 1) == '\\u' then
+        local low = tonumber(string.sub(body, i + 2, i + 5), 16)
+        if low and low >= 0xDC00 and low < 0xE000 then
+          code = 0x10000 + (code - 0xD800) * 0x400 + (low - 0xDC00)
+          i = i + 6
+        end
+      end
+      if code >= 0xD800 and code < 0xE000 then code = 0xFFFD end
+      out[#out + 1] = utf8_char(code)
+    else
+      out[#out + 1] = JSON_UNESCAPES[c] or c
+      i = j + 2
+    end
+  end
+  return table.concat(out)
+end
+`;
+
 /**
  * Stores a direct message and routes it, atomically with presence (the hot path: one round trip).
- * The node sends the message JSON without its closing brace; the script appends the seq, so the
- * stored text is exactly protocol `encodeMessage` (keys id, from, to, content, timestamp, seq).
+ * The node sends the message JSON (protocol `encodeMessageWithoutSeq`) without its closing brace;
+ * the script appends the seq, so the stored text is exactly protocol `encodeMessage`.
  * Publishing from inside the script makes "stored" and "routed" one step: a recipient whose
  * presence was registered (after it subscribed) before this script ran gets the event; one who
  * registers after it finds the message in its queue.
+ *
+ * Idempotency: with a clientMsgId (ARGV 10 > 0), an existing idem record is the answer, with
+ * duplicate = 1, and nothing else happens (no store, no publish, no TTL renewed). Otherwise the
+ * record is written with the result, PX ARGV 10: `seq|status|senderPos|recipientPos|#id|<id><ts>`
+ * (#id in bytes). Check and store are one script, so of concurrent retries exactly one stores.
+ *
+ * Retention: the text gets PX messageTtlMs; every index written (conv, inbox, queue) is capped
+ * at maxEntries newest entries and gets PX messageTtlMs; the conversation lists are capped too,
+ * a member capped away taking its conv-last field with it (see keys.ts). A cap is only checked
+ * once the index's counter (seq, position) is above it: below, the index cannot be over it.
+ *
  * KEYS: 1 conv-seq:<c>, 2 conv:<c>, 3 msg:<id>, 4 inbox-pos:<from>, 5 inbox-pos:<to>,
- *       6 inbox:<from>, 7 inbox:<to>, 8 presence:count, 9 queue:<to>
+ *       6 inbox:<from>, 7 inbox:<to>, 8 presence:count, 9 queue:<to>,
+ *       10 idem:<from, clientMsgId> (any key when there is no clientMsgId), 11 convs:<from>,
+ *       12 convs:<to>, 13 conv-last:<from>, 14 conv-last:<to>, 15 unread:<to>
  * ARGV: 1 id, 2 from, 3 to, 4 message JSON head, 5 recipient channel, 6 sender channel,
- *       7 sender connection id
- * Returns { seq, 1 delivered / 0 queued, sender position, recipient position }.
+ *       7 sender connection id, 8 messageTtlMs, 9 maxEntries,
+ *       10 idempotency TTL in ms (0 without clientMsgId), 11 timestamp
+ * Returns { seq, 1 delivered / 0 queued, sender position, recipient position, 0 } for a new
+ * message, { seq, delivered, sender position, recipient position, 1, messageId, timestamp }
+ * (the original's) for a duplicate.
  */
 export const APPEND = script(
   "append",
-  9,
+  15,
+  INDEX,
   `
 local id = ARGV[1]
+local ttl, cap, idem_ttl = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+if idem_ttl > 0 then
+  local earlier = redis.call('GET', KEYS[10])
+  if earlier then
+    local seq, delivered, sp, rp, id_length, rest =
+      string.match(earlier, '^(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|()')
+    id_length = tonumber(id_length)
+    return { tonumber(seq), tonumber(delivered), tonumber(sp), tonumber(rp), 1,
+      string.sub(earlier, rest, rest + id_length - 1), string.sub(earlier, rest + id_length) }
+  end
+end
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return redis.error_reply('ERR mrezhen: duplicate message id ' .. id)
 end
+
+-- Keeps a user's conversation list to cap members, with their conv-last fields. The list has
+-- at most as many members as the user has positions, so below cap there is nothing to check.
+local function cap_conversations(list_key, last_key, position)
+  if position <= cap then return end
+  local excess = redis.call('ZCARD', list_key) - cap
+  if excess > 0 then
+    local gone = redis.call('ZRANGE', list_key, 0, excess - 1)
+    redis.call('ZREMRANGEBYRANK', list_key, 0, excess - 1)
+    hdel_all(last_key, gone)
+  end
+end
+
 local seq = redis.call('INCR', KEYS[1])
 local json = ARGV[4] .. string.format(',"seq":%d}', seq)
-redis.call('SET', KEYS[3], json)
+redis.call('SET', KEYS[3], json, 'PX', ttl)
 redis.call('ZADD', KEYS[2], seq, id)
+cap_index(KEYS[2], cap, ttl, seq)
 local sender_position = redis.call('INCR', KEYS[4])
 local recipient_position = redis.call('INCR', KEYS[5])
 redis.call('ZADD', KEYS[6], sender_position, id)
+cap_index(KEYS[6], cap, ttl, sender_position)
 redis.call('ZADD', KEYS[7], recipient_position, id)
+cap_index(KEYS[7], cap, ttl, recipient_position)
+
+-- Conversation lists, ordered by each user's own position of the last message.
+redis.call('ZADD', KEYS[11], sender_position, ARGV[3])
+redis.call('HSET', KEYS[13], ARGV[3], id)
+cap_conversations(KEYS[11], KEYS[13], sender_position)
+redis.call('ZADD', KEYS[12], recipient_position, ARGV[2])
+redis.call('HSET', KEYS[14], ARGV[2], id)
+cap_conversations(KEYS[12], KEYS[14], recipient_position)
+redis.call('HINCRBY', KEYS[15], ARGV[2], 1)
 
 -- Event payload, see codec.ts: m|<position>|<excludeConnId>|<messageId>|<messageJson>
 local delivered = 0
@@ -271,33 +474,252 @@ if tonumber(redis.call('HGET', KEYS[8], ARGV[3]) or '0') > 0 then
   delivered = 1
 else
   redis.call('ZADD', KEYS[9], recipient_position, id)
+  cap_index(KEYS[9], cap, ttl, recipient_position)
 end
 -- The sending connection gets an ack; the sender's other connections, if any, a copy.
 if tonumber(redis.call('HGET', KEYS[8], ARGV[2]) or '0') > 1 then
   redis.call('PUBLISH', ARGV[6],
     string.format('m|%d|', sender_position) .. ARGV[7] .. '|' .. id .. '|' .. json)
 end
-return { seq, delivered, sender_position, recipient_position }
+if idem_ttl > 0 then
+  redis.call('SET', KEYS[10],
+    string.format('%d|%d|%d|%d|%d|', seq, delivered, sender_position, recipient_position, #id)
+      .. id .. ARGV[11],
+    'PX', ARGV[10])
+end
+return { seq, delivered, sender_position, recipient_position, 0 }
 `,
 );
 
 /**
- * The newest `limit` messages of a conversation, oldest first.
+ * A page of a conversation, going back from `before`: the newest `limit` messages whose text
+ * still exists with a seq below `before`, oldest first, and whether older ones exist.
  * KEYS: conv:<c>
- * ARGV: limit (> 0), msg: key head
+ * ARGV: 1 limit (≥ 0), 2 upper score bound (`(<before>` or `+inf`), 3 msg: key head
+ * Returns { 1 if older messages exist else 0, text, text, ... } (oldest first).
  */
 export const HISTORY = script(
   "history",
   1,
   MGET_ALL,
+  INDEX,
+  WALK,
   `
-local ids = redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
-local keys = {}
-for i = 1, #ids do keys[i] = ARGV[2] .. ids[i] end
-local texts = mget_all(keys)
+local want = tonumber(ARGV[1]) + 1
+local found = {}
+walk(KEYS[1], true, ARGV[2], '-inf', ARGV[3], want, function(_, _, text)
+  found[#found + 1] = text
+  return #found == want
+end)
+local out = { 0 }
+if #found == want then
+  out[1] = 1
+  found[want] = nil
+end
+for i = #found, 1, -1 do out[#out + 1] = found[i] end
+return out
+`,
+);
+
+/**
+ * Part of a user's inbox (B2 sync): entries after a position, and where the inbox starts and ends.
+ * An entry whose text expired counts as trimmed (and leaves the index).
+ * KEYS: inbox:<user>, inbox-pos:<user>
+ * ARGV: 1 lower score bound (`(<after>` or `-inf`), 2 limit (≥ 0), 3 msg: key head
+ * Returns { oldest kept position (newest + 1 when none), newest position,
+ *           messageId, position, messageJson, ... } (all strings).
+ */
+export const READ_INBOX = script(
+  "read_inbox",
+  2,
+  MGET_ALL,
+  INDEX,
+  WALK,
+  `
+local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
+local oldest = string.format('%d', newest + 1)
+walk(KEYS[1], false, '-inf', '+inf', ARGV[3], 1, function(_, score)
+  oldest = score
+  return true
+end)
+local out = { oldest, string.format('%d', newest) }
+local want = tonumber(ARGV[2])
+if want > 0 then
+  local taken = 0
+  walk(KEYS[1], false, ARGV[1], '+inf', ARGV[3], want, function(member, score, text)
+    out[#out + 1] = member
+    out[#out + 1] = score
+    out[#out + 1] = text
+    taken = taken + 1
+    return taken == want
+  end)
+end
+return out
+`,
+);
+
+/**
+ * A device of the user processed its inbox up to a position. Raises the user's acked watermark
+ * (clamped to the newest position; an ack at or below it changes nothing), and for each sender
+ * of messages received in the newly covered positions (acked, upTo], in order of first
+ * appearance, with the highest seq received from them there: when that seq is above the user's
+ * delivered watermark for them, raises it, stores the receipt frame for the sender (its
+ * `receipts` hash, field `delivered|<user>`) and publishes it to the sender's channel as a frame
+ * event (codec.ts). The frame is ARGV 6 .. seq .. ARGV 7: protocol receiptFrame split around
+ * upTo by the node, so it is byte-identical. Senders are read from the stored texts (their JSON
+ * literal is compared with the user's, given by the node as JSON.stringify wrote it), and their
+ * receipts key and channel built from the heads (not declared in KEYS, see keys.ts).
+ * KEYS: inbox:<user>, inbox-pos:<user>, acked:<user>, delivered:<user>
+ * ARGV: 1 upTo (integer), 2 the user's JSON literal, 3 userId, 4 msg: key head,
+ *       5 receipts: key head, 6 receipt frame head, 7 receipt frame tail, 8 user channel head
+ * Returns how many receipts it sent.
+ */
+export const ACKNOWLEDGE = script(
+  "acknowledge",
+  4,
+  MGET_ALL,
+  INDEX,
+  WALK,
+  MESSAGE_TEXT,
+  `
+local acked = redis.call('GET', KEYS[3]) or '0'
+local up_to = tonumber(ARGV[1])
+if up_to <= tonumber(acked) then return 0 end
+local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
+local covered, senders = {}, {}
+walk(KEYS[1], false, '(' .. acked, ARGV[1], ARGV[4], 256, function(_, _, text)
+  local literal = sender_literal(text)
+  local seq = seq_of(text)
+  if literal and seq and literal ~= ARGV[2] then
+    local other = json_unliteral(literal)
+    local had = covered[other]
+    if not had then senders[#senders + 1] = other end
+    if not had or seq > had then covered[other] = seq end
+  end
+  return false
+end)
+if math.min(up_to, newest) > tonumber(acked) then
+  redis.call('SET', KEYS[3], string.format('%d', math.min(up_to, newest)))
+end
+local sent = 0
+for _, other in ipairs(senders) do
+  local seq = covered[other]
+  if seq > tonumber(redis.call('HGET', KEYS[4], other) or '0') then
+    redis.call('HSET', KEYS[4], other, string.format('%d', seq))
+    local frame = ARGV[6] .. string.format('%d', seq) .. ARGV[7]
+    redis.call('HSET', ARGV[5] .. other, 'delivered|' .. ARGV[3], frame)
+    redis.call('PUBLISH', ARGV[8] .. other, 'f|' .. frame)
+    sent = sent + 1
+  end
+end
+return sent
+`,
+);
+
+/**
+ * The user read the conversation with `other` up to a seq, capped at the conversation's last
+ * seq. When that raises the user's read watermark: recounts the user's unread messages from
+ * `other` (those above the mark whose text still exists, read from the conversation's tail:
+ * at most maxEntries), stores the read receipt for `other` and publishes it to `other`'s channel.
+ * KEYS: conv-seq:<c>, conv:<c>, read:<user>, unread:<user>, receipts:<other>
+ * ARGV: 1 other, 2 upTo (integer), 3 other's JSON literal, 4 msg: key head,
+ *       5 receipts field (`read|<user>`), 6 other's channel, 7 receipt frame head,
+ *       8 receipt frame tail
+ * Returns 1 when the watermark rose (a receipt was sent), else 0.
+ */
+export const MARK_READ = script(
+  "mark_read",
+  5,
+  MGET_ALL,
+  INDEX,
+  WALK,
+  MESSAGE_TEXT,
+  `
+local last = redis.call('GET', KEYS[1])
+if not last then return 0 end
+local up_to = math.min(tonumber(ARGV[2]), tonumber(last))
+if up_to <= tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0') then return 0 end
+local mark = string.format('%d', up_to)
+redis.call('HSET', KEYS[3], ARGV[1], mark)
+local unread = 0
+walk(KEYS[2], false, '(' .. mark, '+inf', ARGV[4], 256, function(_, _, text)
+  if sender_literal(text) == ARGV[3] then unread = unread + 1 end
+  return false
+end)
+if unread > 0 then
+  redis.call('HSET', KEYS[4], ARGV[1], unread)
+else
+  redis.call('HDEL', KEYS[4], ARGV[1])
+end
+local frame = ARGV[7] .. mark .. ARGV[8]
+redis.call('HSET', KEYS[5], ARGV[5], frame)
+redis.call('PUBLISH', ARGV[6], 'f|' .. frame)
+return 1
+`,
+);
+
+/**
+ * A user's conversations, most recent first: the other user, the text of the conversation's last
+ * message and the unread count. A conversation whose last text expired has no message left (texts
+ * expire in append order) and leaves the list.
+ * KEYS: convs:<user>, conv-last:<user>, unread:<user>
+ * ARGV: 1 limit (> 0), 2 msg: key head
+ * Returns { other, lastMessageJson, unread, ... }.
+ */
+export const CONVERSATIONS = script(
+  "conversations",
+  3,
+  MGET_ALL,
+  INDEX,
+  `
+local function hmget_all(key, fields)
+  local values = {}
+  for first = 1, #fields, 1000 do
+    local batch = redis.call('HMGET', key, unpack(fields, first, math.min(first + 999, #fields)))
+    for i = 1, #batch do values[first + i - 1] = batch[i] end
+  end
+  return values
+end
+
+local want = tonumber(ARGV[1])
 local out = {}
-for i = 1, #ids do
-  if texts[i] then out[#out + 1] = texts[i] end
+local found = 0
+local upper = '+inf'
+local batch = want
+while found < want do
+  local page = redis.call('ZREVRANGEBYSCORE', KEYS[1], upper, '-inf', 'WITHSCORES', 'LIMIT', 0, batch)
+  if #page == 0 then break end
+  local others = {}
+  for i = 1, #page, 2 do others[#others + 1] = page[i] end
+  local ids = hmget_all(KEYS[2], others)
+  local unread = hmget_all(KEYS[3], others)
+  local keys, at = {}, {}
+  for i = 1, #others do
+    if ids[i] then
+      keys[#keys + 1] = ARGV[2] .. ids[i]
+      at[i] = #keys
+    end
+  end
+  local texts = mget_all(keys)
+  local dead = {}
+  for i = 1, #others do
+    local text = at[i] and texts[at[i]]
+    if not text then
+      dead[#dead + 1] = others[i]
+    elseif found < want then
+      out[#out + 1] = others[i]
+      out[#out + 1] = text
+      out[#out + 1] = unread[i] or '0'
+      found = found + 1
+    end
+  end
+  if #dead > 0 then
+    zrem_all(KEYS[1], dead)
+    hdel_all(KEYS[2], dead)
+  end
+  if #page < 2 * batch then break end
+  upper = '(' .. page[#page]
+  batch = math.max(batch, 64)
 end
 return out
 `,
@@ -305,6 +727,7 @@ return out
 
 /**
  * Takes a user's whole offline queue, in position order; whoever runs it first gets everything.
+ * Entries whose text expired are left out.
  * KEYS: queue:<user>
  * ARGV: msg: key head
  * Returns a flat list { messageId, position, messageJson, ... }.
@@ -334,18 +757,21 @@ return out
 );
 
 /**
- * Queues a stored message for a user if, and only if, the user has no connection anywhere.
+ * Queues a stored message (its text still exists) for a user if, and only if, the user has no
+ * connection anywhere; the queue stays capped and gets its TTL, as in APPEND.
  * KEYS: presence:count, queue:<user>, msg:<id>
- * ARGV: userId, position, messageId
+ * ARGV: 1 userId, 2 position, 3 messageId, 4 maxEntries, 5 messageTtlMs
  * Returns 1 when queued.
  */
 export const REQUEUE_IF_OFFLINE = script(
   "requeue_if_offline",
   3,
+  INDEX,
   `
 if tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') > 0 then return 0 end
 if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[3])
+cap_index(KEYS[2], tonumber(ARGV[4]), ARGV[5])
 return 1
 `,
 );
@@ -388,6 +814,10 @@ export const ALL_SCRIPTS: readonly LuaScript[] = [
   DROP_NODE,
   APPEND,
   HISTORY,
+  READ_INBOX,
+  ACKNOWLEDGE,
+  MARK_READ,
+  CONVERSATIONS,
   TAKE_QUEUED,
   REQUEUE_IF_OFFLINE,
   CONSUME,

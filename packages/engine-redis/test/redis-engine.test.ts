@@ -92,7 +92,10 @@ describe.skipIf(!redis)("redis engine", () => {
         timestamp,
         seq: 1,
       });
-      expect(await engine.messages.history("bob", "alice|x", 10)).toEqual([expected]);
+      expect(await engine.messages.history("bob", "alice|x", 10)).toEqual({
+        messages: [expected],
+        hasMore: false,
+      });
       await eventually(() =>
         expect(recorder.eventsFor("bob")).toEqual([
           {

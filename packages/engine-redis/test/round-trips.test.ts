@@ -122,5 +122,32 @@ describe.skipIf(!redis)("redis engine: round trips per direct message", () => {
     });
     expect(queued.map((args) => args[0]?.toLowerCase())).toEqual(["evalsha", "evalsha"]);
     console.log(`[round trips] queued DM: ${queued.length} commands`);
+
+    // With a clientMsgId (B2): the idempotency check and record are inside the same script, and
+    // a retry answered from the record costs the same.
+    const withKey = {
+      id: randomUUID(),
+      from: "alice",
+      to: "bob",
+      content: "idempotent",
+      timestamp,
+      senderConnId: "alice-laptop",
+      clientMsgId: "client-key-1",
+    };
+    let original: Awaited<ReturnType<typeof engine.messages.append>> | undefined;
+    const idempotent = await commandsOf(nodeId, async () => {
+      await engine.rateLimiter.consume("alice");
+      original = await engine.messages.append(withKey);
+      expect(original).toMatchObject({ status: "delivered", duplicate: false });
+    });
+    expect(idempotent.map((args) => args[0]?.toLowerCase())).toEqual(["evalsha", "evalsha"]);
+    console.log(`[round trips] DM with clientMsgId: ${idempotent.length} commands`);
+    const retried = await commandsOf(nodeId, async () => {
+      await engine.rateLimiter.consume("alice");
+      const retry = await engine.messages.append({ ...withKey, id: randomUUID() });
+      expect(retry).toEqual({ ...original, duplicate: true });
+    });
+    expect(retried.map((args) => args[0]?.toLowerCase())).toEqual(["evalsha", "evalsha"]);
+    console.log(`[round trips] its retry (duplicate): ${retried.length} commands`);
   });
 });

@@ -2,6 +2,10 @@
  * Engine ports and the memory engine. See ports.ts for the guarantees every engine keeps, and
  * `@mrezhen/engine/contract` for the suites that check them.
  */
-export { createMemoryEngine, type MemoryEngineOptions } from "./memory/engine.js";
+export {
+  createMemoryEngine,
+  DEFAULT_RETENTION,
+  type MemoryEngineOptions,
+} from "./memory/engine.js";
 export { conversationKey } from "./memory/messages.js";
 export * from "./ports.js";

@@ -18,7 +18,13 @@ export class EngineUnavailableError extends Error {
 // Broker: routes events to a user's connections on whichever nodes hold them.
 
 /** An event for one user's connections on this node. */
-export type UserEvent = MessageEvent;
+export type UserEvent = MessageEvent | FrameEvent;
+
+/** A ready-to-send frame for a user's connections (receipts, typing): never stored, never queued. */
+export interface FrameEvent {
+  readonly kind: "frame";
+  readonly frame: string;
+}
 
 /** A stored direct message, for the recipient or the sender's other connections. */
 export interface MessageEvent {
@@ -51,6 +57,11 @@ export interface Broker {
   subscribe(userId: string): Promise<void>;
   /** Stops routing `userId`'s events to this node. Events already in flight may still arrive. */
   unsubscribe(userId: string): Promise<void>;
+  /**
+   * Routes an ephemeral frame (e.g. typing) to `userId`'s connections on every node, at most
+   * once: nothing is stored, and a user with no connection simply does not get it.
+   */
+  publishFrame(userId: string, frame: string): Promise<void>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -81,9 +92,17 @@ export interface AppendInput {
   readonly timestamp: string;
   /** The sending connection: it gets an ack, not a copy of the message. */
   readonly senderConnId: string;
+  /** The sender's idempotency key (B2): see {@link MessageStore.append}. */
+  readonly clientMsgId?: string;
 }
 
 export interface AppendResult {
+  /** The stored message's id: the input's, or the original's when `duplicate`. */
+  readonly messageId: string;
+  /** The stored message's timestamp (the original's when `duplicate`). */
+  readonly timestamp: string;
+  /** True when this was a retry of a `clientMsgId` already stored: nothing was stored or routed. */
+  readonly duplicate: boolean;
   /** Conversation sequence number: from 1, gap-free, in append order. */
   readonly seq: number;
   /** `queued` when the recipient had no connection anywhere at the moment of the append. */
@@ -99,6 +118,41 @@ export interface QueuedMessage {
   readonly position: number;
 }
 
+/** Part of a user's inbox (B2), for a sync. */
+export interface InboxPage {
+  /** Entries after the asked position, in position order (at most the asked limit). */
+  readonly entries: QueuedMessage[];
+  /** The oldest position still kept; older ones were trimmed by retention (1 when none was). */
+  readonly oldest: number;
+  /** The newest position handed out so far (0 for an empty inbox). */
+  readonly newest: number;
+}
+
+export interface HistoryPage {
+  /** Stored message texts, oldest first. */
+  readonly messages: string[];
+  /** Whether older messages exist before the first one returned. */
+  readonly hasMore: boolean;
+}
+
+export interface ConversationSummary {
+  readonly with: string;
+  readonly lastMessageJson: string;
+  /** Messages from `with` whose seq is above this user's read watermark. */
+  readonly unread: number;
+}
+
+/** How long messages and idempotency keys are kept, and how large indexes may grow. */
+export interface RetentionOptions {
+  /** Messages (history, inboxes, queues) older than this are deleted. */
+  readonly messageTtlMs: number;
+  /** Each inbox, offline queue and conversation index keeps at most this many newest entries. */
+  readonly maxEntries: number;
+}
+
+/** A retried `clientMsgId` is recognised for at least this long (the protocol asks for 24 h). */
+export const IDEMPOTENCY_TTL_MS = 25 * 60 * 60 * 1000;
+
 export interface MessageStore {
   /**
    * Stores a direct message and routes it, as one atomic step:
@@ -108,16 +162,44 @@ export interface MessageStore {
    *   to the recipient's offline queue and answers `queued`; otherwise publishes a
    *   {@link MessageEvent} to the recipient and answers `delivered`;
    * - publishes a copy to the sender's other connections (excluding `senderConnId`).
-   * Resolves only once the message is stored: a resolved append is never lost. The append is
-   * decided atomically against presence, so a recipient connecting concurrently either sees the
-   * message in its queue or gets it live, never neither.
+   * Resolves only once the message is stored: a resolved append is never lost (with a Redis
+   * that persists, see the README). The append is decided atomically against presence, so a
+   * recipient connecting concurrently either sees the message in its queue or gets it live,
+   * never neither.
+   *
+   * Idempotent per (`from`, `clientMsgId`) for {@link IDEMPOTENCY_TTL_MS}, whichever node the
+   * retry reaches: a retry stores and routes nothing and resolves with the original's result
+   * (`duplicate: true`). The check and the store are one atomic step, so of two concurrent
+   * sends with the same key exactly one is stored.
+   *
+   * A rejected append may or may not have been stored (a reply lost with the connection): the
+   * caller must not ack; the client retries, with a clientMsgId to make that safe.
    */
   append(input: AppendInput): Promise<AppendResult>;
   /**
-   * The newest `limit` messages between `userA` and `userB`, oldest first, as stored texts.
-   * Symmetric in its two users.
+   * Messages between `userA` and `userB`, oldest first, as stored texts: the newest `limit`
+   * of those with a seq below `before` (all, when `before` is undefined). Symmetric in its users.
    */
-  history(userA: string, userB: string, limit: number): Promise<string[]>;
+  history(userA: string, userB: string, limit: number, before?: number): Promise<HistoryPage>;
+  /** Up to `limit` entries of `userId`'s inbox after position `after`, in order (B2 sync). */
+  readInbox(userId: string, after: number, limit: number): Promise<InboxPage>;
+  /**
+   * A device of `userId` processed its inbox up to position `upTo`. For each conversation with
+   * messages received in the newly covered positions, raises the user's delivered watermark to
+   * the highest seq received there and publishes a delivered `receipt` frame to the other
+   * party, at most once per raise. Acks at or below an earlier one change nothing.
+   */
+  acknowledge(userId: string, upTo: number): Promise<void>;
+  /**
+   * `userId` read its conversation with `other` up to seq `upTo` (capped at the conversation's
+   * last seq): raises the read watermark and publishes a read `receipt` frame to `other` when it
+   * rose. Never lowers it.
+   */
+  markRead(userId: string, other: string, upTo: number): Promise<void>;
+  /** The latest receipt frames addressed to `userId`: one per conversation and kind (for sync). */
+  receipts(userId: string): Promise<string[]>;
+  /** `userId`'s conversations, most recent first, at most `limit`. */
+  conversations(userId: string, limit: number): Promise<ConversationSummary[]>;
   /**
    * Atomically takes every message queued for `userId`, in append order. Each queued message is
    * returned by exactly one call, whichever node makes it.

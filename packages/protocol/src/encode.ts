@@ -8,16 +8,34 @@ import type { ChatMessage, DeliveryStatus, PresenceStatus } from "./frames.js";
  * not a parse and a stringify.
  */
 
-/** Serialises a message with a stable key order; stores keep this text and splice it into frames. */
+/**
+ * Serialises a message with a stable key order: `seq` last, so that a store can write everything
+ * else before it knows the sequence number (`encodeMessageWithoutSeq`) and append `,"seq":N}`.
+ */
 export function encodeMessage(message: ChatMessage): string {
-  return JSON.stringify({
-    id: message.id,
-    from: message.from,
-    to: message.to,
-    content: message.content,
-    timestamp: message.timestamp,
-    seq: message.seq,
-  });
+  return `${encodeMessageWithoutSeq(message).slice(0, -1)},"seq":${message.seq}}`;
+}
+
+/** The message's text up to its sequence number: a complete JSON object without `seq`. */
+export function encodeMessageWithoutSeq(message: Omit<ChatMessage, "seq">): string {
+  return JSON.stringify(
+    message.clientMsgId === undefined
+      ? {
+          id: message.id,
+          from: message.from,
+          to: message.to,
+          content: message.content,
+          timestamp: message.timestamp,
+        }
+      : {
+          id: message.id,
+          from: message.from,
+          to: message.to,
+          content: message.content,
+          timestamp: message.timestamp,
+          clientMsgId: message.clientMsgId,
+        },
+  );
 }
 
 /** `direct_message` for a recipient: `queued` when it waited offline; `position` is the recipient's inbox position. */
@@ -27,14 +45,28 @@ export function directMessageFrame(messageJson: string, position: number, queued
     : `{"type":"direct_message","message":${messageJson},"position":${position}}`;
 }
 
-export function messageAckFrame(
-  messageId: string,
-  to: string,
-  timestamp: string,
-  status: DeliveryStatus,
-  seq: number,
-): string {
-  return JSON.stringify({ type: "message_ack", messageId, to, timestamp, status, seq });
+export interface AckFields {
+  readonly messageId: string;
+  readonly to: string;
+  readonly timestamp: string;
+  readonly status: DeliveryStatus;
+  readonly seq: number;
+  /** The sender's inbox position of the message, so a syncing device has no gap for it. */
+  readonly position: number;
+  readonly clientMsgId: string | undefined;
+}
+
+export function messageAckFrame(ack: AckFields): string {
+  return JSON.stringify({
+    type: "message_ack",
+    messageId: ack.messageId,
+    to: ack.to,
+    timestamp: ack.timestamp,
+    status: ack.status,
+    seq: ack.seq,
+    position: ack.position,
+    clientMsgId: ack.clientMsgId,
+  });
 }
 
 export function presenceFrame(
@@ -49,9 +81,50 @@ export function onlineUsersFrame(users: readonly string[]): string {
   return JSON.stringify({ type: "online_users", users });
 }
 
-/** `message_history` from stored message texts, oldest first. */
-export function messageHistoryFrame(other: string, messageJsons: readonly string[]): string {
-  return `{"type":"message_history","with":${JSON.stringify(other)},"messages":[${messageJsons.join(",")}]}`;
+/** `message_history` from stored message texts, oldest first; `hasMore` when older ones exist. */
+export function messageHistoryFrame(
+  other: string,
+  messageJsons: readonly string[],
+  hasMore: boolean,
+): string {
+  return `{"type":"message_history","with":${JSON.stringify(other)},"messages":[${messageJsons.join(",")}],"hasMore":${hasMore}}`;
+}
+
+/** The end of a replay: everything up to `position` was sent; `trimmed` names positions lost to retention. */
+export function syncedFrame(
+  position: number,
+  trimmed: { from: number; to: number } | undefined,
+): string {
+  return JSON.stringify(
+    trimmed === undefined ? { type: "synced", position } : { type: "synced", position, trimmed },
+  );
+}
+
+export type ReceiptKind = "delivered" | "read";
+
+/** `from` received (or read) the conversation up to its `seq` `upTo`. */
+export function receiptFrame(kind: ReceiptKind, from: string, upTo: number): string {
+  return JSON.stringify({ type: "receipt", kind, from, upTo });
+}
+
+export function typingFrame(from: string, state: "start" | "stop"): string {
+  return JSON.stringify({ type: "typing", from, state });
+}
+
+export interface ConversationItem {
+  readonly with: string;
+  /** The newest message, as stored. */
+  readonly lastMessageJson: string;
+  /** Messages from the other party after this user's read watermark. */
+  readonly unread: number;
+}
+
+export function conversationsFrame(items: readonly ConversationItem[]): string {
+  const parts = items.map(
+    (item) =>
+      `{"with":${JSON.stringify(item.with)},"lastMessage":${item.lastMessageJson},"unread":${item.unread}}`,
+  );
+  return `{"type":"conversations","items":[${parts.join(",")}]}`;
 }
 
 export function pongFrame(timestamp: string): string {

@@ -12,6 +12,8 @@ export interface ChatMessage {
   /** ISO 8601 UTC, e.g. `2026-11-26T03:00:00.000Z`. */
   readonly timestamp: string;
   readonly seq: number;
+  /** The sender's idempotency key, when it gave one (B2). */
+  readonly clientMsgId?: string;
 }
 
 // ---- Client → server commands (already validated; see parse.ts) ----
@@ -20,6 +22,8 @@ export interface DirectMessageCommand {
   readonly type: "direct_message";
   readonly to: string;
   readonly content: string;
+  /** Idempotency key (1..64 chars): a retry with the same key gets the same ack, stores nothing. */
+  readonly clientMsgId?: string;
 }
 
 export interface GetHistoryCommand {
@@ -27,6 +31,8 @@ export interface GetHistoryCommand {
   readonly with: string;
   /** Already defaulted and clamped to 1..100. */
   readonly limit: number;
+  /** Only messages with a conversation `seq` below this one (a page further back). */
+  readonly before?: number;
 }
 
 export interface GetOnlineUsersCommand {
@@ -37,11 +43,47 @@ export interface PingCommand {
   readonly type: "ping";
 }
 
+/** B2: this device processed its inbox up to `upTo` (cumulative). */
+export interface AckCommand {
+  readonly type: "ack";
+  readonly upTo: number;
+}
+
+/** B2: replay the inbox after `since`, then `synced`. */
+export interface SyncCommand {
+  readonly type: "sync";
+  readonly since: number;
+}
+
+/** B2: this user read the conversation with `with` up to conversation `seq` `upTo`. */
+export interface MarkReadCommand {
+  readonly type: "mark_read";
+  readonly with: string;
+  readonly upTo: number;
+}
+
+export interface TypingCommand {
+  readonly type: "typing";
+  readonly to: string;
+  readonly state: "start" | "stop";
+}
+
+export interface GetConversationsCommand {
+  readonly type: "get_conversations";
+  /** Already defaulted and clamped to 1..100. */
+  readonly limit: number;
+}
+
 export type ClientCommand =
   | DirectMessageCommand
   | GetHistoryCommand
   | GetOnlineUsersCommand
-  | PingCommand;
+  | PingCommand
+  | AckCommand
+  | SyncCommand
+  | MarkReadCommand
+  | TypingCommand
+  | GetConversationsCommand;
 
 export type ClientCommandType = ClientCommand["type"];
 

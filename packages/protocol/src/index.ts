@@ -4,14 +4,22 @@
  */
 export { CloseCode, shouldReconnect } from "./close-codes.js";
 export {
+  type AckFields,
+  type ConversationItem,
+  conversationsFrame,
   directMessageFrame,
   encodeMessage,
+  encodeMessageWithoutSeq,
   errorFrame,
   messageAckFrame,
   messageHistoryFrame,
   onlineUsersFrame,
   pongFrame,
   presenceFrame,
+  type ReceiptKind,
+  receiptFrame,
+  syncedFrame,
+  typingFrame,
 } from "./encode.js";
 export { ErrorCode, type ProtocolError, retryableErrors } from "./errors.js";
 export type * from "./frames.js";

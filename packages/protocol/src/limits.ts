@@ -11,4 +11,10 @@ export const Limits = {
   HISTORY_DEFAULT_LIMIT: 50,
   HISTORY_MIN_LIMIT: 1,
   HISTORY_MAX_LIMIT: 100,
+  /** `clientMsgId` length range (B2). */
+  MIN_CLIENT_MSG_ID_LENGTH: 1,
+  MAX_CLIENT_MSG_ID_LENGTH: 64,
+  /** `get_conversations.limit`: default and clamp range. */
+  CONVERSATIONS_DEFAULT_LIMIT: 50,
+  CONVERSATIONS_MAX_LIMIT: 100,
 } as const;

@@ -1,5 +1,5 @@
 import { ErrorCode, type ProtocolError } from "./errors.js";
-import type { ClientCommand } from "./frames.js";
+import type { ClientCommand, GetHistoryCommand } from "./frames.js";
 import { Limits } from "./limits.js";
 
 /** The outcome of reading one client frame: a validated command, or the error to answer with. */
@@ -45,6 +45,16 @@ export function parseClientFrame(text: string): ParseResult {
       return GET_ONLINE_USERS;
     case "ping":
       return PING;
+    case "ack":
+      return parseAck(frame);
+    case "sync":
+      return parseSync(frame);
+    case "mark_read":
+      return parseMarkRead(frame);
+    case "typing":
+      return parseTyping(frame);
+    case "get_conversations":
+      return parseGetConversations(frame);
     default:
       return fail(ErrorCode.UNKNOWN_TYPE, `Unknown frame type ${quote(type)}.`);
   }
@@ -75,24 +85,114 @@ function parseDirectMessage(frame: JsonObject): ParseResult {
       `"content" is longer than ${Limits.MAX_CONTENT_CHARS} characters.`,
     );
   }
-  return { ok: true, command: { type: "direct_message", to, content } };
+  const clientMsgId = frame["clientMsgId"];
+  if (clientMsgId === undefined || clientMsgId === null) {
+    return { ok: true, command: { type: "direct_message", to, content } };
+  }
+  if (
+    typeof clientMsgId !== "string" ||
+    clientMsgId.length < Limits.MIN_CLIENT_MSG_ID_LENGTH ||
+    clientMsgId.length > Limits.MAX_CLIENT_MSG_ID_LENGTH
+  ) {
+    return fail(
+      ErrorCode.INVALID_FORMAT,
+      `"clientMsgId" must be a string of ${Limits.MIN_CLIENT_MSG_ID_LENGTH} to ${Limits.MAX_CLIENT_MSG_ID_LENGTH} characters.`,
+    );
+  }
+  return { ok: true, command: { type: "direct_message", to, content, clientMsgId } };
 }
 
 function parseGetHistory(frame: JsonObject): ParseResult {
   const other = readUserId(frame, "with");
   if (typeof other !== "string") return other;
-  const rawLimit = frame["limit"];
-  let limit: number = Limits.HISTORY_DEFAULT_LIMIT;
-  if (rawLimit !== undefined && rawLimit !== null) {
-    if (typeof rawLimit !== "number") {
-      return fail(ErrorCode.INVALID_FORMAT, '"limit" must be a number.');
-    }
-    limit = Math.min(
-      Limits.HISTORY_MAX_LIMIT,
-      Math.max(Limits.HISTORY_MIN_LIMIT, Math.floor(rawLimit)),
-    );
+  const limit = readLimit(
+    frame,
+    Limits.HISTORY_DEFAULT_LIMIT,
+    Limits.HISTORY_MIN_LIMIT,
+    Limits.HISTORY_MAX_LIMIT,
+  );
+  if (typeof limit !== "number") return limit;
+  const before = readWholeNumber(frame, "before", 1);
+  if (typeof before === "object") return before;
+  const command: GetHistoryCommand =
+    before === undefined
+      ? { type: "get_history", with: other, limit }
+      : { type: "get_history", with: other, limit, before };
+  return { ok: true, command };
+}
+
+function parseAck(frame: JsonObject): ParseResult {
+  const upTo = requireWholeNumber(frame, "upTo", 0);
+  return typeof upTo === "number" ? { ok: true, command: { type: "ack", upTo } } : upTo;
+}
+
+function parseSync(frame: JsonObject): ParseResult {
+  const since = requireWholeNumber(frame, "since", 0);
+  return typeof since === "number" ? { ok: true, command: { type: "sync", since } } : since;
+}
+
+function parseMarkRead(frame: JsonObject): ParseResult {
+  const other = readUserId(frame, "with");
+  if (typeof other !== "string") return other;
+  const upTo = requireWholeNumber(frame, "upTo", 1);
+  return typeof upTo === "number"
+    ? { ok: true, command: { type: "mark_read", with: other, upTo } }
+    : upTo;
+}
+
+function parseTyping(frame: JsonObject): ParseResult {
+  const to = readUserId(frame, "to");
+  if (typeof to !== "string") return to;
+  const state = frame["state"];
+  if (state !== "start" && state !== "stop") {
+    return fail(ErrorCode.INVALID_FORMAT, '"state" must be "start" or "stop".');
   }
-  return { ok: true, command: { type: "get_history", with: other, limit } };
+  return { ok: true, command: { type: "typing", to, state } };
+}
+
+function parseGetConversations(frame: JsonObject): ParseResult {
+  const limit = readLimit(
+    frame,
+    Limits.CONVERSATIONS_DEFAULT_LIMIT,
+    1,
+    Limits.CONVERSATIONS_MAX_LIMIT,
+  );
+  return typeof limit === "number"
+    ? { ok: true, command: { type: "get_conversations", limit } }
+    : limit;
+}
+
+/** An optional `limit`: absent or null gives the default; a number is floored and clamped. */
+function readLimit(
+  frame: JsonObject,
+  fallback: number,
+  min: number,
+  max: number,
+): number | ParseResult {
+  const value = frame["limit"];
+  if (value === undefined || value === null) return fallback;
+  if (typeof value !== "number") return fail(ErrorCode.INVALID_FORMAT, '"limit" must be a number.');
+  return Math.min(max, Math.max(min, Math.floor(value)));
+}
+
+/** An optional whole number ≥ `min` (a position, a sequence number): undefined when absent. */
+function readWholeNumber(
+  frame: JsonObject,
+  field: string,
+  min: number,
+): number | undefined | ParseResult {
+  const value = frame[field];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < min) {
+    return fail(ErrorCode.INVALID_FORMAT, `"${field}" must be a whole number of at least ${min}.`);
+  }
+  return value;
+}
+
+function requireWholeNumber(frame: JsonObject, field: string, min: number): number | ParseResult {
+  return (
+    readWholeNumber(frame, field, min) ?? fail(ErrorCode.INVALID_FORMAT, `"${field}" is missing.`)
+  );
 }
 
 /** Reads a field naming another user: missing or empty is MISSING_RECIPIENT, wrong type or length INVALID_FORMAT. */

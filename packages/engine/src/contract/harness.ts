@@ -1,4 +1,11 @@
-import type { BrokerHandler, Engine, RateLimitOptions, UserEvent } from "../ports.js";
+import type {
+  BrokerHandler,
+  Engine,
+  MessageEvent,
+  RateLimitOptions,
+  RetentionOptions,
+  UserEvent,
+} from "../ports.js";
 
 /** A backend under test: one or more nodes' engines sharing its state, isolated from other tests. */
 export interface ContractBackend {
@@ -12,6 +19,8 @@ export interface ContractBackend {
 
 export interface BackendOptions {
   readonly rateLimit: RateLimitOptions;
+  /** When absent, the engine's defaults. */
+  readonly retention?: RetentionOptions;
 }
 
 /** Makes a fresh, isolated backend (e.g. a new key prefix on a shared Redis). */
@@ -30,8 +39,22 @@ export class Recorder implements BrokerHandler {
     this.broadcasts.push(frame);
   }
 
-  eventsFor(userId: string): UserEvent[] {
-    return this.events.filter((entry) => entry.userId === userId).map((entry) => entry.event);
+  /** Message events for `userId` (frame events are in {@link framesFor}). */
+  eventsFor(userId: string): MessageEvent[] {
+    const events: MessageEvent[] = [];
+    for (const entry of this.events)
+      if (entry.userId === userId && entry.event.kind === "message") events.push(entry.event);
+    return events;
+  }
+
+  /** Decoded frame events (receipts, typing) for `userId`. */
+  framesFor(userId: string): Record<string, unknown>[] {
+    const frames: Record<string, unknown>[] = [];
+    for (const entry of this.events) {
+      if (entry.userId === userId && entry.event.kind === "frame")
+        frames.push(JSON.parse(entry.event.frame));
+    }
+    return frames;
   }
 
   presence(): { userId: string; status: string; onlineUsers: string[] }[] {

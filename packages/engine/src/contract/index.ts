@@ -7,12 +7,14 @@ import type { BackendFactory } from "./harness.js";
 import { messageStoreContract } from "./message-store.js";
 import { presenceContract } from "./presence.js";
 import { rateLimiterContract } from "./rate-limiter.js";
+import { reliableDeliveryContract } from "./reliable-delivery.js";
 
 export * from "./harness.js";
 
 export function engineContract(name: string, factory: BackendFactory): void {
   describe(`${name} engine contract`, () => {
     messageStoreContract(factory);
+    reliableDeliveryContract(factory);
     presenceContract(factory);
     rateLimiterContract(factory);
   });

@@ -139,19 +139,22 @@ export function messageStoreContract(factory: BackendFactory): void {
       await engine.messages.append(input("alice", "carol", "elsewhere"));
       const contents = (texts: string[]) =>
         texts.map((t) => (JSON.parse(t) as ChatMessage).content);
-      expect(contents(await engine.messages.history("alice", "bob", 3))).toEqual([
+      expect(contents((await engine.messages.history("alice", "bob", 3)).messages)).toEqual([
         "m3",
         "m4",
         "m5",
       ]);
-      expect(contents(await engine.messages.history("bob", "alice", 100))).toEqual([
+      expect(contents((await engine.messages.history("bob", "alice", 100)).messages)).toEqual([
         "m1",
         "m2",
         "m3",
         "m4",
         "m5",
       ]);
-      expect(await engine.messages.history("bob", "carol", 10)).toEqual([]);
+      expect(await engine.messages.history("bob", "carol", 10)).toEqual({
+        messages: [],
+        hasMore: false,
+      });
     });
 
     it("keeps send order in the queue and hands each entry to exactly one of concurrent takers", async () => {

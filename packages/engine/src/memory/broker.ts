@@ -27,6 +27,10 @@ export class MemoryBroker implements Broker {
     return true;
   }
 
+  async publishFrame(userId: string, frame: string): Promise<void> {
+    this.publish(userId, { kind: "frame", frame });
+  }
+
   broadcast(frame: string): void {
     this.handler?.onBroadcast(frame);
   }

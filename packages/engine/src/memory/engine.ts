@@ -1,4 +1,4 @@
-import type { Engine, EngineHealth, RateLimitOptions } from "../ports.js";
+import type { Engine, EngineHealth, RateLimitOptions, RetentionOptions } from "../ports.js";
 import { MemoryBroker } from "./broker.js";
 import { MemoryMessageStore } from "./messages.js";
 import { MemoryPresenceStore } from "./presence.js";
@@ -6,6 +6,8 @@ import { MemoryRateLimiter } from "./rate-limiter.js";
 
 export interface MemoryEngineOptions {
   readonly rateLimit: RateLimitOptions;
+  /** Default {@link DEFAULT_RETENTION}. */
+  readonly retention?: RetentionOptions;
   /** The clock, for tests of the rate limiter. */
   readonly now?: () => number;
 }
@@ -17,8 +19,16 @@ export interface MemoryEngineOptions {
 export function createMemoryEngine(options: MemoryEngineOptions): Engine {
   const broker = new MemoryBroker();
   const presence = new MemoryPresenceStore(broker);
-  const messages = new MemoryMessageStore(broker, presence);
-  const rateLimiter = new MemoryRateLimiter(options.rateLimit, options.now);
+  const now = options.now ?? Date.now;
+  const messages = new MemoryMessageStore(
+    broker,
+    presence,
+    options.retention ?? DEFAULT_RETENTION,
+    now,
+  );
+  const rateLimiter = new MemoryRateLimiter(options.rateLimit, now);
+  const sweep = setInterval(() => messages.sweep(), SWEEP_INTERVAL_MS);
+  sweep.unref();
   return {
     kind: "memory",
     broker,
@@ -26,8 +36,19 @@ export function createMemoryEngine(options: MemoryEngineOptions): Engine {
     messages,
     rateLimiter,
     health: () => HEALTHY,
-    close: async () => rateLimiter.close(),
+    close: async () => {
+      clearInterval(sweep);
+      rateLimiter.close();
+    },
   };
 }
+
+/** Thirty days, and 10,000 entries per inbox, queue and conversation index. */
+export const DEFAULT_RETENTION: RetentionOptions = {
+  messageTtlMs: 30 * 24 * 60 * 60 * 1000,
+  maxEntries: 10_000,
+};
+
+const SWEEP_INTERVAL_MS = 60_000;
 
 const HEALTHY: EngineHealth = { ok: true };

@@ -1,60 +1,129 @@
-import { encodeMessage } from "@mrezhen/protocol";
-import type { AppendInput, AppendResult, MessageStore, QueuedMessage } from "../ports.js";
+import { encodeMessage, receiptFrame } from "@mrezhen/protocol";
+import {
+  type AppendInput,
+  type AppendResult,
+  type ConversationSummary,
+  type HistoryPage,
+  IDEMPOTENCY_TTL_MS,
+  type InboxPage,
+  type MessageStore,
+  type QueuedMessage,
+  type RetentionOptions,
+} from "../ports.js";
 import type { MemoryBroker } from "./broker.js";
 import type { MemoryPresenceStore } from "./presence.js";
 
+/** A stored message and what indexes need of it. */
 interface Stored {
+  readonly id: string;
   readonly json: string;
+  readonly from: string;
+  readonly seq: number;
+  /** When it was stored (ms), for retention. */
+  readonly at: number;
+}
+
+interface Conversation {
+  /** Last seq handed out (entries may have been trimmed since). */
+  lastSeq: number;
+  /** Kept messages in seq order. */
+  readonly messages: Stored[];
+}
+
+interface InboxEntry {
+  readonly position: number;
+  readonly message: Stored;
+  /** The other party of the message's conversation. */
+  readonly other: string;
+}
+
+interface Inbox {
+  newest: number;
+  readonly entries: InboxEntry[];
+  /** Highest position any device acked. */
+  acked: number;
+}
+
+/** Per user, per other party: watermarks and counters of their conversation. */
+interface Peer {
+  /** Highest seq of theirs this user's devices acked (the delivered receipt they got). */
+  delivered: number;
+  /** Highest seq this user marked read. */
+  read: number;
+  unread: number;
+  /** Order of the conversations of a user: the global append counter at its last message. */
+  activity: number;
 }
 
 /**
- * Messages of a single node, in process memory. Everything here is gone when the process exits:
- * the memory engine is for one node, development and tests; use the Redis engine where acked
- * messages must outlive a restart.
+ * Messages of a single node, in process memory: the same model as the Redis engine (history,
+ * per-user inboxes, offline queues, watermarks), with the same retention. Everything here is gone
+ * when the process exits: use the Redis engine where acked messages must outlive a restart.
  */
 export class MemoryMessageStore implements MessageStore {
   private readonly messages = new Map<string, Stored>();
-  /** Conversation key → stored message texts in seq order (index = seq - 1). */
-  private readonly conversations = new Map<string, string[]>();
-  /** User → last inbox position handed out. */
-  private readonly positions = new Map<string, number>();
+  private readonly conversationsByKey = new Map<string, Conversation>();
+  private readonly inboxes = new Map<string, Inbox>();
   private readonly queues = new Map<string, QueuedMessage[]>();
+  private readonly peers = new Map<string, Map<string, Peer>>();
+  /** Latest receipt frames addressed to a user, by "<kind>|<from>". */
+  private readonly receiptsFor = new Map<string, Map<string, string>>();
+  private readonly idempotency = new Map<string, { result: AppendResult; expiresAt: number }>();
+  private activity = 0;
 
   constructor(
     private readonly broker: MemoryBroker,
     private readonly presence: MemoryPresenceStore,
+    private readonly retention: RetentionOptions,
+    private readonly now: () => number,
   ) {}
 
   async append(input: AppendInput): Promise<AppendResult> {
-    const key = conversationKey(input.from, input.to);
-    let conversation = this.conversations.get(key);
-    if (conversation === undefined) {
-      conversation = [];
-      this.conversations.set(key, conversation);
+    const now = this.now();
+    const idempotencyKey =
+      input.clientMsgId === undefined
+        ? undefined
+        : `${input.from.length}:${input.from}${input.clientMsgId}`;
+    if (idempotencyKey !== undefined) {
+      const earlier = this.idempotency.get(idempotencyKey);
+      if (earlier !== undefined && earlier.expiresAt > now)
+        return { ...earlier.result, duplicate: true };
     }
-    const seq = conversation.length + 1;
-    const messageJson = encodeMessage({
+    const conversation = this.conversation(input.from, input.to);
+    const seq = ++conversation.lastSeq;
+    const json = encodeMessage({
       id: input.id,
       from: input.from,
       to: input.to,
       content: input.content,
       timestamp: input.timestamp,
       seq,
+      ...(input.clientMsgId === undefined ? {} : { clientMsgId: input.clientMsgId }),
     });
-    conversation.push(messageJson);
-    this.messages.set(input.id, { json: messageJson });
-    const senderPosition = this.nextPosition(input.from);
-    const recipientPosition = this.nextPosition(input.to);
+    const stored: Stored = { id: input.id, json, from: input.from, seq, at: now };
+    this.messages.set(input.id, stored);
+    pushCapped(conversation.messages, stored, this.retention.maxEntries);
+    const senderPosition = this.addToInbox(input.from, stored, input.to);
+    const recipientPosition = this.addToInbox(input.to, stored, input.from);
+    this.activity++;
+    this.peer(input.from, input.to).activity = this.activity;
+    const recipientPeer = this.peer(input.to, input.from);
+    recipientPeer.activity = this.activity;
+    recipientPeer.unread++;
 
     let status: AppendResult["status"] = "delivered";
     if (!this.presence.isOnline(input.to)) {
       status = "queued";
-      this.enqueue(input.to, { messageId: input.id, messageJson, position: recipientPosition });
+      this.enqueue(input.to, {
+        messageId: input.id,
+        messageJson: json,
+        position: recipientPosition,
+      });
     } else {
       this.broker.publish(input.to, {
         kind: "message",
         messageId: input.id,
-        messageJson,
+        messageJson: json,
         position: recipientPosition,
       });
     }
@@ -62,18 +131,109 @@ export class MemoryMessageStore implements MessageStore {
       this.broker.publish(input.from, {
         kind: "message",
         messageId: input.id,
-        messageJson,
+        messageJson: json,
         position: senderPosition,
         excludeConnId: input.senderConnId,
       });
     }
-    return { seq, status, senderPosition, recipientPosition };
+    const result: AppendResult = {
+      messageId: input.id,
+      timestamp: input.timestamp,
+      duplicate: false,
+      seq,
+      status,
+      senderPosition,
+      recipientPosition,
+    };
+    if (idempotencyKey !== undefined)
+      this.idempotency.set(idempotencyKey, { result, expiresAt: now + IDEMPOTENCY_TTL_MS });
+    return result;
   }
 
-  async history(userA: string, userB: string, limit: number): Promise<string[]> {
-    const conversation = this.conversations.get(conversationKey(userA, userB));
-    if (conversation === undefined) return [];
-    return conversation.slice(Math.max(0, conversation.length - limit));
+  async history(
+    userA: string,
+    userB: string,
+    limit: number,
+    before?: number,
+  ): Promise<HistoryPage> {
+    const messages = this.conversationsByKey.get(conversationKey(userA, userB))?.messages ?? [];
+    let end = messages.length;
+    if (before !== undefined) while (end > 0 && (messages[end - 1] as Stored).seq >= before) end--;
+    const start = Math.max(0, end - limit);
+    return { messages: messages.slice(start, end).map((m) => m.json), hasMore: start > 0 };
+  }
+
+  async readInbox(userId: string, after: number, limit: number): Promise<InboxPage> {
+    const inbox = this.inboxes.get(userId);
+    if (inbox === undefined) return { entries: [], oldest: 1, newest: 0 };
+    const entries: QueuedMessage[] = [];
+    for (const entry of inbox.entries) {
+      if (entry.position <= after) continue;
+      if (entries.length === limit) break;
+      entries.push({
+        messageId: entry.message.id,
+        messageJson: entry.message.json,
+        position: entry.position,
+      });
+    }
+    return {
+      entries,
+      oldest: inbox.entries[0]?.position ?? inbox.newest + 1,
+      newest: inbox.newest,
+    };
+  }
+
+  async acknowledge(userId: string, upTo: number): Promise<void> {
+    const inbox = this.inboxes.get(userId);
+    if (inbox === undefined || upTo <= inbox.acked) return;
+    const covered = new Map<string, number>();
+    for (const entry of inbox.entries) {
+      if (entry.position <= inbox.acked || entry.position > upTo || entry.message.from === userId)
+        continue;
+      covered.set(entry.other, Math.max(covered.get(entry.other) ?? 0, entry.message.seq));
+    }
+    inbox.acked = Math.min(upTo, inbox.newest);
+    for (const [other, seq] of covered) {
+      const peer = this.peer(userId, other);
+      if (seq <= peer.delivered) continue;
+      peer.delivered = seq;
+      this.sendReceipt(other, "delivered", userId, seq);
+    }
+  }
+
+  async markRead(userId: string, other: string, upTo: number): Promise<void> {
+    const conversation = this.conversationsByKey.get(conversationKey(userId, other));
+    if (conversation === undefined) return;
+    const readUpTo = Math.min(upTo, conversation.lastSeq);
+    const peer = this.peer(userId, other);
+    if (readUpTo <= peer.read) return;
+    peer.read = readUpTo;
+    let unread = 0;
+    for (let i = conversation.messages.length - 1; i >= 0; i--) {
+      const message = conversation.messages[i] as Stored;
+      if (message.seq <= readUpTo) break;
+      if (message.from === other) unread++;
+    }
+    peer.unread = unread;
+    this.sendReceipt(other, "read", userId, readUpTo);
+  }
+
+  async receipts(userId: string): Promise<string[]> {
+    return [...(this.receiptsFor.get(userId)?.values() ?? [])];
+  }
+
+  async conversations(userId: string, limit: number): Promise<ConversationSummary[]> {
+    const peers = [...(this.peers.get(userId) ?? new Map<string, Peer>())].sort(
+      (a, b) => b[1].activity - a[1].activity,
+    );
+    const summaries: ConversationSummary[] = [];
+    for (const [other, peer] of peers) {
+      if (summaries.length === limit) break;
+      const last = this.conversationsByKey.get(conversationKey(userId, other))?.messages.at(-1);
+      if (last !== undefined)
+        summaries.push({ with: other, lastMessageJson: last.json, unread: peer.unread });
+    }
+    return summaries;
   }
 
   async takeQueued(userId: string): Promise<QueuedMessage[]> {
@@ -90,23 +250,98 @@ export class MemoryMessageStore implements MessageStore {
     return true;
   }
 
+  /** Drops what retention no longer keeps. Every index is in time order, so only heads are read. */
+  sweep(): void {
+    const horizon = this.now() - this.retention.messageTtlMs;
+    const expired = (message: Stored) => message.at <= horizon;
+    for (const [id, message] of this.messages) {
+      if (!expired(message)) break; // insertion order is time order
+      this.messages.delete(id);
+    }
+    for (const conversation of this.conversationsByKey.values())
+      dropWhile(conversation.messages, expired);
+    for (const inbox of this.inboxes.values())
+      dropWhile(inbox.entries, (entry) => expired(entry.message));
+    for (const [userId, queue] of this.queues) {
+      dropWhile(queue, (entry) => !this.messages.has(entry.messageId));
+      if (queue.length === 0) this.queues.delete(userId);
+    }
+    const now = this.now();
+    for (const [key, entry] of this.idempotency)
+      if (entry.expiresAt <= now) this.idempotency.delete(key);
+  }
+
+  private sendReceipt(to: string, kind: "delivered" | "read", from: string, upTo: number): void {
+    const frame = receiptFrame(kind, from, upTo);
+    let latest = this.receiptsFor.get(to);
+    if (latest === undefined) {
+      latest = new Map();
+      this.receiptsFor.set(to, latest);
+    }
+    latest.set(`${kind}|${from}`, frame);
+    this.broker.publish(to, { kind: "frame", frame });
+  }
+
+  private conversation(userA: string, userB: string): Conversation {
+    const key = conversationKey(userA, userB);
+    let conversation = this.conversationsByKey.get(key);
+    if (conversation === undefined) {
+      conversation = { lastSeq: 0, messages: [] };
+      this.conversationsByKey.set(key, conversation);
+    }
+    return conversation;
+  }
+
+  private addToInbox(userId: string, message: Stored, other: string): number {
+    let inbox = this.inboxes.get(userId);
+    if (inbox === undefined) {
+      inbox = { newest: 0, entries: [], acked: 0 };
+      this.inboxes.set(userId, inbox);
+    }
+    const position = ++inbox.newest;
+    pushCapped(inbox.entries, { position, message, other }, this.retention.maxEntries);
+    return position;
+  }
+
+  private peer(userId: string, other: string): Peer {
+    let peers = this.peers.get(userId);
+    if (peers === undefined) {
+      peers = new Map();
+      this.peers.set(userId, peers);
+    }
+    let peer = peers.get(other);
+    if (peer === undefined) {
+      peer = { delivered: 0, read: 0, unread: 0, activity: 0 };
+      peers.set(other, peer);
+    }
+    return peer;
+  }
+
   private enqueue(userId: string, entry: QueuedMessage): void {
-    const queue = this.queues.get(userId);
+    let queue = this.queues.get(userId);
     if (queue === undefined) {
-      this.queues.set(userId, [entry]);
-      return;
+      queue = [];
+      this.queues.set(userId, queue);
     }
     // Requeued entries can arrive after newer ones: keep the queue in position order.
     let index = queue.length;
     while (index > 0 && (queue[index - 1] as QueuedMessage).position > entry.position) index--;
     queue.splice(index, 0, entry);
+    if (queue.length > this.retention.maxEntries)
+      queue.splice(0, queue.length - this.retention.maxEntries);
   }
+}
 
-  private nextPosition(userId: string): number {
-    const position = (this.positions.get(userId) ?? 0) + 1;
-    this.positions.set(userId, position);
-    return position;
-  }
+/** Appends, dropping the oldest entries beyond `cap`. */
+function pushCapped<T>(list: T[], item: T, cap: number): void {
+  list.push(item);
+  if (list.length > cap) list.splice(0, list.length - cap);
+}
+
+function dropWhile<T>(list: T[], predicate: (item: T) => boolean): void {
+  let count = 0;
+  while (count < list.length && predicate(list[count] as T)) count++;
+  if (count > 0) list.splice(0, count);
 }
 
 /** One key per unordered pair of users; the length prefix makes it unambiguous for any ids. */

@@ -1,0 +1,303 @@
+/**
+ * What the contract cannot see of reliable delivery (B2) on Redis: retention by TTL (texts expire
+ * in Redis, indexes drop them lazily), the TTLs and caps the keys get, the idempotency record's
+ * lifetime, and byte-compatibility of the texts and receipt frames the scripts build.
+ */
+import { randomUUID } from "node:crypto";
+import { type AppendInput, type Engine, IDEMPOTENCY_TTL_MS } from "@mrezhen/engine";
+import { Recorder } from "@mrezhen/engine/contract";
+import { encodeMessage, receiptFrame } from "@mrezhen/protocol";
+import { deletePrefix, eventually, redisForTests } from "@mrezhen/testkit";
+import type { Redis } from "ioredis";
+import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createRedisEngine } from "../src/index.js";
+import { closeEngines, rawClient, startEngine } from "./helpers.js";
+
+const redis = await redisForTests();
+afterAll(() => redis?.close());
+
+function input(from: string, to: string, content: string, clientMsgId?: string): AppendInput {
+  return {
+    id: randomUUID(),
+    from,
+    to,
+    content,
+    timestamp: new Date().toISOString(),
+    senderConnId: `${from}-conn`,
+    ...(clientMsgId === undefined ? {} : { clientMsgId }),
+  };
+}
+
+const contentOf = (json: string) => (JSON.parse(json) as { content: string }).content;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** User ids that need JSON escaping, or are not ASCII, or look like key or payload syntax. */
+const AWKWARD = 'q"uote\\back/slash\n\t\u0001\u001f\u007f é 😀 </script>|f|x:y';
+
+describe.skipIf(!redis)("redis engine: reliable delivery", () => {
+  const url = redis?.url ?? "";
+  let keyPrefix = "";
+  let raw: Redis;
+  beforeEach(() => {
+    keyPrefix = `${redis?.prefix}${randomUUID().slice(0, 8)}:`;
+    raw = rawClient(url);
+  });
+  afterEach(async () => {
+    await closeEngines();
+    raw.disconnect();
+    await deletePrefix(url, keyPrefix);
+  });
+
+  const SHORT_TTL_MS = 300;
+
+  /** Resolves once Redis has expired the texts of these messages. */
+  async function expired(...messageIds: string[]): Promise<void> {
+    await sleep(SHORT_TTL_MS);
+    await eventually(async () => {
+      for (const id of messageIds) expect(await raw.exists(`${keyPrefix}msg:${id}`)).toBe(0);
+    }, 5000);
+  }
+
+  describe("retention", () => {
+    it("expires message texts after messageTtlMs: reads skip them and the inbox says where it starts", async () => {
+      const engine = await startEngine({
+        url,
+        keyPrefix,
+        retention: { messageTtlMs: SHORT_TTL_MS, maxEntries: 100 },
+      });
+      const first = await engine.messages.append(input("alice", "bob", "m1"));
+      const second = await engine.messages.append(input("alice", "bob", "m2"));
+      // The texts and every index written carry the TTL (-2: already gone; never -1, persistent).
+      for (const key of [
+        `msg:${first.messageId}`,
+        "inbox:bob",
+        "inbox:alice",
+        "queue:bob",
+        `conv:${"alice".length}:alicebob`,
+      ]) {
+        const ttl = await raw.pttl(`${keyPrefix}${key}`);
+        expect(ttl, key).not.toBe(-1);
+        expect(ttl, key).toBeLessThanOrEqual(SHORT_TTL_MS);
+      }
+
+      await expired(first.messageId, second.messageId);
+      expect(await engine.messages.history("alice", "bob", 10)).toEqual({
+        messages: [],
+        hasMore: false,
+      });
+      // Both positions count as trimmed: the inbox starts after the newest.
+      expect(await engine.messages.readInbox("bob", 0, 10)).toEqual({
+        entries: [],
+        oldest: 3,
+        newest: 2,
+      });
+      expect(await engine.messages.takeQueued("bob")).toEqual([]);
+      expect(await engine.messages.conversations("bob", 10)).toEqual([]);
+
+      // Counters outlive the texts: seq and positions go on (a node with the default TTL writes
+      // this one, so that it cannot expire while the test reads it).
+      const other = await startEngine({ url, keyPrefix });
+      const third = await other.messages.append(input("alice", "bob", "m3"));
+      expect(third).toMatchObject({ seq: 3, recipientPosition: 3 });
+      const inbox = await other.messages.readInbox("bob", 0, 10);
+      expect(inbox.entries.map((e) => [e.position, contentOf(e.messageJson)])).toEqual([[3, "m3"]]);
+      expect(inbox).toMatchObject({ oldest: 3, newest: 3 });
+    });
+
+    it("drops index entries whose text expired, lazily, while newer ones stay", async () => {
+      // Two nodes of one deployment with different TTLs: older texts expire, their indexes live on
+      // (renewed by the long-TTL node), so the reads must skip and drop the dead entries themselves.
+      const short = await startEngine({
+        url,
+        keyPrefix,
+        retention: { messageTtlMs: SHORT_TTL_MS, maxEntries: 100 },
+      });
+      const long = await startEngine({ url, keyPrefix });
+      const shortLived = [
+        await short.messages.append(input("alice", "bob", "m1")),
+        await short.messages.append(input("alice", "bob", "m2")),
+        await short.messages.append(input("carol", "bob", "only short")),
+      ];
+      await long.messages.append(input("alice", "bob", "m3"));
+      await long.messages.append(input("bob", "alice", "m4"));
+      await expired(...shortLived.map((r) => r.messageId));
+
+      expect(await raw.zcard(`${keyPrefix}inbox:bob`)).toBe(5);
+      const page = await long.messages.history("bob", "alice", 1);
+      expect(page.messages.map(contentOf)).toEqual(["m4"]);
+      expect(page.hasMore).toBe(true);
+      const older = await long.messages.history("bob", "alice", 10, 4);
+      expect(older).toMatchObject({ hasMore: false });
+      expect(older.messages.map(contentOf)).toEqual(["m3"]);
+
+      const inbox = await long.messages.readInbox("bob", 0, 10);
+      expect(inbox.entries.map((e) => [e.position, contentOf(e.messageJson)])).toEqual([
+        [4, "m3"],
+        [5, "m4"],
+      ]);
+      expect(inbox).toMatchObject({ oldest: 4, newest: 5 });
+      // The dead entries left the indexes; the conversation with only expired messages left the list.
+      expect(await raw.zrange(`${keyPrefix}inbox:bob`, "0", "-1", "WITHSCORES")).toHaveLength(4);
+      const conversations = await long.messages.conversations("bob", 10);
+      expect(conversations.map((c) => [c.with, contentOf(c.lastMessageJson), c.unread])).toEqual([
+        ["alice", "m4", 3],
+      ]);
+      expect(await raw.zrange(`${keyPrefix}convs:bob`, "0", "-1")).toEqual(["alice"]);
+      expect((await long.messages.takeQueued("bob")).map((q) => contentOf(q.messageJson))).toEqual([
+        "m3",
+      ]);
+      // Unread counts only kept messages after a recount: m3 is the one left from alice.
+      await long.messages.markRead("bob", "alice", 1);
+      expect((await long.messages.conversations("bob", 10))[0]?.unread).toBe(1);
+    });
+
+    it("refuses retention options that cannot work", async () => {
+      await expect(
+        createRedisEngine({
+          url,
+          keyPrefix,
+          nodeId: "n",
+          rateLimit: { limit: 1, windowMs: 1000 },
+          retention: { messageTtlMs: 0, maxEntries: 1.5 },
+        }),
+      ).rejects.toThrow(
+        /retention\.messageTtlMs must be a positive integer \(got 0\); retention\.maxEntries must be a positive integer \(got 1\.5\)/,
+      );
+    });
+
+    it("caps the offline queue and the conversation list at maxEntries", async () => {
+      const engine = await startEngine({
+        url,
+        keyPrefix,
+        retention: { messageTtlMs: 60_000, maxEntries: 3 },
+      });
+      for (let i = 1; i <= 5; i++)
+        await engine.messages.append(input(`sender-${i}`, "bob", `m${i}`));
+      expect((await engine.messages.takeQueued("bob")).map((q) => q.position)).toEqual([3, 4, 5]);
+      const list = await engine.messages.conversations("bob", 10);
+      expect(list.map((c) => c.with)).toEqual(["sender-5", "sender-4", "sender-3"]);
+      expect(await raw.hlen(`${keyPrefix}conv-last:bob`)).toBe(3);
+      expect(await raw.zcard(`${keyPrefix}inbox:bob`)).toBe(3);
+    });
+
+    it("keeps an idempotency record for at least 24 hours, and a retry changes nothing", async () => {
+      const engine = await startEngine({ url, keyPrefix });
+      const sent = input("alice", "bob", "once", "retry-me");
+      const first = await engine.messages.append(sent);
+      const key = `${keyPrefix}idem:5:aliceretry-me`; // <len(from)>:<from><clientMsgId>
+      const ttl = await raw.pttl(key);
+      expect(ttl).toBeGreaterThan(24 * 60 * 60 * 1000);
+      expect(ttl).toBeLessThanOrEqual(IDEMPOTENCY_TTL_MS);
+
+      const keysBefore = (await raw.keys(`${keyPrefix}*`)).sort();
+      const inboxBefore = await raw.zrange(`${keyPrefix}inbox:bob`, "0", "-1", "WITHSCORES");
+      const retry = await engine.messages.append({ ...sent, id: randomUUID(), timestamp: "later" });
+      expect(retry).toEqual({ ...first, duplicate: true });
+      expect((await raw.keys(`${keyPrefix}*`)).sort()).toEqual(keysBefore);
+      expect(await raw.zrange(`${keyPrefix}inbox:bob`, "0", "-1", "WITHSCORES")).toEqual(
+        inboxBefore,
+      );
+      expect(await raw.get(`${keyPrefix}inbox-pos:bob`)).toBe("1");
+      // The record is not renewed by a retry.
+      expect(await raw.pttl(key)).toBeLessThanOrEqual(ttl);
+    });
+  });
+
+  describe("byte-compatibility with @mrezhen/protocol", () => {
+    it("stores a message with a clientMsgId exactly as encodeMessage() writes it", async () => {
+      const engine = await startEngine({ url, keyPrefix });
+      const clientMsgId = 'k"/\\é😀\u0000';
+      const sent = input(AWKWARD, "bob", 'x "y" \\z', clientMsgId);
+      const result = await engine.messages.append(sent);
+      const expected = encodeMessage({
+        id: sent.id,
+        from: AWKWARD,
+        to: "bob",
+        content: sent.content,
+        timestamp: sent.timestamp,
+        clientMsgId,
+        seq: 1,
+      });
+      expect((await engine.messages.history("bob", AWKWARD, 10)).messages).toEqual([expected]);
+      expect((await engine.messages.readInbox(AWKWARD, 0, 10)).entries).toEqual([
+        { messageId: sent.id, messageJson: expected, position: result.senderPosition },
+      ]);
+      // The retry is recognised by the same awkward key, with the original's id and timestamp.
+      const retry = await engine.messages.append({ ...sent, id: randomUUID(), timestamp: "later" });
+      expect(retry).toMatchObject({
+        duplicate: true,
+        messageId: sent.id,
+        timestamp: sent.timestamp,
+      });
+    });
+
+    it("builds receipt frames exactly as receiptFrame() writes them, to senders with any id", async () => {
+      const engine = await startEngine({ url, keyPrefix });
+      const recorder = new Recorder();
+      engine.broker.setHandler(recorder);
+      await engine.broker.subscribe(AWKWARD);
+      await engine.broker.subscribe("bob");
+      // AWKWARD → bob: bob's ack sends AWKWARD a delivered receipt (its channel read from the text).
+      await engine.messages.append(input(AWKWARD, "bob", "1"));
+      const second = await engine.messages.append(input(AWKWARD, "bob", "2"));
+      await engine.messages.acknowledge("bob", second.recipientPosition);
+      // bob → AWKWARD, then AWKWARD reads and acks: receipts from an awkward id to bob.
+      const third = await engine.messages.append(input("bob", AWKWARD, "3"));
+      await engine.messages.acknowledge(AWKWARD, third.recipientPosition);
+      await engine.messages.markRead(AWKWARD, "bob", 3);
+      await engine.messages.markRead("bob", AWKWARD, 2);
+
+      const framesOf = (user: string) =>
+        recorder.events.flatMap((e) =>
+          e.userId === user && e.event.kind === "frame" ? [e.event.frame] : [],
+        );
+      await eventually(() => {
+        expect(framesOf(AWKWARD)).toEqual([
+          receiptFrame("delivered", "bob", 2),
+          receiptFrame("read", "bob", 2),
+        ]);
+        expect(framesOf("bob")).toEqual([
+          receiptFrame("delivered", AWKWARD, 3),
+          receiptFrame("read", AWKWARD, 3),
+        ]);
+      });
+      expect((await engine.messages.receipts(AWKWARD)).sort()).toEqual(
+        [receiptFrame("delivered", "bob", 2), receiptFrame("read", "bob", 2)].sort(),
+      );
+      expect((await engine.messages.receipts("bob")).sort()).toEqual(
+        [receiptFrame("delivered", AWKWARD, 3), receiptFrame("read", AWKWARD, 3)].sort(),
+      );
+      // Unread counts compare the sender as stored: bob read up to 2 of AWKWARD's 2 messages.
+      const bobs = await engine.messages.conversations("bob", 10);
+      expect(bobs.map((c) => [c.with, c.unread])).toEqual([[AWKWARD, 0]]);
+    });
+
+    it("finds the receipts of a sender whose id has a lone surrogate (as Node names its keys)", async () => {
+      const engine = await startEngine({ url, keyPrefix });
+      const lone = "lone\ud800x";
+      const sent = await engine.messages.append(input(lone, "bob", "hi"));
+      await engine.messages.acknowledge("bob", sent.recipientPosition);
+      await engine.messages.markRead("bob", lone, 1);
+      expect((await engine.messages.receipts(lone)).sort()).toEqual(
+        [receiptFrame("delivered", "bob", 1), receiptFrame("read", "bob", 1)].sort(),
+      );
+      expect((await engine.messages.conversations("bob", 1))[0]).toMatchObject({
+        with: "lone\ufffdx",
+        unread: 0,
+      });
+    });
+
+    it("routes ephemeral frames as they are, to other nodes too", async () => {
+      const sender = await startEngine({ url, keyPrefix });
+      const holder: Engine = await startEngine({ url, keyPrefix });
+      const recorder = new Recorder();
+      holder.broker.setHandler(recorder);
+      await holder.broker.subscribe(AWKWARD);
+      const frame = `{"type":"typing","from":${JSON.stringify(AWKWARD)},"state":"start"}`;
+      await sender.broker.publishFrame(AWKWARD, frame);
+      await eventually(() =>
+        expect(recorder.events).toEqual([{ userId: AWKWARD, event: { kind: "frame", frame } }]),
+      );
+    });
+  });
+});
