@@ -18,6 +18,8 @@ export interface Config {
   readonly nodeId: string;
   readonly heartbeatIntervalMs: number;
   readonly shutdownTimeoutMs: number;
+  /** How long messages are kept, and how many entries each inbox, queue and conversation index keeps. */
+  readonly retention: { readonly messageTtlMs: number; readonly maxEntries: number };
 }
 
 export const DEV_JWT_SECRET = "mrezhen-dev-secret-change-in-production";
@@ -34,6 +36,8 @@ export const defaults = {
   REDIS_KEY_PREFIX: "mrezhen:",
   HEARTBEAT_INTERVAL_MS: 30_000,
   SHUTDOWN_TIMEOUT_MS: 10_000,
+  RETENTION_DAYS: 30,
+  RETENTION_MAX_ENTRIES: 10_000,
 } as const;
 
 /** A configuration value that cannot be used; the message is the whole diagnosis. */
@@ -92,6 +96,10 @@ export function loadConfig(env: Env = process.env): Config {
     nodeId: read("NODE_ID") ?? `node-${randomBytes(4).toString("hex")}`,
     heartbeatIntervalMs: integer(read, "HEARTBEAT_INTERVAL_MS", 100, 3_600_000),
     shutdownTimeoutMs: integer(read, "SHUTDOWN_TIMEOUT_MS", 0, 600_000),
+    retention: Object.freeze({
+      messageTtlMs: integer(read, "RETENTION_DAYS", 1, 3650) * 86_400_000,
+      maxEntries: integer(read, "RETENTION_MAX_ENTRIES", 10, 10_000_000),
+    }),
   });
 }
 

@@ -4,13 +4,16 @@ import type { Config } from "./config.js";
 
 /** The engine the config asks for: Redis when REDIS_URL is set, else the embedded memory engine. */
 export async function createEngine(config: Config, log: Logger): Promise<Engine> {
-  if (config.redis === undefined) return createMemoryEngine({ rateLimit: config.rateLimit });
+  if (config.redis === undefined) {
+    return createMemoryEngine({ rateLimit: config.rateLimit, retention: config.retention });
+  }
   const { createRedisEngine } = await import("@mrezhen/engine-redis");
   return createRedisEngine({
     url: config.redis.url,
     keyPrefix: config.redis.keyPrefix,
     nodeId: config.nodeId,
     rateLimit: config.rateLimit,
+    retention: config.retention,
     logger: log.child({ component: "engine" }),
   });
 }

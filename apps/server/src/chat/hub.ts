@@ -1,4 +1,4 @@
-import type { Broker, BrokerHandler, MessageStore, UserEvent } from "@mrezhen/engine";
+import type { Broker, BrokerHandler, MessageEvent, MessageStore, UserEvent } from "@mrezhen/engine";
 import { directMessageFrame } from "@mrezhen/protocol";
 import type { ChatMetrics, Logger } from "./ports.js";
 import type { Session } from "./session.js";
@@ -80,12 +80,17 @@ export class Hub implements BrokerHandler {
 
   onUserEvent(userId: string, event: UserEvent): void {
     const sessions = this.users.get(userId)?.sessions;
+    if (event.kind === "frame") {
+      // Receipts and typing: ephemeral, never held or requeued.
+      if (sessions !== undefined) for (const session of sessions) session.send(event.frame);
+      return;
+    }
     let frame: string | undefined;
     if (sessions !== undefined) {
       for (const session of sessions) {
         if (session.connId === event.excludeConnId) continue;
         frame ??= directMessageFrame(event.messageJson, event.position, false);
-        session.deliver(event.messageId, frame);
+        session.deliver(event.messageId, event.position, frame);
         this.metrics.deliveredLive();
       }
     }
@@ -100,7 +105,7 @@ export class Hub implements BrokerHandler {
       for (const session of user.sessions) session.send(frame);
   }
 
-  private requeue(userId: string, event: UserEvent): void {
+  private requeue(userId: string, event: MessageEvent): void {
     this.messages.requeueIfOffline(userId, event.messageId, event.position).then(
       (queued) =>
         this.log.debug(

@@ -3,6 +3,7 @@ import { type Engine, EngineUnavailableError, type QueuedMessage } from "@mrezhe
 import {
   type ClientCommand,
   CloseCode,
+  conversationsFrame,
   type DirectMessageCommand,
   directMessageFrame,
   ErrorCode,
@@ -14,6 +15,9 @@ import {
   type ProtocolError,
   parseClientFrame,
   pongFrame,
+  syncedFrame,
+  type TypingCommand,
+  typingFrame,
 } from "@mrezhen/protocol";
 import { Hub } from "./hub.js";
 import { type ChatMetrics, type Logger, noMetrics } from "./ports.js";
@@ -33,6 +37,10 @@ export const INVALID_FRAME_LIMIT = 20;
 export const INVALID_FRAME_WINDOW_MS = 10_000;
 /** Frames waiting behind a slow one before the connection stops being read (TCP backpressure). */
 export const BACKLOG_PAUSE_AT = 32;
+/** Typing frames relayed per connection per second; more are dropped (they are ephemeral). */
+export const TYPING_PER_SECOND = 4;
+/** Inbox entries read per engine call during a sync. */
+export const SYNC_PAGE = 500;
 
 /**
  * The chat core: connection lifecycle and the handlers of every client frame. It speaks to the
@@ -47,6 +55,10 @@ export class ChatService {
   private readonly rateLimitText: string;
   /** Handlers still running (for drain). */
   private inFlight = 0;
+  /** Set when the node drains: new frames are refused, so every client gets an answer. */
+  private draining = false;
+  /** When a frame was last read (performance.now()), so a drain can wait for the wire to go quiet. */
+  lastFrameAt = 0;
   private idle: (() => void) | undefined;
 
   constructor(options: ChatOptions) {
@@ -78,18 +90,26 @@ export class ChatService {
       await this.engine.presence.connect(session.userId);
       session.registered = true;
       if (session.isClosed) return;
-      const queued = await this.engine.messages.takeQueued(session.userId);
-      if (session.isClosed) {
-        await this.giveBack(session, queued);
-        return;
+      if (session.since !== undefined) {
+        const replayed = await this.replay(session, session.since);
+        session.log.info(
+          { since: session.since, replayedUpTo: replayed },
+          "connected (acknowledged delivery)",
+        );
+      } else {
+        const queued = await this.engine.messages.takeQueued(session.userId);
+        if (session.isClosed) {
+          await this.giveBack(session, queued);
+          return;
+        }
+        const sent = new Set<string>();
+        for (const entry of queued) {
+          session.send(directMessageFrame(entry.messageJson, entry.position, true));
+          sent.add(entry.messageId);
+        }
+        session.endReplay((messageId) => sent.has(messageId));
+        session.log.info({ queued: queued.length }, "connected");
       }
-      const sent = new Set<string>();
-      for (const entry of queued) {
-        session.send(directMessageFrame(entry.messageJson, entry.position, true));
-        sent.add(entry.messageId);
-      }
-      session.finishOpening(sent);
-      session.log.info({ queued: queued.length }, "connected");
       this.handleBacklog(session);
     } catch (error) {
       session.log.warn({ err: error }, "could not bring the connection online");
@@ -118,6 +138,39 @@ export class ChatService {
     }
   }
 
+  /**
+   * Sends the inbox after `since` (B2): every entry in position order, then the latest receipts,
+   * then `synced`, then the live messages that arrived meanwhile and were not part of the replay.
+   * Returns the position the client is synced to.
+   */
+  private async replay(session: Session, since: number): Promise<number> {
+    let after = since;
+    let trimmed: { from: number; to: number } | undefined;
+    for (;;) {
+      const page = await this.engine.messages.readInbox(session.userId, after, SYNC_PAGE);
+      if (
+        trimmed === undefined &&
+        after === since &&
+        since + 1 < page.oldest &&
+        since < page.newest
+      ) {
+        // Retention removed positions the client has not seen: say so rather than skip them.
+        trimmed = { from: since + 1, to: page.oldest - 1 };
+        after = page.oldest - 1;
+      }
+      for (const entry of page.entries)
+        session.send(directMessageFrame(entry.messageJson, entry.position, false));
+      after = page.entries.at(-1)?.position ?? after;
+      if (page.entries.length < SYNC_PAGE || session.isClosed) break;
+    }
+    for (const receipt of await this.engine.messages.receipts(session.userId))
+      session.send(receipt);
+    session.send(syncedFrame(after, trimmed));
+    const syncedTo = after;
+    session.endReplay((_messageId, position) => position <= syncedTo);
+    return syncedTo;
+  }
+
   /** Closes sessions whose token expired (`UNAUTHORIZED`, then 4001). Run periodically. */
   expireTokens(): void {
     const now = this.now();
@@ -130,6 +183,16 @@ export class ChatService {
       );
       session.close(CloseCode.UNAUTHORIZED, "token expired");
     }
+  }
+
+  /**
+   * Starts refusing new frames with UNAVAILABLE ("resend after reconnecting"), so that during a
+   * drain every frame read gets an answer: handled and acked, or refused. Handlers already
+   * running finish (see whenIdle).
+   */
+  startDraining(): void {
+    this.draining = true;
+    this.lastFrameAt = performance.now();
   }
 
   /** Resolves when no handler is running (used by drain, bounded by the caller). */
@@ -148,6 +211,7 @@ export class ChatService {
    * stops reading), so acks and stored order follow send order.
    */
   handleFrame(session: Session, text: string): void {
+    if (this.draining) this.lastFrameAt = performance.now();
     if (session.busy) {
       session.backlog.push(text);
       if (session.backlog.length === BACKLOG_PAUSE_AT) session.transport.pause();
@@ -157,6 +221,14 @@ export class ChatService {
   }
 
   private dispatch(session: Session, text: string): void {
+    if (this.draining) {
+      this.sendError(
+        session,
+        ErrorCode.UNAVAILABLE,
+        "This node is restarting; reconnect and send it again.",
+      );
+      return;
+    }
     const parsed = parseClientFrame(text);
     if (!parsed.ok) {
       this.metrics.frameIn("invalid");
@@ -191,6 +263,21 @@ export class ChatService {
         return this.engine.presence
           .onlineUsers()
           .then((users) => session.send(onlineUsersFrame(users)));
+      case "ack":
+        return this.engine.messages.acknowledge(session.userId, command.upTo);
+      case "sync":
+        session.beginSync();
+        return this.replay(session, command.since).then(() => undefined);
+      case "mark_read":
+        return this.engine.messages.markRead(session.userId, command.with, command.upTo);
+      case "typing":
+        return this.typing(session, command);
+      case "get_conversations":
+        return this.engine.messages
+          .conversations(session.userId, command.limit)
+          .then((items) => session.send(conversationsFrame(items)));
+      default:
+        return assertNever(command);
     }
   }
 
@@ -244,18 +331,50 @@ export class ChatService {
       content: command.content,
       timestamp,
       senderConnId: session.connId,
+      ...(command.clientMsgId === undefined ? {} : { clientMsgId: command.clientMsgId }),
     });
-    session.send(messageAckFrame(id, command.to, timestamp, result.status, result.seq));
+    // A retried clientMsgId gets the original's ack (its id, timestamp and seq), nothing new.
+    session.send(
+      messageAckFrame({
+        messageId: result.messageId,
+        to: command.to,
+        timestamp: result.timestamp,
+        status: result.status,
+        seq: result.seq,
+        position: result.senderPosition,
+        clientMsgId: command.clientMsgId,
+      }),
+    );
     this.metrics.acked(result.status, (performance.now() - started) / 1000);
   }
 
   private async history(session: Session, command: GetHistoryCommand): Promise<void> {
-    const messages = await this.engine.messages.history(
+    const page = await this.engine.messages.history(
       session.userId,
       command.with,
       command.limit,
+      command.before,
     );
-    session.send(messageHistoryFrame(command.with, messages));
+    session.send(messageHistoryFrame(command.with, page.messages, page.hasMore));
+  }
+
+  /** Relays a typing indicator: never stored or queued, and at most a few per second per connection. */
+  private async typing(session: Session, command: TypingCommand): Promise<void> {
+    if (command.to === session.userId) {
+      this.refuse(session, {
+        code: ErrorCode.SELF_MESSAGE,
+        message: "You cannot send typing indicators to yourself.",
+      });
+      return;
+    }
+    const second = Math.floor(this.now() / 1000);
+    if (second !== session.typingSecond) {
+      session.typingSecond = second;
+      session.typingBudget = TYPING_PER_SECOND;
+    }
+    if (session.typingBudget <= 0) return;
+    session.typingBudget--;
+    await this.engine.broker.publishFrame(command.to, typingFrame(session.userId, command.state));
   }
 
   // ---- Errors -------------------------------------------------------------------------------
@@ -309,4 +428,8 @@ export class ChatService {
       "The request failed on the server; nothing was sent.",
     );
   }
+}
+
+function assertNever(value: never): never {
+  throw new Error(`unhandled command ${JSON.stringify(value)}`);
 }

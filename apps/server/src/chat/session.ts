@@ -1,9 +1,11 @@
 import type { CloseCode } from "@mrezhen/protocol";
 import type { Logger, Transport } from "./ports.js";
 
-/** A live frame that arrived while the session was still flushing its offline queue. */
+/** A live message frame that arrived while the session was replaying (queue flush or sync). */
 interface HeldFrame {
   readonly messageId: string;
+  /** This user's inbox position of the message. */
+  readonly position: number;
   readonly frame: string;
 }
 
@@ -13,10 +15,11 @@ interface HeldFrame {
  */
 export class Session {
   /**
-   * "opening" until the offline queue has been flushed: live messages are held back meanwhile so
-   * that queued (older) messages always come first. "closed" once the transport closed.
+   * "opening" until the offline queue is flushed (or, for an opted-in connection, the inbox
+   * replayed); "syncing" during a later `sync`. Live messages are held back in both, so that
+   * replayed (older) messages always come first. "closed" once the transport closed.
    */
-  state: "opening" | "open" | "closed" = "opening";
+  state: "opening" | "open" | "syncing" | "closed" = "opening";
   /** Whether presence counted this connection (so that closing must uncount it). */
   registered = false;
   /** Resolves when open() has finished, successfully or not. */
@@ -36,6 +39,9 @@ export class Session {
   invalidWindowStart = 0;
   /** Until when this connection's sends are known to be over the rate limit (no engine call needed). */
   rateLimitedUntil = 0;
+  /** Typing frames this connection may still relay in the current second, and when it started. */
+  typingBudget = 0;
+  typingSecond = 0;
 
   private held: HeldFrame[] | undefined;
 
@@ -45,6 +51,11 @@ export class Session {
     readonly displayName: string | undefined,
     /** Token expiry, ms since the epoch. */
     readonly expiresAt: number,
+    /**
+     * Set when the connection opted in to acknowledged delivery (`?since=N`): it gets its inbox
+     * after N instead of the offline queue, and live frames carry positions it acks.
+     */
+    readonly since: number | undefined,
     readonly transport: Transport,
     readonly log: Logger,
   ) {}
@@ -58,24 +69,34 @@ export class Session {
     if (this.state !== "closed") this.transport.send(frame);
   }
 
-  /** Delivers a live message frame, or holds it while the queue flush is running. */
-  deliver(messageId: string, frame: string): void {
-    if (this.state === "opening") {
+  /** Delivers a live message frame, or holds it while a replay is running. */
+  deliver(messageId: string, position: number, frame: string): void {
+    if (this.state === "opening" || this.state === "syncing") {
       this.held ??= [];
-      this.held.push({ messageId, frame });
+      this.held.push({ messageId, position, frame });
       return;
     }
     this.send(frame);
   }
 
-  /** Ends the opening phase: sends the held live frames, skipping any the queue flush already sent. */
-  finishOpening(sentIds: ReadonlySet<string>): void {
-    if (this.state !== "opening") return;
+  /** Starts a replay on an open session: live messages are held until {@link endReplay}. */
+  beginSync(): void {
+    if (this.state === "open") this.state = "syncing";
+  }
+
+  /**
+   * Ends a replay: sends the held live frames in arrival order, skipping those the replay already
+   * sent (`alreadySent` decides, by id or by position), so there is no duplicate and no gap at
+   * the seam between replay and live traffic.
+   */
+  endReplay(alreadySent: (messageId: string, position: number) => boolean): void {
+    if (this.state !== "opening" && this.state !== "syncing") return;
     this.state = "open";
     const held = this.held;
     this.held = undefined;
     if (held === undefined) return;
-    for (const entry of held) if (!sentIds.has(entry.messageId)) this.send(entry.frame);
+    for (const entry of held)
+      if (!alreadySent(entry.messageId, entry.position)) this.send(entry.frame);
   }
 
   close(code: CloseCode, reason: string): void {

@@ -15,6 +15,8 @@ declare module "fastify" {
   interface FastifyRequest {
     /** Set by the upgrade's authentication hook; present in every WebSocket handler. */
     principal?: Principal;
+    /** `?since=N`: the connection opts in to acknowledged delivery from inbox position N. */
+    since?: number;
   }
 }
 
@@ -82,6 +84,15 @@ export async function buildApp(options: AppOptions) {
         .type("text/plain")
         .send("Draining: connect again.");
     }
+    const since = readSince(request.query);
+    if (since === null) {
+      return reply
+        .code(400)
+        .header("connection", "close")
+        .type("text/plain")
+        .send("Bad Request: since must be a whole number of at least 0.");
+    }
+    if (since !== undefined) request.since = since;
     try {
       request.principal = await verifier.verify(
         extractToken(request.query, request.headers.authorization),
@@ -102,7 +113,7 @@ export async function buildApp(options: AppOptions) {
       socket.close(1011, "unauthenticated");
       return;
     }
-    connections.accept(socket, request.principal, request.ip);
+    connections.accept(socket, request.principal, request.since, request.ip);
   };
 
   app.route({
@@ -147,6 +158,17 @@ export async function buildApp(options: AppOptions) {
   );
 
   return app;
+}
+
+/** The `since` query parameter: absent → undefined, a whole number ≥ 0 → it, anything else → null. */
+function readSince(query: unknown): number | undefined | null {
+  const raw =
+    typeof query === "object" && query !== null
+      ? (query as Record<string, unknown>)["since"]
+      : undefined;
+  if (raw === undefined) return undefined;
+  if (typeof raw !== "string" || !/^\d{1,15}$/.test(raw)) return null;
+  return Number(raw);
 }
 
 function loadDemoPage(): string {

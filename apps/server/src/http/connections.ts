@@ -11,6 +11,9 @@ import { WsTransport } from "./ws-transport.js";
  * The open WebSocket connections of this node: wires each socket to a chat Session, beats the
  * heartbeat, and closes them all on drain.
  */
+/** How long the wire must stay silent before a drain closes connections. */
+const QUIET_MS = 100;
+
 export class Connections {
   private readonly open = new Set<WsTransport>();
   /** close() handlers still unregistering presence; drain waits for them. */
@@ -33,7 +36,8 @@ export class Connections {
     return this.open.size;
   }
 
-  accept(socket: WebSocket, principal: Principal, ip: string): void {
+  /** Wires an authenticated socket to a new session; `since` opts it in to acknowledged delivery. */
+  accept(socket: WebSocket, principal: Principal, since: number | undefined, ip: string): void {
     const connId = `${this.nodeId}.${(++this.sequence).toString(36)}`;
     const transport = new WsTransport(socket, this.metrics);
     const log = this.log.child({ connId, userId: principal.userId });
@@ -42,6 +46,7 @@ export class Connections {
       principal.userId,
       principal.name,
       principal.expiresAt,
+      since,
       transport,
       log,
     );
@@ -81,22 +86,29 @@ export class Connections {
   }
 
   /**
-   * Drain: stop reading, let handlers finish (every message in flight is acked or refused),
-   * then close every connection with 1012 so clients reconnect to another node, and wait for
-   * presence to be unregistered. Bounded by `deadline` (ms since the epoch).
+   * Drain: new frames are refused with UNAVAILABLE while the handlers already running finish,
+   * until no frame has arrived for QUIET_MS, so every frame the clients sent before the drain gets
+   * an ack or an error; then every connection is closed with 1012 so
+   * clients reconnect to another node, and presence is unregistered. Frames still on the wire
+   * after our close frame are never read: not stored, not acked, and the close tells the client
+   * to resend them. Bounded by `deadline` (ms since the epoch).
    */
   async drain(deadline: number): Promise<void> {
     clearInterval(this.heartbeat);
-    for (const transport of this.open) transport.pause();
+    this.chat.startDraining();
+    await beforeDeadline(this.quiet(), deadline);
     await beforeDeadline(this.chat.whenIdle(), deadline);
-    for (const transport of this.open) {
+    for (const transport of this.open)
       transport.close(CloseCode.SERVICE_RESTART, "service restart");
-      // Read again so the client's close reply arrives; frames after our close are dropped.
-      transport.resume();
-    }
     await beforeDeadline(this.allClosed(), deadline);
     for (const transport of this.open) transport.terminate();
     await beforeDeadline(Promise.all(this.closing), deadline);
+  }
+
+  /** Resolves once no frame has been read for QUIET_MS: what clients sent before the drain is answered. */
+  private async quiet(): Promise<void> {
+    while (performance.now() - this.chat.lastFrameAt < QUIET_MS)
+      await new Promise((resolve) => setTimeout(resolve, 20));
   }
 
   private async allClosed(): Promise<void> {

@@ -44,11 +44,19 @@ function setup(options: { engine?: Engine; now?: () => number } = {}) {
     rateLimit: { limit: 1000, windowMs: 60_000 },
     ...(options.now ? { now: options.now } : {}),
   });
-  const session = (userId: string, expiresAt = Number.MAX_SAFE_INTEGER) => {
+  const session = (userId: string, expiresAt = Number.MAX_SAFE_INTEGER, since?: number) => {
     const transport = new FakeTransport();
     return {
       transport,
-      session: new Session(`c${++connections}`, userId, undefined, expiresAt, transport, log),
+      session: new Session(
+        `c${++connections}`,
+        userId,
+        undefined,
+        expiresAt,
+        since,
+        transport,
+        log,
+      ),
     };
   };
   return { engine, chat, session };
