@@ -12,5 +12,7 @@ export default defineConfig({
     // Network tests bind real ports and Redis tests share one server: files run in parallel
     // worker processes, tests inside a file run in order.
     pool: "forks",
+    // Under CI a JSON report too, from which .ci/run prints its plain "N passed, N failed" line.
+    reporters: process.env["CI"] === "true" ? ["default", ["json", { outputFile: "test-results.json" }]] : ["default"],
   },
 });
