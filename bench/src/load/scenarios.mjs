@@ -1,0 +1,383 @@
+// The measurements the load generator makes against one system. Each slice drives load for a
+// warm-up, then measures over a window (server CPU from /proc, delivered messages, latency), then
+// stops the load and drains what is in flight, so the next system's slice starts on a quiet core.
+import { setTimeout as sleep } from "node:timers/promises";
+import { cpusBusyUs, totalCpuUs, totalRssKiB } from "../proc.mjs";
+import { createClient } from "./wire.mjs";
+
+const CONNECT_TIMEOUT_MS = 30_000;
+/** Connects in flight while opening the pairs: gentle enough not to make a burst the measurement. */
+const SETUP_CONCURRENCY = 50;
+const noop = () => {};
+
+/** Microseconds since the load generator started; the clock stamped into message contents. */
+export const nowUs = () => Math.round(performance.now() * 1000);
+
+/**
+ * Runs `fn` over `items` with at most `concurrency` at once, starting no new one once `until()` is
+ * false or one has failed. Settles only when none is running any more, so that a caller cleaning up
+ * after a failure does not race calls still in flight; then rethrows the first failure.
+ */
+export async function pool(items, concurrency, fn, until = () => true) {
+  let next = 0;
+  let failure;
+  const worker = async () => {
+    while (failure === undefined && next < items.length && until()) {
+      try {
+        await fn(items[next++]);
+      } catch (error) {
+        failure ??= { error };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
+  if (failure !== undefined) throw failure.error;
+}
+
+/** Closes clients, giving the close handshakes a bounded time before cutting the rest. */
+export async function closeAll(clients) {
+  await Promise.race([Promise.all(clients.map((c) => c.close())), sleep(10_000)]);
+  for (const c of clients) c.ws?.terminate();
+}
+
+/** Waits (bounded) until the processes use less than `pct` % of a core, e.g. after a connect storm. */
+export async function waitQuiet(pids, maxMs, pct = 5) {
+  const end = performance.now() + maxMs;
+  let cpu = totalCpuUs(pids);
+  let at = performance.now();
+  while (performance.now() < end) {
+    await sleep(500);
+    const cpuNow = totalCpuUs(pids);
+    const atNow = performance.now();
+    if (((cpuNow - cpu) / ((atNow - at) * 1000)) * 100 < pct) return;
+    cpu = cpuNow;
+    at = atNow;
+  }
+}
+
+/**
+ * Opens `count` sender→receiver pairs on a system: receivers on its first node, senders on its
+ * last (the same node for one-node systems, the other node for clusters). Receivers connect first,
+ * so no message ever finds its recipient offline.
+ */
+export async function openPairs(sys, tokens, count) {
+  const senderUrl = sys.nodes[sys.nodes.length - 1].url;
+  const pairs = Array.from({ length: count }, (_, i) => ({
+    i,
+    to: `r${i}`,
+    sender: createClient(sys.protocol, senderUrl),
+    receiver: createClient(sys.protocol, sys.nodes[0].url),
+  }));
+  let opened = 0;
+  const open = (client, token) => client.open(token, CONNECT_TIMEOUT_MS).then(() => opened++);
+  try {
+    await pool(pairs, SETUP_CONCURRENCY, (p) => open(p.receiver, tokens.receivers[p.i]));
+    await pool(pairs, SETUP_CONCURRENCY, (p) => open(p.sender, tokens.senders[p.i]));
+  } catch (error) {
+    await closePairs(pairs);
+    throw new Error(`${error.message} after ${opened} of ${2 * count} connections`);
+  }
+  return pairs;
+}
+
+export function closePairs(pairs) {
+  return closeAll(pairs.flatMap((p) => [p.sender, p.receiver]));
+}
+
+function errorCount(pairs) {
+  let n = 0;
+  for (const p of pairs) n += p.sender.errors + p.receiver.errors;
+  return n;
+}
+
+function lastError(pairs) {
+  for (const p of pairs) {
+    for (const client of [p.sender, p.receiver])
+      if (client.lastError !== "") return client.lastError;
+  }
+  return undefined;
+}
+
+/**
+ * A measuring window over a system's server processes, the Redis server its nodes share (when
+ * there is one: Redis is not pinned and serves every cluster, so it is reported apart), the
+ * server core(s) as a whole (what the servers did not use of it, other processes took), and this
+ * load generator.
+ */
+function openWindow(sys) {
+  return {
+    at: performance.now(),
+    serverCpuUs: totalCpuUs(sys.pids),
+    redisCpuUs: sys.redisPid === undefined ? 0 : totalCpuUs([sys.redisPid]),
+    coreBusyUs: sys.serverCpus === undefined ? 0 : cpusBusyUs(sys.serverCpus),
+    self: process.cpuUsage(),
+  };
+}
+
+function closeWindow(sys, window) {
+  const us = (performance.now() - window.at) * 1000;
+  const serverCpuUs = totalCpuUs(sys.pids) - window.serverCpuUs;
+  const self = process.cpuUsage(window.self);
+  return {
+    seconds: us / 1e6,
+    serverCpuUs,
+    redisCpuUs:
+      sys.redisPid === undefined ? undefined : totalCpuUs([sys.redisPid]) - window.redisCpuUs,
+    serverCpuPct: (serverCpuUs / us) * 100,
+    serverCoreBusyPct:
+      sys.serverCpus === undefined
+        ? undefined
+        : ((cpusBusyUs(sys.serverCpus) - window.coreBusyUs) / (us * sys.serverCpus.length)) * 100,
+    loadgenCpuPct: ((self.user + self.system) / us) * 100,
+    rssMiB: totalRssKiB(sys.pids) / 1024,
+  };
+}
+
+/** Waits (bounded) until nothing is outstanding; returns what still is. */
+async function drain(outstanding, maxMs) {
+  const end = performance.now() + maxMs;
+  while (outstanding() > 0 && performance.now() < end) await sleep(10);
+  return Math.max(0, outstanding());
+}
+
+/** Message counters of one slice; `outstanding` is what is still unanswered or undelivered. */
+function counters() {
+  return {
+    sent: 0,
+    answered: 0,
+    refused: 0,
+    delivered: 0,
+    outstanding() {
+      return this.sent - this.answered + (this.sent - this.refused - this.delivered);
+    },
+  };
+}
+
+function detach(pairs) {
+  for (const p of pairs) {
+    p.sender.onAck = noop;
+    p.receiver.onDeliver = noop;
+  }
+}
+
+function sliceFigures(m, delivered, latency, extra) {
+  return {
+    msgsPerSec: delivered / m.seconds,
+    ...latency.percentilesMs(),
+    cpuUsPerMsg: delivered > 0 ? m.serverCpuUs / delivered : null,
+    redisCpuUsPerMsg:
+      m.redisCpuUs !== undefined && delivered > 0 ? m.redisCpuUs / delivered : undefined,
+    rssMiB: m.rssMiB,
+    serverCpuPct: m.serverCpuPct,
+    serverCoreBusyPct: m.serverCoreBusyPct,
+    loadgenCpuPct: m.loadgenCpuPct,
+    ...extra,
+  };
+}
+
+/**
+ * Saturation, closed loop: every pair keeps `inflight` messages outstanding and sends the next one
+ * as soon as one is acked. Messages/s and latency count deliveries inside the window.
+ */
+export async function saturationSlice(sys, pairs, p, latency) {
+  const c = counters();
+  let running = true;
+  let inWindow = false;
+  let windowDelivered = 0;
+  const errorsBefore = errorCount(pairs);
+  latency.reset();
+  for (const pair of pairs) {
+    const send = () => {
+      c.sent++;
+      pair.sender.send(pair.to, nowUs());
+    };
+    pair.sender.onAck = (ok) => {
+      c.answered++;
+      if (!ok) c.refused++;
+      if (running) send();
+    };
+    pair.receiver.onDeliver = (stamp) => {
+      c.delivered++;
+      if (inWindow) {
+        windowDelivered++;
+        latency.add(nowUs() - stamp);
+      }
+    };
+    for (let k = 0; k < p.inflight; k++) send();
+  }
+  await sleep(p.warmMs);
+  const window = openWindow(sys);
+  inWindow = true;
+  await sleep(p.measureMs);
+  inWindow = false;
+  const m = closeWindow(sys, window);
+  running = false;
+  const lost = await drain(() => c.outstanding(), p.drainMs);
+  detach(pairs);
+  return sliceFigures(m, windowDelivered, latency, {
+    errors: errorCount(pairs) - errorsBefore,
+    lastError: lastError(pairs),
+    lost,
+  });
+}
+
+/**
+ * Fixed rate, open loop: `rate` messages/s round-robin over the pairs, whatever the acks. Each
+ * message is stamped with its scheduled time, not the time the timer got to it, so a stalled
+ * server or load generator shows in the latency (no coordinated omission). When more than
+ * `maxOutstanding` messages are undelivered the system has fallen behind: further messages are
+ * not sent but counted as `shed`.
+ */
+export async function fixedRateSlice(sys, pairs, p, latency) {
+  const c = counters();
+  let windowStartUs = Number.POSITIVE_INFINITY;
+  let windowEndUs = Number.POSITIVE_INFINITY;
+  let shed = 0;
+  const errorsBefore = errorCount(pairs);
+  latency.reset();
+  for (const pair of pairs) {
+    pair.sender.onAck = (ok) => {
+      c.answered++;
+      if (!ok) c.refused++;
+    };
+    pair.receiver.onDeliver = (stamp) => {
+      c.delivered++;
+      // Latency of the messages scheduled inside the window, including those delivered after it.
+      if (stamp >= windowStartUs && stamp < windowEndUs) latency.add(nowUs() - stamp);
+    };
+  }
+  const startUs = nowUs();
+  let scheduled = 0;
+  let next = 0;
+  const timer = setInterval(() => {
+    const due = Math.floor(((nowUs() - startUs) * p.rate) / 1e6);
+    for (; scheduled < due; scheduled++) {
+      if (c.sent - c.refused - c.delivered >= p.maxOutstanding) {
+        shed++;
+        continue;
+      }
+      const pair = pairs[next];
+      next = (next + 1) % pairs.length;
+      c.sent++;
+      pair.sender.send(pair.to, startUs + Math.round((scheduled * 1e6) / p.rate));
+    }
+  }, 1);
+  await sleep(p.warmMs);
+  const window = openWindow(sys);
+  windowStartUs = nowUs();
+  const deliveredBefore = c.delivered;
+  await sleep(p.measureMs);
+  windowEndUs = nowUs();
+  const m = closeWindow(sys, window);
+  const windowDelivered = c.delivered - deliveredBefore;
+  clearInterval(timer);
+  const lost = await drain(() => c.outstanding(), p.drainMs);
+  detach(pairs);
+  return sliceFigures(m, windowDelivered, latency, {
+    errors: errorCount(pairs) - errorsBefore,
+    lastError: lastError(pairs),
+    lost,
+    shed,
+  });
+}
+
+/**
+ * Connect rate: `concurrency` loops each open an authenticated connection (a fresh JWT check on
+ * every one), then close it, and start over. Counts opens in the window; the server CPU covers
+ * the whole open+close cycle; latency is the time to open (upgrade, or Socket.IO CONNECT ack).
+ */
+export async function connectSlice(sys, tokens, p, latency) {
+  let running = true;
+  let inWindow = false;
+  let opened = 0;
+  let failed = 0;
+  let failure;
+  let next = 0;
+  latency.reset();
+  const loop = async () => {
+    while (running) {
+      const client = createClient(sys.protocol, sys.nodes[0].url);
+      const token = tokens[next++ % tokens.length];
+      const at = nowUs();
+      try {
+        await client.open(token, CONNECT_TIMEOUT_MS);
+        if (inWindow) {
+          opened++;
+          latency.add(nowUs() - at);
+        }
+      } catch (error) {
+        failed++;
+        failure = error.message;
+      }
+      await client.close();
+    }
+  };
+  const loops = Promise.all(Array.from({ length: p.connectConcurrency }, loop));
+  await sleep(p.warmMs);
+  const window = openWindow(sys);
+  inWindow = true;
+  await sleep(p.measureMs);
+  inWindow = false;
+  const m = closeWindow(sys, window);
+  running = false;
+  await Promise.race([loops, sleep(p.drainMs)]);
+  return sliceFigures(m, opened, latency, { errors: failed, lastError: failure });
+}
+
+/** Full GC in the server processes (see server-hook.mjs), then a pause for it to finish. */
+async function collectGarbage(pids) {
+  for (let round = 0; round < 2; round++) {
+    for (const pid of pids) process.kill(pid, "SIGUSR2");
+    await sleep(300);
+  }
+}
+
+/**
+ * Idle connections: RSS of the server after a full GC, before and after opening `tokens.length`
+ * authenticated connections of distinct users that then stay idle (Socket.IO's pings answered).
+ * Connecting stops at `idleConnectMs`: the figures are then for the connections that opened.
+ */
+export async function idleRun(sys, tokens, p) {
+  await collectGarbage(sys.pids);
+  const before = totalRssKiB(sys.pids);
+  const cpuBefore = totalCpuUs(sys.pids);
+  const clients = tokens.map(() => createClient(sys.protocol, sys.nodes[0].url));
+  const startedAt = performance.now();
+  const deadline = startedAt + p.idleConnectMs;
+  let opened = 0;
+  let failed = 0;
+  let failure;
+  await pool(
+    clients.map((client, i) => ({ client, token: tokens[i] })),
+    p.connectConcurrency,
+    async ({ client, token }) => {
+      try {
+        await client.open(token, CONNECT_TIMEOUT_MS);
+        opened++;
+      } catch (error) {
+        failed++;
+        failure = error.message;
+      }
+    },
+    () => performance.now() < deadline,
+  );
+  const connectSeconds = (performance.now() - startedAt) / 1000;
+  // Let the server finish what the connects set off (presence fan-out) before measuring.
+  await waitQuiet(sys.pids, 30_000);
+  const connectCpuUs = totalCpuUs(sys.pids) - cpuBefore;
+  await collectGarbage(sys.pids);
+  const after = totalRssKiB(sys.pids);
+  await closeAll(clients);
+  await waitQuiet(sys.pids, 30_000);
+  return {
+    connections: opened,
+    errors: failed,
+    lastError: failure,
+    connectSeconds,
+    rssBeforeMiB: before / 1024,
+    rssMiB: after / 1024,
+    kibPerIdleConn: opened > 0 ? (after - before) / opened : null,
+    // Server CPU per connection opened, including whatever each connect sets off (presence).
+    cpuUsPerMsg: opened > 0 ? connectCpuUs / opened : null,
+  };
+}

@@ -1,0 +1,114 @@
+// What a bench run measures: the scenarios, their parameters and the systems under test.
+import { fileURLToPath } from "node:url";
+
+/** Every scenario, in the order the load generator runs them. */
+export const SCENARIOS = ["idle", "connect", "single-node", "latency", "cluster"];
+
+/** Which systems a scenario compares. */
+export const TOPOLOGY = {
+  idle: "single",
+  connect: "single",
+  "single-node": "single",
+  latency: "single",
+  cluster: "cluster",
+};
+
+export const SYSTEMS = ["mrezhen", "ws-ack", "socket.io"];
+
+/** Scenario parameters; `--quick` trades cycles, slice length and idle count for time. */
+export function parameters({ quick, cycles }) {
+  return {
+    // Measured cycles per scenario (plus one warm-up cycle that is dropped).
+    cycles: cycles ?? (quick ? 3 : 5),
+    // Each slice: load for warmMs unmeasured, then measureMs measured, then drain.
+    warmMs: quick ? 400 : 500,
+    measureMs: quick ? 1200 : 2000,
+    drainMs: 10_000,
+    // single-node, latency, cluster: sender→receiver pairs (two connections each).
+    pairs: quick ? 500 : 1000,
+    inflight: 2,
+    // latency: open-loop rate; past maxOutstanding undelivered messages, sends are shed.
+    rate: 10_000,
+    maxOutstanding: 10_000,
+    // connect and idle: connects in flight at once; connect cycles over connectUsers users.
+    connectConcurrency: 50,
+    connectUsers: 1000,
+    idleConnections: quick ? 1000 : 10_000,
+    idleConnectMs: quick ? 20_000 : 60_000,
+  };
+}
+
+const repo = (path) => fileURLToPath(new URL(`../../${path}`, import.meta.url));
+
+export const MREZHEN_MAIN = repo("apps/server/dist/main.js");
+const WS_ACK = repo("bench/src/peers/ws-ack.mjs");
+const SOCKET_IO = repo("bench/src/peers/socketio.mjs");
+
+/**
+ * The systems under test and the server processes each is made of. `env` is what the bench sets on
+ * top of the common server environment (port, JWT, log level).
+ */
+export function systemsUnderTest({ runId, redisUrl }) {
+  const mrezhenEnv = {
+    // The rate limit must never be what is measured.
+    RATE_LIMIT_MESSAGES: "1000000000",
+    RATE_LIMIT_WINDOW_MS: "60000",
+  };
+  const mrezhenNode = (name, env) => ({
+    name,
+    script: MREZHEN_MAIN,
+    env: { ...mrezhenEnv, ...env },
+  });
+  const redisMrezhen = (nodeId) =>
+    mrezhenNode(`mrezhen-${nodeId}`, {
+      REDIS_URL: redisUrl,
+      REDIS_KEY_PREFIX: `mrezhen-bench-${runId}:`,
+      NODE_ID: `bench-${nodeId}`,
+    });
+  const sioRedis = { REDIS_URL: redisUrl, SIO_REDIS_KEY: `sio-bench-${runId}` };
+  return [
+    {
+      id: "mrezhen",
+      system: "mrezhen",
+      topology: "single",
+      engine: "memory",
+      protocol: "part-a",
+      nodes: [mrezhenNode("mrezhen", {})],
+    },
+    {
+      id: "ws-ack",
+      system: "ws-ack",
+      topology: "single",
+      engine: "none",
+      protocol: "part-a",
+      nodes: [{ name: "ws-ack", script: WS_ACK, env: {} }],
+    },
+    {
+      id: "socket.io",
+      system: "socket.io",
+      topology: "single",
+      engine: "in-memory adapter",
+      protocol: "socket.io",
+      nodes: [{ name: "socket.io", script: SOCKET_IO, env: {} }],
+    },
+    {
+      id: "mrezhen-cluster",
+      system: "mrezhen",
+      topology: "cluster",
+      engine: "redis",
+      protocol: "part-a",
+      nodes: [redisMrezhen("a"), redisMrezhen("b")],
+    },
+    {
+      id: "socket.io-cluster",
+      system: "socket.io",
+      topology: "cluster",
+      engine: "redis adapter",
+      protocol: "socket.io",
+      nodes: [
+        { name: "socket.io-a", script: SOCKET_IO, env: sioRedis },
+        { name: "socket.io-b", script: SOCKET_IO, env: sioRedis },
+      ],
+    },
+  ];
+}

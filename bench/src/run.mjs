@@ -1,0 +1,272 @@
+#!/usr/bin/env node
+// `pnpm bench`: Mrezhen side by side with its peers. Starts every server at once pinned to one core,
+// runs the load generator pinned to the other, prints absolute figures and Mrezhen ÷ peer ratios,
+// and stops everything it started (servers, load generator, Redis keys) on success, error or signal.
+//
+//   node bench/src/run.mjs [--quick] [--json FILE] [--cycles N] [--scenarios a,b]
+//                          [--systems mrezhen,ws-ack,socket.io] [--server-cpus 0] [--load-cpus 1]
+//                          [--redis redis://127.0.0.1:6379]
+import { execFileSync, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { Redis } from "ioredis";
+import {
+  MREZHEN_MAIN,
+  parameters,
+  SCENARIOS,
+  SYSTEMS,
+  systemsUnderTest,
+  TOPOLOGY,
+} from "./plan.mjs";
+import { openFilesLimit, parseCpuList } from "./proc.mjs";
+import { buildRows, formatReport } from "./report.mjs";
+import { pinned, startServer, stopServer } from "./servers.mjs";
+
+const DRIVER = fileURLToPath(new URL("./load/driver.mjs", import.meta.url));
+
+function options() {
+  const { values } = parseArgs({
+    // `pnpm bench -- --quick` may hand the script a literal "--".
+    args: process.argv.slice(2).filter((a) => a !== "--"),
+    options: {
+      quick: { type: "boolean", default: false },
+      json: { type: "string" },
+      cycles: { type: "string" },
+      scenarios: { type: "string", default: SCENARIOS.join(",") },
+      systems: { type: "string", default: SYSTEMS.join(",") },
+      "server-cpus": { type: "string", default: "0" },
+      "load-cpus": { type: "string", default: "1" },
+      redis: { type: "string", default: process.env.BENCH_REDIS_URL ?? "redis://127.0.0.1:6379" },
+    },
+  });
+  const list = (value, known, what) => {
+    const items = value.split(",").filter(Boolean);
+    for (const item of items)
+      if (!known.includes(item)) throw new Error(`unknown ${what} "${item}"`);
+    return items;
+  };
+  const redisHost = new URL(values.redis).hostname;
+  if (!/^(127\.\d+\.\d+\.\d+|localhost|\[::1\])$/.test(redisHost)) {
+    throw new Error(`the bench only talks to loopback addresses, not ${redisHost}`);
+  }
+  // Pinning needs two cores; with one, everything shares it and the figures say less.
+  const pin = availableParallelism() >= 2;
+  if (!pin) console.error("warning: fewer than 2 CPUs, servers and load generator are not pinned");
+  return {
+    quick: values.quick,
+    json: values.json,
+    cycles: values.cycles === undefined ? undefined : positiveInteger(values.cycles, "--cycles"),
+    scenarios: list(values.scenarios, SCENARIOS, "scenario"),
+    systems: list(values.systems, SYSTEMS, "system"),
+    serverCpus: pin ? values["server-cpus"] : undefined,
+    loadCpus: pin ? values["load-cpus"] : undefined,
+    redisUrl: values.redis,
+  };
+}
+
+function positiveInteger(text, what) {
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < 1) throw new Error(`${what} must be a positive integer`);
+  return value;
+}
+
+/**
+ * Node cannot set its own rlimits, so the open-files soft limit is raised with prlimit(1) on this
+ * process before anything is spawned; servers and load generator inherit it. Each of them holds at
+ * most one side of every connection (10,000 idle ones, 6,000 pair sockets), plus a few hundred.
+ */
+function ensureOpenFiles(needed) {
+  const { soft, hard } = openFilesLimit();
+  if (soft >= needed) return;
+  if (hard < needed) {
+    throw new Error(
+      `open-files limit ${soft}/${hard} is below ${needed}: run \`ulimit -n ${needed}\` as root first`,
+    );
+  }
+  execFileSync("prlimit", [`--pid=${process.pid}`, `--nofile=${needed}:${hard}`]);
+}
+
+async function redisProcess(url) {
+  const redis = new Redis(url, {
+    lazyConnect: true,
+    maxRetriesPerRequest: 1,
+    connectTimeout: 2000,
+  });
+  try {
+    await redis.connect();
+    const pid = Number((await redis.info("server")).match(/process_id:(\d+)/)?.[1]);
+    // Its CPU can be read only if it runs on this machine (loopback, but maybe in a container).
+    return {
+      pid: existsSync(`/proc/${pid}/stat`) ? pid : undefined,
+      keys: await redis.dbsize(),
+    };
+  } catch (error) {
+    console.error(
+      `warning: Redis at ${url} unreachable (${error.message}): the cluster scenario is skipped`,
+    );
+    return undefined;
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** Deletes the run's Mrezhen keys (SCAN + UNLINK, bounded); Socket.IO's adapter keeps none. */
+async function deleteKeys(url, prefix) {
+  const redis = new Redis(url, { maxRetriesPerRequest: 1, connectTimeout: 2000 });
+  try {
+    let cursor = "0";
+    let deleted = 0;
+    for (let round = 0; round < 1_000_000; round++) {
+      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
+      if (keys.length > 0) deleted += await redis.unlink(...keys);
+      cursor = next;
+      if (cursor === "0") break;
+    }
+    return { deleted, remaining: await redis.dbsize() };
+  } finally {
+    redis.disconnect();
+  }
+}
+
+function runLoadGenerator(plan, cpus) {
+  const [command, args] = pinned(cpus, [DRIVER]);
+  const child = spawn(command, args, { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  const done = new Promise((resolve, reject) => {
+    child.on("message", (message) => {
+      if (message.type === "progress") console.error(`  ${message.text}`);
+      else if (message.type === "result") resolve(message);
+      else if (message.type === "error") reject(new Error(`load generator: ${message.message}`));
+    });
+    child.once("exit", (code, signal) =>
+      reject(new Error(`load generator exited (${signal ?? code})`)),
+    );
+  });
+  child.send(plan);
+  return { child, done };
+}
+
+async function main() {
+  const opts = options();
+  const runId = `${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`;
+  const params = parameters(opts);
+  ensureOpenFiles(Math.max(params.idleConnections, 6 * params.pairs) + 1024);
+
+  const redis = opts.scenarios.includes("cluster") ? await redisProcess(opts.redisUrl) : undefined;
+  const wantedTopologies = new Set(opts.scenarios.map((s) => TOPOLOGY[s]));
+  if (redis === undefined) wantedTopologies.delete("cluster");
+  const specs = systemsUnderTest({ runId, redisUrl: opts.redisUrl }).filter(
+    (s) => opts.systems.includes(s.system) && wantedTopologies.has(s.topology),
+  );
+  if (specs.some((s) => s.system === "mrezhen") && !existsSync(MREZHEN_MAIN)) {
+    throw new Error(
+      `${MREZHEN_MAIN} is missing: run \`pnpm build\` (or leave mrezhen out with --systems)`,
+    );
+  }
+
+  const logDir = mkdtempSync(join(tmpdir(), `mrezhen-bench-${runId}-`));
+  const servers = [];
+  let loadGenerator;
+  let stopping;
+  // Idempotent: runs once whether reached by the end of main, an error or a signal.
+  const stopEverything = () => {
+    stopping ??= (async () => {
+      loadGenerator?.kill("SIGKILL");
+      await Promise.all(servers.map(stopServer));
+      if (specs.some((s) => s.engine === "redis" && s.system === "mrezhen")) {
+        const prefix = `mrezhen-bench-${runId}:`;
+        try {
+          const { deleted, remaining } = await deleteKeys(opts.redisUrl, prefix);
+          console.error(
+            `Redis: deleted ${deleted} keys of this run; ${remaining} keys in the database (${redis?.keys} before)`,
+          );
+        } catch (error) {
+          console.error(`warning: could not delete the Redis keys ${prefix}* (${error.message})`);
+        }
+      }
+      const logs = readdirSync(logDir).filter((f) => statSync(join(logDir, f)).size > 0);
+      if (logs.length === 0) rmSync(logDir, { recursive: true });
+      else console.error(`server output kept in ${logDir}: ${logs.join(", ")}`);
+    })();
+    return stopping;
+  };
+  for (const signal of ["SIGINT", "SIGTERM"]) {
+    process.once(signal, () => {
+      console.error(`\n${signal}: stopping everything`);
+      stopEverything().finally(() => process.exit(128 + (signal === "SIGINT" ? 2 : 15)));
+    });
+  }
+
+  try {
+    const jwtSecret = randomBytes(32).toString("hex");
+    // Production mode, loopback only (Mrezhen binds HOST, 0.0.0.0 by default), warnings only.
+    const serverEnv = {
+      ...process.env,
+      NODE_ENV: "production",
+      HOST: "127.0.0.1",
+      JWT_SECRET: jwtSecret,
+      JWT_ISSUER: "mrezhen",
+      LOG_LEVEL: "warn",
+    };
+    // Only the bench decides which server uses Redis.
+    for (const name of ["REDIS_URL", "REDIS_KEY_PREFIX", "NODE_ID", "WS_PORT"])
+      delete serverEnv[name];
+
+    console.error(
+      `starting ${specs.flatMap((s) => s.nodes).length} servers on CPU ${opts.serverCpus ?? "any"}`,
+    );
+    // All starts are awaited, failed or not, so that none is still starting when we stop them.
+    const starts = specs.flatMap((spec) =>
+      spec.nodes.map(async (node) => {
+        const env = { ...serverEnv, ...node.env };
+        const server = await startServer({ ...node, env, cpus: opts.serverCpus, logDir });
+        servers.push(server);
+        return server;
+      }),
+    );
+    const failed = (await Promise.allSettled(starts)).find((s) => s.status === "rejected");
+    if (failed !== undefined) throw failed.reason;
+    const systems = specs.map((spec) => {
+      const nodes = spec.nodes.map((node) => servers.find((s) => s.name === node.name));
+      return {
+        ...spec,
+        nodes: nodes.map((n) => ({ name: n.name, url: `ws://127.0.0.1:${n.port}` })),
+        pids: nodes.map((n) => n.pid),
+        redisPid: spec.topology === "cluster" ? redis?.pid : undefined,
+        serverCpus: opts.serverCpus === undefined ? undefined : parseCpuList(opts.serverCpus),
+      };
+    });
+
+    const plan = {
+      secret: jwtSecret,
+      issuer: "mrezhen",
+      systems,
+      scenarios: opts.scenarios,
+      params,
+    };
+    console.error(
+      `load generator on CPU ${opts.loadCpus ?? "any"}; scenarios: ${opts.scenarios.join(", ")}`,
+    );
+    const started = performance.now();
+    const generator = runLoadGenerator(plan, opts.loadCpus);
+    loadGenerator = generator.child;
+    const { records, failures } = await generator.done;
+    const rows = buildRows(records, systems);
+    console.log(formatReport(rows, { failures }));
+    console.error(`measured in ${((performance.now() - started) / 1000).toFixed(0)}s`);
+    if (opts.json !== undefined) {
+      writeFileSync(opts.json, `${JSON.stringify(rows, null, 2)}\n`);
+      console.error(`rows written to ${opts.json}`);
+    }
+  } finally {
+    await stopEverything();
+  }
+}
+
+main().catch((error) => {
+  console.error(error.message);
+  process.exitCode = 1;
+});
