@@ -7,7 +7,9 @@
  *   codec.ts. A direct message is one PUBLISH to the recipient's channel (plus one to the
  *   sender's when it has other connections): it reaches only the nodes that hold the user,
  *   never all nodes.
- * - `<p>broadcast`: presence frames, ready to send; every node subscribes to it at start.
+ * - `<p>broadcast`: presence deltas (codec.ts), published by the presence scripts; every node
+ *   subscribes to it at start and keeps its copy of the online set from them (PresenceMirror),
+ *   which calls the handler's onPresence for each change.
  *
  * subscribe() resolves when Redis has confirmed the subscription (ioredis resolves SUBSCRIBE on
  * the server's confirmation), so every event published after that reaches this node; one
@@ -20,9 +22,10 @@
  */
 import type { Broker, BrokerHandler } from "@mrezhen/engine";
 import type { Redis } from "ioredis";
-import { decodeUserEvent, encodeFrameEvent } from "./codec.js";
+import { decodePresenceDelta, decodeUserEvent, encodeFrameEvent } from "./codec.js";
 import type { Logger } from "./engine.js";
 import type { Keys } from "./keys.js";
+import { PresenceMirror } from "./presence-mirror.js";
 import { toEngineError } from "./script-runner.js";
 
 export class RedisBroker implements Broker {
@@ -33,14 +36,22 @@ export class RedisBroker implements Broker {
    */
   private readonly staleUsers = new Set<string>();
   private warnedUndecodable = false;
+  private warnedUndecodableDelta = false;
+  /** This node's copy of the online set, kept from the broadcast channel's deltas. */
+  readonly mirror: PresenceMirror;
 
   constructor(
     private readonly subscriber: Redis,
-    /** The engine's command connection, for publishFrame. */
+    /** The engine's command connection, for publishFrame and presence snapshots. */
     private readonly command: Redis,
     private readonly keys: Keys,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    // Without a handler yet the mirror is kept all the same; there is just nobody to tell.
+    this.mirror = new PresenceMirror(command, keys, logger, (change) =>
+      this.handler?.onPresence(change),
+    );
+  }
 
   setHandler(handler: BrokerHandler): void {
     this.handler = handler;
@@ -82,13 +93,20 @@ export class RedisBroker implements Broker {
 
   /** The subscriber connection's `message` listener. Never throws into ioredis. */
   readonly dispatch = (channel: string, payload: string): void => {
-    const handler = this.handler;
-    if (handler === undefined) return;
     try {
       if (channel === this.keys.broadcastChannel) {
-        handler.onBroadcast(payload);
+        const delta = decodePresenceDelta(payload);
+        if (delta !== undefined) {
+          this.mirror.receive(delta);
+        } else if (!this.warnedUndecodableDelta) {
+          // An older or newer node's payload (rolling upgrade): skip it.
+          this.warnedUndecodableDelta = true;
+          this.logger.warn({ channel }, "ignoring a broadcast this version cannot decode");
+        }
         return;
       }
+      const handler = this.handler;
+      if (handler === undefined) return;
       const userId = this.keys.userOfChannel(channel);
       if (userId === undefined) return;
       const event = decodeUserEvent(payload);

@@ -1,4 +1,8 @@
 /**
+ * The payloads of the engine's channels.
+ *
+ * ## User channels
+ *
  * The payload of user-channel events. The scripts (scripts.ts) and Broker.publishFrame write it;
  * every node that holds the user decodes it once per event, so it is a flat, splittable string
  * rather than JSON. Two kinds, told apart by the leading tag:
@@ -10,8 +14,29 @@
  * node-generated UUIDs and connection ids), so four `indexOf` calls split it, and the message
  * text, which may contain anything, is the untouched tail: it goes into frames as-is, without a
  * parse and a stringify. A frame event (receipts, typing) is the frame text after the tag.
+ *
+ * ## The broadcast channel
+ *
+ * Presence deltas, published by the presence scripts (scripts.ts) when a user's membership of
+ * the online set changes; every node decodes every one of them:
+ *
+ *     p|<version>|on|<userId>     the user came online; the set is now at <version>
+ *     p|<version>|off|<userId>    the user went offline
+ *
+ * The version (the `presence:version` counter, bumped by each change) never contains `|`; the
+ * user id, which may contain anything, is the tail. A delta is O(1) whatever the number of
+ * online users: nodes keep the set themselves (presence-mirror.ts) and build the protocol's
+ * presence frame, which lists every online user, only when a connection of theirs wants one.
  */
 import type { UserEvent } from "@mrezhen/engine";
+
+/** A change of the online set, as the presence scripts announce it. */
+export interface PresenceDelta {
+  /** The set's version right after this change: consecutive changes have consecutive versions. */
+  readonly version: number;
+  readonly userId: string;
+  readonly status: "online" | "offline";
+}
 
 /** Tag of a frame event; the Lua scripts that publish receipts write the same two bytes. */
 export const FRAME_TAG = "f|";
@@ -43,4 +68,28 @@ export function decodeUserEvent(payload: string): UserEvent | undefined {
         position,
         excludeConnId: payload.slice(afterPosition + 1, afterExclude),
       };
+}
+
+const ON = "on|";
+const OFF = "off|";
+
+/** Decodes a broadcast-channel payload; undefined when it is not one this version understands. */
+export function decodePresenceDelta(payload: string): PresenceDelta | undefined {
+  if (!payload.startsWith("p|")) return undefined;
+  const afterVersion = payload.indexOf("|", 2);
+  if (afterVersion < 0) return undefined;
+  const version = Number(payload.slice(2, afterVersion));
+  if (!Number.isSafeInteger(version) || version < 1) return undefined;
+  if (payload.startsWith(ON, afterVersion + 1)) {
+    return { version, status: "online", userId: payload.slice(afterVersion + 1 + ON.length) };
+  }
+  if (payload.startsWith(OFF, afterVersion + 1)) {
+    return { version, status: "offline", userId: payload.slice(afterVersion + 1 + OFF.length) };
+  }
+  return undefined;
+}
+
+/** The payload the scripts publish for `delta` (for tests; the scripts write it themselves). */
+export function encodePresenceDelta(delta: PresenceDelta): string {
+  return `p|${delta.version}|${delta.status === "online" ? ON : OFF}${delta.userId}`;
 }

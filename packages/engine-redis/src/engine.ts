@@ -9,16 +9,20 @@
  *   fails at once with EngineUnavailableError instead of waiting, and an append whose reply was
  *   lost is never run a second time behind the caller's back.
  * - the subscriber connection carries pub/sub only (Broker). ioredis re-subscribes its channels
- *   after a reconnect (autoResubscribe).
+ *   after a reconnect (autoResubscribe). Presence deltas published while it was down are lost:
+ *   once its re-subscriptions are confirmed, the node takes a new presence snapshot
+ *   (presence-mirror.ts), and announces what changed meanwhile.
  * Both reconnect forever with a capped backoff (min(attempt × 100, 2000) ms), and both have a
  * socket timeout, so a connection that stops answering is replaced rather than waited on.
  *
  * health() reads a flag: ok only while both connections are ready (for the subscriber: its
- * re-subscriptions confirmed; for the command connection: presence re-asserted after a
- * reconnect). Connection loss and recovery are logged once each, not once per retry.
+ * re-subscriptions confirmed and the presence snapshot tried; for the command connection:
+ * presence re-asserted after a reconnect). Connection loss and recovery are logged once each,
+ * not once per retry.
  *
  * Every heartbeatIntervalMs one script (TICK) refreshes this node's liveness key and sweeps dead
- * nodes; see presence.ts for the liveness design.
+ * nodes; see presence.ts for the liveness design. The heartbeat also retries what an outage left
+ * undone: a presence re-assert, a presence snapshot.
  */
 import {
   DEFAULT_RETENTION,
@@ -136,6 +140,10 @@ class RedisEngine implements Engine {
   private lastError: unknown;
   private tickTimer: NodeJS.Timeout | undefined;
   private closing: Promise<void> | undefined;
+  /** The broadcast channel was subscribed once (start): ioredis re-subscribes it from then on. */
+  private broadcastSubscribed = false;
+  /** Its subscription is confirmed on the current subscriber connection: snapshots may be taken. */
+  private broadcastLive = false;
 
   constructor(private readonly options: RedisEngineOptions) {
     validate(options);
@@ -184,6 +192,8 @@ class RedisEngine implements Engine {
     try {
       await loadScripts(this.command, ALL_SCRIPTS);
       await this.subscriber.subscribe(this.keys.broadcastChannel);
+      this.broadcastSubscribed = true;
+      this.broadcastLive = this.subscriber.status === "ready";
       // Clears registrations a previous process with this node id left, then registers the node.
       const cleared = await this.presence.reassert();
       if (cleared > 0) {
@@ -192,6 +202,8 @@ class RedisEngine implements Engine {
           "cleared presence left by a previous run of this node",
         );
       }
+      // The online set, read once the subscription is confirmed: every later change is a delta.
+      await this.broker.mirror.resync();
     } catch (error) {
       this.dropConnections();
       throw toEngineError(error);
@@ -251,8 +263,14 @@ class RedisEngine implements Engine {
   }
 
   private connectionLost(role: Role): void {
-    if (role === "command") this.commandReady = false;
-    else this.subscriberReady = false;
+    if (role === "command") {
+      this.commandReady = false;
+    } else {
+      this.subscriberReady = false;
+      this.broadcastLive = false;
+      // Deltas published from now on are lost to this node: hold any until the next snapshot.
+      if (this.broadcastSubscribed) this.broker.mirror.invalidate();
+    }
     this.updateHealth();
     if (this.downSince[role] !== undefined) return;
     this.downSince[role] = Date.now();
@@ -272,9 +290,11 @@ class RedisEngine implements Engine {
     const restore: Promise<unknown> =
       role === "subscriber"
         ? // Replies come in order: the PONG follows the confirmations of ioredis' re-subscribes.
-          this.subscriber.ping().then(() => this.broker.dropStale())
+          this.subscriber
+            .ping()
+            .then(() => Promise.all([this.broker.dropStale(), this.resubscribed()]))
         : this.state === "running"
-          ? this.reassert("reconnected")
+          ? this.reassert("reconnected").finally(() => this.resyncIfNeeded())
           : Promise.resolve();
     restore
       .catch(() => {}) // The next outage or tick reports what matters.
@@ -284,6 +304,22 @@ class RedisEngine implements Engine {
         else this.subscriberReady = ready;
         this.updateHealth();
       });
+  }
+
+  /**
+   * The subscriber's re-subscriptions are confirmed after a reconnect: what was published in
+   * between is lost, so the presence mirror starts again from a new snapshot.
+   */
+  private async resubscribed(): Promise<void> {
+    if (!this.broadcastSubscribed || this.state === "closed") return;
+    this.broadcastLive = true;
+    await this.broker.mirror.resync();
+  }
+
+  /** Retries a presence snapshot that an outage prevented (only while the broadcast is live). */
+  private async resyncIfNeeded(): Promise<void> {
+    const mirror = this.broker.mirror;
+    if (this.broadcastLive && !mirror.synced && !mirror.syncInProgress) await mirror.resync();
   }
 
   private async reassert(why: string): Promise<void> {
@@ -317,6 +353,7 @@ class RedisEngine implements Engine {
         } else if (this.presence.needsReassert) {
           await this.reassert("unconfirmed change");
         }
+        await this.resyncIfNeeded();
       }
       // Keeps the subscriber connection's socket timeout armed: a half-open socket is noticed.
       if (this.subscriberReady) await this.subscriber.ping();

@@ -29,6 +29,8 @@
  * | `<p>receipts:<userId>`       | hash   | `<kind>` + "\|" + sender → the latest receipt frame   |
  * |                              |        | of that kind from that sender, for the user's sync    |
  * | `<p>presence:online`         | set    | users with at least one connection anywhere           |
+ * | `<p>presence:version`        | string | changes of `presence:online` so far (INCR): the       |
+ * |                              |        | version of each presence delta (scripts.ts, codec.ts) |
  * | `<p>presence:count`          | hash   | user → connections on all nodes                       |
  * | `<p>presence:node:<nodeId>`  | hash   | user → connections on that node                       |
  * | `<p>nodes`                   | set    | node ids that may own presence entries                |
@@ -50,7 +52,7 @@
  * | channel            | payload                                                             |
  * |--------------------|---------------------------------------------------------------------|
  * | `<p>user:<userId>` | user events (codec.ts); subscribed while the user is on this node   |
- * | `<p>broadcast`     | ready-to-send presence frames; every node subscribes at start       |
+ * | `<p>broadcast`     | presence deltas (codec.ts); every node subscribes at start          |
  *
  * `<conversation>` is `conversationKey(a, b)` from @mrezhen/engine, so both engines agree.
  *
@@ -69,6 +71,7 @@ import { conversationKey } from "@mrezhen/engine";
 export class Keys {
   readonly presenceOnline: string;
   readonly presenceCount: string;
+  readonly presenceVersion: string;
   readonly nodes: string;
   readonly broadcastChannel: string;
   /** This node's presence hash and liveness key. */
@@ -89,6 +92,7 @@ export class Keys {
   ) {
     this.presenceOnline = `${prefix}presence:online`;
     this.presenceCount = `${prefix}presence:count`;
+    this.presenceVersion = `${prefix}presence:version`;
     this.nodes = `${prefix}nodes`;
     this.broadcastChannel = `${prefix}broadcast`;
     this.messageHead = `${prefix}msg:`;

@@ -227,7 +227,13 @@ export class RedisMessageStore implements MessageStore {
     return queued;
   }
 
-  async requeueIfOffline(userId: string, messageId: string, position: number): Promise<boolean> {
+  /**
+   * Queues the message by id, as append does: the queue refers to the stored text, so what is
+   * queued is exactly what was stored (`message.messageJson` is not needed), and a message whose
+   * text expired meanwhile is not queued.
+   */
+  async requeueIfOffline(userId: string, message: QueuedMessage): Promise<boolean> {
+    const { messageId, position } = message;
     const reply = await runScript(this.client, REQUEUE_IF_OFFLINE, [
       this.keys.presenceCount,
       this.keys.queue(userId),

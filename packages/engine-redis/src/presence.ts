@@ -3,12 +3,16 @@
  *
  * Each node counts its own connections per user in `<p>presence:node:<nodeId>`; the cluster-wide
  * totals live in `<p>presence:count` and the online users in `<p>presence:online`. connect and
- * disconnect are one script each (CONNECT, DISCONNECT: one round trip), which also publishes the
- * presence frame on `<p>broadcast` when a user's total goes 0→1 or 1→0.
+ * disconnect are one script each (CONNECT, DISCONNECT: one round trip, O(1) however many users
+ * are online), which also publishes a presence delta on `<p>broadcast` when a user's total goes
+ * 0→1 or 1→0 (numbered by `<p>presence:version`). Each node builds the online set from those
+ * deltas itself (presence-mirror.ts): no script sends the set.
  *
  * Liveness: a node refreshes `<p>node-alive:<nodeId>` (PX nodeTtlMs) every heartbeatIntervalMs,
  * and in the same script (TICK) drops the registrations of every node whose key expired, so the
  * users of a crashed node go offline within nodeTtlMs + heartbeatIntervalMs (≤ 12 s by default).
+ * TICK is O(nodes) when no node is dead; sweeping a dead node is O(its users), one delta per
+ * user who went offline. A node whose own key had lapsed sweeps nothing in that tick (see TICK).
  *
  * The node's own truth — connections it registered and has not unregistered — is kept here in
  * memory. REASSERT writes it back over the node's hash (fixing totals, announcing changes):
@@ -32,7 +36,10 @@ import {
 import { CONNECT, DISCONNECT, DROP_NODE, REASSERT, TICK } from "./scripts.js";
 
 export interface TickResult {
-  /** False when this node's liveness key had expired (it may have been swept). */
+  /**
+   * False when this node's liveness key had expired (it may have been swept): it then swept
+   * nothing, and re-asserts.
+   */
   readonly wasAlive: boolean;
   /** Dead nodes this tick removed. */
   readonly swept: number;
@@ -59,6 +66,7 @@ export class RedisPresenceStore implements PresenceStore {
         this.keys.presenceCount,
         this.keys.presenceOnline,
         this.keys.nodes,
+        this.keys.presenceVersion,
         userId,
         this.nodeId,
         this.keys.broadcastChannel,
@@ -78,6 +86,7 @@ export class RedisPresenceStore implements PresenceStore {
         this.keys.presenceThisNode,
         this.keys.presenceCount,
         this.keys.presenceOnline,
+        this.keys.presenceVersion,
         userId,
         this.keys.broadcastChannel,
       ]);
@@ -105,6 +114,7 @@ export class RedisPresenceStore implements PresenceStore {
       this.keys.presenceOnline,
       this.keys.nodes,
       this.keys.aliveThisNode,
+      this.keys.presenceVersion,
       this.nodeId,
       this.nodeTtlMs,
       this.keys.broadcastChannel,
@@ -126,6 +136,7 @@ export class RedisPresenceStore implements PresenceStore {
       this.keys.aliveThisNode,
       this.keys.presenceCount,
       this.keys.presenceOnline,
+      this.keys.presenceVersion,
       this.nodeId,
       this.nodeTtlMs,
       this.keys.presenceNodeHead,
@@ -144,6 +155,7 @@ export class RedisPresenceStore implements PresenceStore {
       this.keys.presenceCount,
       this.keys.presenceOnline,
       this.keys.nodes,
+      this.keys.presenceVersion,
       this.nodeId,
       this.keys.broadcastChannel,
     ]);

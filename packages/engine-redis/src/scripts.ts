@@ -5,9 +5,12 @@
  *
  * Invariants every script keeps (keys as in keys.ts):
  * - `presence:count[u]` = Σ over nodes of `presence:node:<n>[u]`; zero counts are deleted;
- * - `u ∈ presence:online` ⇔ `presence:count[u] > 0`; every change of that membership publishes
- *   exactly one presence frame on the broadcast channel, from the same script, so frames are
- *   totally ordered and each one's list is the set at that moment;
+ * - `u ∈ presence:online` ⇔ `presence:count[u] > 0`; every change of that membership increments
+ *   `presence:version` and publishes exactly one delta carrying the new version on the broadcast
+ *   channel (codec.ts: `p|<version>|on|<user>`, `p|<version>|off|<user>`), from the same script
+ *   as the change: deltas are totally ordered, numbered without gaps, and version v is the set
+ *   right after the v-th change. A delta is O(1) to build whatever the number of online users;
+ *   each node keeps its own copy of the set from them (presence-mirror.ts);
  * - every node with a `presence:node:<n>` hash is in `nodes`, so a dead node's hash is always
  *   found by the sweep and never becomes a ghost;
  * - a message id in an index (`conv`, `inbox`, `queue`) or in `conv-last` names a text that
@@ -15,19 +18,20 @@
  *   is dead for good and any script may drop it;
  * - `seq`, positions and watermarks only go up.
  *
- * Presence frames are built by concatenation with a JSON string encoder that writes exactly what
- * JavaScript's JSON.stringify writes: Redis' cjson escapes "/" as "\/" and orders object keys
- * arbitrarily, and these frames must be byte-identical to protocol's `presenceFrame()`.
- * Receipt frames need no encoder: their only string, the acting user, is known to the node, which
- * passes protocol `receiptFrame()` split around `upTo`; the script puts the seq in between.
+ * Costs: connect and disconnect are O(1); the heartbeat (TICK) is O(nodes) when no node is dead;
+ * dropping a node (sweep, close, re-assert) is O(its users), one O(1) delta per user whose status
+ * changed. No script reads the whole online set except SNAPSHOT, which a node runs at start and
+ * when it lost deltas (after a reconnect, or on a version gap).
+ *
+ * Receipt frames need no JSON encoder: their only string, the acting user, is known to the node,
+ * which passes protocol `receiptFrame()` split around `upTo`; the script puts the seq in between.
  * Scripts that need the sender of a stored text read its JSON literal in place (MESSAGE_TEXT)
  * rather than with cjson, which refuses the lone-surrogate escapes JSON.stringify writes.
  *
- * The Lua is kept in template literals; only JSON_STRING and MESSAGE_TEXT, which have
- * backslashes, are String.raw.
+ * The Lua is kept in template literals; only MESSAGE_TEXT, which has backslashes, is String.raw.
  *
- * Lua numbers are doubles: integers (positions, seqs, microsecond times) are formatted with
- * `%d`/`%.0f`, never with `..`, which would switch to exponent notation above 1e14.
+ * Lua numbers are doubles: integers (positions, seqs, versions, microsecond times) are formatted
+ * with `%d`/`%.0f`, never with `..`, which would switch to exponent notation above 1e14.
  */
 import { createHash } from "node:crypto";
 
@@ -47,51 +51,33 @@ function script(name: string, numberOfKeys: number, ...parts: string[]): LuaScri
 // -------------------------------------------------------------------------------------------
 // Shared helpers, prepended to the scripts that use them (scripts cannot define globals).
 
-const JSON_STRING = String.raw`
--- A JSON string literal, byte-identical to JavaScript's JSON.stringify of the same string.
-local JSON_ESCAPES = {
-  ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
-  ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t',
-}
-local function json_string(s)
-  local escaped = string.gsub(s, '[%z\1-\31"\\]', function(c)
-    return JSON_ESCAPES[c] or string.format('\\u%04x', string.byte(c))
-  end)
-  return '"' .. escaped .. '"'
-end
-`;
-
 const PRESENCE = `
--- protocol presenceFrame(user, status, members), byte for byte.
-local function presence_frame(user, status, members)
-  local listed = {}
-  for i = 1, #members do listed[i] = json_string(members[i]) end
-  return '{"type":"presence","userId":' .. json_string(user) .. ',"status":"' .. status
-    .. '","onlineUsers":[' .. table.concat(listed, ',') .. ']}'
-end
-
 -- Changes user's cluster-wide connection total by delta and keeps the online set in step with
--- it, announcing a join or a leave on the broadcast channel. Returns the new total.
-local function adjust_total(count_key, online_key, channel, user, delta)
-  local total = redis.call('HINCRBY', count_key, user, delta)
+-- it. When the user's membership changes (total 0 -> positive or back), bumps the presence
+-- version and publishes the change as a delta with that version (codec.ts). O(1).
+-- p = { count = presence:count, online = presence:online, version = presence:version,
+--       channel = broadcast channel }. Returns the new total.
+local function adjust_total(p, user, delta)
+  local total = redis.call('HINCRBY', p.count, user, delta)
+  local status
   if total <= 0 then
-    redis.call('HDEL', count_key, user)
-    if redis.call('SREM', online_key, user) == 1 then
-      redis.call('PUBLISH', channel,
-        presence_frame(user, 'offline', redis.call('SMEMBERS', online_key)))
-    end
-  elseif redis.call('SADD', online_key, user) == 1 then
-    redis.call('PUBLISH', channel,
-      presence_frame(user, 'online', redis.call('SMEMBERS', online_key)))
+    redis.call('HDEL', p.count, user)
+    if redis.call('SREM', p.online, user) == 1 then status = 'off' end
+  elseif redis.call('SADD', p.online, user) == 1 then
+    status = 'on'
+  end
+  if status then
+    local version = redis.call('INCR', p.version)
+    redis.call('PUBLISH', p.channel, string.format('p|%d|', version) .. status .. '|' .. user)
   end
   return total
 end
 
--- Removes every connection a node registered, then the node itself.
-local function drop_node(node_id, node_key, alive_key, count_key, online_key, nodes_key, channel)
+-- Removes every connection a node registered, then the node itself. O(its users).
+local function drop_node(p, node_id, node_key, alive_key, nodes_key)
   local entries = redis.call('HGETALL', node_key)
   for i = 1, #entries, 2 do
-    adjust_total(count_key, online_key, channel, entries[i], -tonumber(entries[i + 1]))
+    adjust_total(p, entries[i], -tonumber(entries[i + 1]))
   end
   redis.call('DEL', node_key, alive_key)
   redis.call('SREM', nodes_key, node_id)
@@ -115,35 +101,35 @@ end
 // Presence
 
 /**
- * One more connection of a user on this node.
- * KEYS: presence:node:<self>, presence:count, presence:online, nodes
+ * One more connection of a user on this node. O(1).
+ * KEYS: presence:node:<self>, presence:count, presence:online, nodes, presence:version
  * ARGV: userId, nodeId, broadcast channel
  * Returns the user's new total.
  */
 export const CONNECT = script(
   "connect",
-  4,
-  JSON_STRING,
+  5,
   PRESENCE,
   `
+local p = { count = KEYS[2], online = KEYS[3], version = KEYS[5], channel = ARGV[3] }
 redis.call('SADD', KEYS[4], ARGV[2])
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-return adjust_total(KEYS[2], KEYS[3], ARGV[3], ARGV[1], 1)
+return adjust_total(p, ARGV[1], 1)
 `,
 );
 
 /**
- * One connection fewer of a user on this node; a no-op (returns -1) when this node has none.
- * KEYS: presence:node:<self>, presence:count, presence:online
+ * One connection fewer of a user on this node; a no-op (returns -1) when this node has none. O(1).
+ * KEYS: presence:node:<self>, presence:count, presence:online, presence:version
  * ARGV: userId, broadcast channel
  * Returns the user's new total.
  */
 export const DISCONNECT = script(
   "disconnect",
-  3,
-  JSON_STRING,
+  4,
   PRESENCE,
   `
+local p = { count = KEYS[2], online = KEYS[3], version = KEYS[4], channel = ARGV[2] }
 local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if mine <= 0 then return -1 end
 if mine == 1 then
@@ -151,7 +137,7 @@ if mine == 1 then
 else
   redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
 end
-return adjust_total(KEYS[2], KEYS[3], ARGV[2], ARGV[1], -1)
+return adjust_total(p, ARGV[1], -1)
 `,
 );
 
@@ -159,17 +145,19 @@ return adjust_total(KEYS[2], KEYS[3], ARGV[2], ARGV[1], -1)
  * Makes Redis agree with this node's own record of its connections, and (re)registers the node:
  * at start (with nothing: removes what a previous process with this node id left), after a
  * reconnect, and when the heartbeat finds that this node was declared dead. The node's hash is
- * replaced; totals move by the difference, announcing users who came or went.
- * KEYS: presence:node:<self>, presence:count, presence:online, nodes, node-alive:<self>
+ * replaced; totals move by the difference, announcing users who came or went (one delta each).
+ * O(users this node had or has).
+ * KEYS: presence:node:<self>, presence:count, presence:online, nodes, node-alive:<self>,
+ *       presence:version
  * ARGV: nodeId, nodeTtlMs, broadcast channel, then userId, count pairs
  * Returns how many users' counts changed.
  */
 export const REASSERT = script(
   "reassert",
-  5,
-  JSON_STRING,
+  6,
   PRESENCE,
   `
+local p = { count = KEYS[2], online = KEYS[3], version = KEYS[6], channel = ARGV[3] }
 local had = {}
 local registered = redis.call('HGETALL', KEYS[1])
 for i = 1, #registered, 2 do had[registered[i]] = tonumber(registered[i + 1]) end
@@ -181,11 +169,11 @@ for i = 4, #ARGV, 2 do
   local delta = count - (had[user] or 0)
   if delta ~= 0 then changed = changed + 1 end
   -- Also for delta 0: re-checks the online set against the total.
-  adjust_total(KEYS[2], KEYS[3], ARGV[3], user, delta)
+  adjust_total(p, user, delta)
   had[user] = nil
 end
 for user, count in pairs(had) do
-  adjust_total(KEYS[2], KEYS[3], ARGV[3], user, -count)
+  adjust_total(p, user, -count)
   changed = changed + 1
 end
 redis.call('SADD', KEYS[4], ARGV[1])
@@ -197,46 +185,70 @@ return changed
 /**
  * The heartbeat and the sweep, every heartbeatIntervalMs: refreshes this node's liveness key if
  * it still exists, and drops every other node whose liveness key expired (a crashed node).
- * When this node's own key had expired it answers 0 and the node re-asserts (REASSERT), since
- * another node may have swept it meanwhile.
- * KEYS: nodes, node-alive:<self>, presence:count, presence:online
+ * O(nodes) when no node is dead; a dead node costs O(its users) once, one delta per user who
+ * went offline.
+ *
+ * When this node's own key had expired it answers 0 and sweeps nothing: the node re-asserts
+ * (REASSERT), since another node may have swept it meanwhile. Not sweeping then matters: keys
+ * lapse when their owners' heartbeats cannot get through in time, and when that is Redis' fault
+ * (a stall: a long script, a fork, a saturated CPU) every key lapsed at once; the first node to
+ * tick afterwards must not declare all the others dead. (The ~1 s ticks seen in the benchmark
+ * were such sweeps of live nodes, whose heartbeats queued behind O(online) connect scripts,
+ * each sweep then costing O(users × online) to build a frame per user. Connects are O(1) now.)
+ * KEYS: nodes, node-alive:<self>, presence:count, presence:online, presence:version
  * ARGV: nodeId, nodeTtlMs, presence:node: key head, node-alive: key head, broadcast channel
  * Returns { 1 if this node was still alive else 0, nodes swept }.
  */
 export const TICK = script(
   "tick",
-  4,
-  JSON_STRING,
+  5,
   PRESENCE,
   `
-local alive = redis.call('SET', KEYS[2], '1', 'PX', ARGV[2], 'XX')
+if not redis.call('SET', KEYS[2], '1', 'PX', ARGV[2], 'XX') then return { 0, 0 } end
+local p = { count = KEYS[3], online = KEYS[4], version = KEYS[5], channel = ARGV[5] }
 local swept = 0
 local nodes = redis.call('SMEMBERS', KEYS[1])
 for i = 1, #nodes do
   local id = nodes[i]
   if id ~= ARGV[1] and redis.call('EXISTS', ARGV[4] .. id) == 0 then
-    drop_node(id, ARGV[3] .. id, ARGV[4] .. id, KEYS[3], KEYS[4], KEYS[1], ARGV[5])
+    drop_node(p, id, ARGV[3] .. id, ARGV[4] .. id, KEYS[1])
     swept = swept + 1
   end
 end
-if alive then return { 1, swept } end
-return { 0, swept }
+return { 1, swept }
 `,
 );
 
 /**
  * Unregisters this node (close): its users' connections go away at once, announced as usual.
- * KEYS: presence:node:<self>, node-alive:<self>, presence:count, presence:online, nodes
+ * O(its users).
+ * KEYS: presence:node:<self>, node-alive:<self>, presence:count, presence:online, nodes,
+ *       presence:version
  * ARGV: nodeId, broadcast channel
  * Returns how many users the node had.
  */
 export const DROP_NODE = script(
   "drop_node",
-  5,
-  JSON_STRING,
+  6,
   PRESENCE,
   `
-return drop_node(ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2])
+local p = { count = KEYS[3], online = KEYS[4], version = KEYS[6], channel = ARGV[2] }
+return drop_node(p, ARGV[1], KEYS[1], KEYS[2], KEYS[5])
+`,
+);
+
+/**
+ * The online set and the version it stands at, read together (presence-mirror.ts): every delta
+ * with a higher version is a change made after this snapshot. O(online users); a node runs it
+ * at start and when it lost deltas, never per change.
+ * KEYS: presence:version, presence:online
+ * Returns { version (a decimal string, "0" before any change), { userId, ... } }.
+ */
+export const SNAPSHOT = script(
+  "presence_snapshot",
+  2,
+  `
+return { redis.call('GET', KEYS[1]) or '0', redis.call('SMEMBERS', KEYS[2]) }
 `,
 );
 
@@ -812,6 +824,7 @@ export const ALL_SCRIPTS: readonly LuaScript[] = [
   REASSERT,
   TICK,
   DROP_NODE,
+  SNAPSHOT,
   APPEND,
   HISTORY,
   READ_INBOX,

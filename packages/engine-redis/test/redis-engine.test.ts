@@ -49,23 +49,45 @@ describe.skipIf(!redis)("redis engine", () => {
   const FAST = { heartbeatIntervalMs: 100, nodeTtlMs: 600 };
 
   describe("byte-compatibility with @mrezhen/protocol", () => {
-    it("broadcasts presence frames exactly as presenceFrame() writes them, whatever the user ids", async () => {
+    it("announces presence as O(1) deltas, whatever the user ids, and builds frames as presenceFrame()", async () => {
       const engine = await startEngine({ url, keyPrefix });
+      const frames: string[] = [];
       const recorder = new Recorder();
-      engine.broker.setHandler(recorder);
-      const awkward = 'q"uote\\back/slash\n\t\u0001\u001f\u007f é 😀 </script>';
-      await engine.presence.connect("plain");
-      await engine.presence.connect(awkward);
-      await engine.presence.disconnect("plain");
-      await eventually(() => expect(recorder.broadcasts).toHaveLength(3));
-      const [first, second, third] = recorder.broadcasts;
-      expect(first).toBe(presenceFrame("plain", "online", ["plain"]));
-      // Set order is Redis' own: compare against the frame with the list in the order sent.
-      const listed = (JSON.parse(second ?? "") as { onlineUsers: string[] }).onlineUsers;
-      expect([...listed].sort()).toEqual([awkward, "plain"].sort());
-      expect(second).toBe(presenceFrame(awkward, "online", listed));
-      expect(third).toBe(presenceFrame("plain", "offline", [awkward]));
-      expect(await engine.presence.onlineUsers()).toEqual([awkward]);
+      engine.broker.setHandler({
+        onUserEvent: () => {},
+        onPresence: (change) => {
+          recorder.onPresence(change);
+          // What a node sends its clients, built from the live view during the call.
+          frames.push(presenceFrame(change.userId, change.status, [...change.online]));
+        },
+      });
+      // What goes over the wire: the delta, never the list.
+      const listener = raw.duplicate();
+      listener.on("error", () => {});
+      const payloads: string[] = [];
+      listener.on("message", (_channel: string, payload: string) => payloads.push(payload));
+      await listener.subscribe(`${keyPrefix}broadcast`);
+      try {
+        const awkward = 'q"uote\\back/slash\n\t\u0001\u001f\u007f é 😀 </script>|off|x';
+        await engine.presence.connect("plain");
+        await engine.presence.connect(awkward);
+        await engine.presence.disconnect("plain");
+        await eventually(() => expect(recorder.presence()).toHaveLength(3));
+        expect(recorder.presence()).toEqual([
+          { userId: "plain", status: "online", onlineUsers: ["plain"] },
+          { userId: awkward, status: "online", onlineUsers: [awkward, "plain"].sort() },
+          { userId: "plain", status: "offline", onlineUsers: [awkward] },
+        ]);
+        expect(frames[0]).toBe(presenceFrame("plain", "online", ["plain"]));
+        expect(frames[2]).toBe(presenceFrame("plain", "offline", [awkward]));
+        await eventually(() =>
+          expect(payloads).toEqual(["p|1|on|plain", `p|2|on|${awkward}`, "p|3|off|plain"]),
+        );
+        expect(await raw.get(`${keyPrefix}presence:version`)).toBe("3");
+        expect(await engine.presence.onlineUsers()).toEqual([awkward]);
+      } finally {
+        listener.disconnect();
+      }
     });
 
     it("stores and publishes message texts exactly as encodeMessage() writes them", async () => {
@@ -126,7 +148,6 @@ describe.skipIf(!redis)("redis engine", () => {
       await eventually(() => expect(recorder.presence()).toHaveLength(3), 5000);
       const elapsed = since(crashed);
       expect(recorder.presence()[2]).toEqual({
-        type: "presence",
         userId: "bob",
         status: "offline",
         onlineUsers: ["alice"],

@@ -38,12 +38,27 @@ export interface MessageEvent {
   readonly excludeConnId?: string;
 }
 
+/** A user came online (first connection anywhere) or went offline (last one closed). */
+export interface PresenceChange {
+  readonly userId: string;
+  readonly status: "online" | "offline";
+  /**
+   * Every user online right after this change, as this node sees it. A live view: read it during
+   * the call, it changes afterwards. Building the protocol's list from it costs O(online users),
+   * so a node does it only when one of its connections wants presence frames.
+   */
+  readonly online: ReadonlySet<string>;
+}
+
 /** Receives what the broker routes to this node. Called synchronously; must not throw. */
 export interface BrokerHandler {
   /** An event for `userId`, delivered only while this node is subscribed to that user. */
   onUserEvent(userId: string, event: UserEvent): void;
-  /** A ready-to-send frame for every connection on every node (presence changes). */
-  onBroadcast(frame: string): void;
+  /**
+   * Every presence change, on every node, in one total order (the order in which the changes
+   * happened), each with the online set as it stood right after it.
+   */
+  onPresence(change: PresenceChange): void;
 }
 
 export interface Broker {
@@ -70,9 +85,9 @@ export interface Broker {
 export interface PresenceStore {
   /**
    * Registers one connection of `userId` on this node. When it is the user's first connection
-   * anywhere, the user becomes online and a `presence` frame (status online, with the full
-   * online list) is broadcast to every node, atomically with the change: presence frames are
-   * totally ordered and each one's list matches the state it announces.
+   * anywhere, the user becomes online and every node's handler gets a {@link PresenceChange},
+   * decided atomically with the change: changes are totally ordered, and each one's online set
+   * matches the state it announces. Costs O(1), however many users are online.
    */
   connect(userId: string): Promise<void>;
   /** Unregisters one connection; the user's last one anywhere makes it offline, announced likewise. */
@@ -210,7 +225,7 @@ export interface MessageStore {
    * between append and delivery): queues the message for `userId` if, and only if, the user has
    * no connection anywhere now. Returns whether it queued. Keeps queue order by position.
    */
-  requeueIfOffline(userId: string, messageId: string, position: number): Promise<boolean>;
+  requeueIfOffline(userId: string, message: QueuedMessage): Promise<boolean>;
 }
 
 // ---------------------------------------------------------------------------------------------

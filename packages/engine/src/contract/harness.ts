@@ -2,6 +2,7 @@ import type {
   BrokerHandler,
   Engine,
   MessageEvent,
+  PresenceChange,
   RateLimitOptions,
   RetentionOptions,
   UserEvent,
@@ -29,14 +30,19 @@ export type BackendFactory = (options: BackendOptions) => Promise<ContractBacken
 /** A broker handler that records what reaches one node. */
 export class Recorder implements BrokerHandler {
   readonly events: { userId: string; event: UserEvent }[] = [];
-  readonly broadcasts: string[] = [];
+  /** Presence changes, with the online list as it stood at each (sorted). */
+  readonly changes: { userId: string; status: string; onlineUsers: string[] }[] = [];
 
   onUserEvent(userId: string, event: UserEvent): void {
     this.events.push({ userId, event });
   }
 
-  onBroadcast(frame: string): void {
-    this.broadcasts.push(frame);
+  onPresence(change: PresenceChange): void {
+    this.changes.push({
+      userId: change.userId,
+      status: change.status,
+      onlineUsers: [...change.online].sort(),
+    });
   }
 
   /** Message events for `userId` (frame events are in {@link framesFor}). */
@@ -58,7 +64,7 @@ export class Recorder implements BrokerHandler {
   }
 
   presence(): { userId: string; status: string; onlineUsers: string[] }[] {
-    return this.broadcasts.map((frame) => JSON.parse(frame));
+    return this.changes;
   }
 }
 

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type { ChatMessage } from "@mrezhen/protocol";
 import { afterEach, describe, expect, it } from "vitest";
-import type { AppendInput, Engine, MessageEvent } from "../ports.js";
+import type { AppendInput, AppendResult, Engine, MessageEvent, QueuedMessage } from "../ports.js";
 import {
   type BackendFactory,
   type ContractBackend,
@@ -21,6 +21,17 @@ function input(from: string, to: string, content = "hello", senderConnId = "conn
     content,
     timestamp: new Date().toISOString(),
     senderConnId,
+  };
+}
+
+/** The queue entry a node would requeue for a message it could not deliver. */
+function toQueued(sent: AppendInput, result: AppendResult): QueuedMessage {
+  const { id, from, to, content, timestamp } = sent;
+  const { seq } = result;
+  return {
+    messageId: id,
+    messageJson: JSON.stringify({ id, from, to, content, timestamp, seq }),
+    position: result.recipientPosition,
   };
 }
 
@@ -180,17 +191,11 @@ export function messageStoreContract(factory: BackendFactory): void {
       const second = input("alice", "bob", "second");
       const r1 = await engine.messages.append(first);
       const r2 = await engine.messages.append(second);
-      expect(await engine.messages.requeueIfOffline("bob", first.id, r1.recipientPosition)).toBe(
-        false,
-      );
+      expect(await engine.messages.requeueIfOffline("bob", toQueued(first, r1))).toBe(false);
 
       await engine.presence.disconnect("bob");
-      expect(await engine.messages.requeueIfOffline("bob", second.id, r2.recipientPosition)).toBe(
-        true,
-      );
-      expect(await engine.messages.requeueIfOffline("bob", first.id, r1.recipientPosition)).toBe(
-        true,
-      );
+      expect(await engine.messages.requeueIfOffline("bob", toQueued(second, r2))).toBe(true);
+      expect(await engine.messages.requeueIfOffline("bob", toQueued(first, r1))).toBe(true);
       const queued = await engine.messages.takeQueued("bob");
       expect(queued.map((q) => q.messageId)).toEqual([first.id, second.id]);
       expect(JSON.parse(queued[1]?.messageJson ?? "")).toMatchObject({ content: "second" });

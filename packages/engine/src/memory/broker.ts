@@ -1,4 +1,4 @@
-import type { Broker, BrokerHandler, UserEvent } from "../ports.js";
+import type { Broker, BrokerHandler, PresenceChange, UserEvent } from "../ports.js";
 
 /**
  * The broker of a single node: "publishing" is a direct call into this node's handler, for the
@@ -31,7 +31,7 @@ export class MemoryBroker implements Broker {
     this.publish(userId, { kind: "frame", frame });
   }
 
-  broadcast(frame: string): void {
-    this.handler?.onBroadcast(frame);
+  announce(change: PresenceChange): void {
+    this.handler?.onPresence(change);
   }
 }

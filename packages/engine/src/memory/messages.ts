@@ -10,6 +10,7 @@ import {
   type QueuedMessage,
   type RetentionOptions,
 } from "../ports.js";
+import { BoundedLog } from "./bounded-log.js";
 import type { MemoryBroker } from "./broker.js";
 import type { MemoryPresenceStore } from "./presence.js";
 
@@ -23,11 +24,14 @@ interface Stored {
   readonly at: number;
 }
 
+/** A queued message and when it was queued, for retention. */
+type QueueEntry = QueuedMessage & { readonly at: number };
+
 interface Conversation {
   /** Last seq handed out (entries may have been trimmed since). */
   lastSeq: number;
   /** Kept messages in seq order. */
-  readonly messages: Stored[];
+  readonly messages: BoundedLog<Stored>;
 }
 
 interface InboxEntry {
@@ -39,7 +43,7 @@ interface InboxEntry {
 
 interface Inbox {
   newest: number;
-  readonly entries: InboxEntry[];
+  readonly entries: BoundedLog<InboxEntry>;
   /** Highest position any device acked. */
   acked: number;
 }
@@ -61,10 +65,9 @@ interface Peer {
  * when the process exits: use the Redis engine where acked messages must outlive a restart.
  */
 export class MemoryMessageStore implements MessageStore {
-  private readonly messages = new Map<string, Stored>();
   private readonly conversationsByKey = new Map<string, Conversation>();
   private readonly inboxes = new Map<string, Inbox>();
-  private readonly queues = new Map<string, QueuedMessage[]>();
+  private readonly queues = new Map<string, QueueEntry[]>();
   private readonly peers = new Map<string, Map<string, Peer>>();
   /** Latest receipt frames addressed to a user, by "<kind>|<from>". */
   private readonly receiptsFor = new Map<string, Map<string, string>>();
@@ -101,8 +104,7 @@ export class MemoryMessageStore implements MessageStore {
       ...(input.clientMsgId === undefined ? {} : { clientMsgId: input.clientMsgId }),
     });
     const stored: Stored = { id: input.id, json, from: input.from, seq, at: now };
-    this.messages.set(input.id, stored);
-    pushCapped(conversation.messages, stored, this.retention.maxEntries);
+    conversation.messages.push(stored);
     const senderPosition = this.addToInbox(input.from, stored, input.to);
     const recipientPosition = this.addToInbox(input.to, stored, input.from);
     this.activity++;
@@ -156,9 +158,11 @@ export class MemoryMessageStore implements MessageStore {
     limit: number,
     before?: number,
   ): Promise<HistoryPage> {
-    const messages = this.conversationsByKey.get(conversationKey(userA, userB))?.messages ?? [];
+    const messages = this.conversationsByKey.get(conversationKey(userA, userB))?.messages;
+    if (messages === undefined) return { messages: [], hasMore: false };
     let end = messages.length;
-    if (before !== undefined) while (end > 0 && (messages[end - 1] as Stored).seq >= before) end--;
+    if (before !== undefined)
+      while (end > 0 && (messages.at(end - 1) as Stored).seq >= before) end--;
     const start = Math.max(0, end - limit);
     return { messages: messages.slice(start, end).map((m) => m.json), hasMore: start > 0 };
   }
@@ -178,7 +182,7 @@ export class MemoryMessageStore implements MessageStore {
     }
     return {
       entries,
-      oldest: inbox.entries[0]?.position ?? inbox.newest + 1,
+      oldest: inbox.entries.first()?.position ?? inbox.newest + 1,
       newest: inbox.newest,
     };
   }
@@ -210,7 +214,7 @@ export class MemoryMessageStore implements MessageStore {
     peer.read = readUpTo;
     let unread = 0;
     for (let i = conversation.messages.length - 1; i >= 0; i--) {
-      const message = conversation.messages[i] as Stored;
+      const message = conversation.messages.at(i) as Stored;
       if (message.seq <= readUpTo) break;
       if (message.from === other) unread++;
     }
@@ -229,7 +233,7 @@ export class MemoryMessageStore implements MessageStore {
     const summaries: ConversationSummary[] = [];
     for (const [other, peer] of peers) {
       if (summaries.length === limit) break;
-      const last = this.conversationsByKey.get(conversationKey(userId, other))?.messages.at(-1);
+      const last = this.conversationsByKey.get(conversationKey(userId, other))?.messages.last();
       if (last !== undefined)
         summaries.push({ with: other, lastMessageJson: last.json, unread: peer.unread });
     }
@@ -243,27 +247,25 @@ export class MemoryMessageStore implements MessageStore {
     return queue;
   }
 
-  async requeueIfOffline(userId: string, messageId: string, position: number): Promise<boolean> {
-    const stored = this.messages.get(messageId);
-    if (stored === undefined || this.presence.isOnline(userId)) return false;
-    this.enqueue(userId, { messageId, messageJson: stored.json, position });
+  async requeueIfOffline(userId: string, message: QueuedMessage): Promise<boolean> {
+    if (this.presence.isOnline(userId)) return false;
+    this.enqueue(userId, message);
     return true;
   }
 
   /** Drops what retention no longer keeps. Every index is in time order, so only heads are read. */
   sweep(): void {
     const horizon = this.now() - this.retention.messageTtlMs;
-    const expired = (message: Stored) => message.at <= horizon;
-    for (const [id, message] of this.messages) {
-      if (!expired(message)) break; // insertion order is time order
-      this.messages.delete(id);
-    }
+    const expired = (item: { readonly at: number }) => item.at <= horizon;
     for (const conversation of this.conversationsByKey.values())
-      dropWhile(conversation.messages, expired);
+      conversation.messages.dropWhile(expired);
     for (const inbox of this.inboxes.values())
-      dropWhile(inbox.entries, (entry) => expired(entry.message));
+      inbox.entries.dropWhile((entry) => expired(entry.message));
     for (const [userId, queue] of this.queues) {
-      dropWhile(queue, (entry) => !this.messages.has(entry.messageId));
+      // Position order is time order: expired entries are at the head.
+      let count = 0;
+      while (count < queue.length && expired(queue[count] as QueueEntry)) count++;
+      queue.splice(0, count);
       if (queue.length === 0) this.queues.delete(userId);
     }
     const now = this.now();
@@ -286,7 +288,7 @@ export class MemoryMessageStore implements MessageStore {
     const key = conversationKey(userA, userB);
     let conversation = this.conversationsByKey.get(key);
     if (conversation === undefined) {
-      conversation = { lastSeq: 0, messages: [] };
+      conversation = { lastSeq: 0, messages: new BoundedLog(this.retention.maxEntries) };
       this.conversationsByKey.set(key, conversation);
     }
     return conversation;
@@ -295,11 +297,11 @@ export class MemoryMessageStore implements MessageStore {
   private addToInbox(userId: string, message: Stored, other: string): number {
     let inbox = this.inboxes.get(userId);
     if (inbox === undefined) {
-      inbox = { newest: 0, entries: [], acked: 0 };
+      inbox = { newest: 0, entries: new BoundedLog(this.retention.maxEntries), acked: 0 };
       this.inboxes.set(userId, inbox);
     }
     const position = ++inbox.newest;
-    pushCapped(inbox.entries, { position, message, other }, this.retention.maxEntries);
+    inbox.entries.push({ position, message, other });
     return position;
   }
 
@@ -317,7 +319,8 @@ export class MemoryMessageStore implements MessageStore {
     return peer;
   }
 
-  private enqueue(userId: string, entry: QueuedMessage): void {
+  private enqueue(userId: string, message: QueuedMessage): void {
+    const entry: QueueEntry = { ...message, at: this.now() };
     let queue = this.queues.get(userId);
     if (queue === undefined) {
       queue = [];
@@ -330,18 +333,6 @@ export class MemoryMessageStore implements MessageStore {
     if (queue.length > this.retention.maxEntries)
       queue.splice(0, queue.length - this.retention.maxEntries);
   }
-}
-
-/** Appends, dropping the oldest entries beyond `cap`. */
-function pushCapped<T>(list: T[], item: T, cap: number): void {
-  list.push(item);
-  if (list.length > cap) list.splice(0, list.length - cap);
-}
-
-function dropWhile<T>(list: T[], predicate: (item: T) => boolean): void {
-  let count = 0;
-  while (count < list.length && predicate(list[count] as T)) count++;
-  if (count > 0) list.splice(0, count);
 }
 
 /** One key per unordered pair of users; the length prefix makes it unambiguous for any ids. */

@@ -1,17 +1,20 @@
-import { presenceFrame } from "@mrezhen/protocol";
 import type { PresenceStore } from "../ports.js";
 import type { MemoryBroker } from "./broker.js";
 
 /** Presence of a single node: a connection count per online user. */
 export class MemoryPresenceStore implements PresenceStore {
   private readonly connections = new Map<string, number>();
+  /** The online users, kept beside the counts so changes can hand out a view at no cost. */
+  private readonly online = new Set<string>();
 
   constructor(private readonly broker: MemoryBroker) {}
 
   async connect(userId: string): Promise<void> {
     const count = this.connections.get(userId) ?? 0;
     this.connections.set(userId, count + 1);
-    if (count === 0) this.broker.broadcast(presenceFrame(userId, "online", this.list()));
+    if (count > 0) return;
+    this.online.add(userId);
+    this.broker.announce({ userId, status: "online", online: this.online });
   }
 
   async disconnect(userId: string): Promise<void> {
@@ -22,24 +25,21 @@ export class MemoryPresenceStore implements PresenceStore {
       return;
     }
     this.connections.delete(userId);
-    this.broker.broadcast(presenceFrame(userId, "offline", this.list()));
+    this.online.delete(userId);
+    this.broker.announce({ userId, status: "offline", online: this.online });
   }
 
   async onlineUsers(): Promise<string[]> {
-    return this.list();
+    return [...this.online];
   }
 
   /** Synchronous view for the message store, which decides "queued" against it. */
   isOnline(userId: string): boolean {
-    return this.connections.has(userId);
+    return this.online.has(userId);
   }
 
   /** Connections of `userId` on this (the only) node. */
   connectionCount(userId: string): number {
     return this.connections.get(userId) ?? 0;
-  }
-
-  private list(): string[] {
-    return [...this.connections.keys()];
   }
 }
