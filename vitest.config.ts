@@ -13,6 +13,9 @@ export default defineConfig({
     // worker processes, tests inside a file run in order.
     pool: "forks",
     // Under CI a JSON report too, from which .ci/run prints its plain "N passed, N failed" line.
-    reporters: process.env["CI"] === "true" ? ["default", ["json", { outputFile: "test-results.json" }]] : ["default"],
+    reporters:
+      process.env["CI"] === "true"
+        ? ["default", ["json", { outputFile: "test-results.json" }]]
+        : ["default"],
   },
 });

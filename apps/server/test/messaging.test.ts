@@ -115,6 +115,22 @@ describe("presence", () => {
     });
   });
 
+  it("sends no presence frames to a connection that opted out, and still answers get_online_users", async () => {
+    const { connect } = await startNode();
+    const quiet = await connect("carol", { query: "&presence=off" });
+    const listener = await connect("bob");
+    await connect("alice");
+    expect((await listener.next("presence"))["userId"]).toBe("bob");
+    expect((await listener.next("presence"))["userId"]).toBe("alice");
+    await quiet.expectNone("presence", 200);
+    quiet.send({ type: "get_online_users" });
+    expect(((await quiet.next("online_users"))["users"] as string[]).sort()).toEqual([
+      "alice",
+      "bob",
+      "carol",
+    ]);
+  });
+
   it("lists online users on request, one entry per user", async () => {
     const { connect } = await startNode();
     const alice = await connect("alice");

@@ -105,11 +105,15 @@ class WireClient {
   }
 }
 
-/** Mrezhen's part A (and the ws-ack peer): `/ws?token=…`, JSON frames. */
+/**
+ * Mrezhen's part A (and the ws-ack peer): `/ws?token=…`, JSON frames. `presence=off`: the peers
+ * have no presence broadcast, so Mrezhen's clients opt out of it too (the node still tracks
+ * presence); ws-ack ignores the parameter.
+ */
 export class PartAClient extends WireClient {
   /** Resolves once the upgrade (and so the JWT check) succeeded. */
   open(token, timeoutMs) {
-    const opened = this.connect(`${this.baseUrl}/ws?token=${token}`, timeoutMs);
+    const opened = this.connect(`${this.baseUrl}/ws?token=${token}&presence=off`, timeoutMs);
     this.ws.once("open", () => this.ready());
     this.ws.on("message", (frame) => this.#onFrame(frame));
     return opened;

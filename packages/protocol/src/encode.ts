@@ -13,29 +13,25 @@ import type { ChatMessage, DeliveryStatus, PresenceStatus } from "./frames.js";
  * else before it knows the sequence number (`encodeMessageWithoutSeq`) and append `,"seq":N}`.
  */
 export function encodeMessage(message: ChatMessage): string {
-  return `${encodeMessageWithoutSeq(message).slice(0, -1)},"seq":${message.seq}}`;
+  return `${messageFields(message)},"seq":${message.seq}}`;
 }
 
 /** The message's text up to its sequence number: a complete JSON object without `seq`. */
 export function encodeMessageWithoutSeq(message: Omit<ChatMessage, "seq">): string {
-  return JSON.stringify(
+  return `${messageFields(message)}}`;
+}
+
+/**
+ * The message's fields before `seq`, without the closing brace. A template, not JSON.stringify
+ * of an object: this runs once per message. Strings a client chose are escaped; the id is a
+ * server-made UUID and the timestamp an ISO string, neither of which needs it.
+ */
+function messageFields(message: Omit<ChatMessage, "seq">): string {
+  const clientMsgId =
     message.clientMsgId === undefined
-      ? {
-          id: message.id,
-          from: message.from,
-          to: message.to,
-          content: message.content,
-          timestamp: message.timestamp,
-        }
-      : {
-          id: message.id,
-          from: message.from,
-          to: message.to,
-          content: message.content,
-          timestamp: message.timestamp,
-          clientMsgId: message.clientMsgId,
-        },
-  );
+      ? ""
+      : `,"clientMsgId":${JSON.stringify(message.clientMsgId)}`;
+  return `{"id":"${message.id}","from":${JSON.stringify(message.from)},"to":${JSON.stringify(message.to)},"content":${JSON.stringify(message.content)},"timestamp":"${message.timestamp}"${clientMsgId}`;
 }
 
 /** `direct_message` for a recipient: `queued` when it waited offline; `position` is the recipient's inbox position. */
@@ -57,16 +53,11 @@ export interface AckFields {
 }
 
 export function messageAckFrame(ack: AckFields): string {
-  return JSON.stringify({
-    type: "message_ack",
-    messageId: ack.messageId,
-    to: ack.to,
-    timestamp: ack.timestamp,
-    status: ack.status,
-    seq: ack.seq,
-    position: ack.position,
-    clientMsgId: ack.clientMsgId,
-  });
+  // A template, not JSON.stringify of an object: this runs once per message. Only the strings a
+  // client chose need escaping; the id is a UUID and the timestamp an ISO string.
+  const clientMsgId =
+    ack.clientMsgId === undefined ? "" : `,"clientMsgId":${JSON.stringify(ack.clientMsgId)}`;
+  return `{"type":"message_ack","messageId":"${ack.messageId}","to":${JSON.stringify(ack.to)},"timestamp":"${ack.timestamp}","status":"${ack.status}","seq":${ack.seq},"position":${ack.position}${clientMsgId}}`;
 }
 
 export function presenceFrame(

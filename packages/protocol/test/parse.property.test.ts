@@ -1,4 +1,11 @@
-import { ErrorCode, Limits, parseClientFrame } from "@mrezhen/protocol";
+import {
+  ErrorCode,
+  encodeMessage,
+  encodeMessageWithoutSeq,
+  Limits,
+  messageAckFrame,
+  parseClientFrame,
+} from "@mrezhen/protocol";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 
@@ -125,5 +132,58 @@ describe("parseClientFrame (examples)", () => {
     const result = parseClientFrame(text);
     if (expected === true) expect(result.ok).toBe(true);
     else expect(result.ok ? "ok" : result.error.code).toBe(expected);
+  });
+});
+
+describe("encoders", () => {
+  it("produce the same JSON as JSON.stringify for any user ids and keys", () => {
+    fc.assert(
+      fc.property(fc.string(), fc.option(fc.string(), { nil: undefined }), (to, clientMsgId) => {
+        const ack = {
+          messageId: "3f1e2a9c-0d4b-4a7e-9f51-2c8b6d0e7a11",
+          to,
+          timestamp: "2026-11-26T03:00:00.000Z",
+          status: "queued" as const,
+          seq: 7,
+          position: 12,
+          clientMsgId,
+        };
+        expect(JSON.parse(messageAckFrame(ack))).toEqual(
+          JSON.parse(JSON.stringify({ type: "message_ack", ...ack })),
+        );
+      }),
+      { numRuns: 500 },
+    );
+  });
+});
+
+describe("encodeMessage", () => {
+  it("is JSON.stringify of the message, with seq last", () => {
+    fc.assert(
+      fc.property(
+        fc.string(),
+        fc.string(),
+        fc.string(),
+        fc.option(fc.string(), { nil: undefined }),
+        fc.nat(),
+        (from, to, content, clientMsgId, seq) => {
+          const message = {
+            id: "3f1e2a9c-0d4b-4a7e-9f51-2c8b6d0e7a11",
+            from,
+            to,
+            content,
+            timestamp: "2026-11-26T03:00:00.000Z",
+            ...(clientMsgId === undefined ? {} : { clientMsgId }),
+            seq,
+          };
+          const text = encodeMessage(message);
+          expect(text).toBe(JSON.stringify(message));
+          expect(encodeMessageWithoutSeq(message)).toBe(
+            `${text.slice(0, text.lastIndexOf(',"seq"'))}}`,
+          );
+        },
+      ),
+      { numRuns: 500 },
+    );
   });
 });

@@ -1,5 +1,12 @@
-import type { Broker, BrokerHandler, MessageEvent, MessageStore, UserEvent } from "@mrezhen/engine";
-import { directMessageFrame } from "@mrezhen/protocol";
+import type {
+  Broker,
+  BrokerHandler,
+  MessageEvent,
+  MessageStore,
+  PresenceChange,
+  UserEvent,
+} from "@mrezhen/engine";
+import { directMessageFrame, presenceFrame } from "@mrezhen/protocol";
 import type { ChatMetrics, Logger } from "./ports.js";
 import type { Session } from "./session.js";
 
@@ -19,6 +26,8 @@ interface LocalUser {
 export class Hub implements BrokerHandler {
   private readonly users = new Map<string, LocalUser>();
   private sessionCount = 0;
+  /** Sessions that want presence frames: when none does, presence changes cost nothing here. */
+  private presenceListeners = 0;
 
   constructor(
     private readonly broker: Broker,
@@ -53,12 +62,15 @@ export class Hub implements BrokerHandler {
     }
     user.sessions.add(session);
     this.sessionCount++;
+    if (session.wantsPresence) this.presenceListeners++;
     return user.subscribed;
   }
 
   /** Removes a session. Its user stays subscribed until release(). */
   remove(session: Session): void {
-    if (this.users.get(session.userId)?.sessions.delete(session)) this.sessionCount--;
+    if (!this.users.get(session.userId)?.sessions.delete(session)) return;
+    this.sessionCount--;
+    if (session.wantsPresence) this.presenceListeners--;
   }
 
   /**
@@ -100,13 +112,25 @@ export class Hub implements BrokerHandler {
     if (frame === undefined && event.excludeConnId === undefined) this.requeue(userId, event);
   }
 
-  onBroadcast(frame: string): void {
-    for (const user of this.users.values())
-      for (const session of user.sessions) session.send(frame);
+  /**
+   * Announces a presence change to the sessions that want it. The protocol's frame lists every
+   * online user, so it is built once per change and only when some session here will get it.
+   */
+  onPresence(change: PresenceChange): void {
+    if (this.presenceListeners === 0) return;
+    const frame = presenceFrame(change.userId, change.status, [...change.online]);
+    for (const user of this.users.values()) {
+      for (const session of user.sessions) if (session.wantsPresence) session.send(frame);
+    }
   }
 
   private requeue(userId: string, event: MessageEvent): void {
-    this.messages.requeueIfOffline(userId, event.messageId, event.position).then(
+    const message = {
+      messageId: event.messageId,
+      messageJson: event.messageJson,
+      position: event.position,
+    };
+    this.messages.requeueIfOffline(userId, message).then(
       (queued) =>
         this.log.debug(
           { userId, messageId: event.messageId, queued },

@@ -25,6 +25,7 @@ export interface Logger {
   warn(object: object, message?: string): void;
   error(object: object, message?: string): void;
   child(bindings: Record<string, unknown>): Logger;
+  isLevelEnabled(level: string): boolean;
 }
 
 /**

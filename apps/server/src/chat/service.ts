@@ -92,10 +92,12 @@ export class ChatService {
       if (session.isClosed) return;
       if (session.since !== undefined) {
         const replayed = await this.replay(session, session.since);
-        session.log.info(
-          { since: session.since, replayedUpTo: replayed },
-          "connected (acknowledged delivery)",
-        );
+        if (session.logs("info")) {
+          session.log.info(
+            { since: session.since, replayedUpTo: replayed },
+            "connected (acknowledged delivery)",
+          );
+        }
       } else {
         const queued = await this.engine.messages.takeQueued(session.userId);
         if (session.isClosed) {
@@ -108,7 +110,7 @@ export class ChatService {
           sent.add(entry.messageId);
         }
         session.endReplay((messageId) => sent.has(messageId));
-        session.log.info({ queued: queued.length }, "connected");
+        if (session.logs("info")) session.log.info({ queued: queued.length }, "connected");
       }
       this.handleBacklog(session);
     } catch (error) {
@@ -128,13 +130,13 @@ export class ChatService {
     } catch (error) {
       session.log.warn({ err: error }, "could not unregister the connection");
     }
-    session.log.info({ code }, "disconnected");
+    if (session.logs("info")) session.log.info({ code }, "disconnected");
   }
 
   /** Queued messages taken for a session that closed before they could be sent. */
   private async giveBack(session: Session, queued: QueuedMessage[]): Promise<void> {
     for (const entry of queued) {
-      await this.engine.messages.requeueIfOffline(session.userId, entry.messageId, entry.position);
+      await this.engine.messages.requeueIfOffline(session.userId, entry);
     }
   }
 

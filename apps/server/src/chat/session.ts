@@ -56,9 +56,25 @@ export class Session {
      * after N instead of the offline queue, and live frames carry positions it acks.
      */
     readonly since: number | undefined,
+    /** False when the connection asked for no presence frames (`?presence=off`). */
+    readonly wantsPresence: boolean,
     readonly transport: Transport,
-    readonly log: Logger,
+    /** The node's logger; this session's child of it is made on first use (see `log`). */
+    private readonly nodeLog: Logger,
   ) {}
+
+  /**
+   * A logger carrying `connId` and `userId`, made for each use and not kept: connections log
+   * rarely, and a child logger held by every idle connection would cost memory.
+   */
+  get log(): Logger {
+    return this.nodeLog.child({ connId: this.connId, userId: this.userId });
+  }
+
+  /** Whether routine per-connection lines at `level` would be written at all. */
+  logs(level: "debug" | "info"): boolean {
+    return this.nodeLog.isLevelEnabled(level);
+  }
 
   /** Whether the transport closed (read through a getter: it changes across awaits). */
   get isClosed(): boolean {

@@ -8,15 +8,15 @@ import type { Logger as PinoLogger } from "pino";
 import type WebSocket from "ws";
 import { AuthError, extractToken, type Principal, type TokenVerifier } from "../auth/token.js";
 import type { ChatService } from "../chat/service.js";
-import type { Connections } from "./connections.js";
+import type { ConnectionOptions, Connections } from "./connections.js";
 import type { NodeMetrics } from "./metrics.js";
 
 declare module "fastify" {
   interface FastifyRequest {
     /** Set by the upgrade's authentication hook; present in every WebSocket handler. */
     principal?: Principal;
-    /** `?since=N`: the connection opts in to acknowledged delivery from inbox position N. */
-    since?: number;
+    /** The options the client chose in its connection URL (`since`, `presence`). */
+    connectionOptions?: ConnectionOptions;
   }
 }
 
@@ -84,15 +84,15 @@ export async function buildApp(options: AppOptions) {
         .type("text/plain")
         .send("Draining: connect again.");
     }
-    const since = readSince(request.query);
-    if (since === null) {
+    const options = readConnectionOptions(request.query);
+    if (typeof options === "string") {
       return reply
         .code(400)
         .header("connection", "close")
         .type("text/plain")
-        .send("Bad Request: since must be a whole number of at least 0.");
+        .send(`Bad Request: ${options}`);
     }
-    if (since !== undefined) request.since = since;
+    request.connectionOptions = options;
     try {
       request.principal = await verifier.verify(
         extractToken(request.query, request.headers.authorization),
@@ -113,7 +113,14 @@ export async function buildApp(options: AppOptions) {
       socket.close(1011, "unauthenticated");
       return;
     }
-    connections.accept(socket, request.principal, request.since, request.ip);
+    // request.raw.socket is the TCP socket the WebSocket now runs on (for write batching).
+    connections.accept(
+      socket,
+      request.raw.socket,
+      request.principal,
+      request.connectionOptions ?? DEFAULT_OPTIONS,
+      request.ip,
+    );
   };
 
   app.route({
@@ -160,15 +167,26 @@ export async function buildApp(options: AppOptions) {
   return app;
 }
 
-/** The `since` query parameter: absent → undefined, a whole number ≥ 0 → it, anything else → null. */
-function readSince(query: unknown): number | undefined | null {
-  const raw =
-    typeof query === "object" && query !== null
-      ? (query as Record<string, unknown>)["since"]
-      : undefined;
-  if (raw === undefined) return undefined;
-  if (typeof raw !== "string" || !/^\d{1,15}$/.test(raw)) return null;
-  return Number(raw);
+const DEFAULT_OPTIONS: ConnectionOptions = { since: undefined, presence: true };
+
+/**
+ * The connection URL's options: `since` (a whole number ≥ 0: acknowledged delivery) and
+ * `presence` (`on`, the default, or `off`). Returns what is wrong with them, if anything.
+ */
+function readConnectionOptions(query: unknown): ConnectionOptions | string {
+  const params =
+    typeof query === "object" && query !== null ? (query as Record<string, unknown>) : {};
+  const { since: rawSince, presence: rawPresence } = params;
+  if (rawSince !== undefined && (typeof rawSince !== "string" || !/^\d{1,15}$/.test(rawSince))) {
+    return "since must be a whole number of at least 0.";
+  }
+  if (rawPresence !== undefined && rawPresence !== "on" && rawPresence !== "off") {
+    return "presence must be on or off.";
+  }
+  return {
+    since: rawSince === undefined ? undefined : Number(rawSince),
+    presence: rawPresence !== "off",
+  };
 }
 
 function loadDemoPage(): string {

@@ -1,3 +1,4 @@
+import type { Socket } from "node:net";
 import { CloseCode } from "@mrezhen/protocol";
 import WebSocket from "ws";
 import type { Principal } from "../auth/token.js";
@@ -5,12 +6,20 @@ import type { Logger } from "../chat/ports.js";
 import type { ChatService } from "../chat/service.js";
 import { Session } from "../chat/session.js";
 import type { NodeMetrics } from "./metrics.js";
-import { WsTransport } from "./ws-transport.js";
+import { WriteBatcher, WsTransport } from "./ws-transport.js";
 
 /**
  * The open WebSocket connections of this node: wires each socket to a chat Session, beats the
  * heartbeat, and closes them all on drain.
  */
+/** What a client chose in its connection URL. */
+export interface ConnectionOptions {
+  /** `since=N`: acknowledged delivery from inbox position N. */
+  readonly since: number | undefined;
+  /** False with `presence=off`: no presence frames for this connection. */
+  readonly presence: boolean;
+}
+
 /** How long the wire must stay silent before a drain closes connections. */
 const QUIET_MS = 100;
 
@@ -19,6 +28,7 @@ export class Connections {
   /** close() handlers still unregistering presence; drain waits for them. */
   private readonly closing = new Set<Promise<void>>();
   private sequence = 0;
+  private readonly batcher = new WriteBatcher();
   private readonly heartbeat: NodeJS.Timeout;
 
   constructor(
@@ -37,21 +47,27 @@ export class Connections {
   }
 
   /** Wires an authenticated socket to a new session; `since` opts it in to acknowledged delivery. */
-  accept(socket: WebSocket, principal: Principal, since: number | undefined, ip: string): void {
+  accept(
+    socket: WebSocket,
+    tcp: Socket,
+    principal: Principal,
+    options: ConnectionOptions,
+    ip: string,
+  ): void {
     const connId = `${this.nodeId}.${(++this.sequence).toString(36)}`;
-    const transport = new WsTransport(socket, this.metrics);
-    const log = this.log.child({ connId, userId: principal.userId });
+    const transport = new WsTransport(socket, tcp, this.batcher, this.metrics);
     const session = new Session(
       connId,
       principal.userId,
       principal.name,
       principal.expiresAt,
-      since,
+      options.since,
+      options.presence,
       transport,
-      log,
+      this.log,
     );
     this.open.add(transport);
-    log.debug({ ip }, "upgrade accepted");
+    if (session.logs("debug")) session.log.debug({ ip }, "upgrade accepted");
 
     socket.on("message", (data: Buffer) => {
       // A frame that arrives after our close frame is dropped unread: it was neither stored nor
@@ -68,8 +84,11 @@ export class Connections {
       this.closing.add(done);
     });
     // ws closes the socket itself on protocol errors (1009 for an oversized frame, 1002, 1007):
-    // the error is the client's, so it is logged quietly and never rethrown.
-    socket.on("error", (error) => log.debug({ err: error }, "socket error"));
+    // the error is the client's, so it is logged quietly and never rethrown. This replaces
+    // @fastify/websocket's listener, whose closure would keep the upgrade's request and reply
+    // objects alive for as long as the connection lives.
+    socket.removeAllListeners("error");
+    socket.on("error", (error) => session.log.debug({ err: error }, "socket error"));
     void this.chat.open(session);
   }
 

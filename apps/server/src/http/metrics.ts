@@ -1,92 +1,101 @@
 import type { Engine } from "@mrezhen/engine";
 import { ErrorCode } from "@mrezhen/protocol";
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { collectDefaultMetrics, type Metric, Registry } from "prom-client";
 import type { ChatMetrics } from "../chat/ports.js";
 
-const COMMAND_TYPES = ["direct_message", "get_history", "get_online_users", "ping", "invalid"];
+const COMMAND_TYPES = [
+  "direct_message",
+  "get_history",
+  "get_online_users",
+  "ping",
+  "ack",
+  "sync",
+  "mark_read",
+  "typing",
+  "get_conversations",
+  "invalid",
+] as const;
+
+/** Upper bounds (seconds) of the send-latency histogram's buckets. */
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+
+type Sample = { value: number; labels?: Record<string, string | number>; metricName?: string };
 
 /**
  * The node's Prometheus metrics, in a registry of its own (several nodes can share a process in
- * tests). Every labelled series is bound once up front, so counting on the per-message path is
- * a property increment, with no label lookup.
+ * tests). Counting happens on the per-message path, so it is a plain field increment: no label
+ * hashing, no allocation (prom-client's own counters do both on every inc). The values are
+ * turned into Prometheus samples only when /metrics is scraped.
  */
 export class NodeMetrics implements ChatMetrics {
   readonly registry = new Registry();
-  private readonly framesIn = new Map<string, Counter.Internal>();
-  private readonly errors = new Map<string, Counter.Internal>();
-  private readonly acks: Record<"delivered" | "queued", Counter.Internal>;
-  private readonly ackSeconds: Histogram;
-  private readonly delivered: Counter;
-  private readonly rateLimited: Counter;
-  private readonly sent: Counter;
-
+  private readonly framesIn = new Map<string, { count: number }>(
+    COMMAND_TYPES.map((type) => [type, { count: 0 }]),
+  );
+  private readonly errors = new Map<string, { count: number }>(
+    Object.values(ErrorCode).map((code) => [code, { count: 0 }]),
+  );
+  private framesOut = 0;
+  private readonly acks = { delivered: 0, queued: 0 };
+  private delivered = 0;
+  private rateLimited = 0;
+  private readonly latencyBuckets = new Float64Array(LATENCY_BUCKETS.length);
+  private latencySum = 0;
+  private latencyCount = 0;
   /** Reads the open connections at scrape time; set once the hub exists. */
   private connections: () => number = () => 0;
 
   constructor(nodeId: string, engine: Engine) {
-    const registers = [this.registry];
     this.registry.setDefaultLabels({ node_id: nodeId });
     collectDefaultMetrics({ register: this.registry, prefix: "mrezhen_process_" });
-
-    const connections = () => this.connections();
-    new Gauge({
-      name: "mrezhen_connections",
-      help: "Open WebSocket connections on this node.",
-      registers,
-      collect() {
-        this.set(connections());
-      },
-    });
-    new Gauge({
-      name: "mrezhen_engine_up",
-      help: "1 when the engine (Redis, or memory) can serve, else 0.",
-      registers,
-      collect() {
-        this.set(engine.health().ok ? 1 : 0);
-      },
-    });
-    const framesIn = new Counter({
-      name: "mrezhen_frames_in_total",
-      help: "Frames read from clients, by command type (invalid: refused by validation).",
-      labelNames: ["type"],
-      registers,
-    });
-    for (const type of COMMAND_TYPES) this.framesIn.set(type, framesIn.labels(type));
-    this.sent = new Counter({
-      name: "mrezhen_frames_out_total",
-      help: "Frames written to clients.",
-      registers,
-    });
-    const errors = new Counter({
-      name: "mrezhen_errors_total",
-      help: "Error frames sent to clients, by code.",
-      labelNames: ["code"],
-      registers,
-    });
-    for (const code of Object.values(ErrorCode)) this.errors.set(code, errors.labels(code));
-    this.rateLimited = new Counter({
-      name: "mrezhen_rate_limited_total",
-      help: "Direct messages refused by the rate limit.",
-      registers,
-    });
-    const acks = new Counter({
-      name: "mrezhen_messages_acked_total",
-      help: "Direct messages stored and acked, by status (delivered: recipient online; queued: offline).",
-      labelNames: ["status"],
-      registers,
-    });
-    this.acks = { delivered: acks.labels("delivered"), queued: acks.labels("queued") };
-    this.delivered = new Counter({
-      name: "mrezhen_messages_delivered_total",
-      help: "Messages written live to a connection on this node.",
-      registers,
-    });
-    this.ackSeconds = new Histogram({
-      name: "mrezhen_send_latency_seconds",
-      help: "From reading a direct_message to acking it: rate limit, store and route.",
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
-      registers,
-    });
+    this.expose("mrezhen_connections", "Open WebSocket connections on this node.", "gauge", () => [
+      { value: this.connections() },
+    ]);
+    this.expose(
+      "mrezhen_engine_up",
+      "1 when the engine (Redis, or memory) can serve, else 0.",
+      "gauge",
+      () => [{ value: engine.health().ok ? 1 : 0 }],
+    );
+    this.expose(
+      "mrezhen_frames_in_total",
+      "Frames read from clients, by command type (invalid: refused by validation).",
+      "counter",
+      () => [...this.framesIn].map(([type, { count }]) => ({ value: count, labels: { type } })),
+    );
+    this.expose("mrezhen_frames_out_total", "Frames written to clients.", "counter", () => [
+      { value: this.framesOut },
+    ]);
+    this.expose("mrezhen_errors_total", "Error frames sent to clients, by code.", "counter", () =>
+      [...this.errors].map(([code, { count }]) => ({ value: count, labels: { code } })),
+    );
+    this.expose(
+      "mrezhen_rate_limited_total",
+      "Direct messages refused by the rate limit.",
+      "counter",
+      () => [{ value: this.rateLimited }],
+    );
+    this.expose(
+      "mrezhen_messages_acked_total",
+      "Direct messages stored and acked, by status (delivered: recipient online; queued: offline).",
+      "counter",
+      () => [
+        { value: this.acks.delivered, labels: { status: "delivered" } },
+        { value: this.acks.queued, labels: { status: "queued" } },
+      ],
+    );
+    this.expose(
+      "mrezhen_messages_delivered_total",
+      "Messages written live to a connection on this node.",
+      "counter",
+      () => [{ value: this.delivered }],
+    );
+    this.expose(
+      "mrezhen_send_latency_seconds",
+      "From reading a direct_message to acking it: rate limit, store and route.",
+      "histogram",
+      () => this.latencySamples(),
+    );
   }
 
   countConnectionsWith(count: () => number): void {
@@ -94,24 +103,72 @@ export class NodeMetrics implements ChatMetrics {
   }
 
   frameIn(type: string): void {
-    this.framesIn.get(type)?.inc();
+    const counter = this.framesIn.get(type);
+    if (counter !== undefined) counter.count++;
   }
 
   frameOut(): void {
-    this.sent.inc();
+    this.framesOut++;
   }
 
   error(code: string): void {
-    this.errors.get(code)?.inc();
-    if (code === ErrorCode.RATE_LIMITED) this.rateLimited.inc();
+    const counter = this.errors.get(code);
+    if (counter !== undefined) counter.count++;
+    if (code === ErrorCode.RATE_LIMITED) this.rateLimited++;
   }
 
   acked(status: "delivered" | "queued", seconds: number): void {
-    this.acks[status].inc();
-    this.ackSeconds.observe(seconds);
+    this.acks[status]++;
+    this.latencySum += seconds;
+    this.latencyCount++;
+    for (let i = 0; i < LATENCY_BUCKETS.length; i++) {
+      if (seconds <= (LATENCY_BUCKETS[i] as number)) {
+        (this.latencyBuckets[i] as number)++;
+        break;
+      }
+    }
   }
 
   deliveredLive(): void {
-    this.delivered.inc();
+    this.delivered++;
+  }
+
+  /** Cumulative buckets, +Inf, sum and count, as the Prometheus histogram type wants them. */
+  private latencySamples(): Sample[] {
+    const name = "mrezhen_send_latency_seconds";
+    const samples: Sample[] = [];
+    let cumulative = 0;
+    LATENCY_BUCKETS.forEach((le, i) => {
+      cumulative += this.latencyBuckets[i] as number;
+      samples.push({ metricName: `${name}_bucket`, labels: { le }, value: cumulative });
+    });
+    samples.push({
+      metricName: `${name}_bucket`,
+      labels: { le: "+Inf" },
+      value: this.latencyCount,
+    });
+    samples.push({ metricName: `${name}_sum`, value: this.latencySum });
+    samples.push({ metricName: `${name}_count`, value: this.latencyCount });
+    return samples;
+  }
+
+  /** Registers a metric whose samples are read from plain fields at scrape time. */
+  private expose(
+    name: string,
+    help: string,
+    type: "counter" | "gauge" | "histogram",
+    samples: () => Sample[],
+  ): void {
+    const metric = {
+      name,
+      help,
+      type,
+      aggregator: "sum",
+      get: async () => ({ name, help, type, aggregator: "sum", values: samples() }),
+      reset: () => {},
+    };
+    // prom-client types registerMetric() with its own Metric class, but its registry needs only
+    // name, help, type and get() (lib/registry.js): the cast states that narrower contract.
+    this.registry.registerMetric(metric as unknown as Metric);
   }
 }
