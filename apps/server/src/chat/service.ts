@@ -79,7 +79,9 @@ export class ChatService {
    * online (engine unavailable) is closed with 1013 so that the client retries.
    */
   open(session: Session): Promise<void> {
-    session.opened = this.bringOnline(session);
+    session.opened = this.bringOnline(session).finally(() => {
+      session.opened = OPENED; // a settled promise per idle connection is memory for nothing
+    });
     return session.opened;
   }
 
@@ -215,6 +217,7 @@ export class ChatService {
   handleFrame(session: Session, text: string): void {
     if (this.draining) this.lastFrameAt = performance.now();
     if (session.busy) {
+      session.backlog ??= [];
       session.backlog.push(text);
       if (session.backlog.length === BACKLOG_PAUSE_AT) session.transport.pause();
       return;
@@ -295,11 +298,13 @@ export class ChatService {
   /** Handles waiting frames until one needs the engine (or none is left). */
   private handleBacklog(session: Session): void {
     session.busy = false;
-    const wasPaused = session.backlog.length >= BACKLOG_PAUSE_AT;
-    while (!session.busy && session.backlog.length > 0 && !session.isClosed) {
-      this.dispatch(session, session.backlog.shift() as string);
+    const backlog = session.backlog;
+    if (backlog === undefined) return;
+    const wasPaused = backlog.length >= BACKLOG_PAUSE_AT;
+    while (!session.busy && backlog.length > 0 && !session.isClosed) {
+      this.dispatch(session, backlog.shift() as string);
     }
-    if (wasPaused && session.backlog.length < BACKLOG_PAUSE_AT) session.transport.resume();
+    if (wasPaused && backlog.length < BACKLOG_PAUSE_AT) session.transport.resume();
   }
 
   private async directMessage(session: Session, command: DirectMessageCommand): Promise<void> {
@@ -431,6 +436,8 @@ export class ChatService {
     );
   }
 }
+
+const OPENED = Promise.resolve();
 
 function assertNever(value: never): never {
   throw new Error(`unhandled command ${JSON.stringify(value)}`);

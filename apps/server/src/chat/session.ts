@@ -25,8 +25,11 @@ export class Session {
   /** Resolves when open() has finished, successfully or not. */
   opened: Promise<void> = Promise.resolve();
 
-  /** Frames read but not yet handled, while an earlier frame is still being handled. */
-  readonly backlog: string[] = [];
+  /**
+   * Frames read but not yet handled, while an earlier frame is still being handled. Made when
+   * first needed: most connections never have a frame waiting.
+   */
+  backlog: string[] | undefined;
   /**
    * A frame is being handled asynchronously, or the session is still opening: later frames wait
    * in `backlog` (per-connection order). So a client's first answer, even a pong, means its

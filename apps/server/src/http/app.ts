@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { createServer } from "node:http";
+import { createServer, type ServerResponse } from "node:http";
 import websocket from "@fastify/websocket";
 import type { Engine } from "@mrezhen/engine";
 import { Limits } from "@mrezhen/protocol";
@@ -17,6 +17,8 @@ declare module "fastify" {
     principal?: Principal;
     /** The options the client chose in its connection URL (`since`, `presence`). */
     connectionOptions?: ConnectionOptions;
+    /** The upgrade's HTTP response, to detach from the socket once it carries a WebSocket. */
+    upgradeResponse?: ServerResponse | undefined;
   }
 }
 
@@ -93,6 +95,7 @@ export async function buildApp(options: AppOptions) {
         .send(`Bad Request: ${options}`);
     }
     request.connectionOptions = options;
+    request.upgradeResponse = reply.raw;
     try {
       request.principal = await verifier.verify(
         extractToken(request.query, request.headers.authorization),
@@ -109,6 +112,11 @@ export async function buildApp(options: AppOptions) {
   };
 
   const onSocket = (socket: WebSocket, request: FastifyRequest) => {
+    // @fastify/websocket attaches the upgrade's HTTP response to the TCP socket and leaves it
+    // there: detached, the request, reply and their headers (the token among them) are freed
+    // instead of living as long as the WebSocket (about 2 KiB per idle connection).
+    request.upgradeResponse?.detachSocket(request.raw.socket);
+    request.upgradeResponse = undefined;
     if (request.principal === undefined) {
       socket.close(1011, "unauthenticated");
       return;

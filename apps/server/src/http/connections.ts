@@ -12,6 +12,21 @@ import { WriteBatcher, WsTransport } from "./ws-transport.js";
  * The open WebSocket connections of this node: wires each socket to a chat Session, beats the
  * heartbeat, and closes them all on drain.
  */
+const kSession = Symbol("mrezhen.session");
+const kTransport = Symbol("mrezhen.transport");
+
+/** A ws socket that carries its session and transport, for the shared listeners. */
+type TaggedSocket = WebSocket & { [kSession]?: Session; [kTransport]?: WsTransport };
+
+function onPong(this: TaggedSocket): void {
+  const transport = this[kTransport];
+  if (transport !== undefined) transport.alive = true;
+}
+
+function onError(this: TaggedSocket, error: Error): void {
+  this[kSession]?.log.debug({ err: error }, "socket error");
+}
+
 /** What a client chose in its connection URL. */
 export interface ConnectionOptions {
   /** `since=N`: acknowledged delivery from inbox position N. */
@@ -69,28 +84,50 @@ export class Connections {
     this.open.add(transport);
     if (session.logs("debug")) session.log.debug({ ip }, "upgrade accepted");
 
-    socket.on("message", (data: Buffer) => {
-      // A frame that arrives after our close frame is dropped unread: it was neither stored nor
-      // acked, so the client sends it again after reconnecting, and nothing is lost or doubled.
-      if (socket.readyState === WebSocket.OPEN)
-        this.chat.handleFrame(session, data.toString("utf8"));
-    });
-    socket.on("pong", () => {
-      transport.alive = true;
-    });
-    socket.on("close", (code: number) => {
-      this.open.delete(transport);
-      const done = this.chat.closed(session, code).finally(() => this.closing.delete(done));
-      this.closing.add(done);
-    });
+    // One set of listener functions for every socket, which finds its session through the
+    // socket: per-connection closures would cost memory on every idle connection.
+    const tagged = socket as TaggedSocket;
+    tagged[kSession] = session;
+    tagged[kTransport] = transport;
+    socket.on("message", this.onMessage);
+    socket.on("pong", onPong);
+    socket.on("close", this.onClose);
     // ws closes the socket itself on protocol errors (1009 for an oversized frame, 1002, 1007):
     // the error is the client's, so it is logged quietly and never rethrown. This replaces
     // @fastify/websocket's listener, whose closure would keep the upgrade's request and reply
     // objects alive for as long as the connection lives.
     socket.removeAllListeners("error");
-    socket.on("error", (error) => session.log.debug({ err: error }, "socket error"));
+    socket.on("error", onError);
     void this.chat.open(session);
   }
+
+  // Field initialisers run before the constructor's parameter properties are set: these read
+  // `connections.chat` when called, never while being built.
+  private readonly onMessage = (() => {
+    const connections = this;
+    return function (this: TaggedSocket, data: Buffer): void {
+      // A frame that arrives after our close frame is dropped unread: it was neither stored nor
+      // acked, so the client sends it again after reconnecting, and nothing is lost or doubled.
+      const session = this[kSession];
+      if (session !== undefined && this.readyState === WebSocket.OPEN) {
+        connections.chat.handleFrame(session, data.toString("utf8"));
+      }
+    };
+  })();
+
+  private readonly onClose = (() => {
+    const connections = this;
+    return function (this: TaggedSocket, code: number): void {
+      const session = this[kSession];
+      const transport = this[kTransport];
+      if (session === undefined || transport === undefined) return;
+      connections.open.delete(transport);
+      const done = connections.chat
+        .closed(session, code)
+        .finally(() => connections.closing.delete(done));
+      connections.closing.add(done);
+    };
+  })();
 
   /** Pings every connection; terminates those that did not answer the previous ping. */
   private beat(): void {

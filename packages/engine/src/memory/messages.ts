@@ -19,6 +19,7 @@ interface Stored {
   readonly id: string;
   readonly json: string;
   readonly from: string;
+  readonly to: string;
   readonly seq: number;
   /** When it was stored (ms), for retention. */
   readonly at: number;
@@ -34,16 +35,13 @@ interface Conversation {
   readonly messages: BoundedLog<Stored>;
 }
 
-interface InboxEntry {
-  readonly position: number;
-  readonly message: Stored;
-  /** The other party of the message's conversation. */
-  readonly other: string;
-}
-
 interface Inbox {
   newest: number;
-  readonly entries: BoundedLog<InboxEntry>;
+  /**
+   * Kept messages in position order. Positions are contiguous, so an entry's position is
+   * derived from its index (see positionAt) rather than stored: one object per message in all.
+   */
+  readonly entries: BoundedLog<Stored>;
   /** Highest position any device acked. */
   acked: number;
 }
@@ -103,10 +101,10 @@ export class MemoryMessageStore implements MessageStore {
       seq,
       ...(input.clientMsgId === undefined ? {} : { clientMsgId: input.clientMsgId }),
     });
-    const stored: Stored = { id: input.id, json, from: input.from, seq, at: now };
+    const stored: Stored = { id: input.id, json, from: input.from, to: input.to, seq, at: now };
     conversation.messages.push(stored);
-    const senderPosition = this.addToInbox(input.from, stored, input.to);
-    const recipientPosition = this.addToInbox(input.to, stored, input.from);
+    const senderPosition = this.addToInbox(input.from, stored);
+    const recipientPosition = this.addToInbox(input.to, stored);
     this.activity++;
     this.peer(input.from, input.to).activity = this.activity;
     const recipientPeer = this.peer(input.to, input.from);
@@ -171,30 +169,28 @@ export class MemoryMessageStore implements MessageStore {
     const inbox = this.inboxes.get(userId);
     if (inbox === undefined) return { entries: [], oldest: 1, newest: 0 };
     const entries: QueuedMessage[] = [];
-    for (const entry of inbox.entries) {
-      if (entry.position <= after) continue;
-      if (entries.length === limit) break;
-      entries.push({
-        messageId: entry.message.id,
-        messageJson: entry.message.json,
-        position: entry.position,
-      });
+    const first = firstPosition(inbox);
+    for (
+      let index = Math.max(0, after - first + 1);
+      index < inbox.entries.length && entries.length < limit;
+      index++
+    ) {
+      const message = inbox.entries.at(index) as Stored;
+      entries.push({ messageId: message.id, messageJson: message.json, position: first + index });
     }
-    return {
-      entries,
-      oldest: inbox.entries.first()?.position ?? inbox.newest + 1,
-      newest: inbox.newest,
-    };
+    return { entries, oldest: first, newest: inbox.newest };
   }
 
   async acknowledge(userId: string, upTo: number): Promise<void> {
     const inbox = this.inboxes.get(userId);
     if (inbox === undefined || upTo <= inbox.acked) return;
     const covered = new Map<string, number>();
-    for (const entry of inbox.entries) {
-      if (entry.position <= inbox.acked || entry.position > upTo || entry.message.from === userId)
-        continue;
-      covered.set(entry.other, Math.max(covered.get(entry.other) ?? 0, entry.message.seq));
+    const first = firstPosition(inbox);
+    const end = Math.min(upTo, inbox.newest) - first + 1;
+    for (let index = Math.max(0, inbox.acked - first + 1); index < end; index++) {
+      const message = inbox.entries.at(index) as Stored;
+      if (message.from === userId) continue;
+      covered.set(message.from, Math.max(covered.get(message.from) ?? 0, message.seq));
     }
     inbox.acked = Math.min(upTo, inbox.newest);
     for (const [other, seq] of covered) {
@@ -259,8 +255,7 @@ export class MemoryMessageStore implements MessageStore {
     const expired = (item: { readonly at: number }) => item.at <= horizon;
     for (const conversation of this.conversationsByKey.values())
       conversation.messages.dropWhile(expired);
-    for (const inbox of this.inboxes.values())
-      inbox.entries.dropWhile((entry) => expired(entry.message));
+    for (const inbox of this.inboxes.values()) inbox.entries.dropWhile(expired);
     for (const [userId, queue] of this.queues) {
       // Position order is time order: expired entries are at the head.
       let count = 0;
@@ -294,14 +289,14 @@ export class MemoryMessageStore implements MessageStore {
     return conversation;
   }
 
-  private addToInbox(userId: string, message: Stored, other: string): number {
+  private addToInbox(userId: string, message: Stored): number {
     let inbox = this.inboxes.get(userId);
     if (inbox === undefined) {
       inbox = { newest: 0, entries: new BoundedLog(this.retention.maxEntries), acked: 0 };
       this.inboxes.set(userId, inbox);
     }
     const position = ++inbox.newest;
-    inbox.entries.push({ position, message, other });
+    inbox.entries.push(message);
     return position;
   }
 
@@ -333,6 +328,11 @@ export class MemoryMessageStore implements MessageStore {
     if (queue.length > this.retention.maxEntries)
       queue.splice(0, queue.length - this.retention.maxEntries);
   }
+}
+
+/** The position of an inbox's oldest kept entry (newest + 1 when none is kept). */
+function firstPosition(inbox: Inbox): number {
+  return inbox.newest - inbox.entries.length + 1;
 }
 
 /** One key per unordered pair of users; the length prefix makes it unambiguous for any ids. */
