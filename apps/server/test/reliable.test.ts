@@ -263,12 +263,22 @@ describe.each(backends)("reliable delivery (%s)", (_name, service) => {
     expect(replayed.map((f) => f["position"])).toEqual([6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
   });
 
-  it("refuses a malformed since during the upgrade with 400", async () => {
+  it("moves a client that is ahead of the server's inbox back, so it skips nothing new", async () => {
     const [a] = await service();
-    const token = await mintToken({ sub: "bob" });
-    const refusal = await TestClient.connect(`${a.wsUrl}?token=${token}&since=-1`).catch(
-      (e: unknown) => e,
-    );
-    expect((refusal as UpgradeRefused).status).toBe(400);
+    const { synced, client } = await syncFrom(a, "bob", 500);
+    expect(synced).toEqual({ type: "synced", position: 0 });
+    const alice = await a.connect("alice");
+    alice.send({ type: "direct_message", to: "bob", content: "after the reset" });
+    expect((await client.next("direct_message"))["position"]).toBe(1);
   });
+
+  it.each(["since=-1", "since=1.5", "since=abc", "presence=maybe"])(
+    "refuses a malformed %s during the upgrade with 400",
+    async (option) => {
+      const [a] = await service();
+      const token = await mintToken({ sub: "bob" });
+      const refusal = await TestClient.connect(`${a.wsUrl}?token=${token}&${option}`).catch((e: unknown) => e);
+      expect((refusal as UpgradeRefused).status).toBe(400);
+    },
+  );
 });

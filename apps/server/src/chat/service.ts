@@ -149,9 +149,11 @@ export class ChatService {
    */
   private async replay(session: Session, since: number): Promise<number> {
     let after = since;
+    let newest = since;
     let trimmed: { from: number; to: number } | undefined;
     for (;;) {
       const page = await this.engine.messages.readInbox(session.userId, after, SYNC_PAGE);
+      newest = page.newest;
       if (
         trimmed === undefined &&
         after === since &&
@@ -169,8 +171,11 @@ export class ChatService {
     }
     for (const receipt of await this.engine.messages.receipts(session.userId))
       session.send(receipt);
-    session.send(syncedFrame(after, trimmed));
-    const syncedTo = after;
+    // Never report a position beyond the newest one: a client that is ahead of the server
+    // (whose inbox was lost, e.g. a Redis without persistence) must move its cursor back, or it
+    // would skip the new messages as already seen.
+    const syncedTo = Math.min(after, newest);
+    session.send(syncedFrame(syncedTo, trimmed));
     session.endReplay((_messageId, position) => position <= syncedTo);
     return syncedTo;
   }

@@ -7,17 +7,18 @@ import type { NodeMetrics } from "./metrics.js";
 export const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 
 /**
- * Coalesces the frames written to one connection during one turn of the event loop into one
- * `writev`: the first write corks the TCP socket, and a single setImmediate per node uncorks
- * every corked socket once the turn's I/O callbacks have run. With several messages in flight
- * per connection this halves the system calls, which dominate the cost of a relayed message.
+ * Coalesces the frames written to one connection while the node handles one I/O event (a read
+ * and the promise continuations it sets off) into one `writev`: the first write corks the TCP
+ * socket, and one process.nextTick per batch uncorks every corked socket once that work is done.
+ * Frames for a client with two messages in flight, answered from one read, leave in one system
+ * call; nothing waits for other sockets' events (setImmediate would, adding latency).
  */
 export class WriteBatcher {
   private corked: WsTransport[] = [];
 
   /** Holds `transport`'s writes until the end of this turn. */
   hold(transport: WsTransport): void {
-    if (this.corked.length === 0) setImmediate(this.flush);
+    if (this.corked.length === 0) process.nextTick(this.flush);
     this.corked.push(transport);
   }
 
