@@ -168,12 +168,7 @@ class RedisEngine implements Engine {
       this.keys,
       options.retention ?? DEFAULT_RETENTION,
     );
-    this.rateLimiter = new RedisRateLimiter(
-      this.command,
-      this.keys,
-      options.rateLimit,
-      options.nodeId,
-    );
+    this.rateLimiter = new RedisRateLimiter(this.command, this.keys, options.rateLimit);
   }
 
   async start(): Promise<void> {

@@ -9,10 +9,11 @@
  * | `<p>msg:<messageId>`         | string | the stored message text (protocol `encodeMessage`);   |
  * |                              |        | PX retention.messageTtlMs                             |
  * | `<p>conv-seq:<conversation>` | string | last conversation `seq` handed out (INCR)             |
- * | `<p>conv:<conversation>`     | zset   | history: score `seq` → message id (capped, PX ttl †)  |
+ * | `<p>conv-log:<conversation>` | list   | history: `<seq>\|<message id>` entries in seq order   |
+ * |                              |        | (capped, PX ttl †)                                    |
  * | `<p>inbox-pos:<userId>`      | string | last inbox position handed out to the user (INCR)     |
- * | `<p>inbox:<userId>`          | zset   | inbox: score position → message id (B2 sync; capped,  |
- * |                              |        | PX ttl †)                                             |
+ * | `<p>inbox-log:<userId>`      | list   | inbox: `<position>\|<message id>` entries in position |
+ * |                              |        | order (B2 sync; capped, PX ttl †)                     |
  * | `<p>queue:<userId>`          | zset   | offline queue: score recipient position → message id  |
  * |                              |        | (capped, PX ttl †)                                    |
  * | `<p>idem:<n>:<from><cmid>`   | string | idempotency record of (from, clientMsgId), n = the    |
@@ -35,13 +36,19 @@
  * | `<p>presence:node:<nodeId>`  | hash   | user → connections on that node                       |
  * | `<p>nodes`                   | set    | node ids that may own presence entries                |
  * | `<p>node-alive:<nodeId>`     | string | liveness: PX TTL = nodeTtlMs, refreshed by heartbeat  |
- * | `<p>rate:<key>`              | zset   | rate-limit window: score µs → unique member           |
+ * | `<p>rate-log:<key>`          | list   | rate-limit window: times (µs, Redis clock) of the     |
+ * |                              |        | last allowed actions, oldest first; PX windowMs       |
  *
- * † Capped at retention.maxEntries newest entries on every write (ZREMRANGEBYRANK), and given
- * PX retention.messageTtlMs on every write: every entry is at most that old, so when the index
- * expires, all its bodies have expired too. Entries whose body expired first are skipped by every
- * read and removed there (lazily). Bodies are never deleted except by their TTL: an inbox and a
- * conversation share them, and either may still need one the other has trimmed.
+ * † Capped at retention.maxEntries newest entries on every write (LTRIM, ZREMRANGEBYRANK for the
+ * queue), and given PX retention.messageTtlMs on every write: every entry is at most that old, so
+ * when the index expires, all its bodies have expired too. Entries whose body expired first are
+ * skipped by every read, and removed lazily: from the queue when read, from a log when they reach
+ * its head (bodies expire oldest first; with nodes of different TTLs some may wait there). Bodies
+ * are never deleted except by their TTL: an inbox and a conversation share them, and either may
+ * still need one the other has trimmed.
+ * The logs are lists because appending is the hot path: RPUSH is O(1), where ZADD on a small
+ * (listpack) sorted set scans it. Earlier versions kept sorted sets under `conv:` and `inbox:`;
+ * the new names keep the two apart (those expire by themselves).
  * ‡ Capped likewise, without a TTL: a conversation whose last text expired leaves `convs` and
  * `conv-last` when conversations() comes across it.
  * Counters, watermarks and conversation lists (`conv-seq`, `inbox-pos`, `acked`, `delivered`,
@@ -117,16 +124,16 @@ export class Keys {
     return `${this.prefix}conv-seq:${conversation}`;
   }
 
-  conversation(conversation: string): string {
-    return `${this.prefix}conv:${conversation}`;
+  conversationLog(conversation: string): string {
+    return `${this.prefix}conv-log:${conversation}`;
   }
 
   inboxPosition(userId: string): string {
     return `${this.prefix}inbox-pos:${userId}`;
   }
 
-  inbox(userId: string): string {
-    return `${this.prefix}inbox:${userId}`;
+  inboxLog(userId: string): string {
+    return `${this.prefix}inbox-log:${userId}`;
   }
 
   queue(userId: string): string {
@@ -174,8 +181,9 @@ export class Keys {
     return this.aliveHead + nodeId;
   }
 
+  /** A list (earlier versions kept a sorted set under `rate:`, left to expire by itself). */
   rate(key: string): string {
-    return `${this.prefix}rate:${key}`;
+    return `${this.prefix}rate-log:${key}`;
   }
 
   userChannel(userId: string): string {

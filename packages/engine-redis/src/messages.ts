@@ -14,8 +14,9 @@
  *
  * Retention (RetentionOptions): message texts expire (PX messageTtlMs); every index (history,
  * inbox, queue, conversation list) is capped at maxEntries newest entries, and the message
- * indexes expire with their newest text; reads skip and drop entries whose text expired. See
- * keys.ts for the layout and what is kept without a TTL.
+ * indexes expire with their newest text; reads skip entries whose text expired, and drop them
+ * (texts expire oldest first, so at the head of an index). See keys.ts for the layout and what
+ * is kept without a TTL.
  */
 import {
   type AppendInput,
@@ -31,10 +32,11 @@ import {
 import { encodeMessageWithoutSeq, type ReceiptKind, receiptFrame } from "@mrezhen/protocol";
 import type { Redis } from "ioredis";
 import type { Keys } from "./keys.js";
-import { runScript, strings, toEngineError } from "./script-runner.js";
+import { runScript, type ScriptArgument, strings, toEngineError } from "./script-runner.js";
 import {
   ACKNOWLEDGE,
   APPEND,
+  APPEND_IDEMPOTENT,
   CONVERSATIONS,
   HISTORY,
   MARK_READ,
@@ -55,6 +57,7 @@ export class RedisMessageStore implements MessageStore {
 
   async append(input: AppendInput): Promise<AppendResult> {
     const { keys } = this;
+    const { clientMsgId } = input;
     const conversation = keys.conversationOf(input.from, input.to);
     // protocol encodeMessage without `,"seq":N}`, which the script appends once it knows N.
     const head = encodeMessageWithoutSeq({
@@ -63,24 +66,26 @@ export class RedisMessageStore implements MessageStore {
       to: input.to,
       content: input.content,
       timestamp: input.timestamp,
-      ...(input.clientMsgId === undefined ? {} : { clientMsgId: input.clientMsgId }),
+      ...(clientMsgId === undefined ? {} : { clientMsgId }),
     }).slice(0, -1);
-    const reply = await runScript(this.client, APPEND, [
+    const args: ScriptArgument[] = [
       keys.conversationSeq(conversation),
-      keys.conversation(conversation),
+      keys.conversationLog(conversation),
       keys.message(input.id),
       keys.inboxPosition(input.from),
       keys.inboxPosition(input.to),
-      keys.inbox(input.from),
-      keys.inbox(input.to),
+      keys.inboxLog(input.from),
+      keys.inboxLog(input.to),
       keys.presenceCount,
       keys.queue(input.to),
-      keys.idempotency(input.from, input.clientMsgId ?? ""),
       keys.conversations(input.from),
       keys.conversations(input.to),
       keys.conversationLast(input.from),
       keys.conversationLast(input.to),
       keys.unread(input.to),
+    ];
+    if (clientMsgId !== undefined) args.push(keys.idempotency(input.from, clientMsgId));
+    args.push(
       input.id,
       input.from,
       input.to,
@@ -90,9 +95,13 @@ export class RedisMessageStore implements MessageStore {
       input.senderConnId,
       this.retention.messageTtlMs,
       this.retention.maxEntries,
-      input.clientMsgId === undefined ? 0 : IDEMPOTENCY_TTL_MS,
-      input.timestamp,
-    ]);
+    );
+    if (clientMsgId !== undefined) args.push(IDEMPOTENCY_TTL_MS, input.timestamp);
+    const reply = await runScript(
+      this.client,
+      clientMsgId === undefined ? APPEND : APPEND_IDEMPOTENT,
+      args,
+    );
     return appendResult(reply, input);
   }
 
@@ -104,14 +113,15 @@ export class RedisMessageStore implements MessageStore {
   ): Promise<HistoryPage> {
     // Seqs start at 1: nothing is below 1.
     if (before !== undefined && before <= 1) return { messages: [], hasMore: false };
-    const upper =
+    // The highest seq wanted: the last whole number below `before`.
+    const highest =
       before === undefined || Number.isNaN(before) || before === Number.POSITIVE_INFINITY
         ? "+inf"
-        : `(${before}`;
+        : Math.min(Math.ceil(before) - 1, Number.MAX_SAFE_INTEGER);
     const reply = await runScript(this.client, HISTORY, [
-      this.keys.conversation(this.keys.conversationOf(userA, userB)),
+      this.keys.conversationLog(this.keys.conversationOf(userA, userB)),
       count(limit),
-      upper,
+      highest,
       this.keys.messageHead,
     ]);
     if (!Array.isArray(reply) || (reply[0] !== 0 && reply[0] !== 1)) unexpected("history", reply);
@@ -120,9 +130,9 @@ export class RedisMessageStore implements MessageStore {
 
   async readInbox(userId: string, after: number, limit: number): Promise<InboxPage> {
     const reply = await runScript(this.client, READ_INBOX, [
-      this.keys.inbox(userId),
+      this.keys.inboxLog(userId),
       this.keys.inboxPosition(userId),
-      lowerBound(after),
+      positionsAfter(after),
       count(limit),
       this.keys.messageHead,
     ]);
@@ -143,7 +153,7 @@ export class RedisMessageStore implements MessageStore {
     if (position === undefined) return;
     const [frameHead, frameTail] = receiptFrameParts("delivered", userId);
     await runScript(this.client, ACKNOWLEDGE, [
-      this.keys.inbox(userId),
+      this.keys.inboxLog(userId),
       this.keys.inboxPosition(userId),
       this.keys.acked(userId),
       this.keys.delivered(userId),
@@ -165,7 +175,7 @@ export class RedisMessageStore implements MessageStore {
     const [frameHead, frameTail] = receiptFrameParts("read", userId);
     await runScript(this.client, MARK_READ, [
       this.keys.conversationSeq(conversation),
-      this.keys.conversation(conversation),
+      this.keys.conversationLog(conversation),
       this.keys.read(userId),
       this.keys.unread(userId),
       this.keys.receipts(other),
@@ -277,11 +287,10 @@ function count(limit: number): number {
   return Math.min(Math.floor(limit), MAX_COUNT);
 }
 
-/** An exclusive lower score bound: entries after `after`. */
-function lowerBound(after: number): string {
-  if (Number.isNaN(after) || after === Number.NEGATIVE_INFINITY) return "-inf";
-  if (after === Number.POSITIVE_INFINITY) return "(+inf";
-  return `(${after}`;
+/** `after` as the whole position that entries must be above (positions start at 1). */
+function positionsAfter(after: number): number {
+  if (Number.isNaN(after) || after < 0) return 0;
+  return Math.min(Math.floor(after), Number.MAX_SAFE_INTEGER);
 }
 
 /** A position or seq as a whole number for a script; undefined for NaN. */

@@ -13,9 +13,12 @@
  *   each node keeps its own copy of the set from them (presence-mirror.ts);
  * - every node with a `presence:node:<n>` hash is in `nodes`, so a dead node's hash is always
  *   found by the sweep and never becomes a ghost;
- * - a message id in an index (`conv`, `inbox`, `queue`) or in `conv-last` names a text that
- *   exists or expired; texts are only ever removed by their TTL, so an entry whose text is gone
- *   is dead for good and any script may drop it;
+ * - a message id in an index (`conv-log`, `inbox-log`, `queue`) or in `conv-last` names a text
+ *   that exists or expired; texts are only ever removed by their TTL, so an entry whose text is
+ *   gone is dead for good and any script may drop it;
+ * - a log (`conv-log`, `inbox-log`) holds `<position>|<id>` entries in increasing position order:
+ *   APPEND pushes each position once, at the tail, and entries only leave from the head (cap,
+ *   dead texts) or all at once (TTL);
  * - `seq`, positions and watermarks only go up.
  *
  * Costs: connect and disconnect are O(1); the heartbeat (TICK) is O(nodes) when no node is dead;
@@ -273,45 +276,110 @@ end
 -- entries): at or below cap there is nothing to trim, which spares the hot path a command.
 local function cap_index(key, cap, ttl, size_bound)
   if not size_bound or size_bound > cap then
-    redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
+    redis.call('ZREMRANGEBYRANK', key, '0', string.format('%d', -cap - 1))
   end
   redis.call('PEXPIRE', key, ttl)
 end
 `;
 
-const WALK = `
--- Walks the entries of an index of message ids (score range from..to, descending when down)
--- whose message text still exists, calling visit(member, score, text) until it returns true.
--- Entries whose text expired are removed from the index on the way: a text only ever goes by
--- its TTL, so such an entry is dead for good, and each one is walked over once. Reads in pages
--- of batch entries (at least 256 after the first page).
-local function walk(key, down, from, to, head, batch, visit)
+const LOG = `
+-- A log is a list of '<position>|<message id>' entries, oldest first, with increasing positions
+-- (seq for conv-log, inbox position for inbox-log). APPEND pushes every position it hands out, so
+-- a log has no holes unless something else took positions (an older version of the engine that
+-- kept sorted sets, during a rolling upgrade): seeking tries the no-holes index first and falls
+-- back to a binary search, so holes cost a few reads and are never misread.
+
+local function log_position(entry)
+  return tonumber(string.sub(entry, 1, string.find(entry, '|', 1, true) - 1))
+end
+
+local function log_position_at(key, index)
+  return log_position(redis.call('LINDEX', key, string.format('%d', index)))
+end
+
+-- The index of the first of the n entries of a log whose position is above after (an integer),
+-- n when none is.
+local function log_seek(key, n, after)
+  if n == 0 or log_position_at(key, 0) > after then return 0 end
+  local last = log_position_at(key, n - 1)
+  if last <= after then return n end
+  -- The entry at lo is at or below after; the one at hi is above.
+  local lo, hi = 0, n - 1
+  local guess = n + after - last
+  if guess > lo and guess < hi then
+    local position = log_position_at(key, guess)
+    if position == after + 1 then return guess end
+    if position > after then hi = guess else lo = guess end
+  end
+  while hi - lo > 1 do
+    local mid = math.floor((lo + hi) / 2)
+    if log_position_at(key, mid) > after then hi = mid else lo = mid end
+  end
+  return hi
+end
+
+-- Reads entries first..last of a log with their texts: ids, positions (strings), texts (false
+-- when expired), in log order.
+local function log_page(key, first, last, head)
+  local page = redis.call('LRANGE', key, string.format('%d', first), string.format('%d', last))
+  local ids, positions, keys = {}, {}, {}
+  for i = 1, #page do
+    local bar = string.find(page[i], '|', 1, true)
+    positions[i] = string.sub(page[i], 1, bar - 1)
+    ids[i] = string.sub(page[i], bar + 1)
+    keys[i] = head .. ids[i]
+  end
+  return ids, positions, mget_all(keys)
+end
+
+-- Visits the entries of a log from index from towards the tail, as visit(id, position, text)
+-- for those whose text still exists, until visit returns true; reads in pages of batch entries
+-- (at least 256 after the first). Texts expire oldest first, so dead entries gather at the head:
+-- a walk that starts there cuts off the dead entries it finds before the first live one (each
+-- dead entry is walked over once). Indexes of the log change then: do not reuse them.
+local function log_walk_up(key, from, head, batch, visit)
+  local dead, counting = 0, from == 0
+  local first = from
   while true do
-    local page
-    if down then
-      page = redis.call('ZREVRANGEBYSCORE', key, from, to, 'WITHSCORES', 'LIMIT', 0, batch)
-    else
-      page = redis.call('ZRANGEBYSCORE', key, from, to, 'WITHSCORES', 'LIMIT', 0, batch)
-    end
-    if #page == 0 then return end
-    local keys = {}
-    for i = 1, #page, 2 do keys[#keys + 1] = head .. page[i] end
-    local texts = mget_all(keys)
-    local dead = {}
+    local ids, positions, texts = log_page(key, first, first + batch - 1, head)
     local stop = false
-    for i = 1, #keys do
-      local text = texts[i]
-      if not text then
-        dead[#dead + 1] = page[2 * i - 1]
-      elseif not stop then
-        stop = visit(page[2 * i - 1], page[2 * i], text)
+    for i = 1, #ids do
+      if texts[i] then
+        counting = false
+        stop = visit(ids[i], positions[i], texts[i])
+        if stop then break end
+      elseif counting then
+        dead = dead + 1
       end
     end
-    if #dead > 0 then zrem_all(key, dead) end
-    if stop or #page < 2 * batch then return end
-    from = '(' .. page[#page]
+    if stop or #ids < batch then break end
+    first = first + batch
     batch = math.max(batch, 256)
   end
+  if dead > 0 then redis.call('LTRIM', key, string.format('%d', dead), '-1') end
+end
+
+-- Visits the entries of a log from index from towards the head, as visit(id, position, text) for
+-- those whose text still exists, until visit returns true; pages as log_walk_up. A walk that
+-- reaches the head cuts off the dead entries there (below the lowest live one). Indexes of the
+-- log change then: do not reuse them.
+local function log_walk_down(key, from, head, batch, visit)
+  local lowest_live
+  local last = from
+  while last >= 0 do
+    local first = math.max(0, last - batch + 1)
+    local ids, positions, texts = log_page(key, first, last, head)
+    for i = #ids, 1, -1 do
+      if texts[i] then
+        lowest_live = first + i - 1
+        if visit(ids[i], positions[i], texts[i]) then return end
+      end
+    end
+    last = first - 1
+    batch = math.max(batch, 256)
+  end
+  local dead = lowest_live or from + 1
+  if dead > 0 then redis.call('LTRIM', key, string.format('%d', dead), '-1') end
 end
 `;
 
@@ -404,36 +472,48 @@ end
  * presence was registered (after it subscribed) before this script ran gets the event; one who
  * registers after it finds the message in its queue.
  *
- * Idempotency: with a clientMsgId (ARGV 10 > 0), an existing idem record is the answer, with
- * duplicate = 1, and nothing else happens (no store, no publish, no TTL renewed). Otherwise the
- * record is written with the result, PX ARGV 10: `seq|status|senderPos|recipientPos|#id|<id><ts>`
- * (#id in bytes). Check and store are one script, so of concurrent retries exactly one stores.
+ * Idempotency: with a clientMsgId (APPEND_IDEMPOTENT: KEYS 15, ARGV 10 and 11 given), an existing
+ * idem record is the answer, with duplicate = 1, and nothing else happens (no store, no publish,
+ * no TTL renewed). Otherwise the record is written with the result, PX ARGV 10:
+ * `seq|status|senderPos|recipientPos|#id|<id><ts>` (#id in bytes). Check and store are one
+ * script, so of concurrent retries exactly one stores. Without a clientMsgId those three are not
+ * sent at all (every argument costs Redis a Lua string and a table slot).
  *
- * Retention: the text gets PX messageTtlMs; every index written (conv, inbox, queue) is capped
- * at maxEntries newest entries and gets PX messageTtlMs; the conversation lists are capped too,
- * a member capped away taking its conv-last field with it (see keys.ts). A cap is only checked
- * once the index's counter (seq, position) is above it: below, the index cannot be over it.
+ * Indexes: the conversation's and both inboxes' are logs (LOG): RPUSH is O(1) and answers the
+ * length, where ZADD on a sorted set scans its entries while it is small (listpack) and allocates
+ * per entry once it is not. Only the offline queue, which requeueing inserts into by position,
+ * is a sorted set.
  *
- * KEYS: 1 conv-seq:<c>, 2 conv:<c>, 3 msg:<id>, 4 inbox-pos:<from>, 5 inbox-pos:<to>,
- *       6 inbox:<from>, 7 inbox:<to>, 8 presence:count, 9 queue:<to>,
- *       10 idem:<from, clientMsgId> (any key when there is no clientMsgId), 11 convs:<from>,
- *       12 convs:<to>, 13 conv-last:<from>, 14 conv-last:<to>, 15 unread:<to>
+ * Retention: the text gets PX messageTtlMs; every index written (logs, queue) is capped at
+ * maxEntries newest entries and gets PX messageTtlMs; the conversation lists are capped too, a
+ * member capped away taking its conv-last field with it (see keys.ts). A cap is only checked
+ * when the index can be over it: a log longer than cap after the push, a queue or a list whose
+ * counter (position) is above cap.
+ *
+ * Commands of a delivered append without clientMsgId, below the caps (17): INCR, SET, RPUSH,
+ * PEXPIRE (history); INCR ×2, RPUSH ×2, PEXPIRE ×2 (inboxes); ZADD ×2, HSET ×2 (conversation
+ * lists); HINCRBY (unread); HMGET (presence of both users); PUBLISH.
+ *
+ * KEYS: 1 conv-seq:<c>, 2 conv-log:<c>, 3 msg:<id>, 4 inbox-pos:<from>, 5 inbox-pos:<to>,
+ *       6 inbox-log:<from>, 7 inbox-log:<to>, 8 presence:count, 9 queue:<to>, 10 convs:<from>,
+ *       11 convs:<to>, 12 conv-last:<from>, 13 conv-last:<to>, 14 unread:<to>,
+ *       [15 idem:<from, clientMsgId>]
  * ARGV: 1 id, 2 from, 3 to, 4 message JSON head, 5 recipient channel, 6 sender channel,
  *       7 sender connection id, 8 messageTtlMs, 9 maxEntries,
- *       10 idempotency TTL in ms (0 without clientMsgId), 11 timestamp
+ *       [10 idempotency TTL in ms, 11 timestamp]
  * Returns { seq, 1 delivered / 0 queued, sender position, recipient position, 0 } for a new
  * message, { seq, delivered, sender position, recipient position, 1, messageId, timestamp }
  * (the original's) for a duplicate.
  */
 export const APPEND = script(
   "append",
-  15,
+  14,
   INDEX,
   `
-local id = ARGV[1]
-local ttl, cap, idem_ttl = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
-if idem_ttl > 0 then
-  local earlier = redis.call('GET', KEYS[10])
+local id, from, to = ARGV[1], ARGV[2], ARGV[3]
+local ttl, cap, idem_key = ARGV[8], tonumber(ARGV[9]), KEYS[15]
+if idem_key then
+  local earlier = redis.call('GET', idem_key)
   if earlier then
     local seq, delivered, sp, rp, id_length, rest =
       string.match(earlier, '^(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|()')
@@ -442,14 +522,40 @@ if idem_ttl > 0 then
       string.sub(earlier, rest, rest + id_length - 1), string.sub(earlier, rest + id_length) }
   end
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then
+
+local seq = redis.call('INCR', KEYS[1])
+-- Numbers go to Redis as strings formatted once: a Lua number argument costs a %.17g.
+local seq_text = string.format('%d', seq)
+local json = ARGV[4] .. ',"seq":' .. seq_text .. '}'
+-- NX: a text is never overwritten. Ids are unique, so this refuses only on a bug; the seq just
+-- taken is then given back (nothing else has happened, and no client can have seen it).
+if not redis.call('SET', KEYS[3], json, 'PX', ttl, 'NX') then
+  if seq == 1 then redis.call('DEL', KEYS[1]) else redis.call('DECR', KEYS[1]) end
   return redis.error_reply('ERR mrezhen: duplicate message id ' .. id)
 end
+-- Pushes a log entry, keeps the log to cap entries and renews its TTL.
+local function log_push(key, position_text)
+  if redis.call('RPUSH', key, position_text .. '|' .. id) > cap then
+    redis.call('LTRIM', key, '-' .. ARGV[9], '-1')
+  end
+  redis.call('PEXPIRE', key, ttl)
+end
+log_push(KEYS[2], seq_text)
+local sender_position = redis.call('INCR', KEYS[4])
+local recipient_position = redis.call('INCR', KEYS[5])
+local sender_text = string.format('%d', sender_position)
+local recipient_text = string.format('%d', recipient_position)
+log_push(KEYS[6], sender_text)
+log_push(KEYS[7], recipient_text)
 
--- Keeps a user's conversation list to cap members, with their conv-last fields. The list has
--- at most as many members as the user has positions, so below cap there is nothing to check.
-local function cap_conversations(list_key, last_key, position)
-  if position <= cap then return end
+-- Conversation lists, ordered by each user's own position of the last message, kept to cap
+-- members with their conv-last fields. Only a new member can take a list over cap (the list has
+-- at most cap members after every append), and a list has at most as many members as its user
+-- has positions: so the size is checked only for a new member, past cap positions.
+local function add_conversation(list_key, last_key, position, position_text, other)
+  local added = redis.call('ZADD', list_key, position_text, other)
+  redis.call('HSET', last_key, other, id)
+  if added == 0 or position <= cap then return end
   local excess = redis.call('ZCARD', list_key) - cap
   if excess > 0 then
     local gone = redis.call('ZRANGE', list_key, 0, excess - 1)
@@ -457,44 +563,28 @@ local function cap_conversations(list_key, last_key, position)
     hdel_all(last_key, gone)
   end
 end
+add_conversation(KEYS[10], KEYS[12], sender_position, sender_text, to)
+add_conversation(KEYS[11], KEYS[13], recipient_position, recipient_text, from)
+redis.call('HINCRBY', KEYS[14], from, '1')
 
-local seq = redis.call('INCR', KEYS[1])
-local json = ARGV[4] .. string.format(',"seq":%d}', seq)
-redis.call('SET', KEYS[3], json, 'PX', ttl)
-redis.call('ZADD', KEYS[2], seq, id)
-cap_index(KEYS[2], cap, ttl, seq)
-local sender_position = redis.call('INCR', KEYS[4])
-local recipient_position = redis.call('INCR', KEYS[5])
-redis.call('ZADD', KEYS[6], sender_position, id)
-cap_index(KEYS[6], cap, ttl, sender_position)
-redis.call('ZADD', KEYS[7], recipient_position, id)
-cap_index(KEYS[7], cap, ttl, recipient_position)
-
--- Conversation lists, ordered by each user's own position of the last message.
-redis.call('ZADD', KEYS[11], sender_position, ARGV[3])
-redis.call('HSET', KEYS[13], ARGV[3], id)
-cap_conversations(KEYS[11], KEYS[13], sender_position)
-redis.call('ZADD', KEYS[12], recipient_position, ARGV[2])
-redis.call('HSET', KEYS[14], ARGV[2], id)
-cap_conversations(KEYS[12], KEYS[14], recipient_position)
-redis.call('HINCRBY', KEYS[15], ARGV[2], 1)
-
+-- Connections of the recipient and of the sender, anywhere (absent: none).
+local connections = redis.call('HMGET', KEYS[8], to, from)
 -- Event payload, see codec.ts: m|<position>|<excludeConnId>|<messageId>|<messageJson>
 local delivered = 0
-if tonumber(redis.call('HGET', KEYS[8], ARGV[3]) or '0') > 0 then
-  redis.call('PUBLISH', ARGV[5], string.format('m|%d||', recipient_position) .. id .. '|' .. json)
+if tonumber(connections[1] or '0') > 0 then
+  redis.call('PUBLISH', ARGV[5], 'm|' .. recipient_text .. '||' .. id .. '|' .. json)
   delivered = 1
 else
-  redis.call('ZADD', KEYS[9], recipient_position, id)
+  redis.call('ZADD', KEYS[9], recipient_text, id)
   cap_index(KEYS[9], cap, ttl, recipient_position)
 end
 -- The sending connection gets an ack; the sender's other connections, if any, a copy.
-if tonumber(redis.call('HGET', KEYS[8], ARGV[2]) or '0') > 1 then
+if tonumber(connections[2] or '0') > 1 then
   redis.call('PUBLISH', ARGV[6],
-    string.format('m|%d|', sender_position) .. ARGV[7] .. '|' .. id .. '|' .. json)
+    'm|' .. sender_text .. '|' .. ARGV[7] .. '|' .. id .. '|' .. json)
 end
-if idem_ttl > 0 then
-  redis.call('SET', KEYS[10],
+if idem_key then
+  redis.call('SET', idem_key,
     string.format('%d|%d|%d|%d|%d|', seq, delivered, sender_position, recipient_position, #id)
       .. id .. ARGV[11],
     'PX', ARGV[10])
@@ -503,26 +593,33 @@ return { seq, delivered, sender_position, recipient_position, 0 }
 `,
 );
 
+/** APPEND for a message with a clientMsgId: the same script, given its idempotency key too. */
+export const APPEND_IDEMPOTENT: LuaScript = { ...APPEND, numberOfKeys: 15 };
+
 /**
  * A page of a conversation, going back from `before`: the newest `limit` messages whose text
- * still exists with a seq below `before`, oldest first, and whether older ones exist.
- * KEYS: conv:<c>
- * ARGV: 1 limit (≥ 0), 2 upper score bound (`(<before>` or `+inf`), 3 msg: key head
+ * still exists with a seq at most ARGV 2, oldest first, and whether older ones exist.
+ * KEYS: conv-log:<c>
+ * ARGV: 1 limit (≥ 0), 2 highest seq wanted (an integer, or +inf), 3 msg: key head
  * Returns { 1 if older messages exist else 0, text, text, ... } (oldest first).
  */
 export const HISTORY = script(
   "history",
   1,
   MGET_ALL,
-  INDEX,
-  WALK,
+  LOG,
   `
 local want = tonumber(ARGV[1]) + 1
+local n = redis.call('LLEN', KEYS[1])
+local last = n - 1
+if ARGV[2] ~= '+inf' then last = log_seek(KEYS[1], n, tonumber(ARGV[2])) - 1 end
 local found = {}
-walk(KEYS[1], true, ARGV[2], '-inf', ARGV[3], want, function(_, _, text)
-  found[#found + 1] = text
-  return #found == want
-end)
+if last >= 0 then
+  log_walk_down(KEYS[1], last, ARGV[3], want, function(_, _, text)
+    found[#found + 1] = text
+    return #found == want
+  end)
+end
 local out = { 0 }
 if #found == want then
   out[1] = 1
@@ -535,9 +632,9 @@ return out
 
 /**
  * Part of a user's inbox (B2 sync): entries after a position, and where the inbox starts and ends.
- * An entry whose text expired counts as trimmed (and leaves the index).
- * KEYS: inbox:<user>, inbox-pos:<user>
- * ARGV: 1 lower score bound (`(<after>` or `-inf`), 2 limit (≥ 0), 3 msg: key head
+ * An entry whose text expired counts as trimmed.
+ * KEYS: inbox-log:<user>, inbox-pos:<user>
+ * ARGV: 1 after (an integer ≥ 0), 2 limit (≥ 0), 3 msg: key head
  * Returns { oldest kept position (newest + 1 when none), newest position,
  *           messageId, position, messageJson, ... } (all strings).
  */
@@ -545,22 +642,22 @@ export const READ_INBOX = script(
   "read_inbox",
   2,
   MGET_ALL,
-  INDEX,
-  WALK,
+  LOG,
   `
 local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
 local oldest = string.format('%d', newest + 1)
-walk(KEYS[1], false, '-inf', '+inf', ARGV[3], 1, function(_, score)
-  oldest = score
+log_walk_up(KEYS[1], 0, ARGV[3], 1, function(_, position)
+  oldest = position
   return true
 end)
 local out = { oldest, string.format('%d', newest) }
 local want = tonumber(ARGV[2])
 if want > 0 then
+  local from = log_seek(KEYS[1], redis.call('LLEN', KEYS[1]), tonumber(ARGV[1]))
   local taken = 0
-  walk(KEYS[1], false, ARGV[1], '+inf', ARGV[3], want, function(member, score, text)
-    out[#out + 1] = member
-    out[#out + 1] = score
+  log_walk_up(KEYS[1], from, ARGV[3], want, function(id, position, text)
+    out[#out + 1] = id
+    out[#out + 1] = position
     out[#out + 1] = text
     taken = taken + 1
     return taken == want
@@ -581,7 +678,7 @@ return out
  * upTo by the node, so it is byte-identical. Senders are read from the stored texts (their JSON
  * literal is compared with the user's, given by the node as JSON.stringify wrote it), and their
  * receipts key and channel built from the heads (not declared in KEYS, see keys.ts).
- * KEYS: inbox:<user>, inbox-pos:<user>, acked:<user>, delivered:<user>
+ * KEYS: inbox-log:<user>, inbox-pos:<user>, acked:<user>, delivered:<user>
  * ARGV: 1 upTo (integer), 2 the user's JSON literal, 3 userId, 4 msg: key head,
  *       5 receipts: key head, 6 receipt frame head, 7 receipt frame tail, 8 user channel head
  * Returns how many receipts it sent.
@@ -590,8 +687,7 @@ export const ACKNOWLEDGE = script(
   "acknowledge",
   4,
   MGET_ALL,
-  INDEX,
-  WALK,
+  LOG,
   MESSAGE_TEXT,
   `
 local acked = redis.call('GET', KEYS[3]) or '0'
@@ -599,7 +695,9 @@ local up_to = tonumber(ARGV[1])
 if up_to <= tonumber(acked) then return 0 end
 local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
 local covered, senders = {}, {}
-walk(KEYS[1], false, '(' .. acked, ARGV[1], ARGV[4], 256, function(_, _, text)
+local from = log_seek(KEYS[1], redis.call('LLEN', KEYS[1]), tonumber(acked))
+log_walk_up(KEYS[1], from, ARGV[4], 256, function(_, position, text)
+  if tonumber(position) > up_to then return true end
   local literal = sender_literal(text)
   local seq = seq_of(text)
   if literal and seq and literal ~= ARGV[2] then
@@ -633,7 +731,7 @@ return sent
  * seq. When that raises the user's read watermark: recounts the user's unread messages from
  * `other` (those above the mark whose text still exists, read from the conversation's tail:
  * at most maxEntries), stores the read receipt for `other` and publishes it to `other`'s channel.
- * KEYS: conv-seq:<c>, conv:<c>, read:<user>, unread:<user>, receipts:<other>
+ * KEYS: conv-seq:<c>, conv-log:<c>, read:<user>, unread:<user>, receipts:<other>
  * ARGV: 1 other, 2 upTo (integer), 3 other's JSON literal, 4 msg: key head,
  *       5 receipts field (`read|<user>`), 6 other's channel, 7 receipt frame head,
  *       8 receipt frame tail
@@ -643,8 +741,7 @@ export const MARK_READ = script(
   "mark_read",
   5,
   MGET_ALL,
-  INDEX,
-  WALK,
+  LOG,
   MESSAGE_TEXT,
   `
 local last = redis.call('GET', KEYS[1])
@@ -654,7 +751,8 @@ if up_to <= tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0') then return 0 
 local mark = string.format('%d', up_to)
 redis.call('HSET', KEYS[3], ARGV[1], mark)
 local unread = 0
-walk(KEYS[2], false, '(' .. mark, '+inf', ARGV[4], 256, function(_, _, text)
+local from = log_seek(KEYS[2], redis.call('LLEN', KEYS[2]), up_to)
+log_walk_up(KEYS[2], from, ARGV[4], 256, function(_, _, text)
   if sender_literal(text) == ARGV[3] then unread = unread + 1 end
   return false
 end)
@@ -792,12 +890,26 @@ return 1
 // Rate limiting
 
 /**
- * Exact sliding window: the times of the last `limit` allowed actions, in a sorted set scored in
+ * Exact sliding window: a list of the times of the last allowed actions, oldest first, in
  * microseconds of Redis' own clock (TIME), so the nodes' clock skew does not matter. An action is
- * allowed when fewer than `limit` remain after dropping those at least `windowMs` old; a refused
- * action is not recorded.
- * KEYS: rate:<key>
- * ARGV: limit, windowMs, a member suffix unique to the caller (node id + counter)
+ * allowed unless the `limit`-th newest allowed action is less than `windowMs` old, which is
+ * exactly when fewer than `limit` allowed actions are in the window; a refused action is not
+ * recorded, and its retryAfter is when that `limit`-th newest leaves the window.
+ *
+ * Entries are pushed in time order (one clock, read inside the atomic script), so the newest
+ * entries are the ones in the window, and the `limit`-th newest decides. Nothing older can ever
+ * decide again, so it is dropped: the list is cut to `limit` entries when it grows past them and,
+ * for large limits, entries out of the window are cut from its head whenever its length reaches
+ * a multiple of 64 (each entry is read there once or twice), so it holds the actions of the
+ * window and at most 64 more. The key expires one window after the last allowed action, when
+ * every entry is out of the window. (Were Redis' clock stepped, the decision would be the sorted
+ * set's of earlier versions: recorded times count until they are windowMs older than TIME.)
+ *
+ * Commands: TIME, LINDEX, then when allowed RPUSH, PEXPIRE (and LTRIM past the limit). The sorted
+ * set it replaces cost ZREMRANGEBYSCORE, ZCARD, ZADD (which scans a small set, and needs a member
+ * made unique by the caller) and PEXPIRE.
+ * KEYS: rate-log:<key>
+ * ARGV: limit, windowMs
  * Returns { 1 allowed / 0 refused, retryAfterMs }.
  */
 export const CONSUME = script(
@@ -805,16 +917,27 @@ export const CONSUME = script(
   1,
   `
 local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local window = tonumber(ARGV[2]) * 1000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], string.format('%.0f', now), string.format('%.0f:', now) .. ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return { 1, 0 }
+local now = time[1] * 1000000 + time[2]
+local window = ARGV[2] * 1000
+local decisive = redis.call('LINDEX', KEYS[1], '-' .. ARGV[1])
+if decisive and now - decisive < window then
+  return { 0, math.ceil((decisive + window - now) / 1000) }
 end
-local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
-return { 0, math.ceil((oldest + window - now) / 1000) }
+local length = redis.call('RPUSH', KEYS[1], string.format('%d', now))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if length > tonumber(ARGV[1]) then
+  redis.call('LTRIM', KEYS[1], '-' .. ARGV[1], '-1')
+elseif length % 64 == 0 then
+  while true do
+    local head = redis.call('LRANGE', KEYS[1], '0', '63')
+    local old = 0
+    while old < #head and now - head[old + 1] >= window do old = old + 1 end
+    if old == 0 then break end
+    redis.call('LTRIM', KEYS[1], string.format('%d', old), '-1')
+    if old < 64 then break end
+  end
+end
+return { 1, 0 }
 `,
 );
 

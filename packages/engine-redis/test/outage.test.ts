@@ -137,8 +137,14 @@ describe.skipIf(!haveRedisServer())("redis engine: outage and recovery", () => {
     expect((await engine.rateLimiter.consume("alice")).allowed).toBe(true);
 
     // One "error" and one "lost" line per connection for the whole outage, not one per retry.
+    // The presence mirror may also say that it resyncs (this Redis did come back empty); whether
+    // it does depends on which of its resyncs wins the race, so those lines are counted apart.
     const warnings = logged.filter((entry) => entry.level === "warn");
-    expect(warnings.length).toBeLessThanOrEqual(4);
+    const dataLoss = warnings.filter((entry) =>
+      String(entry.msg).includes("taking a new presence snapshot"),
+    );
+    expect(warnings.length - dataLoss.length).toBeLessThanOrEqual(4);
+    expect(dataLoss.length).toBeLessThanOrEqual(2);
     expect(logged.filter((entry) => entry.level === "error")).toEqual([]);
     expect(logged.filter((entry) => entry.msg === "redis connection restored")).toHaveLength(2);
 

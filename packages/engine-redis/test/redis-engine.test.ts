@@ -304,8 +304,34 @@ describe.skipIf(!redis)("redis engine", () => {
       expect(refused.retryAfterMs).toBeGreaterThanOrEqual(1000 - elapsed - 2);
       expect(refused.retryAfterMs).toBeLessThanOrEqual(702);
       // Only the allowed actions are recorded, and the key expires with the window.
-      expect(await raw.zcard(`${keyPrefix}rate:alice`)).toBe(2);
-      expect(await raw.pttl(`${keyPrefix}rate:alice`)).toBeLessThanOrEqual(1000);
+      expect(await raw.llen(`${keyPrefix}rate-log:alice`)).toBe(2);
+      expect(await raw.pttl(`${keyPrefix}rate-log:alice`)).toBeLessThanOrEqual(1000);
+    });
+
+    it("keeps a window's list to the actions that can still count", async () => {
+      const key = `${keyPrefix}rate-log:alice`;
+      // A small limit: only the last `limit` actions are kept.
+      const small = await startEngine({
+        url,
+        keyPrefix,
+        rateLimit: { limit: 3, windowMs: 60_000 },
+      });
+      for (let i = 0; i < 10; i++) await small.rateLimiter.consume("alice");
+      expect(await raw.llen(key)).toBe(3);
+      await raw.del(key);
+      // A large one: actions out of the window leave the list (checked every 64 pushes).
+      const large = await startEngine({
+        url,
+        keyPrefix,
+        rateLimit: { limit: 1_000_000, windowMs: 1000 },
+      });
+      for (let i = 0; i < 100; i++)
+        expect((await large.rateLimiter.consume("alice")).allowed).toBe(true);
+      expect(await raw.llen(key)).toBe(100);
+      await new Promise((resolve) => setTimeout(resolve, 1100));
+      for (let i = 0; i < 28; i++)
+        expect((await large.rateLimiter.consume("alice")).allowed).toBe(true);
+      expect(await raw.llen(key)).toBe(28); // At 128 entries, the 100 old ones went.
     });
   });
 
