@@ -277,7 +277,9 @@ describe.each(backends)("reliable delivery (%s)", (_name, service) => {
     async (option) => {
       const [a] = await service();
       const token = await mintToken({ sub: "bob" });
-      const refusal = await TestClient.connect(`${a.wsUrl}?token=${token}&${option}`).catch((e: unknown) => e);
+      const refusal = await TestClient.connect(`${a.wsUrl}?token=${token}&${option}`).catch(
+        (e: unknown) => e,
+      );
       expect((refusal as UpgradeRefused).status).toBe(400);
     },
   );
