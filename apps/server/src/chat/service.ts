@@ -57,8 +57,8 @@ export class ChatService {
   private inFlight = 0;
   /** Set when the node drains: new frames are refused, so every client gets an answer. */
   private draining = false;
-  /** When a frame was last read (performance.now()), so a drain can wait for the wire to go quiet. */
-  lastFrameAt = 0;
+  /** When a frame was last read during a drain (performance.now()). */
+  private lastFrameAt = 0;
   private idle: (() => void) | undefined;
 
   constructor(options: ChatOptions) {
@@ -202,6 +202,11 @@ export class ChatService {
   startDraining(): void {
     this.draining = true;
     this.lastFrameAt = performance.now();
+  }
+
+  /** Milliseconds since the last frame was read during the drain, so it can wait for the wire to go quiet. */
+  quietForMs(): number {
+    return performance.now() - this.lastFrameAt;
   }
 
   /** Resolves when no handler is running (used by drain, bounded by the caller). */

@@ -163,7 +163,7 @@ export class Connections {
 
   /** Resolves once no frame has been read for QUIET_MS: what clients sent before the drain is answered. */
   private async quiet(): Promise<void> {
-    while (performance.now() - this.chat.lastFrameAt < QUIET_MS)
+    while (this.chat.quietForMs() < QUIET_MS)
       await new Promise((resolve) => setTimeout(resolve, 20));
   }
 
