@@ -52,6 +52,9 @@ export async function buildApp(options: AppOptions) {
     loggerInstance: log,
     // Per-request logs would double every upgrade and probe; connections are logged by the core.
     logController: new LogController({ disableRequestLogging: true }),
+    // No child logger (with a request id) per request: upgrades are the hot case here, their
+    // rare log lines need no request id, and each child would cost an allocation per connect.
+    childLoggerFactory: (logger) => logger,
     // Behind nginx the client address comes from X-Forwarded-For; it is used for logs only.
     trustProxy: true,
     serverFactory: (handler) => {
