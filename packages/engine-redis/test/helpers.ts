@@ -3,8 +3,9 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { connect, createServer, type Socket } from "node:net";
 import type { Engine } from "@mrezhen/engine";
-import { freePort } from "@mrezhen/testkit";
+import { deletePrefix, freePort, type TestRedis } from "@mrezhen/testkit";
 import { Redis } from "ioredis";
+import { afterEach, beforeEach } from "vitest";
 import { createRedisEngine, type RedisEngineOptions } from "../src/index.js";
 
 export const RATE = { limit: 1000, windowMs: 60_000 };
@@ -195,5 +196,42 @@ export async function startProxy(targetPort: number): Promise<TcpProxy> {
         for (const socket of sockets) socket.destroy();
         server.close(() => resolve());
       }),
+  };
+}
+
+/** What {@link freshPrefixEachTest} gives each test. */
+export interface PrefixedRedis {
+  readonly url: string;
+  /** A key prefix of this test's own, under the file's. */
+  readonly keyPrefix: string;
+  /** A plain client, for looking at keys. */
+  readonly raw: Redis;
+}
+
+/**
+ * Gives every test of the calling `describe` its own key prefix and a raw client; after each
+ * test, closes the engines it started, the client, and deletes the prefix's keys.
+ */
+export function freshPrefixEachTest(redis: TestRedis | undefined): PrefixedRedis {
+  const url = redis?.url ?? "";
+  const current = { url, keyPrefix: "", raw: undefined as Redis | undefined };
+  beforeEach(() => {
+    current.keyPrefix = `${redis?.prefix}${randomUUID().slice(0, 8)}:`;
+    current.raw = rawClient(url);
+  });
+  afterEach(async () => {
+    await closeEngines();
+    current.raw?.disconnect();
+    await deletePrefix(url, current.keyPrefix);
+  });
+  return {
+    url,
+    get keyPrefix() {
+      return current.keyPrefix;
+    },
+    get raw() {
+      if (current.raw === undefined) throw new Error("only inside a test");
+      return current.raw;
+    },
   };
 }

@@ -12,12 +12,11 @@
 import { randomUUID } from "node:crypto";
 import type { BrokerHandler, Engine, PresenceChange } from "@mrezhen/engine";
 import { Recorder } from "@mrezhen/engine/contract";
-import { deletePrefix, eventually, redisForTests } from "@mrezhen/testkit";
-import type { Redis } from "ioredis";
-import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
+import { eventually, redisForTests } from "@mrezhen/testkit";
+import { afterAll, describe, expect, it } from "vitest";
 import { haltRedisEngineForTests } from "../src/index.js";
 import { ALL_SCRIPTS } from "../src/scripts.js";
-import { closeEngines, rawClient, since, startEngine } from "./helpers.js";
+import { freshPrefixEachTest, since, startEngine } from "./helpers.js";
 
 const redis = await redisForTests();
 afterAll(() => redis?.close());
@@ -79,18 +78,8 @@ function describeTimes(byScript: Map<string, number[]>): string {
 }
 
 describe.skipIf(!redis)("redis engine: presence at scale, and the mirror's recovery", () => {
-  const url = redis?.url ?? "";
-  let keyPrefix = "";
-  let raw: Redis;
-  beforeEach(() => {
-    keyPrefix = `${redis?.prefix}${randomUUID().slice(0, 8)}:`;
-    raw = rawClient(url);
-  });
-  afterEach(async () => {
-    await closeEngines();
-    raw.disconnect();
-    await deletePrefix(url, keyPrefix);
-  });
+  const redisForTest = freshPrefixEachTest(redis);
+  const { url } = redisForTest;
 
   /**
    * Runs `action` with every command logged by SLOWLOG (threshold 0), and returns the entries
@@ -101,18 +90,21 @@ describe.skipIf(!redis)("redis engine: presence at scale, and the mirror's recov
     nodeIds: string[],
     action: () => Promise<void>,
   ): Promise<Map<string, number[]>> {
-    const [, threshold] = (await raw.config("GET", "slowlog-log-slower-than")) as string[];
-    const [, maxLength] = (await raw.config("GET", "slowlog-max-len")) as string[];
-    await raw.config("SET", "slowlog-max-len", "50000");
-    await raw.config("SET", "slowlog-log-slower-than", "0");
-    await raw.slowlog("RESET");
+    const [, threshold] = (await redisForTest.raw.config(
+      "GET",
+      "slowlog-log-slower-than",
+    )) as string[];
+    const [, maxLength] = (await redisForTest.raw.config("GET", "slowlog-max-len")) as string[];
+    await redisForTest.raw.config("SET", "slowlog-max-len", "50000");
+    await redisForTest.raw.config("SET", "slowlog-log-slower-than", "0");
+    await redisForTest.raw.slowlog("RESET");
     try {
       await action();
-      const entries = (await raw.slowlog("GET", 50_000)) as SlowlogEntry[];
+      const entries = (await redisForTest.raw.slowlog("GET", 50_000)) as SlowlogEntry[];
       return scriptTimes(entries, new Set(nodeIds.map((id) => `mrezhen:${id}:command`)));
     } finally {
-      await raw.config("SET", "slowlog-log-slower-than", threshold ?? "10000");
-      await raw.config("SET", "slowlog-max-len", maxLength ?? "128");
+      await redisForTest.raw.config("SET", "slowlog-log-slower-than", threshold ?? "10000");
+      await redisForTest.raw.config("SET", "slowlog-max-len", maxLength ?? "128");
     }
   }
 
@@ -122,14 +114,16 @@ describe.skipIf(!redis)("redis engine: presence at scale, and the mirror's recov
     // Long heartbeats keep TICK out of this measurement (it has a test of its own below).
     const timing = { heartbeatIntervalMs: 60_000, nodeTtlMs: 180_000 };
     const nodes = await Promise.all(
-      nodeIds.map((nodeId) => startEngine({ url, keyPrefix, nodeId, ...timing })),
+      nodeIds.map((nodeId) =>
+        startEngine({ url, keyPrefix: redisForTest.keyPrefix, nodeId, ...timing }),
+      ),
     );
     const recorders = nodes.map((node) => {
       const recorder = new OrderRecorder();
       node.broker.setHandler(recorder);
       return recorder;
     });
-    const listener = raw.duplicate();
+    const listener = redisForTest.raw.duplicate();
     listener.on("error", () => {});
     let payloads = 0;
     let longestPayload = 0;
@@ -137,7 +131,7 @@ describe.skipIf(!redis)("redis engine: presence at scale, and the mirror's recov
       payloads++;
       longestPayload = Math.max(longestPayload, payload.length);
     });
-    await listener.subscribe(`${keyPrefix}broadcast`);
+    await listener.subscribe(`${redisForTest.keyPrefix}broadcast`);
     const users = Array.from({ length: USERS }, (_, i) => `user-${i}`);
     const node = (i: number) => nodes[i % 2] as Engine;
 
@@ -184,7 +178,9 @@ describe.skipIf(!redis)("redis engine: presence at scale, and the mirror's recov
       // The wire carried one short delta per change, never the list.
       await eventually(() => expect(payloads).toBe(2 * USERS));
       expect(longestPayload).toBeLessThan(40);
-      expect(await raw.get(`${keyPrefix}presence:version`)).toBe(String(2 * USERS));
+      expect(await redisForTest.raw.get(`${redisForTest.keyPrefix}presence:version`)).toBe(
+        String(2 * USERS),
+      );
 
       const all = [...times.values()].flat();
       const slowest = [...times].sort(
@@ -220,9 +216,19 @@ describe.skipIf(!redis)("redis engine: presence at scale, and the mirror's recov
     let sweptMs = 0;
     const recorder = new OrderRecorder();
     const times = await withSlowlog([observerId, doomedId], async () => {
-      const observer = await startEngine({ url, keyPrefix, nodeId: observerId, ...FAST });
+      const observer = await startEngine({
+        url,
+        keyPrefix: redisForTest.keyPrefix,
+        nodeId: observerId,
+        ...FAST,
+      });
       observer.broker.setHandler(recorder);
-      const doomed = await startEngine({ url, keyPrefix, nodeId: doomedId, ...FAST });
+      const doomed = await startEngine({
+        url,
+        keyPrefix: redisForTest.keyPrefix,
+        nodeId: doomedId,
+        ...FAST,
+      });
       await Promise.all(
         Array.from({ length: USERS }, (_, i) =>
           (i % 2 === 0 ? observer : doomed).presence.connect(`user-${i}`),
@@ -242,7 +248,7 @@ describe.skipIf(!redis)("redis engine: presence at scale, and the mirror's recov
     expect(recorder.sequence.slice(USERS).every((entry) => entry.startsWith("offline|user-"))).toBe(
       true,
     );
-    expect(await raw.smembers(`${keyPrefix}nodes`)).toEqual([observerId]);
+    expect(await redisForTest.raw.smembers(`${redisForTest.keyPrefix}nodes`)).toEqual([observerId]);
 
     const ticks = times.get("tick") ?? [];
     // Every tick but (at most) the one that swept: refresh + EXISTS per node.
@@ -259,7 +265,10 @@ describe.skipIf(!redis)("redis engine: presence at scale, and the mirror's recov
   }, 20_000);
 
   it("a lost delta (version gap): takes a new snapshot and announces what it missed", async () => {
-    const nodes = [await startEngine({ url, keyPrefix }), await startEngine({ url, keyPrefix })];
+    const nodes = [
+      await startEngine({ url, keyPrefix: redisForTest.keyPrefix }),
+      await startEngine({ url, keyPrefix: redisForTest.keyPrefix }),
+    ];
     const recorders = nodes.map((node) => {
       const recorder = new Recorder();
       node.broker.setHandler(recorder);
@@ -273,11 +282,11 @@ describe.skipIf(!redis)("redis engine: presence at scale, and the mirror's recov
     }
 
     // Two changes whose deltas never reach anyone: carol left, ghost came (versions 3 and 4).
-    await raw
+    await redisForTest.raw
       .multi()
-      .srem(`${keyPrefix}presence:online`, "carol")
-      .sadd(`${keyPrefix}presence:online`, "ghost")
-      .incrby(`${keyPrefix}presence:version`, 2)
+      .srem(`${redisForTest.keyPrefix}presence:online`, "carol")
+      .sadd(`${redisForTest.keyPrefix}presence:online`, "ghost")
+      .incrby(`${redisForTest.keyPrefix}presence:version`, 2)
       .exec();
     // The next delta (version 5) shows the gap.
     await first.presence.connect("bob");
@@ -314,23 +323,23 @@ describe.skipIf(!redis)("redis engine: presence at scale, and the mirror's recov
 
   it("after its subscriber reconnects, a node takes a new snapshot and announces what changed", async () => {
     const nodeId = `resub-${randomUUID().slice(0, 8)}`;
-    const engine = await startEngine({ url, keyPrefix, nodeId });
+    const engine = await startEngine({ url, keyPrefix: redisForTest.keyPrefix, nodeId });
     const recorder = new Recorder();
     engine.broker.setHandler(recorder);
     await engine.presence.connect("alice");
     await eventually(() => expect(recorder.presence()).toHaveLength(1));
 
     // A change whose delta is lost with the link, and no later delta to reveal the gap.
-    await raw
+    await redisForTest.raw
       .multi()
-      .sadd(`${keyPrefix}presence:online`, "ghost")
-      .incr(`${keyPrefix}presence:version`)
+      .sadd(`${redisForTest.keyPrefix}presence:online`, "ghost")
+      .incr(`${redisForTest.keyPrefix}presence:version`)
       .exec();
-    const list = String(await raw.client("LIST"));
+    const list = String(await redisForTest.raw.client("LIST"));
     const line = list.split("\n").find((l) => l.includes(` name=mrezhen:${nodeId}:subscriber `));
     const id = /\bid=(\d+)/.exec(line ?? "")?.[1];
     expect(id).toBeDefined();
-    await raw.client("KILL", "ID", id ?? "");
+    await redisForTest.raw.client("KILL", "ID", id ?? "");
 
     await eventually(() => expect(recorder.presence()).toHaveLength(2), 5000);
     expect(recorder.presence()[1]).toEqual({
@@ -350,14 +359,14 @@ describe.skipIf(!redis)("redis engine: presence at scale, and the mirror's recov
   });
 
   it("a version counter that started again (Redis lost it) triggers a new snapshot", async () => {
-    const engine = await startEngine({ url, keyPrefix });
+    const engine = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
     const recorder = new Recorder();
     engine.broker.setHandler(recorder);
     await engine.presence.connect("alice");
     await engine.presence.connect("bob");
     await eventually(() => expect(recorder.presence()).toHaveLength(2));
 
-    await raw.del(`${keyPrefix}presence:version`);
+    await redisForTest.raw.del(`${redisForTest.keyPrefix}presence:version`);
     await engine.presence.connect("carol"); // Version 1 again.
     await eventually(() => expect(recorder.presence()).toHaveLength(3));
     expect(recorder.presence()[2]).toEqual({
@@ -375,7 +384,7 @@ describe.skipIf(!redis)("redis engine: presence at scale, and the mirror's recov
   });
 
   it("a node starting while presence changes misses nothing and announces nothing twice", async () => {
-    const busy = await startEngine({ url, keyPrefix });
+    const busy = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
     let stop = false;
     let connected = 0;
     const churn = (async () => {
@@ -386,7 +395,7 @@ describe.skipIf(!redis)("redis engine: presence at scale, and the mirror's recov
       }
     })();
     await new Promise((resolve) => setTimeout(resolve, 50));
-    const late = await startEngine({ url, keyPrefix });
+    const late = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
     const recorder = new OrderRecorder();
     late.broker.setHandler(recorder);
     await new Promise((resolve) => setTimeout(resolve, 100));

@@ -7,35 +7,24 @@ import { randomUUID } from "node:crypto";
 import type { Engine } from "@mrezhen/engine";
 import { Recorder } from "@mrezhen/engine/contract";
 import { encodeMessage, presenceFrame } from "@mrezhen/protocol";
-import { deletePrefix, eventually, freePort, redisForTests } from "@mrezhen/testkit";
-import type { Redis } from "ioredis";
-import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
+import { eventually, freePort, redisForTests } from "@mrezhen/testkit";
+import { afterAll, describe, expect, it } from "vitest";
 import { createRedisEngine, haltRedisEngineForTests } from "../src/index.js";
-import { closeEngines, goOnline, RATE, rawClient, since, startEngine } from "./helpers.js";
+import { freshPrefixEachTest, goOnline, RATE, since, startEngine } from "./helpers.js";
 
 const redis = await redisForTests();
 afterAll(() => redis?.close());
 
 describe.skipIf(!redis)("redis engine", () => {
-  const url = redis?.url ?? "";
-  let keyPrefix = "";
-  let raw: Redis;
-  beforeEach(() => {
-    keyPrefix = `${redis?.prefix}${randomUUID().slice(0, 8)}:`;
-    raw = rawClient(url);
-  });
-  afterEach(async () => {
-    await closeEngines();
-    raw.disconnect();
-    await deletePrefix(url, keyPrefix);
-  });
+  const redisForTest = freshPrefixEachTest(redis);
+  const { url } = redisForTest;
 
   /** Resolves just after the node owning `aliveKey` refreshed it (its TTL went up). */
   async function nextHeartbeat(aliveKey: string, timeoutMs: number): Promise<void> {
-    let previous = await raw.pttl(aliveKey);
+    let previous = await redisForTest.raw.pttl(aliveKey);
     await eventually(
       async () => {
-        const current = await raw.pttl(aliveKey);
+        const current = await redisForTest.raw.pttl(aliveKey);
         const refreshed = current > previous;
         previous = current;
         if (!refreshed) throw new Error(`no heartbeat on ${aliveKey} yet`);
@@ -50,7 +39,7 @@ describe.skipIf(!redis)("redis engine", () => {
 
   describe("byte-compatibility with @mrezhen/protocol", () => {
     it("announces presence as O(1) deltas, whatever the user ids, and builds frames as presenceFrame()", async () => {
-      const engine = await startEngine({ url, keyPrefix });
+      const engine = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
       const frames: string[] = [];
       const recorder = new Recorder();
       engine.broker.setHandler({
@@ -62,11 +51,11 @@ describe.skipIf(!redis)("redis engine", () => {
         },
       });
       // What goes over the wire: the delta, never the list.
-      const listener = raw.duplicate();
+      const listener = redisForTest.raw.duplicate();
       listener.on("error", () => {});
       const payloads: string[] = [];
       listener.on("message", (_channel: string, payload: string) => payloads.push(payload));
-      await listener.subscribe(`${keyPrefix}broadcast`);
+      await listener.subscribe(`${redisForTest.keyPrefix}broadcast`);
       try {
         const awkward = 'q"uote\\back/slash\n\t\u0001\u001f\u007f é 😀 </script>|off|x';
         await engine.presence.connect("plain");
@@ -83,7 +72,7 @@ describe.skipIf(!redis)("redis engine", () => {
         await eventually(() =>
           expect(payloads).toEqual(["p|1|on|plain", `p|2|on|${awkward}`, "p|3|off|plain"]),
         );
-        expect(await raw.get(`${keyPrefix}presence:version`)).toBe("3");
+        expect(await redisForTest.raw.get(`${redisForTest.keyPrefix}presence:version`)).toBe("3");
         expect(await engine.presence.onlineUsers()).toEqual([awkward]);
       } finally {
         listener.disconnect();
@@ -91,7 +80,7 @@ describe.skipIf(!redis)("redis engine", () => {
     });
 
     it("stores and publishes message texts exactly as encodeMessage() writes them", async () => {
-      const engine = await startEngine({ url, keyPrefix });
+      const engine = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
       const recorder = new Recorder();
       engine.broker.setHandler(recorder);
       await goOnline(engine, "bob");
@@ -133,10 +122,10 @@ describe.skipIf(!redis)("redis engine", () => {
 
   describe("per-node liveness", () => {
     it("shows a crashed node's users offline once its liveness key expires", async () => {
-      const observer = await startEngine({ url, keyPrefix, ...FAST });
+      const observer = await startEngine({ url, keyPrefix: redisForTest.keyPrefix, ...FAST });
       const recorder = new Recorder();
       observer.broker.setHandler(recorder);
-      const doomed = await startEngine({ url, keyPrefix, ...FAST });
+      const doomed = await startEngine({ url, keyPrefix: redisForTest.keyPrefix, ...FAST });
       await observer.presence.connect("alice");
       await doomed.presence.connect("bob");
       await doomed.presence.connect("bob");
@@ -153,23 +142,25 @@ describe.skipIf(!redis)("redis engine", () => {
         onlineUsers: ["alice"],
       });
       expect(await observer.presence.onlineUsers()).toEqual(["alice"]);
-      expect(await raw.hgetall(`${keyPrefix}presence:count`)).toEqual({ alice: "1" });
-      expect(await raw.smembers(`${keyPrefix}nodes`)).toHaveLength(1);
+      expect(await redisForTest.raw.hgetall(`${redisForTest.keyPrefix}presence:count`)).toEqual({
+        alice: "1",
+      });
+      expect(await redisForTest.raw.smembers(`${redisForTest.keyPrefix}nodes`)).toHaveLength(1);
       console.log(
         `[liveness] crashed node swept after ${elapsed} ms (heartbeat ${FAST.heartbeatIntervalMs} ms, ttl ${FAST.nodeTtlMs} ms)`,
       );
     });
 
     it("with the default timings, shows a crashed node's users offline within 15 s", async () => {
-      const observer = await startEngine({ url, keyPrefix });
+      const observer = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
       const recorder = new Recorder();
       observer.broker.setHandler(recorder);
       const nodeId = `doomed-${randomUUID().slice(0, 8)}`;
-      const doomed = await startEngine({ url, keyPrefix, nodeId });
+      const doomed = await startEngine({ url, keyPrefix: redisForTest.keyPrefix, nodeId });
       await doomed.presence.connect("bob");
       await eventually(() => expect(recorder.presence()).toHaveLength(1));
       // Crash just after a heartbeat, the worst moment: the key then lives a whole ttl.
-      await nextHeartbeat(`${keyPrefix}node-alive:${nodeId}`, 5000);
+      await nextHeartbeat(`${redisForTest.keyPrefix}node-alive:${nodeId}`, 5000);
 
       const crashed = Date.now();
       haltRedisEngineForTests(doomed);
@@ -187,18 +178,18 @@ describe.skipIf(!redis)("redis engine", () => {
     }, 30_000);
 
     it("a node restarted with the same NODE_ID clears what its previous run left, at once", async () => {
-      const observer = await startEngine({ url, keyPrefix });
+      const observer = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
       const recorder = new Recorder();
       observer.broker.setHandler(recorder);
       const nodeId = `fixed-${randomUUID().slice(0, 8)}`;
-      const first = await startEngine({ url, keyPrefix, nodeId });
+      const first = await startEngine({ url, keyPrefix: redisForTest.keyPrefix, nodeId });
       await first.presence.connect("alice");
       await first.presence.connect("bob");
       await eventually(() => expect(recorder.presence()).toHaveLength(2));
       haltRedisEngineForTests(first);
 
       const restarted = Date.now();
-      const second = await startEngine({ url, keyPrefix, nodeId });
+      const second = await startEngine({ url, keyPrefix: redisForTest.keyPrefix, nodeId });
       // Well before the old liveness key (9 s) could have expired.
       await eventually(() => expect(recorder.presence()).toHaveLength(4), 2000);
       expect(since(restarted)).toBeLessThan(2000);
@@ -215,23 +206,27 @@ describe.skipIf(!redis)("redis engine", () => {
       );
       expect(recorder.presence()[3]?.onlineUsers).toEqual([]);
       expect(await second.presence.onlineUsers()).toEqual([]);
-      expect(await raw.exists(`${keyPrefix}presence:node:${nodeId}`)).toBe(0);
-      expect(await raw.hlen(`${keyPrefix}presence:count`)).toBe(0);
-      expect((await raw.smembers(`${keyPrefix}nodes`)).sort()).toHaveLength(2);
+      expect(
+        await redisForTest.raw.exists(`${redisForTest.keyPrefix}presence:node:${nodeId}`),
+      ).toBe(0);
+      expect(await redisForTest.raw.hlen(`${redisForTest.keyPrefix}presence:count`)).toBe(0);
+      expect(
+        (await redisForTest.raw.smembers(`${redisForTest.keyPrefix}nodes`)).sort(),
+      ).toHaveLength(2);
 
       await second.presence.connect("alice");
       expect(await second.presence.onlineUsers()).toEqual(["alice"]);
     });
 
     it("a node swept while alive (missed heartbeats) re-asserts its users by itself", async () => {
-      const observer = await startEngine({ url, keyPrefix, ...FAST });
+      const observer = await startEngine({ url, keyPrefix: redisForTest.keyPrefix, ...FAST });
       const recorder = new Recorder();
       observer.broker.setHandler(recorder);
       const nodeId = `slow-${randomUUID().slice(0, 8)}`;
       // A slower heartbeat than the observer's, so the observer certainly sweeps it first.
       const slow = await startEngine({
         url,
-        keyPrefix,
+        keyPrefix: redisForTest.keyPrefix,
         nodeId,
         heartbeatIntervalMs: 1000,
         nodeTtlMs: 5000,
@@ -242,9 +237,9 @@ describe.skipIf(!redis)("redis engine", () => {
 
       // As if its heartbeats had stalled past the ttl: the observer sweeps it (within 100 ms)...
       // Delete the key just after a heartbeat of the slow node, so its next one is 1 s away.
-      const aliveKey = `${keyPrefix}node-alive:${nodeId}`;
+      const aliveKey = `${redisForTest.keyPrefix}node-alive:${nodeId}`;
       await nextHeartbeat(aliveKey, 3000);
-      await raw.del(aliveKey);
+      await redisForTest.raw.del(aliveKey);
       // ...then its next heartbeat notices and puts alice back, with both connections.
       await eventually(
         () =>
@@ -252,9 +247,13 @@ describe.skipIf(!redis)("redis engine", () => {
         5000,
       );
       await eventually(async () =>
-        expect(await raw.hgetall(`${keyPrefix}presence:node:${nodeId}`)).toEqual({ alice: "2" }),
+        expect(
+          await redisForTest.raw.hgetall(`${redisForTest.keyPrefix}presence:node:${nodeId}`),
+        ).toEqual({ alice: "2" }),
       );
-      expect(await raw.hgetall(`${keyPrefix}presence:count`)).toEqual({ alice: "2" });
+      expect(await redisForTest.raw.hgetall(`${redisForTest.keyPrefix}presence:count`)).toEqual({
+        alice: "2",
+      });
       await slow.presence.disconnect("alice");
       await slow.presence.disconnect("alice");
       await eventually(() => expect(recorder.presence()).toHaveLength(4));
@@ -265,9 +264,9 @@ describe.skipIf(!redis)("redis engine", () => {
   describe("across nodes", () => {
     it("hands a queue to exactly one of several nodes taking it at once, in order", async () => {
       const nodes = [
-        await startEngine({ url, keyPrefix }),
-        await startEngine({ url, keyPrefix }),
-        await startEngine({ url, keyPrefix }),
+        await startEngine({ url, keyPrefix: redisForTest.keyPrefix }),
+        await startEngine({ url, keyPrefix: redisForTest.keyPrefix }),
+        await startEngine({ url, keyPrefix: redisForTest.keyPrefix }),
       ];
       const ids: string[] = [];
       for (let i = 0; i < 30; i++) {
@@ -292,7 +291,11 @@ describe.skipIf(!redis)("redis engine", () => {
     });
 
     it("says how long until the oldest action leaves the window", async () => {
-      const engine = await startEngine({ url, keyPrefix, rateLimit: { limit: 2, windowMs: 1000 } });
+      const engine = await startEngine({
+        url,
+        keyPrefix: redisForTest.keyPrefix,
+        rateLimit: { limit: 2, windowMs: 1000 },
+      });
       const before = Date.now();
       expect(await engine.rateLimiter.consume("alice")).toEqual({ allowed: true, retryAfterMs: 0 });
       await new Promise((resolve) => setTimeout(resolve, 300));
@@ -304,34 +307,36 @@ describe.skipIf(!redis)("redis engine", () => {
       expect(refused.retryAfterMs).toBeGreaterThanOrEqual(1000 - elapsed - 2);
       expect(refused.retryAfterMs).toBeLessThanOrEqual(702);
       // Only the allowed actions are recorded, and the key expires with the window.
-      expect(await raw.llen(`${keyPrefix}rate-log:alice`)).toBe(2);
-      expect(await raw.pttl(`${keyPrefix}rate-log:alice`)).toBeLessThanOrEqual(1000);
+      expect(await redisForTest.raw.llen(`${redisForTest.keyPrefix}rate-log:alice`)).toBe(2);
+      expect(
+        await redisForTest.raw.pttl(`${redisForTest.keyPrefix}rate-log:alice`),
+      ).toBeLessThanOrEqual(1000);
     });
 
     it("keeps a window's list to the actions that can still count", async () => {
-      const key = `${keyPrefix}rate-log:alice`;
+      const key = `${redisForTest.keyPrefix}rate-log:alice`;
       // A small limit: only the last `limit` actions are kept.
       const small = await startEngine({
         url,
-        keyPrefix,
+        keyPrefix: redisForTest.keyPrefix,
         rateLimit: { limit: 3, windowMs: 60_000 },
       });
       for (let i = 0; i < 10; i++) await small.rateLimiter.consume("alice");
-      expect(await raw.llen(key)).toBe(3);
-      await raw.del(key);
+      expect(await redisForTest.raw.llen(key)).toBe(3);
+      await redisForTest.raw.del(key);
       // A large one: actions out of the window leave the list (checked every 64 pushes).
       const large = await startEngine({
         url,
-        keyPrefix,
+        keyPrefix: redisForTest.keyPrefix,
         rateLimit: { limit: 1_000_000, windowMs: 1000 },
       });
       for (let i = 0; i < 100; i++)
         expect((await large.rateLimiter.consume("alice")).allowed).toBe(true);
-      expect(await raw.llen(key)).toBe(100);
+      expect(await redisForTest.raw.llen(key)).toBe(100);
       await new Promise((resolve) => setTimeout(resolve, 1100));
       for (let i = 0; i < 28; i++)
         expect((await large.rateLimiter.consume("alice")).allowed).toBe(true);
-      expect(await raw.llen(key)).toBe(28); // At 128 entries, the 100 old ones went.
+      expect(await redisForTest.raw.llen(key)).toBe(28); // At 128 entries, the 100 old ones went.
     });
   });
 
@@ -342,7 +347,7 @@ describe.skipIf(!redis)("redis engine", () => {
       await expect(
         createRedisEngine({
           url: `redis://:secret@127.0.0.1:${port}`,
-          keyPrefix,
+          keyPrefix: redisForTest.keyPrefix,
           nodeId: "n",
           rateLimit: RATE,
         }),
@@ -361,7 +366,7 @@ describe.skipIf(!redis)("redis engine", () => {
       await expect(
         createRedisEngine({
           url,
-          keyPrefix,
+          keyPrefix: redisForTest.keyPrefix,
           nodeId: "n",
           rateLimit: RATE,
           heartbeatIntervalMs: 1000,
@@ -371,11 +376,16 @@ describe.skipIf(!redis)("redis engine", () => {
     });
 
     it("is healthy once started; close() takes its users offline at once and is idempotent", async () => {
-      const observer = await startEngine({ url, keyPrefix });
+      const observer = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
       const recorder = new Recorder();
       observer.broker.setHandler(recorder);
       const nodeId = `closing-${randomUUID().slice(0, 8)}`;
-      const engine = await createRedisEngine({ url, keyPrefix, nodeId, rateLimit: RATE });
+      const engine = await createRedisEngine({
+        url,
+        keyPrefix: redisForTest.keyPrefix,
+        nodeId,
+        rateLimit: RATE,
+      });
       expect(engine.health()).toEqual({ ok: true });
       await goOnline(engine, "bob");
       await eventually(() => expect(recorder.presence()).toHaveLength(1));
@@ -385,8 +395,10 @@ describe.skipIf(!redis)("redis engine", () => {
       expect(engine.health()).toEqual({ ok: false, reason: "engine closed" });
       await eventually(() => expect(recorder.presence()).toHaveLength(2), 1000);
       expect(recorder.presence()[1]).toMatchObject({ userId: "bob", status: "offline" });
-      expect(await raw.sismember(`${keyPrefix}nodes`, nodeId)).toBe(0);
-      expect(await raw.exists(`${keyPrefix}node-alive:${nodeId}`)).toBe(0);
+      expect(await redisForTest.raw.sismember(`${redisForTest.keyPrefix}nodes`, nodeId)).toBe(0);
+      expect(await redisForTest.raw.exists(`${redisForTest.keyPrefix}node-alive:${nodeId}`)).toBe(
+        0,
+      );
       await expect(engine.messages.history("a", "b", 1)).rejects.toThrow(
         expect.objectContaining({ name: "EngineUnavailableError" }),
       );

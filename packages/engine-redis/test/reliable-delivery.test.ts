@@ -4,29 +4,16 @@
  * lifetime, and byte-compatibility of the texts and receipt frames the scripts build.
  */
 import { randomUUID } from "node:crypto";
-import { type AppendInput, type Engine, IDEMPOTENCY_TTL_MS } from "@mrezhen/engine";
-import { Recorder } from "@mrezhen/engine/contract";
+import { type Engine, IDEMPOTENCY_TTL_MS } from "@mrezhen/engine";
+import { appendInput, Recorder } from "@mrezhen/engine/contract";
 import { encodeMessage, receiptFrame } from "@mrezhen/protocol";
-import { deletePrefix, eventually, redisForTests } from "@mrezhen/testkit";
-import type { Redis } from "ioredis";
-import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
+import { eventually, redisForTests } from "@mrezhen/testkit";
+import { afterAll, describe, expect, it } from "vitest";
 import { createRedisEngine } from "../src/index.js";
-import { closeEngines, rawClient, startEngine } from "./helpers.js";
+import { freshPrefixEachTest, startEngine } from "./helpers.js";
 
 const redis = await redisForTests();
 afterAll(() => redis?.close());
-
-function input(from: string, to: string, content: string, clientMsgId?: string): AppendInput {
-  return {
-    id: randomUUID(),
-    from,
-    to,
-    content,
-    timestamp: new Date().toISOString(),
-    senderConnId: `${from}-conn`,
-    ...(clientMsgId === undefined ? {} : { clientMsgId }),
-  };
-}
 
 const contentOf = (json: string) => (JSON.parse(json) as { content: string }).content;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -35,18 +22,8 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const AWKWARD = 'q"uote\\back/slash\n\t\u0001\u001f\u007f é 😀 </script>|f|x:y';
 
 describe.skipIf(!redis)("redis engine: reliable delivery", () => {
-  const url = redis?.url ?? "";
-  let keyPrefix = "";
-  let raw: Redis;
-  beforeEach(() => {
-    keyPrefix = `${redis?.prefix}${randomUUID().slice(0, 8)}:`;
-    raw = rawClient(url);
-  });
-  afterEach(async () => {
-    await closeEngines();
-    raw.disconnect();
-    await deletePrefix(url, keyPrefix);
-  });
+  const redisForTest = freshPrefixEachTest(redis);
+  const { url } = redisForTest;
 
   const SHORT_TTL_MS = 300;
 
@@ -54,7 +31,8 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
   async function expired(...messageIds: string[]): Promise<void> {
     await sleep(SHORT_TTL_MS);
     await eventually(async () => {
-      for (const id of messageIds) expect(await raw.exists(`${keyPrefix}msg:${id}`)).toBe(0);
+      for (const id of messageIds)
+        expect(await redisForTest.raw.exists(`${redisForTest.keyPrefix}msg:${id}`)).toBe(0);
     }, 5000);
   }
 
@@ -62,11 +40,11 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
     it("expires message texts after messageTtlMs: reads skip them and the inbox says where it starts", async () => {
       const engine = await startEngine({
         url,
-        keyPrefix,
+        keyPrefix: redisForTest.keyPrefix,
         retention: { messageTtlMs: SHORT_TTL_MS, maxEntries: 100 },
       });
-      const first = await engine.messages.append(input("alice", "bob", "m1"));
-      const second = await engine.messages.append(input("alice", "bob", "m2"));
+      const first = await engine.messages.append(appendInput("alice", "bob", "m1"));
+      const second = await engine.messages.append(appendInput("alice", "bob", "m2"));
       // The texts and every index written carry the TTL (-2: already gone; never -1, persistent).
       for (const key of [
         `msg:${first.messageId}`,
@@ -75,7 +53,7 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
         "queue:bob",
         `conv-log:${"alice".length}:alicebob`,
       ]) {
-        const ttl = await raw.pttl(`${keyPrefix}${key}`);
+        const ttl = await redisForTest.raw.pttl(`${redisForTest.keyPrefix}${key}`);
         expect(ttl, key).not.toBe(-1);
         expect(ttl, key).toBeLessThanOrEqual(SHORT_TTL_MS);
       }
@@ -96,8 +74,8 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
 
       // Counters outlive the texts: seq and positions go on (a node with the default TTL writes
       // this one, so that it cannot expire while the test reads it).
-      const other = await startEngine({ url, keyPrefix });
-      const third = await other.messages.append(input("alice", "bob", "m3"));
+      const other = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
+      const third = await other.messages.append(appendInput("alice", "bob", "m3"));
       expect(third).toMatchObject({ seq: 3, recipientPosition: 3 });
       const inbox = await other.messages.readInbox("bob", 0, 10);
       expect(inbox.entries.map((e) => [e.position, contentOf(e.messageJson)])).toEqual([[3, "m3"]]);
@@ -109,20 +87,20 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
       // (renewed by the long-TTL node), so the reads must skip and drop the dead entries themselves.
       const short = await startEngine({
         url,
-        keyPrefix,
+        keyPrefix: redisForTest.keyPrefix,
         retention: { messageTtlMs: SHORT_TTL_MS, maxEntries: 100 },
       });
-      const long = await startEngine({ url, keyPrefix });
+      const long = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
       const shortLived = [
-        await short.messages.append(input("alice", "bob", "m1")),
-        await short.messages.append(input("alice", "bob", "m2")),
-        await short.messages.append(input("carol", "bob", "only short")),
+        await short.messages.append(appendInput("alice", "bob", "m1")),
+        await short.messages.append(appendInput("alice", "bob", "m2")),
+        await short.messages.append(appendInput("carol", "bob", "only short")),
       ];
-      await long.messages.append(input("alice", "bob", "m3"));
-      await long.messages.append(input("bob", "alice", "m4"));
+      await long.messages.append(appendInput("alice", "bob", "m3"));
+      await long.messages.append(appendInput("bob", "alice", "m4"));
       await expired(...shortLived.map((r) => r.messageId));
 
-      expect(await raw.llen(`${keyPrefix}inbox-log:bob`)).toBe(5);
+      expect(await redisForTest.raw.llen(`${redisForTest.keyPrefix}inbox-log:bob`)).toBe(5);
       const page = await long.messages.history("bob", "alice", 1);
       expect(page.messages.map(contentOf)).toEqual(["m4"]);
       expect(page.hasMore).toBe(true);
@@ -137,12 +115,14 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
       ]);
       expect(inbox).toMatchObject({ oldest: 4, newest: 5 });
       // The dead entries left the indexes; the conversation with only expired messages left the list.
-      expect(await raw.llen(`${keyPrefix}inbox-log:bob`)).toBe(2);
+      expect(await redisForTest.raw.llen(`${redisForTest.keyPrefix}inbox-log:bob`)).toBe(2);
       const conversations = await long.messages.conversations("bob", 10);
       expect(conversations.map((c) => [c.with, contentOf(c.lastMessageJson), c.unread])).toEqual([
         ["alice", "m4", 3],
       ]);
-      expect(await raw.zrange(`${keyPrefix}convs:bob`, "0", "-1")).toEqual(["alice"]);
+      expect(
+        await redisForTest.raw.zrange(`${redisForTest.keyPrefix}convs:bob`, "0", "-1"),
+      ).toEqual(["alice"]);
       expect((await long.messages.takeQueued("bob")).map((q) => contentOf(q.messageJson))).toEqual([
         "m3",
       ]);
@@ -155,7 +135,7 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
       await expect(
         createRedisEngine({
           url,
-          keyPrefix,
+          keyPrefix: redisForTest.keyPrefix,
           nodeId: "n",
           rateLimit: { limit: 1, windowMs: 1000 },
           retention: { messageTtlMs: 0, maxEntries: 1.5 },
@@ -168,36 +148,44 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
     it("caps the offline queue and the conversation list at maxEntries", async () => {
       const engine = await startEngine({
         url,
-        keyPrefix,
+        keyPrefix: redisForTest.keyPrefix,
         retention: { messageTtlMs: 60_000, maxEntries: 3 },
       });
       for (let i = 1; i <= 5; i++)
-        await engine.messages.append(input(`sender-${i}`, "bob", `m${i}`));
+        await engine.messages.append(appendInput(`sender-${i}`, "bob", `m${i}`));
       expect((await engine.messages.takeQueued("bob")).map((q) => q.position)).toEqual([3, 4, 5]);
       const list = await engine.messages.conversations("bob", 10);
       expect(list.map((c) => c.with)).toEqual(["sender-5", "sender-4", "sender-3"]);
-      expect(await raw.hlen(`${keyPrefix}conv-last:bob`)).toBe(3);
-      expect(await raw.llen(`${keyPrefix}inbox-log:bob`)).toBe(3);
+      expect(await redisForTest.raw.hlen(`${redisForTest.keyPrefix}conv-last:bob`)).toBe(3);
+      expect(await redisForTest.raw.llen(`${redisForTest.keyPrefix}inbox-log:bob`)).toBe(3);
     });
 
     it("keeps an idempotency record for at least 24 hours, and a retry changes nothing", async () => {
-      const engine = await startEngine({ url, keyPrefix });
-      const sent = input("alice", "bob", "once", "retry-me");
+      const engine = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
+      const sent = appendInput("alice", "bob", "once", { clientMsgId: "retry-me" });
       const first = await engine.messages.append(sent);
-      const key = `${keyPrefix}idem:5:aliceretry-me`; // <len(from)>:<from><clientMsgId>
-      const ttl = await raw.pttl(key);
+      const key = `${redisForTest.keyPrefix}idem:5:aliceretry-me`; // <len(from)>:<from><clientMsgId>
+      const ttl = await redisForTest.raw.pttl(key);
       expect(ttl).toBeGreaterThan(24 * 60 * 60 * 1000);
       expect(ttl).toBeLessThanOrEqual(IDEMPOTENCY_TTL_MS);
 
-      const keysBefore = (await raw.keys(`${keyPrefix}*`)).sort();
-      const inboxBefore = await raw.lrange(`${keyPrefix}inbox-log:bob`, 0, -1);
+      const keysBefore = (await redisForTest.raw.keys(`${redisForTest.keyPrefix}*`)).sort();
+      const inboxBefore = await redisForTest.raw.lrange(
+        `${redisForTest.keyPrefix}inbox-log:bob`,
+        0,
+        -1,
+      );
       const retry = await engine.messages.append({ ...sent, id: randomUUID(), timestamp: "later" });
       expect(retry).toEqual({ ...first, duplicate: true });
-      expect((await raw.keys(`${keyPrefix}*`)).sort()).toEqual(keysBefore);
-      expect(await raw.lrange(`${keyPrefix}inbox-log:bob`, 0, -1)).toEqual(inboxBefore);
-      expect(await raw.get(`${keyPrefix}inbox-pos:bob`)).toBe("1");
+      expect((await redisForTest.raw.keys(`${redisForTest.keyPrefix}*`)).sort()).toEqual(
+        keysBefore,
+      );
+      expect(
+        await redisForTest.raw.lrange(`${redisForTest.keyPrefix}inbox-log:bob`, 0, -1),
+      ).toEqual(inboxBefore);
+      expect(await redisForTest.raw.get(`${redisForTest.keyPrefix}inbox-pos:bob`)).toBe("1");
       // The record is not renewed by a retry.
-      expect(await raw.pttl(key)).toBeLessThanOrEqual(ttl);
+      expect(await redisForTest.raw.pttl(key)).toBeLessThanOrEqual(ttl);
     });
   });
 
@@ -206,17 +194,18 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
       // APPEND pushes every position it hands out, so a log has no holes; a node of an older
       // version (sorted-set indexes) appending during a rolling upgrade would leave some. Reads
       // then seek by binary search: made here by removing entries by hand.
-      const engine = await startEngine({ url, keyPrefix });
+      const engine = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
       const recorder = new Recorder();
       engine.broker.setHandler(recorder);
       await engine.broker.subscribe("alice");
       const sent: string[] = [];
       for (let i = 1; i <= 8; i++)
-        sent.push((await engine.messages.append(input("alice", "bob", `m${i}`))).messageId);
+        sent.push((await engine.messages.append(appendInput("alice", "bob", `m${i}`))).messageId);
       const entry = (position: number) => `${position}|${sent[position - 1]}`;
       for (const position of [2, 4, 7])
-        await raw.lrem(`${keyPrefix}inbox-log:bob`, 1, entry(position));
-      for (const seq of [3, 5, 6]) await raw.lrem(`${keyPrefix}conv-log:5:alicebob`, 1, entry(seq));
+        await redisForTest.raw.lrem(`${redisForTest.keyPrefix}inbox-log:bob`, 1, entry(position));
+      for (const seq of [3, 5, 6])
+        await redisForTest.raw.lrem(`${redisForTest.keyPrefix}conv-log:5:alicebob`, 1, entry(seq));
 
       const positions = async (after: number, limit: number) =>
         (await engine.messages.readInbox("bob", after, limit)).entries.map((e) => e.position);
@@ -258,9 +247,9 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
 
   describe("byte-compatibility with @mrezhen/protocol", () => {
     it("stores a message with a clientMsgId exactly as encodeMessage() writes it", async () => {
-      const engine = await startEngine({ url, keyPrefix });
+      const engine = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
       const clientMsgId = 'k"/\\é😀\u0000';
-      const sent = input(AWKWARD, "bob", 'x "y" \\z', clientMsgId);
+      const sent = appendInput(AWKWARD, "bob", 'x "y" \\z', { clientMsgId });
       const result = await engine.messages.append(sent);
       const expected = encodeMessage({
         id: sent.id,
@@ -285,17 +274,17 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
     });
 
     it("builds receipt frames exactly as receiptFrame() writes them, to senders with any id", async () => {
-      const engine = await startEngine({ url, keyPrefix });
+      const engine = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
       const recorder = new Recorder();
       engine.broker.setHandler(recorder);
       await engine.broker.subscribe(AWKWARD);
       await engine.broker.subscribe("bob");
       // AWKWARD → bob: bob's ack sends AWKWARD a delivered receipt (its channel read from the text).
-      await engine.messages.append(input(AWKWARD, "bob", "1"));
-      const second = await engine.messages.append(input(AWKWARD, "bob", "2"));
+      await engine.messages.append(appendInput(AWKWARD, "bob", "1"));
+      const second = await engine.messages.append(appendInput(AWKWARD, "bob", "2"));
       await engine.messages.acknowledge("bob", second.recipientPosition);
       // bob → AWKWARD, then AWKWARD reads and acks: receipts from an awkward id to bob.
-      const third = await engine.messages.append(input("bob", AWKWARD, "3"));
+      const third = await engine.messages.append(appendInput("bob", AWKWARD, "3"));
       await engine.messages.acknowledge(AWKWARD, third.recipientPosition);
       await engine.messages.markRead(AWKWARD, "bob", 3);
       await engine.messages.markRead("bob", AWKWARD, 2);
@@ -326,9 +315,9 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
     });
 
     it("finds the receipts of a sender whose id has a lone surrogate (as Node names its keys)", async () => {
-      const engine = await startEngine({ url, keyPrefix });
+      const engine = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
       const lone = "lone\ud800x";
-      const sent = await engine.messages.append(input(lone, "bob", "hi"));
+      const sent = await engine.messages.append(appendInput(lone, "bob", "hi"));
       await engine.messages.acknowledge("bob", sent.recipientPosition);
       await engine.messages.markRead("bob", lone, 1);
       expect((await engine.messages.receipts(lone)).sort()).toEqual(
@@ -341,8 +330,8 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
     });
 
     it("routes ephemeral frames as they are, to other nodes too", async () => {
-      const sender = await startEngine({ url, keyPrefix });
-      const holder: Engine = await startEngine({ url, keyPrefix });
+      const sender = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
+      const holder: Engine = await startEngine({ url, keyPrefix: redisForTest.keyPrefix });
       const recorder = new Recorder();
       holder.broker.setHandler(recorder);
       await holder.broker.subscribe(AWKWARD);

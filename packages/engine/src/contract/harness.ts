@@ -1,4 +1,6 @@
+import { randomUUID } from "node:crypto";
 import type {
+  AppendInput,
   BrokerHandler,
   Engine,
   MessageEvent,
@@ -88,3 +90,24 @@ export function sleep(ms: number): Promise<void> {
 
 /** Time given to asynchronous backends to show an event that must NOT arrive. */
 export const QUIET_MS = 150;
+
+/**
+ * An append of `content` from `from` to `to`, with a fresh id and the current time. The sending
+ * connection defaults to `<from>-conn`.
+ */
+export function appendInput(
+  from: string,
+  to: string,
+  content = "hello",
+  options: { readonly clientMsgId?: string; readonly senderConnId?: string } = {},
+): AppendInput {
+  return {
+    id: randomUUID(),
+    from,
+    to,
+    content,
+    timestamp: new Date().toISOString(),
+    senderConnId: options.senderConnId ?? `${from}-conn`,
+    ...(options.clientMsgId === undefined ? {} : { clientMsgId: options.clientMsgId }),
+  };
+}

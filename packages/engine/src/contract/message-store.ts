@@ -1,8 +1,8 @@
-import { randomUUID } from "node:crypto";
 import type { ChatMessage } from "@mrezhen/protocol";
 import { afterEach, describe, expect, it } from "vitest";
 import type { AppendInput, AppendResult, Engine, MessageEvent, QueuedMessage } from "../ports.js";
 import {
+  appendInput,
   type BackendFactory,
   type ContractBackend,
   eventually,
@@ -12,17 +12,6 @@ import {
 } from "./harness.js";
 
 const RATE = { limit: 1000, windowMs: 60_000 };
-
-function input(from: string, to: string, content = "hello", senderConnId = "conn-1"): AppendInput {
-  return {
-    id: randomUUID(),
-    from,
-    to,
-    content,
-    timestamp: new Date().toISOString(),
-    senderConnId,
-  };
-}
 
 /** The queue entry a node would requeue for a message it could not deliver. */
 function toQueued(sent: AppendInput, result: AppendResult): QueuedMessage {
@@ -56,7 +45,7 @@ export function messageStoreContract(factory: BackendFactory): void {
 
     it("queues for an offline recipient and hands the queue out exactly once", async () => {
       const { engine } = await setup();
-      const sent = input("alice", "bob", "are you there?");
+      const sent = appendInput("alice", "bob", "are you there?");
       const result = await engine.messages.append(sent);
       expect(result).toMatchObject({ seq: 1, status: "queued" });
 
@@ -79,7 +68,7 @@ export function messageStoreContract(factory: BackendFactory): void {
     it("delivers to an online recipient's node instead of queueing", async () => {
       const { engine, recorder } = await setup();
       await goOnline(engine, "bob");
-      const sent = input("alice", "bob");
+      const sent = appendInput("alice", "bob");
       const result = await engine.messages.append(sent);
       expect(result.status).toBe("delivered");
       await eventually(() => expect(recorder.eventsFor("bob")).toHaveLength(1));
@@ -98,7 +87,7 @@ export function messageStoreContract(factory: BackendFactory): void {
       const { engine, recorder } = await setup();
       await goOnline(engine, "alice");
       await engine.presence.connect("alice");
-      const sent = input("alice", "bob", "hi", "alice-phone");
+      const sent = appendInput("alice", "bob", "hi", { senderConnId: "alice-phone" });
       const result = await engine.messages.append(sent);
       await eventually(() => expect(recorder.eventsFor("alice")).toHaveLength(1));
       expect(recorder.eventsFor("alice")[0]).toMatchObject({
@@ -113,17 +102,17 @@ export function messageStoreContract(factory: BackendFactory): void {
       const seqs: number[] = [];
       for (let i = 0; i < 4; i++) {
         const [from, to] = i % 2 === 0 ? ["alice", "bob"] : ["bob", "alice"];
-        seqs.push((await engine.messages.append(input(from, to))).seq);
+        seqs.push((await engine.messages.append(appendInput(from, to))).seq);
       }
       expect(seqs).toEqual([1, 2, 3, 4]);
-      expect((await engine.messages.append(input("alice", "carol"))).seq).toBe(1);
+      expect((await engine.messages.append(appendInput("alice", "carol"))).seq).toBe(1);
     });
 
     it("gives distinct, gap-free sequence numbers to concurrent appends", async () => {
       const { engine } = await setup();
       const results = await Promise.all(
         Array.from({ length: 40 }, (_, i) =>
-          engine.messages.append(input(i % 2 ? "alice" : "bob", i % 2 ? "bob" : "alice")),
+          engine.messages.append(appendInput(i % 2 ? "alice" : "bob", i % 2 ? "bob" : "alice")),
         ),
       );
       const seqs = results.map((r) => r.seq).sort((a, b) => a - b);
@@ -132,9 +121,9 @@ export function messageStoreContract(factory: BackendFactory): void {
 
     it("gives every user strictly increasing inbox positions across conversations", async () => {
       const { engine } = await setup();
-      const a = await engine.messages.append(input("alice", "bob"));
-      const b = await engine.messages.append(input("carol", "alice"));
-      const c = await engine.messages.append(input("alice", "dave"));
+      const a = await engine.messages.append(appendInput("alice", "bob"));
+      const b = await engine.messages.append(appendInput("carol", "alice"));
+      const c = await engine.messages.append(appendInput("alice", "dave"));
       expect([a.senderPosition, b.recipientPosition, c.senderPosition]).toEqual([1, 2, 3]);
       expect(a.recipientPosition).toBe(1);
       expect(b.senderPosition).toBe(1);
@@ -144,10 +133,10 @@ export function messageStoreContract(factory: BackendFactory): void {
       const { engine } = await setup();
       for (let i = 1; i <= 5; i++) {
         await engine.messages.append(
-          input(i % 2 ? "alice" : "bob", i % 2 ? "bob" : "alice", `m${i}`),
+          appendInput(i % 2 ? "alice" : "bob", i % 2 ? "bob" : "alice", `m${i}`),
         );
       }
-      await engine.messages.append(input("alice", "carol", "elsewhere"));
+      await engine.messages.append(appendInput("alice", "carol", "elsewhere"));
       const contents = (texts: string[]) =>
         texts.map((t) => (JSON.parse(t) as ChatMessage).content);
       expect(contents((await engine.messages.history("alice", "bob", 3)).messages)).toEqual([
@@ -172,7 +161,7 @@ export function messageStoreContract(factory: BackendFactory): void {
       const { engine } = await setup();
       const ids: string[] = [];
       for (let i = 0; i < 20; i++) {
-        const sent = input("alice", "bob", `m${i}`);
+        const sent = appendInput("alice", "bob", `m${i}`);
         ids.push(sent.id);
         await engine.messages.append(sent);
       }
@@ -187,8 +176,8 @@ export function messageStoreContract(factory: BackendFactory): void {
     it("requeues a message only while its user is offline, in position order", async () => {
       const { engine } = await setup();
       await goOnline(engine, "bob");
-      const first = input("alice", "bob", "first");
-      const second = input("alice", "bob", "second");
+      const first = appendInput("alice", "bob", "first");
+      const second = appendInput("alice", "bob", "second");
       const r1 = await engine.messages.append(first);
       const r2 = await engine.messages.append(second);
       expect(await engine.messages.requeueIfOffline("bob", toQueued(first, r1))).toBe(false);
@@ -212,13 +201,13 @@ export function messageStoreContract(factory: BackendFactory): void {
       nodeB.broker.setHandler(recorderB);
 
       await goOnline(nodeB, "bob");
-      const sent = input("alice", "bob", "across");
+      const sent = appendInput("alice", "bob", "across");
       expect((await nodeA.messages.append(sent)).status).toBe("delivered");
       await eventually(() => expect(recorderB.eventsFor("bob")).toHaveLength(1));
       expect(recorderA.eventsFor("bob")).toHaveLength(0);
 
       await nodeB.broker.unsubscribe("bob");
-      await nodeA.messages.append(input("alice", "bob", "not routed"));
+      await nodeA.messages.append(appendInput("alice", "bob", "not routed"));
       await sleep(QUIET_MS);
       expect(recorderB.eventsFor("bob")).toHaveLength(1);
 

@@ -1,7 +1,7 @@
-import { randomUUID } from "node:crypto";
 import { afterEach, describe, expect, it } from "vitest";
-import type { AppendInput, Engine } from "../ports.js";
+import type { Engine } from "../ports.js";
 import {
+  appendInput,
   type BackendFactory,
   type ContractBackend,
   eventually,
@@ -11,18 +11,6 @@ import {
 } from "./harness.js";
 
 const RATE = { limit: 100_000, windowMs: 60_000 };
-
-function input(from: string, to: string, content = "hello", clientMsgId?: string): AppendInput {
-  return {
-    id: randomUUID(),
-    from,
-    to,
-    content,
-    timestamp: new Date().toISOString(),
-    senderConnId: `${from}-conn`,
-    ...(clientMsgId === undefined ? {} : { clientMsgId }),
-  };
-}
 
 const contentOf = (json: string) => (JSON.parse(json) as { content: string }).content;
 
@@ -44,14 +32,22 @@ export function reliableDeliveryContract(factory: BackendFactory): void {
 
     it("stores a clientMsgId once and answers a retry with the original result", async () => {
       const { engine } = await setup();
-      const first = await engine.messages.append(input("alice", "bob", "once", "key-1"));
-      const retry = await engine.messages.append(input("alice", "bob", "once", "key-1"));
+      const first = await engine.messages.append(
+        appendInput("alice", "bob", "once", { clientMsgId: "key-1" }),
+      );
+      const retry = await engine.messages.append(
+        appendInput("alice", "bob", "once", { clientMsgId: "key-1" }),
+      );
       expect(first.duplicate).toBe(false);
       expect(retry).toEqual({ ...first, duplicate: true });
       // Another sender may use the same key.
-      expect((await engine.messages.append(input("carol", "bob", "mine", "key-1"))).duplicate).toBe(
-        false,
-      );
+      expect(
+        (
+          await engine.messages.append(
+            appendInput("carol", "bob", "mine", { clientMsgId: "key-1" }),
+          )
+        ).duplicate,
+      ).toBe(false);
 
       const history = await engine.messages.history("alice", "bob", 10);
       expect(history.messages.map(contentOf)).toEqual(["once"]);
@@ -70,7 +66,7 @@ export function reliableDeliveryContract(factory: BackendFactory): void {
       const results = await Promise.all(
         Array.from({ length: 8 }, (_, i) =>
           (nodes[i % nodes.length] as Engine).messages.append(
-            input("alice", "bob", "race", "same"),
+            appendInput("alice", "bob", "race", { clientMsgId: "same" }),
           ),
         ),
       );
@@ -81,7 +77,8 @@ export function reliableDeliveryContract(factory: BackendFactory): void {
 
     it("pages history backwards with before and hasMore", async () => {
       const { engine } = await setup();
-      for (let i = 1; i <= 7; i++) await engine.messages.append(input("alice", "bob", `m${i}`));
+      for (let i = 1; i <= 7; i++)
+        await engine.messages.append(appendInput("alice", "bob", `m${i}`));
       const newest = await engine.messages.history("alice", "bob", 3);
       expect(newest.messages.map(contentOf)).toEqual(["m5", "m6", "m7"]);
       expect(newest.hasMore).toBe(true);
@@ -95,9 +92,9 @@ export function reliableDeliveryContract(factory: BackendFactory): void {
 
     it("reads a user's inbox (sent and received) after a position, in order, in pages", async () => {
       const { engine } = await setup();
-      await engine.messages.append(input("alice", "bob", "a1"));
-      await engine.messages.append(input("bob", "alice", "b1"));
-      await engine.messages.append(input("carol", "alice", "c1"));
+      await engine.messages.append(appendInput("alice", "bob", "a1"));
+      await engine.messages.append(appendInput("bob", "alice", "b1"));
+      await engine.messages.append(appendInput("carol", "alice", "c1"));
       const all = await engine.messages.readInbox("alice", 0, 10);
       expect(all.entries.map((e) => [e.position, contentOf(e.messageJson)])).toEqual([
         [1, "a1"],
@@ -117,9 +114,9 @@ export function reliableDeliveryContract(factory: BackendFactory): void {
     it("sends the sender a delivered receipt once per advance of the recipient's acks", async () => {
       const { engine, recorder } = await setup();
       await engine.broker.subscribe("alice");
-      const first = await engine.messages.append(input("alice", "bob", "1"));
-      const second = await engine.messages.append(input("alice", "bob", "2"));
-      await engine.messages.append(input("carol", "bob", "from carol"));
+      const first = await engine.messages.append(appendInput("alice", "bob", "1"));
+      const second = await engine.messages.append(appendInput("alice", "bob", "2"));
+      await engine.messages.append(appendInput("carol", "bob", "from carol"));
 
       await engine.messages.acknowledge("bob", first.recipientPosition);
       await eventually(() =>
@@ -150,8 +147,9 @@ export function reliableDeliveryContract(factory: BackendFactory): void {
     it("sends read receipts, keeps unread counts and never lowers the read watermark", async () => {
       const { engine, recorder } = await setup();
       await engine.broker.subscribe("alice");
-      for (let i = 1; i <= 4; i++) await engine.messages.append(input("alice", "bob", `m${i}`));
-      await engine.messages.append(input("bob", "alice", "reply")); // seq 5, bob's own
+      for (let i = 1; i <= 4; i++)
+        await engine.messages.append(appendInput("alice", "bob", `m${i}`));
+      await engine.messages.append(appendInput("bob", "alice", "reply")); // seq 5, bob's own
 
       const unread = async () => (await engine.messages.conversations("bob", 10))[0]?.unread;
       expect(await unread()).toBe(4);
@@ -173,10 +171,10 @@ export function reliableDeliveryContract(factory: BackendFactory): void {
 
     it("lists conversations most recent first, with the last message and unread count", async () => {
       const { engine } = await setup();
-      await engine.messages.append(input("bob", "alice", "old"));
-      await engine.messages.append(input("carol", "alice", "newer"));
-      await engine.messages.append(input("carol", "alice", "newest"));
-      await engine.messages.append(input("alice", "dave", "sent by alice"));
+      await engine.messages.append(appendInput("bob", "alice", "old"));
+      await engine.messages.append(appendInput("carol", "alice", "newer"));
+      await engine.messages.append(appendInput("carol", "alice", "newest"));
+      await engine.messages.append(appendInput("alice", "dave", "sent by alice"));
       const list = await engine.messages.conversations("alice", 10);
       expect(list.map((c) => [c.with, contentOf(c.lastMessageJson), c.unread])).toEqual([
         ["dave", "sent by alice", 0],
@@ -207,7 +205,8 @@ export function reliableDeliveryContract(factory: BackendFactory): void {
 
     it("keeps at most maxEntries per inbox and conversation, and says where the inbox now starts", async () => {
       const { engine } = await setup({ messageTtlMs: 60_000, maxEntries: 5 });
-      for (let i = 1; i <= 8; i++) await engine.messages.append(input("alice", "bob", `m${i}`));
+      for (let i = 1; i <= 8; i++)
+        await engine.messages.append(appendInput("alice", "bob", `m${i}`));
       const inbox = await engine.messages.readInbox("bob", 0, 100);
       expect(inbox.oldest).toBe(4);
       expect(inbox.newest).toBe(8);
