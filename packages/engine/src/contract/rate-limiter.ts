@@ -46,9 +46,10 @@ export function rateLimiterContract(factory: BackendFactory): void {
       expect((await engine.rateLimiter.consume("alice")).allowed).toBe(true);
     });
 
-    it("counts one window across nodes", async () => {
+    it("counts one window across nodes", async ({ skip }) => {
       backend = await factory({ rateLimit: { limit: 6, windowMs: 10_000 } });
-      if (backend.maxNodes < 2) return;
+      // One node cannot show cross-node behaviour: say so, rather than pass without asserting.
+      if (backend.maxNodes < 2) skip();
       const nodes = [await backend.node(), await backend.node()];
       const decisions = await Promise.all(
         Array.from({ length: 20 }, (_, i) =>
