@@ -10,41 +10,49 @@ import {
   type QueuedMessage,
   type RetentionOptions,
 } from "../ports.js";
-import { BoundedLog } from "./bounded-log.js";
 import type { MemoryBroker } from "./broker.js";
+import { PackedLog } from "./packed-log.js";
 import type { MemoryPresenceStore } from "./presence.js";
 
-/** A stored message and what indexes need of it. */
-interface Stored {
-  readonly id: string;
-  readonly json: string;
-  readonly from: string;
-  readonly to: string;
-  readonly seq: number;
-  /** When it was stored (ms), for retention. */
-  readonly at: number;
-}
-
-/** A queued message and when it was queued, for retention. */
-type QueueEntry = QueuedMessage & { readonly at: number };
-
+/**
+ * A conversation and its messages. Each message is stored once, here, outside the V8 heap (see
+ * PackedLog); inboxes and queues refer to it by (conversation number, seq).
+ */
 interface Conversation {
-  /** Last seq handed out (entries may have been trimmed since). */
+  /** Its index in MemoryMessageStore.conversationsByNumber. */
+  readonly number: number;
+  /** The two users, in conversationKey order. */
+  readonly first: string;
+  readonly second: string;
+  /** Last seq handed out (messages may have been trimmed since). */
   lastSeq: number;
-  /** Kept messages in seq order. */
-  readonly messages: BoundedLog<Stored>;
+  /**
+   * Kept messages in seq order, with their id and stored JSON. Seqs are contiguous, so a row's
+   * seq follows from its index (lastSeq - length + 1 is the first kept).
+   */
+  readonly messages: PackedLog;
 }
+
+/** Columns of Conversation.messages. */
+const STORED_AT = 0;
+/** 1 when the message is from the conversation's second user. */
+const FROM_SECOND = 1;
 
 interface Inbox {
   newest: number;
   /**
-   * Kept messages in position order. Positions are contiguous, so an entry's position is
-   * derived from its index (see positionAt) rather than stored: one object per message in all.
+   * Kept entries in position order. Positions are contiguous, so an entry's position follows
+   * from its index (see firstPosition).
    */
-  readonly entries: BoundedLog<Stored>;
+  readonly entries: PackedLog;
   /** Highest position any device acked. */
   acked: number;
 }
+
+/** Columns of Inbox.entries. */
+const ENTRY_AT = 0;
+const ENTRY_CONVERSATION = 1;
+const ENTRY_SEQ = 2;
 
 /** Per user, per other party: watermarks and counters of their conversation. */
 interface Peer {
@@ -61,11 +69,18 @@ interface Peer {
  * Messages of a single node, in process memory: the same model as the Redis engine (history,
  * per-user inboxes, offline queues, watermarks), with the same retention. Everything here is gone
  * when the process exits: use the Redis engine where acked messages must outlive a restart.
+ *
+ * An inbox entry and a queued message refer to the conversation's copy. That copy outlives them:
+ * an inbox keeps its user's newest maxEntries entries, so fewer than maxEntries newer messages of
+ * any one conversation, which keeps its own newest maxEntries; a queue holds inbox positions; and
+ * all of them expire at the same age.
  */
 export class MemoryMessageStore implements MessageStore {
   private readonly conversationsByKey = new Map<string, Conversation>();
+  private readonly conversationsByNumber: Conversation[] = [];
   private readonly inboxes = new Map<string, Inbox>();
-  private readonly queues = new Map<string, QueueEntry[]>();
+  /** Offline queues: inbox positions of the user, ascending. */
+  private readonly queues = new Map<string, number[]>();
   private readonly peers = new Map<string, Map<string, Peer>>();
   /** Latest receipt frames addressed to a user, by "<kind>|<from>". */
   private readonly receiptsFor = new Map<string, Map<string, string>>();
@@ -101,10 +116,11 @@ export class MemoryMessageStore implements MessageStore {
       seq,
       ...(input.clientMsgId === undefined ? {} : { clientMsgId: input.clientMsgId }),
     });
-    const stored: Stored = { id: input.id, json, from: input.from, to: input.to, seq, at: now };
-    conversation.messages.push(stored);
-    const senderPosition = this.addToInbox(input.from, stored);
-    const recipientPosition = this.addToInbox(input.to, stored);
+    const row = conversation.messages.pushTexts(input.id, json);
+    conversation.messages.set(row, STORED_AT, now);
+    conversation.messages.set(row, FROM_SECOND, input.from === conversation.first ? 0 : 1);
+    const senderPosition = this.addToInbox(input.from, conversation, seq, now);
+    const recipientPosition = this.addToInbox(input.to, conversation, seq, now);
     this.activity++;
     this.peer(input.from, input.to).activity = this.activity;
     const recipientPeer = this.peer(input.to, input.from);
@@ -114,11 +130,7 @@ export class MemoryMessageStore implements MessageStore {
     let status: AppendResult["status"] = "delivered";
     if (!this.presence.isOnline(input.to)) {
       status = "queued";
-      this.enqueue(input.to, {
-        messageId: input.id,
-        messageJson: json,
-        position: recipientPosition,
-      });
+      this.enqueue(input.to, recipientPosition);
     } else {
       this.broker.publish(input.to, {
         kind: "message",
@@ -156,13 +168,18 @@ export class MemoryMessageStore implements MessageStore {
     limit: number,
     before?: number,
   ): Promise<HistoryPage> {
-    const messages = this.conversationsByKey.get(conversationKey(userA, userB))?.messages;
-    if (messages === undefined) return { messages: [], hasMore: false };
-    let end = messages.length;
-    if (before !== undefined)
-      while (end > 0 && (messages.at(end - 1) as Stored).seq >= before) end--;
+    const conversation = this.conversationsByKey.get(conversationKey(userA, userB));
+    if (conversation === undefined) return { messages: [], hasMore: false };
+    const { messages } = conversation;
+    const firstSeq = conversation.lastSeq - messages.length + 1;
+    const end =
+      before === undefined
+        ? messages.length
+        : Math.max(0, Math.min(messages.length, before - firstSeq));
     const start = Math.max(0, end - limit);
-    return { messages: messages.slice(start, end).map((m) => m.json), hasMore: start > 0 };
+    const texts: string[] = [];
+    for (let index = start; index < end; index++) texts.push(messages.text(index));
+    return { messages: texts, hasMore: start > 0 };
   }
 
   async readInbox(userId: string, after: number, limit: number): Promise<InboxPage> {
@@ -175,8 +192,8 @@ export class MemoryMessageStore implements MessageStore {
       index < inbox.entries.length && entries.length < limit;
       index++
     ) {
-      const message = inbox.entries.at(index) as Stored;
-      entries.push({ messageId: message.id, messageJson: message.json, position: first + index });
+      const entry = this.queuedMessage(inbox, first + index);
+      if (entry !== undefined) entries.push(entry);
     }
     return { entries, oldest: first, newest: inbox.newest };
   }
@@ -188,9 +205,11 @@ export class MemoryMessageStore implements MessageStore {
     const first = firstPosition(inbox);
     const end = Math.min(upTo, inbox.newest) - first + 1;
     for (let index = Math.max(0, inbox.acked - first + 1); index < end; index++) {
-      const message = inbox.entries.at(index) as Stored;
-      if (message.from === userId) continue;
-      covered.set(message.from, Math.max(covered.get(message.from) ?? 0, message.seq));
+      const conversation = this.conversationOf(inbox, index);
+      const seq = inbox.entries.get(index, ENTRY_SEQ);
+      const from = this.sender(conversation, seq);
+      if (from === undefined || from === userId) continue;
+      covered.set(from, Math.max(covered.get(from) ?? 0, seq));
     }
     inbox.acked = Math.min(upTo, inbox.newest);
     for (const [other, seq] of covered) {
@@ -208,12 +227,10 @@ export class MemoryMessageStore implements MessageStore {
     const peer = this.peer(userId, other);
     if (readUpTo <= peer.read) return;
     peer.read = readUpTo;
+    const firstSeq = conversation.lastSeq - conversation.messages.length + 1;
     let unread = 0;
-    for (let i = conversation.messages.length - 1; i >= 0; i--) {
-      const message = conversation.messages.at(i) as Stored;
-      if (message.seq <= readUpTo) break;
-      if (message.from === other) unread++;
-    }
+    for (let seq = conversation.lastSeq; seq > readUpTo && seq >= firstSeq; seq--)
+      if (this.sender(conversation, seq) === other) unread++;
     peer.unread = unread;
     this.sendReceipt(other, "read", userId, readUpTo);
   }
@@ -229,9 +246,13 @@ export class MemoryMessageStore implements MessageStore {
     const summaries: ConversationSummary[] = [];
     for (const [other, peer] of peers) {
       if (summaries.length === limit) break;
-      const last = this.conversationsByKey.get(conversationKey(userId, other))?.messages.last();
-      if (last !== undefined)
-        summaries.push({ with: other, lastMessageJson: last.json, unread: peer.unread });
+      const messages = this.conversationsByKey.get(conversationKey(userId, other))?.messages;
+      if (messages !== undefined && messages.length > 0)
+        summaries.push({
+          with: other,
+          lastMessageJson: messages.text(messages.length - 1),
+          unread: peer.unread,
+        });
     }
     return summaries;
   }
@@ -240,32 +261,63 @@ export class MemoryMessageStore implements MessageStore {
     const queue = this.queues.get(userId);
     if (queue === undefined) return [];
     this.queues.delete(userId);
-    return queue;
+    const inbox = this.inboxes.get(userId);
+    const taken: QueuedMessage[] = [];
+    for (const position of queue) {
+      const entry = inbox === undefined ? undefined : this.queuedMessage(inbox, position);
+      if (entry !== undefined) taken.push(entry);
+    }
+    return taken;
   }
 
   async requeueIfOffline(userId: string, message: QueuedMessage): Promise<boolean> {
     if (this.presence.isOnline(userId)) return false;
-    this.enqueue(userId, message);
+    this.enqueue(userId, message.position);
     return true;
   }
 
   /** Drops what retention no longer keeps. Every index is in time order, so only heads are read. */
   sweep(): void {
     const horizon = this.now() - this.retention.messageTtlMs;
-    const expired = (item: { readonly at: number }) => item.at <= horizon;
     for (const conversation of this.conversationsByKey.values())
-      conversation.messages.dropWhile(expired);
-    for (const inbox of this.inboxes.values()) inbox.entries.dropWhile(expired);
+      conversation.messages.dropWhile((log) => log.get(0, STORED_AT) <= horizon);
+    for (const inbox of this.inboxes.values())
+      inbox.entries.dropWhile((log) => log.get(0, ENTRY_AT) <= horizon);
     for (const [userId, queue] of this.queues) {
-      // Position order is time order: expired entries are at the head.
+      // A queue holds inbox positions in order: those the inbox dropped are at its head.
+      const inbox = this.inboxes.get(userId);
+      const kept = inbox === undefined ? Number.POSITIVE_INFINITY : firstPosition(inbox);
       let count = 0;
-      while (count < queue.length && expired(queue[count] as QueueEntry)) count++;
+      while (count < queue.length && (queue[count] as number) < kept) count++;
       queue.splice(0, count);
       if (queue.length === 0) this.queues.delete(userId);
     }
     const now = this.now();
     for (const [key, entry] of this.idempotency)
       if (entry.expiresAt <= now) this.idempotency.delete(key);
+  }
+
+  /** The message at `position` of `inbox`, or undefined when retention dropped it. */
+  private queuedMessage(inbox: Inbox, position: number): QueuedMessage | undefined {
+    const index = position - firstPosition(inbox);
+    if (index < 0 || index >= inbox.entries.length) return undefined;
+    const { messages, lastSeq } = this.conversationOf(inbox, index);
+    const row = inbox.entries.get(index, ENTRY_SEQ) - (lastSeq - messages.length + 1);
+    if (row < 0) return undefined;
+    return { messageId: messages.id(row), messageJson: messages.text(row), position };
+  }
+
+  private conversationOf(inbox: Inbox, index: number): Conversation {
+    const number = inbox.entries.get(index, ENTRY_CONVERSATION);
+    return this.conversationsByNumber[number] as Conversation;
+  }
+
+  /** Who sent message `seq` of `conversation`, or undefined when retention dropped it. */
+  private sender(conversation: Conversation, seq: number): string | undefined {
+    const { messages, lastSeq } = conversation;
+    const row = seq - (lastSeq - messages.length + 1);
+    if (row < 0) return undefined;
+    return messages.get(row, FROM_SECOND) === 1 ? conversation.second : conversation.first;
   }
 
   private sendReceipt(to: string, kind: "delivered" | "read", from: string, upTo: number): void {
@@ -283,20 +335,31 @@ export class MemoryMessageStore implements MessageStore {
     const key = conversationKey(userA, userB);
     let conversation = this.conversationsByKey.get(key);
     if (conversation === undefined) {
-      conversation = { lastSeq: 0, messages: new BoundedLog(this.retention.maxEntries) };
+      const [first, second] = userA < userB ? [userA, userB] : [userB, userA];
+      conversation = {
+        number: this.conversationsByNumber.length,
+        first,
+        second,
+        lastSeq: 0,
+        messages: new PackedLog(2, true, this.retention.maxEntries),
+      };
       this.conversationsByKey.set(key, conversation);
+      this.conversationsByNumber.push(conversation);
     }
     return conversation;
   }
 
-  private addToInbox(userId: string, message: Stored): number {
+  private addToInbox(userId: string, conversation: Conversation, seq: number, now: number): number {
     let inbox = this.inboxes.get(userId);
     if (inbox === undefined) {
-      inbox = { newest: 0, entries: new BoundedLog(this.retention.maxEntries), acked: 0 };
+      inbox = { newest: 0, entries: new PackedLog(3, false, this.retention.maxEntries), acked: 0 };
       this.inboxes.set(userId, inbox);
     }
     const position = ++inbox.newest;
-    inbox.entries.push(message);
+    const index = inbox.entries.push();
+    inbox.entries.set(index, ENTRY_AT, now);
+    inbox.entries.set(index, ENTRY_CONVERSATION, conversation.number);
+    inbox.entries.set(index, ENTRY_SEQ, seq);
     return position;
   }
 
@@ -314,8 +377,7 @@ export class MemoryMessageStore implements MessageStore {
     return peer;
   }
 
-  private enqueue(userId: string, message: QueuedMessage): void {
-    const entry: QueueEntry = { ...message, at: this.now() };
+  private enqueue(userId: string, position: number): void {
     let queue = this.queues.get(userId);
     if (queue === undefined) {
       queue = [];
@@ -323,8 +385,8 @@ export class MemoryMessageStore implements MessageStore {
     }
     // Requeued entries can arrive after newer ones: keep the queue in position order.
     let index = queue.length;
-    while (index > 0 && (queue[index - 1] as QueuedMessage).position > entry.position) index--;
-    queue.splice(index, 0, entry);
+    while (index > 0 && (queue[index - 1] as number) > position) index--;
+    queue.splice(index, 0, position);
     if (queue.length > this.retention.maxEntries)
       queue.splice(0, queue.length - this.retention.maxEntries);
   }

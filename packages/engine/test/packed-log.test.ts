@@ -1,0 +1,167 @@
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { appendInput } from "../src/contract/harness.js";
+import { MemoryBroker } from "../src/memory/broker.js";
+import { MemoryMessageStore } from "../src/memory/messages.js";
+import { PackedLog } from "../src/memory/packed-log.js";
+import { MemoryPresenceStore } from "../src/memory/presence.js";
+import type { RetentionOptions } from "../src/ports.js";
+
+interface ModelRow {
+  readonly a: number;
+  readonly b: number;
+  readonly id: string;
+  readonly text: string;
+}
+
+type Step =
+  | { readonly kind: "push"; readonly row: ModelRow }
+  | { readonly kind: "drop"; readonly below: number };
+
+/** Texts of any size and script, lone surrogates aside (UTF-8 cannot carry them). */
+const text = fc.oneof(
+  fc.string({ unit: "grapheme", maxLength: 40 }),
+  fc.string({ unit: "binary", maxLength: 3000 }),
+  fc.constantFrom("", "😀", "ж", "\u0000", "x".repeat(5000)),
+);
+
+const step: fc.Arbitrary<Step> = fc.oneof(
+  {
+    weight: 5,
+    arbitrary: fc
+      .record({ a: fc.double({ noNaN: true }), b: fc.integer(), id: text, text })
+      .map((row) => ({ kind: "push" as const, row })),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.integer({ min: -5, max: 400 }).map((below) => ({ kind: "drop" as const, below })),
+  },
+);
+
+describe("PackedLog", () => {
+  it("reads back what a capped array of rows would hold, through growth, drops and compaction", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 300 }),
+        fc.array(step, { maxLength: 600 }),
+        (cap, steps) => {
+          const log = new PackedLog(2, true, cap);
+          let model: ModelRow[] = [];
+          let pushed = 0;
+          for (const s of steps) {
+            if (s.kind === "push") {
+              const index = log.pushTexts(s.row.id, s.row.text);
+              log.set(index, 0, s.row.a);
+              log.set(index, 1, pushed++);
+              model.push({ ...s.row, b: pushed - 1 });
+              if (model.length > cap) model = model.slice(model.length - cap);
+              expect(index).toBe(model.length - 1);
+            } else {
+              // Drop rows numbered below `below` (numbers grow, so they are a head).
+              log.dropWhile((l) => l.get(0, 1) < s.below);
+              model = model.filter((row) => row.b >= s.below);
+            }
+            expect(log.length).toBe(model.length);
+          }
+          model.forEach((row, index) => {
+            expect(log.get(index, 0)).toBe(row.a);
+            expect(log.get(index, 1)).toBe(row.b);
+            expect(log.id(index)).toBe(row.id);
+            expect(log.text(index)).toBe(row.text);
+          });
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  it("holds rows without texts", () => {
+    const log = new PackedLog(3, false, 1000);
+    for (let i = 0; i < 2500; i++) log.set(log.push(), 2, i);
+    expect(log.length).toBe(1000);
+    expect(log.get(0, 2)).toBe(1500);
+    expect(log.get(999, 2)).toBe(2499);
+    log.dropWhile((l) => l.get(0, 2) < 2400);
+    expect(log.length).toBe(100);
+    expect(log.get(0, 2)).toBe(2400);
+  });
+
+  it("refuses a push of the wrong kind", () => {
+    expect(() => new PackedLog(1, false, 10).pushTexts("id", "text")).toThrow(/no texts/);
+    expect(() => new PackedLog(1, true, 10).push()).toThrow(/holds texts/);
+  });
+});
+
+function memoryStore(retention: RetentionOptions, now: () => number) {
+  const broker = new MemoryBroker();
+  const presence = new MemoryPresenceStore(broker);
+  return { store: new MemoryMessageStore(broker, presence, retention, now), presence };
+}
+
+const contentOf = (json: string): string => JSON.parse(json).content;
+
+describe("the memory engine's message store", () => {
+  it("sweeps what is older than the retention from history, inboxes and queues", async () => {
+    let clock = 1_000_000;
+    const { store } = memoryStore({ messageTtlMs: 10_000, maxEntries: 100 }, () => clock);
+    for (const content of ["old-1", "old-2"])
+      await store.append(appendInput("alice", "bob", content));
+    clock += 6_000;
+    await store.append(appendInput("alice", "bob", "new-1"));
+    await store.append(appendInput("carol", "bob", "new-2"));
+    clock += 4_500; // the first two are 10.5 s old, the others 4.5 s
+    store.sweep();
+
+    const history = await store.history("alice", "bob", 10);
+    expect(history.messages.map(contentOf)).toEqual(["new-1"]);
+    const inbox = await store.readInbox("bob", 0, 10);
+    expect(inbox.oldest).toBe(3);
+    expect(inbox.entries.map((e) => [e.position, contentOf(e.messageJson)])).toEqual([
+      [3, "new-1"],
+      [4, "new-2"],
+    ]);
+    expect((await store.takeQueued("bob")).map((e) => contentOf(e.messageJson))).toEqual([
+      "new-1",
+      "new-2",
+    ]);
+    // Acks over swept positions deliver receipts only for what is still kept.
+    await store.acknowledge("bob", 4);
+    expect(await store.receipts("alice")).toEqual([
+      JSON.stringify({ type: "receipt", kind: "delivered", from: "bob", upTo: 3 }),
+    ]);
+
+    clock += 10_000;
+    store.sweep();
+    expect((await store.history("alice", "bob", 10)).messages).toEqual([]);
+    expect(await store.readInbox("bob", 0, 10)).toEqual({ entries: [], oldest: 5, newest: 4 });
+    expect(await store.conversations("bob", 10)).toEqual([]);
+  });
+
+  it("keeps stored messages off the V8 heap", async () => {
+    setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("gc") as () => void;
+    const { store } = memoryStore({ messageTtlMs: 60_000, maxEntries: 1_000_000 }, Date.now);
+    const content = "x".repeat(64);
+    const send = (i: number) =>
+      store.append({
+        id: `00000000-0000-4000-8000-${String(i).padStart(12, "0")}`,
+        from: `user-${i % 20}`,
+        to: `user-${(i + 1) % 20}`,
+        content,
+        timestamp: new Date(1_800_000_000_000 + i).toISOString(),
+        senderConnId: "c1",
+      });
+    for (let i = 0; i < 1000; i++) await send(i);
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    for (let i = 1000; i < 101_000; i++) await send(i);
+    gc();
+    const grown = process.memoryUsage().heapUsed - before;
+    // As objects and strings (before PackedLog), these 100,000 messages took about 120 MB of heap.
+    expect(grown).toBeLessThan(5 * 1024 * 1024);
+    const history = await store.history("user-3", "user-4", 2);
+    expect(history.messages.map(contentOf)).toEqual([content, content]);
+  });
+});
