@@ -9,6 +9,12 @@ import { fileURLToPath } from "node:url";
 const HOOK = fileURLToPath(new URL("./server-hook.mjs", import.meta.url));
 const HEALTHY_WITHIN_MS = 30_000;
 const STOP_WITHIN_MS = 5_000;
+/**
+ * Extra Node flags for every server, for profiling a run: `BENCH_SERVER_FLAGS="--cpu-prof"` or
+ * `"--trace-gc"` (Node refuses those in NODE_OPTIONS). Output lands in the kept log directory or
+ * the working directory.
+ */
+const NODE_FLAGS = (process.env.BENCH_SERVER_FLAGS ?? "").split(" ").filter(Boolean);
 
 /** A free loopback TCP port (asked of the kernel, then released for the server to take). */
 export function freePort() {
@@ -37,7 +43,7 @@ export async function startServer({ name, script, env, cpus, logDir }) {
   const port = await freePort();
   const logPath = join(logDir, `${name}.log`);
   const log = openSync(logPath, "a");
-  const [command, args] = pinned(cpus, ["--expose-gc", "--import", HOOK, script]);
+  const [command, args] = pinned(cpus, [...NODE_FLAGS, "--expose-gc", "--import", HOOK, script]);
   const child = spawn(command, args, {
     env: { ...env, WS_PORT: String(port) },
     stdio: ["ignore", log, log],

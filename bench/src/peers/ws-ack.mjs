@@ -29,14 +29,14 @@ const server = http.createServer((req, res) => {
 // 64 KiB frames, as in part A: ws closes bigger ones with 1009.
 const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 });
 
-server.on("upgrade", async (req, socket, head) => {
+server.on("upgrade", (req, socket, head) => {
   const url = new URL(req.url ?? "/", "http://localhost");
   if (url.pathname !== "/ws" && url.pathname !== "/") {
     socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n");
     return;
   }
   const bearer = req.headers.authorization?.match(/^Bearer (.+)$/)?.[1];
-  const userId = await verifyToken(url.searchParams.get("token") ?? bearer);
+  const userId = verifyToken(url.searchParams.get("token") ?? bearer);
   if (userId === undefined) {
     socket.end("HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n\r\n");
     return;

@@ -100,7 +100,7 @@ export async function buildApp(options: AppOptions) {
     request.connectionOptions = options;
     request.upgradeResponse = reply.raw;
     try {
-      request.principal = await verifier.verify(
+      request.principal = verifier.verify(
         extractToken(request.query, request.headers.authorization),
       );
     } catch (error) {
