@@ -22,6 +22,27 @@ describe("heartbeat", () => {
     });
   });
 
+  it("spreads the pings over the interval instead of pinging everyone at once", async () => {
+    const intervalMs = 2000;
+    const { connect } = await startNode({ HEARTBEAT_INTERVAL_MS: String(intervalMs) });
+    const clients = await Promise.all(Array.from({ length: 16 }, (_, i) => connect(`user-${i}`)));
+    const startedAt = performance.now();
+    const pingTimes = clients.map(() => [] as number[]);
+    for (const [i, client] of clients.entries())
+      client.socket.on("ping", () => pingTimes[i]?.push(performance.now() - startedAt));
+    await new Promise((resolve) => setTimeout(resolve, 2.5 * intervalMs));
+
+    const firsts = pingTimes.map((times) => times[0] ?? Number.NaN);
+    expect(firsts.every((t) => t <= intervalMs + 500)).toBe(true);
+    // All at once, the first pings would land within a few milliseconds of each other.
+    expect(Math.max(...firsts) - Math.min(...firsts)).toBeGreaterThan(intervalMs / 2);
+    // Each connection is still pinged once per interval.
+    for (const [first, second] of pingTimes) {
+      expect((second as number) - (first as number)).toBeGreaterThan(intervalMs * 0.75);
+      expect((second as number) - (first as number)).toBeLessThan(intervalMs * 1.25);
+    }
+  });
+
   it("keeps a connection that answers pings", async () => {
     const { connect } = await startNode({ HEARTBEAT_INTERVAL_MS: "100" });
     const alice = await connect("alice");
