@@ -1,15 +1,23 @@
 import type { RateDecision, RateLimiter, RateLimitOptions } from "../ports.js";
 
-/** The timestamps of the last `limit` allowed actions of one key, oldest at `head`. */
+/**
+ * The times of one key's allowed actions still in the window, oldest first: a ring buffer that
+ * grows (by doubling, up to `limit`) only while more actions are in the window.
+ */
 interface Window {
-  readonly times: number[];
+  times: Float64Array;
   head: number;
+  count: number;
 }
 
+const INITIAL_CAPACITY = 8;
+
 /**
- * An exact sliding-window limiter: it remembers the time of each of the last `limit` allowed
- * actions per key (a ring buffer, so memory per key is bounded by `limit`), and allows one more
- * when the oldest of them left the window. Keys idle for a whole window are swept.
+ * An exact sliding-window limiter: it remembers the time of each allowed action still in the
+ * window, and allows one more while fewer than `limit` are. Memory per key is bounded by both
+ * `limit` and the actions of one window, so a huge limit (a rate limit set out of the way) costs
+ * no more than the traffic; the times sit in a typed array, not in the V8 heap's objects, and a
+ * decision allocates nothing. Keys idle for a whole window are swept.
  */
 export class MemoryRateLimiter implements RateLimiter {
   private readonly windows = new Map<string, Window>();
@@ -25,20 +33,25 @@ export class MemoryRateLimiter implements RateLimiter {
 
   async consume(key: string): Promise<RateDecision> {
     const now = this.now();
-    const window = this.windows.get(key);
+    let window = this.windows.get(key);
     if (window === undefined) {
-      this.windows.set(key, { times: [now], head: 0 });
-      return ALLOWED;
+      const capacity = Math.min(this.options.limit, INITIAL_CAPACITY);
+      window = { times: new Float64Array(capacity), head: 0, count: 0 };
+      this.windows.set(key, window);
     }
-    if (window.times.length < this.options.limit) {
-      window.times.push(now);
-      return ALLOWED;
+    const { times } = window;
+    // Forget the actions that left the window: an action at t counts while t > now - windowMs.
+    const horizon = now - this.options.windowMs;
+    while (window.count > 0 && (times[window.head] as number) <= horizon) {
+      window.head = (window.head + 1) % times.length;
+      window.count--;
     }
-    const oldest = window.times[window.head] as number;
-    const retryAfterMs = oldest + this.options.windowMs - now;
-    if (retryAfterMs > 0) return { allowed: false, retryAfterMs };
-    window.times[window.head] = now;
-    window.head = (window.head + 1) % window.times.length;
+    if (window.count >= this.options.limit) {
+      return { allowed: false, retryAfterMs: (times[window.head] as number) - horizon };
+    }
+    if (window.count === times.length) grow(window, this.options.limit);
+    window.times[(window.head + window.count) % window.times.length] = now;
+    window.count++;
     return ALLOWED;
   }
 
@@ -48,11 +61,21 @@ export class MemoryRateLimiter implements RateLimiter {
 
   private sweep(): void {
     const horizon = this.now() - this.options.windowMs;
-    for (const [key, window] of this.windows) {
-      const newest = window.times[(window.head + window.times.length - 1) % window.times.length];
-      if (newest === undefined || newest <= horizon) this.windows.delete(key);
+    for (const [key, { times, head, count }] of this.windows) {
+      const newest = times[(head + count - 1) % times.length];
+      if (count === 0 || (newest as number) <= horizon) this.windows.delete(key);
     }
   }
+}
+
+/** Doubles a full window's ring (up to `limit`), its oldest time moving to index 0. */
+function grow(window: Window, limit: number): void {
+  const { times, head } = window;
+  const larger = new Float64Array(Math.min(limit, times.length * 2));
+  larger.set(times.subarray(head));
+  larger.set(times.subarray(0, head), times.length - head);
+  window.times = larger;
+  window.head = 0;
 }
 
 const ALLOWED: RateDecision = { allowed: true, retryAfterMs: 0 };
