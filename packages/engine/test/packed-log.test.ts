@@ -36,23 +36,28 @@ const step: fc.Arbitrary<Step> = fc.oneof(
   },
   {
     weight: 1,
-    arbitrary: fc.integer({ min: -5, max: 400 }).map((below) => ({ kind: "drop" as const, below })),
+    arbitrary: fc.integer({ min: -5, max: 700 }).map((below) => ({ kind: "drop" as const, below })),
   },
 );
 
 describe("PackedLog", () => {
-  it("reads back what a capped array of rows would hold, through growth, drops and compaction", () => {
+  it("reads back what capped arrays of rows would hold, through growth, drops and chunk reuse", () => {
     fc.assert(
       fc.property(
         fc.integer({ min: 1, max: 300 }),
-        fc.array(step, { maxLength: 600 }),
+        fc.array(fc.tuple(fc.constantFrom(0, 1), step), { maxLength: 600 }),
         (cap, steps) => {
-          const log = new PackedLog(2, true, cap);
-          let model: ModelRow[] = [];
+          // Two logs, so chunks one drops are reused by the other (the pool is shared).
+          const logs = [new PackedLog(2, true, cap), new PackedLog(2, true, cap)];
+          const models: ModelRow[][] = [[], []];
           let pushed = 0;
-          for (const s of steps) {
+          for (const [which, s] of steps) {
+            const log = logs[which] as PackedLog;
+            let model = models[which] as ModelRow[];
             if (s.kind === "push") {
               const index = log.pushTexts(s.row.id, s.row.text);
+              // A new row's numbers are 0, whatever a reused chunk held before.
+              expect([log.get(index, 0), log.get(index, 1)]).toEqual([0, 0]);
               log.set(index, 0, s.row.a);
               log.set(index, 1, pushed++);
               model.push({ ...s.row, b: pushed - 1 });
@@ -63,14 +68,18 @@ describe("PackedLog", () => {
               log.dropWhile((l) => l.get(0, 1) < s.below);
               model = model.filter((row) => row.b >= s.below);
             }
+            models[which] = model;
             expect(log.length).toBe(model.length);
           }
-          model.forEach((row, index) => {
-            expect(log.get(index, 0)).toBe(row.a);
-            expect(log.get(index, 1)).toBe(row.b);
-            expect(log.id(index)).toBe(row.id);
-            expect(log.text(index)).toBe(row.text);
-          });
+          for (const [which, model] of models.entries()) {
+            const log = logs[which] as PackedLog;
+            model.forEach((row, index) => {
+              expect(log.get(index, 0)).toBe(row.a);
+              expect(log.get(index, 1)).toBe(row.b);
+              expect(log.id(index)).toBe(row.id);
+              expect(log.text(index)).toBe(row.text);
+            });
+          }
         },
       ),
       { numRuns: 200 },

@@ -3,28 +3,33 @@ import { Buffer } from "node:buffer";
 /**
  * An append-only log of rows kept outside the V8 heap. A row is a few numbers and, when the log
  * holds texts, two strings (a message's id and its stored JSON) encoded as UTF-8. Rows live in
- * one Float64Array and texts in one byte buffer, so a log is a handful of objects however many
- * rows it holds.
+ * chunks: a Float64Array of numbers and a byte buffer of texts each, so a log is a few objects
+ * however many rows it holds.
  *
  * Why not an array of objects: the memory engine keeps up to maxEntries messages per
  * conversation and inbox for up to RETENTION_DAYS. As objects and strings, every stored message
  * outlived the young generation: at 10,000 messages/s each scavenge copied that period's
  * messages (10–40 ms pauses once the heap neared 600 MB) and every marking walked them all.
- * Those pauses were the single node's p99. Rows here cost the collector nothing.
  *
- * Keeps at most `cap` newest rows. Dropping from the head is O(1) amortised: the head index
- * moves, and the kept rows are copied into right-sized storage once the dropped part outweighs
- * them, which also gives memory back after retention drops most of a log.
+ * Why chunks, from a shared pool, and not one array doubled as it grows: typed arrays live
+ * outside the heap, but V8 counts them as external memory and starts a full collection when it
+ * grows fast. Doubling (and compacting once the head is dropped) allocated twice what the logs
+ * hold, in bursts; at a steady 10,000 messages/s that meant a full collection every 200 ms.
+ * Chunks are never copied, and a chunk dropped from a log's head goes back to the pool for the
+ * next one, so a node whose logs are trimmed as fast as they grow allocates nothing new.
+ *
+ * Keeps at most `cap` newest rows; dropping from the head is O(1) amortised.
  */
 export class PackedLog {
   /** Numbers per row: the caller's columns, then (with texts) the end offsets of id and text. */
   private readonly stride: number;
-  private rows: Float64Array;
-  private bytes: Buffer;
-  /** Physical index of the oldest kept row; rows before it are dropped, awaiting compaction. */
-  private head = 0;
-  /** Physical rows written, kept or dropped. */
-  private size = 0;
+  private readonly chunks: Chunk[] = [];
+  /** Row numbers count every row pushed since the log was made: the oldest kept, the next. */
+  private first = 0;
+  private next = 0;
+  /** Where the last lookup found its row (set by locate, to avoid returning a pair). */
+  private foundChunk!: Chunk;
+  private foundRow = 0;
 
   /**
    * @param columns numbers per row, read and written by column index (0 to columns - 1)
@@ -36,124 +41,180 @@ export class PackedLog {
     private readonly cap: number,
   ) {
     this.stride = columns + (withTexts ? 2 : 0);
-    this.rows = new Float64Array(INITIAL_ROWS * this.stride);
-    this.bytes = Buffer.allocUnsafeSlow(withTexts ? INITIAL_BYTES : 0);
   }
 
   get length(): number {
-    return this.size - this.head;
+    return this.next - this.first;
   }
 
-  /** Appends a row without texts; returns its index. Set its numbers with {@link set}. */
+  /** Appends a row without texts; returns its index. Its numbers are 0 until {@link set}. */
   push(): number {
     if (this.withTexts) throw new Error("this log holds texts: use pushTexts");
-    return this.append(0);
+    const chunk = this.chunkWithRoom(0);
+    chunk.rows.fill(0, chunk.count * this.stride, chunk.count * this.stride + this.columns);
+    chunk.count++;
+    return this.appended();
   }
 
-  /** Appends a row with its id and text; returns its index. Set its numbers with {@link set}. */
+  /** Appends a row with its id and text; returns its index. Its numbers are 0 until {@link set}. */
   pushTexts(id: string, text: string): number {
     if (!this.withTexts) throw new Error("this log holds no texts: use push");
     // At most 3 UTF-8 bytes per UTF-16 unit: room is checked before encoding, without measuring.
-    const index = this.append(3 * (id.length + text.length));
-    const row = (this.head + index) * this.stride + this.columns;
-    let end = this.textStart(this.head + index);
-    end += this.bytes.write(id, end);
-    this.rows[row] = end;
-    end += this.bytes.write(text, end);
-    this.rows[row + 1] = end;
-    return index;
+    const chunk = this.chunkWithRoom(3 * (id.length + text.length));
+    const offsets = chunk.count * this.stride + this.columns;
+    // Chunks are reused: a new row's numbers start at 0, not at what a dropped row left.
+    chunk.rows.fill(0, offsets - this.columns, offsets);
+    let end = chunk.used;
+    end += chunk.bytes.write(id, end);
+    chunk.rows[offsets] = end;
+    end += chunk.bytes.write(text, end);
+    chunk.rows[offsets + 1] = end;
+    chunk.used = end;
+    chunk.count++;
+    return this.appended();
   }
 
   /** Column `column` of the row at `index` (0 is the oldest kept). */
   get(index: number, column: number): number {
-    return this.rows[(this.head + index) * this.stride + column] as number;
+    this.locate(index);
+    return this.foundChunk.rows[this.foundRow * this.stride + column] as number;
   }
 
   set(index: number, column: number, value: number): void {
-    this.rows[(this.head + index) * this.stride + column] = value;
+    this.locate(index);
+    this.foundChunk.rows[this.foundRow * this.stride + column] = value;
   }
 
   id(index: number): string {
-    const physical = this.head + index;
-    const idEnd = this.rows[physical * this.stride + this.columns] as number;
-    return this.bytes.toString("utf8", this.textStart(physical), idEnd);
+    this.locate(index);
+    const { rows, bytes } = this.foundChunk;
+    const offsets = this.foundRow * this.stride + this.columns;
+    // A row's texts start where the previous row's in the same chunk end.
+    const start = this.foundRow === 0 ? 0 : (rows[offsets - this.stride + 1] as number);
+    return bytes.toString("utf8", start, rows[offsets] as number);
   }
 
   text(index: number): string {
-    const row = (this.head + index) * this.stride + this.columns;
-    return this.bytes.toString("utf8", this.rows[row] as number, this.rows[row + 1] as number);
+    this.locate(index);
+    const { rows, bytes } = this.foundChunk;
+    const offsets = this.foundRow * this.stride + this.columns;
+    return bytes.toString("utf8", rows[offsets] as number, rows[offsets + 1] as number);
   }
 
   /** Drops rows from the head while `predicate` holds for the oldest kept row's index (0). */
   dropWhile(predicate: (log: PackedLog) => boolean): void {
-    while (this.length > 0 && predicate(this)) this.head++;
-    this.compactIfMostlyDropped();
+    while (this.length > 0 && predicate(this)) this.dropFirst();
   }
 
-  private append(maxBytes: number): number {
-    if (this.length === this.cap) {
-      this.head++;
-      this.compactIfMostlyDropped();
-    }
-    const rowsFull = (this.size + 1) * this.stride > this.rows.length;
-    const bytesFull = this.bytesUsed() + maxBytes > this.bytes.length;
-    if (rowsFull || bytesFull) {
-      const kept = this.length;
-      const keptBytes = this.bytesUsed() - this.textStart(this.head);
-      this.reallocate(
-        rowsFull ? Math.max(INITIAL_ROWS, 2 * (kept + 1)) : this.rows.length / this.stride,
-        bytesFull ? Math.max(INITIAL_BYTES, 2 * (keptBytes + maxBytes)) : this.bytes.length,
-      );
-    }
-    this.size++;
+  private appended(): number {
+    this.next++;
+    if (this.length > this.cap) this.dropFirst();
     return this.length - 1;
   }
 
-  /** Moves the kept rows into fresh storage once the dropped ones are at least half. */
-  private compactIfMostlyDropped(): void {
-    if (this.head < COMPACT_AFTER || this.head * 2 < this.size) return;
-    const kept = this.length;
-    const keptBytes = this.bytesUsed() - this.textStart(this.head);
-    this.reallocate(
-      Math.max(INITIAL_ROWS, 2 * kept),
-      this.withTexts ? Math.max(INITIAL_BYTES, 2 * keptBytes) : 0,
-    );
-  }
-
-  /** Copies the kept rows and their texts to the start of new storage of the given capacity. */
-  private reallocate(rowCapacity: number, byteCapacity: number): void {
-    const rows = new Float64Array(rowCapacity * this.stride);
-    rows.set(this.rows.subarray(this.head * this.stride, this.size * this.stride));
-    let bytes = this.bytes;
-    if (this.withTexts) {
-      const shift = this.textStart(this.head);
-      bytes = Buffer.allocUnsafeSlow(byteCapacity);
-      this.bytes.copy(bytes, 0, shift, this.bytesUsed());
-      if (shift > 0) {
-        const end = (this.size - this.head) * this.stride;
-        for (let offsets = this.columns; offsets < end; offsets += this.stride) {
-          rows[offsets] = (rows[offsets] as number) - shift;
-          rows[offsets + 1] = (rows[offsets + 1] as number) - shift;
-        }
-      }
+  private dropFirst(): void {
+    this.first++;
+    const head = this.chunks[0] as Chunk;
+    if (this.first >= head.start + head.count) {
+      this.chunks.shift();
+      release(head);
     }
-    this.rows = rows;
-    this.bytes = bytes;
-    this.size -= this.head;
-    this.head = 0;
   }
 
-  /** Where the physical row's texts begin: right after the previous row's. */
-  private textStart(physical: number): number {
-    return physical === 0 ? 0 : (this.rows[physical * this.stride - 1] as number);
+  /** The last chunk if it has room for one more row and `maxBytes` of texts, else a new one. */
+  private chunkWithRoom(maxBytes: number): Chunk {
+    const last = this.chunks[this.chunks.length - 1];
+    if (
+      last !== undefined &&
+      (last.count + 1) * this.stride <= last.rows.length &&
+      last.used + maxBytes <= last.bytes.length
+    ) {
+      return last;
+    }
+    // Chunks grow with the log (about its length, from 4 to 256 rows), so a short log stays small
+    // and a long one has few chunks. Sizes are powers of two: the pool serves them all.
+    const rows = Math.min(MAX_CHUNK_ROWS, Math.max(MIN_CHUNK_ROWS, powerOfTwoAtLeast(this.length)));
+    const chunk: Chunk = {
+      start: this.next,
+      count: 0,
+      used: 0,
+      rows: new Float64Array(take(rows * this.stride * 8)),
+      bytes: this.withTexts
+        ? Buffer.from(take(Math.max(powerOfTwoAtLeast(maxBytes), rows * BYTES_PER_ROW)))
+        : EMPTY,
+    };
+    this.chunks.push(chunk);
+    return chunk;
   }
 
-  private bytesUsed(): number {
-    return this.withTexts ? this.textStart(this.size) : 0;
+  /** Finds the chunk and row of the row at `index`: the last chunk first, else a binary search. */
+  private locate(index: number): void {
+    const row = this.first + index;
+    let low = 0;
+    let high = this.chunks.length - 1;
+    let chunk = this.chunks[high] as Chunk;
+    if (row < chunk.start) {
+      high--;
+      while (low < high) {
+        const middle = (low + high + 1) >> 1;
+        if ((this.chunks[middle] as Chunk).start <= row) low = middle;
+        else high = middle - 1;
+      }
+      chunk = this.chunks[low] as Chunk;
+    }
+    this.foundChunk = chunk;
+    this.foundRow = row - chunk.start;
   }
 }
 
-const INITIAL_ROWS = 8;
-const INITIAL_BYTES = 1024;
-/** Dropped rows are left in place until there are this many, so small logs are not copied often. */
-const COMPACT_AFTER = 64;
+/** Consecutive rows and their texts. */
+interface Chunk {
+  /** The row number of its first row. */
+  readonly start: number;
+  /** Rows written. */
+  count: number;
+  /** Bytes of text written. */
+  used: number;
+  readonly rows: Float64Array;
+  readonly bytes: Buffer;
+}
+
+const MIN_CHUNK_ROWS = 4;
+const MAX_CHUNK_ROWS = 256;
+/** Text bytes a chunk has per row it holds (a stored 64-character message takes about 250). */
+const BYTES_PER_ROW = 256;
+const EMPTY = Buffer.alloc(0);
+
+function powerOfTwoAtLeast(n: number): number {
+  return n <= 1 ? 1 : 2 ** Math.ceil(Math.log2(n));
+}
+
+// The pool: storage of dropped chunks by size, shared by every log of the process.
+
+const pool = new Map<number, ArrayBuffer[]>();
+let pooledBytes = 0;
+/** Past this, dropped chunks are left to the collector (after a mass expiry, say). */
+const MAX_POOLED_BYTES = 64 * 1024 * 1024;
+
+function take(size: number): ArrayBuffer {
+  const reused = pool.get(size)?.pop();
+  if (reused === undefined) return new ArrayBuffer(size);
+  pooledBytes -= size;
+  return reused;
+}
+
+function release(chunk: Chunk): void {
+  give(chunk.rows.buffer as ArrayBuffer);
+  if (chunk.bytes !== EMPTY) give(chunk.bytes.buffer as ArrayBuffer);
+}
+
+function give(buffer: ArrayBuffer): void {
+  if (pooledBytes + buffer.byteLength > MAX_POOLED_BYTES) return;
+  let free = pool.get(buffer.byteLength);
+  if (free === undefined) {
+    free = [];
+    pool.set(buffer.byteLength, free);
+  }
+  free.push(buffer);
+  pooledBytes += buffer.byteLength;
+}
