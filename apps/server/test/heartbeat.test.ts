@@ -43,6 +43,25 @@ describe("heartbeat", () => {
     }
   });
 
+  it("gives a lone connection the whole interval to answer, not a tick", async () => {
+    const intervalMs = 2000;
+    const { wsUrl } = await startNode({ HEARTBEAT_INTERVAL_MS: String(intervalMs) });
+    const slow = await TestClient.connect(`${wsUrl}?token=${await mintToken({ sub: "alice" })}`, {
+      autoPong: false,
+    });
+    onTestFinished(() => void slow.close());
+    let pings = 0;
+    slow.socket.on("ping", (data) => {
+      pings++;
+      // A loaded client: the pong comes back well after a heartbeat tick, within the interval.
+      setTimeout(() => slow.socket.pong(data), 600);
+    });
+    await new Promise((resolve) => setTimeout(resolve, 2.6 * intervalMs));
+    expect(pings).toBe(3); // at 0, 1 and 2 intervals: once per interval
+    slow.send({ type: "ping" });
+    await slow.next("pong");
+  });
+
   it("keeps a connection that answers pings", async () => {
     const { connect } = await startNode({ HEARTBEAT_INTERVAL_MS: "100" });
     const alice = await connect("alice");

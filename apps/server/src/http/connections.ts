@@ -57,6 +57,9 @@ export class Connections {
   private readonly heartbeatSlices: number;
   /** Where the heartbeat's pass over `open` stands (a live Set iterator). */
   private heartbeatCursor: Iterator<WsTransport> | undefined;
+  /** The tick of the current pass (0 starts one), and connections to visit per tick in it. */
+  private heartbeatTick = 0;
+  private heartbeatQuota = 0;
 
   constructor(
     private readonly chat: ChatService,
@@ -144,20 +147,21 @@ export class Connections {
 
   /**
    * Pings the next slice of connections, terminating those that did not answer their previous
-   * ping (one interval ago). A Set iterator is live: connections closed meanwhile are skipped,
-   * and those opened meanwhile are visited at the end of the current pass.
+   * ping (one interval ago). A pass over all of them takes exactly `heartbeatSlices` ticks, so
+   * each is pinged once per interval however few there are. The Set iterator is live:
+   * connections closed during a pass are skipped, and those opened during it are visited at its
+   * end (the last tick takes whatever is left).
    */
   private beat(): void {
-    let count = Math.ceil(this.open.size / this.heartbeatSlices);
-    while (count-- > 0) {
-      let next = this.heartbeatCursor?.next();
-      if (next === undefined || next.done) {
-        // A pass ends (or none began): the next one starts here. `count` ≤ open.size, so no
-        // connection is visited twice in one tick.
-        this.heartbeatCursor = this.open.values();
-        next = this.heartbeatCursor.next();
-        if (next.done) return;
-      }
+    if (this.heartbeatTick === 0) {
+      this.heartbeatCursor = this.open.values();
+      this.heartbeatQuota = Math.ceil(this.open.size / this.heartbeatSlices);
+    }
+    this.heartbeatTick = (this.heartbeatTick + 1) % this.heartbeatSlices;
+    const lastTick = this.heartbeatTick === 0;
+    for (let visited = 0; lastTick || visited < this.heartbeatQuota; visited++) {
+      const next = this.heartbeatCursor?.next();
+      if (next === undefined || next.done) return;
       const transport = next.value;
       if (!transport.alive) {
         transport.terminate();
