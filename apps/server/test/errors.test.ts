@@ -185,7 +185,7 @@ describe("HTTP probes", () => {
 /** A memory engine whose appends fail with `error`. */
 function failingAppends(error: Error): Engine {
   const engine = createMemoryEngine({ rateLimit: { limit: 100, windowMs: 60_000 } });
-  engine.messages.append = async () => {
+  engine.messages.appendIfAllowed = async () => {
     throw error;
   };
   return engine;

@@ -167,6 +167,7 @@ class RedisEngine implements Engine {
       this.command,
       this.keys,
       options.retention ?? DEFAULT_RETENTION,
+      options.rateLimit,
     );
     this.rateLimiter = new RedisRateLimiter(this.command, this.keys, options.rateLimit);
   }

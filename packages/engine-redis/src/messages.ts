@@ -9,8 +9,10 @@
  * - takeQueued: 1 (TAKE_QUEUED: read and delete the queue, with the texts);
  * - requeueIfOffline: 1 (REQUEUE_IF_OFFLINE: check presence and add, atomically).
  *
- * A direct message therefore costs the node two round trips in all: RateLimiter.consume and
- * MessageStore.append (test/round-trips.test.ts counts them with MONITOR).
+ * - appendIfAllowed: 1 too (the same script, which also counts the sender's rate-limit window).
+ *
+ * A direct message therefore costs the node one round trip in all: appendIfAllowed
+ * (test/round-trips.test.ts counts them with MONITOR).
  *
  * Retention (RetentionOptions): message texts expire (PX messageTtlMs); every index (history,
  * inbox, queue, conversation list) is capped at maxEntries newest entries, and the message
@@ -27,6 +29,8 @@ import {
   type InboxPage,
   type MessageStore,
   type QueuedMessage,
+  type RateLimitOptions,
+  type RateRefusal,
   type RetentionOptions,
 } from "@mrezhen/engine";
 import { encodeMessageWithoutSeq, type ReceiptKind, receiptFrame } from "@mrezhen/protocol";
@@ -37,6 +41,8 @@ import {
   ACKNOWLEDGE,
   APPEND,
   APPEND_IDEMPOTENT,
+  APPEND_IDEMPOTENT_LIMITED,
+  APPEND_LIMITED,
   CONVERSATIONS,
   HISTORY,
   MARK_READ,
@@ -53,9 +59,26 @@ export class RedisMessageStore implements MessageStore {
     private readonly client: Redis,
     private readonly keys: Keys,
     private readonly retention: RetentionOptions,
+    private readonly rateLimit: RateLimitOptions,
   ) {}
 
   async append(input: AppendInput): Promise<AppendResult> {
+    const reply = await this.runAppend(input, false);
+    return appendResult(reply, input);
+  }
+
+  async appendIfAllowed(input: AppendInput): Promise<AppendResult | RateRefusal> {
+    const reply = await this.runAppend(input, true);
+    if (Array.isArray(reply) && reply.length === 6 && reply[4] === 2) {
+      const retryAfterMs = reply[5];
+      if (typeof retryAfterMs !== "number") unexpected("append", reply);
+      return { refused: true, retryAfterMs };
+    }
+    return appendResult(reply, input);
+  }
+
+  /** One APPEND, behind the sender's rate limit (the same window as RateLimiter) when `limited`. */
+  private runAppend(input: AppendInput, limited: boolean): Promise<unknown> {
     const { keys } = this;
     const { clientMsgId } = input;
     const conversation = keys.conversationOf(input.from, input.to);
@@ -85,6 +108,7 @@ export class RedisMessageStore implements MessageStore {
       keys.unread(input.to),
     ];
     if (clientMsgId !== undefined) args.push(keys.idempotency(input.from, clientMsgId));
+    if (limited) args.push(keys.rate(input.from));
     args.push(
       input.id,
       input.from,
@@ -97,12 +121,17 @@ export class RedisMessageStore implements MessageStore {
       this.retention.maxEntries,
     );
     if (clientMsgId !== undefined) args.push(IDEMPOTENCY_TTL_MS, input.timestamp);
-    const reply = await runScript(
-      this.client,
-      clientMsgId === undefined ? APPEND : APPEND_IDEMPOTENT,
-      args,
-    );
-    return appendResult(reply, input);
+    else if (limited) args.push("", "");
+    if (limited) args.push(this.rateLimit.limit, this.rateLimit.windowMs);
+    const script =
+      clientMsgId === undefined
+        ? limited
+          ? APPEND_LIMITED
+          : APPEND
+        : limited
+          ? APPEND_IDEMPOTENT_LIMITED
+          : APPEND_IDEMPOTENT;
+    return runScript(this.client, script, args);
   }
 
   async history(

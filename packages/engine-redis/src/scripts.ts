@@ -54,6 +54,35 @@ function script(name: string, numberOfKeys: number, ...parts: string[]): LuaScri
 // -------------------------------------------------------------------------------------------
 // Shared helpers, prepended to the scripts that use them (scripts cannot define globals).
 
+const RATE_WINDOW = `
+-- The sliding window of CONSUME (see there): counts one action of the list at key if
+-- limit_text (a count) and window_text (ms) allow it. Returns 1, 0 or 0, retry after (ms).
+local function consume_rate(key, limit_text, window_text)
+  local time = redis.call('TIME')
+  local now = time[1] * 1000000 + time[2]
+  local window = window_text * 1000
+  local decisive = redis.call('LINDEX', key, '-' .. limit_text)
+  if decisive and now - decisive < window then
+    return 0, math.ceil((decisive + window - now) / 1000)
+  end
+  local length = redis.call('RPUSH', key, string.format('%d', now))
+  redis.call('PEXPIRE', key, window_text)
+  if length > tonumber(limit_text) then
+    redis.call('LTRIM', key, '-' .. limit_text, '-1')
+  elseif length % 64 == 0 then
+    while true do
+      local head = redis.call('LRANGE', key, '0', '63')
+      local old = 0
+      while old < #head and now - head[old + 1] >= window do old = old + 1 end
+      if old == 0 then break end
+      redis.call('LTRIM', key, string.format('%d', old), '-1')
+      if old < 64 then break end
+    end
+  end
+  return 1, 0
+end
+`;
+
 const PRESENCE = `
 -- Changes user's cluster-wide connection total by delta and keeps the online set in step with
 -- it. When the user's membership changes (total 0 -> positive or back), bumps the presence
@@ -494,24 +523,35 @@ end
  * PEXPIRE (history); INCR ×2, RPUSH ×2, PEXPIRE ×2 (inboxes); ZADD ×2, HSET ×2 (conversation
  * lists); HINCRBY (unread); HMGET (presence of both users); PUBLISH.
  *
+ * Rate limit (APPEND_LIMITED, APPEND_IDEMPOTENT_LIMITED: the last key and ARGV 12, 13 given):
+ * after the idempotency check (a duplicate is answered without counting), the sender's sliding
+ * window counts one action as CONSUME does; when it is full, nothing else happens.
+ *
  * KEYS: 1 conv-seq:<c>, 2 conv-log:<c>, 3 msg:<id>, 4 inbox-pos:<from>, 5 inbox-pos:<to>,
  *       6 inbox-log:<from>, 7 inbox-log:<to>, 8 presence:count, 9 queue:<to>, 10 convs:<from>,
  *       11 convs:<to>, 12 conv-last:<from>, 13 conv-last:<to>, 14 unread:<to>,
- *       [15 idem:<from, clientMsgId>]
+ *       [15 idem:<from, clientMsgId>], [last: rate-log:<from>]
  * ARGV: 1 id, 2 from, 3 to, 4 message JSON head, 5 recipient channel, 6 sender channel,
  *       7 sender connection id, 8 messageTtlMs, 9 maxEntries,
- *       [10 idempotency TTL in ms, 11 timestamp]
+ *       [10 idempotency TTL in ms, 11 timestamp (both "" when limited without clientMsgId)],
+ *       [12 rate limit, 13 rate window in ms]
  * Returns { seq, 1 delivered / 0 queued, sender position, recipient position, 0 } for a new
  * message, { seq, delivered, sender position, recipient position, 1, messageId, timestamp }
- * (the original's) for a duplicate.
+ * (the original's) for a duplicate, { 0, 0, 0, 0, 2, retryAfterMs } when rate-limited.
  */
 export const APPEND = script(
   "append",
   14,
   INDEX,
+  RATE_WINDOW,
   `
 local id, from, to = ARGV[1], ARGV[2], ARGV[3]
-local ttl, cap, idem_key = ARGV[8], tonumber(ARGV[9]), KEYS[15]
+local ttl, cap = ARGV[8], tonumber(ARGV[9])
+-- Behind a rate limit (ARGV 12 and 13 given) the last key is the sender's rate log, and the
+-- idempotency key, when there is one, stays KEYS[15].
+local rate_key = ARGV[12] and KEYS[#KEYS]
+local idem_key = KEYS[15]
+if rate_key and #KEYS == 15 then idem_key = nil end
 if idem_key then
   local earlier = redis.call('GET', idem_key)
   if earlier then
@@ -521,6 +561,11 @@ if idem_key then
     return { tonumber(seq), tonumber(delivered), tonumber(sp), tonumber(rp), 1,
       string.sub(earlier, rest, rest + id_length - 1), string.sub(earlier, rest + id_length) }
   end
+end
+
+if rate_key then
+  local allowed, retry_after_ms = consume_rate(rate_key, ARGV[12], ARGV[13])
+  if allowed == 0 then return { 0, 0, 0, 0, 2, retry_after_ms } end
 end
 
 local seq = redis.call('INCR', KEYS[1])
@@ -595,6 +640,10 @@ return { seq, delivered, sender_position, recipient_position, 0 }
 
 /** APPEND for a message with a clientMsgId: the same script, given its idempotency key too. */
 export const APPEND_IDEMPOTENT: LuaScript = { ...APPEND, numberOfKeys: 15 };
+/** APPEND behind the sender's rate limit (appendIfAllowed): KEYS 15 is the rate log. */
+export const APPEND_LIMITED: LuaScript = { ...APPEND, numberOfKeys: 15 };
+/** Both: KEYS 15 the idempotency key, KEYS 16 the rate log. */
+export const APPEND_IDEMPOTENT_LIMITED: LuaScript = { ...APPEND, numberOfKeys: 16 };
 
 /**
  * A page of a conversation, going back from `before`: the newest `limit` messages whose text
@@ -915,29 +964,10 @@ return 1
 export const CONSUME = script(
   "consume",
   1,
+  RATE_WINDOW,
   `
-local time = redis.call('TIME')
-local now = time[1] * 1000000 + time[2]
-local window = ARGV[2] * 1000
-local decisive = redis.call('LINDEX', KEYS[1], '-' .. ARGV[1])
-if decisive and now - decisive < window then
-  return { 0, math.ceil((decisive + window - now) / 1000) }
-end
-local length = redis.call('RPUSH', KEYS[1], string.format('%d', now))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if length > tonumber(ARGV[1]) then
-  redis.call('LTRIM', KEYS[1], '-' .. ARGV[1], '-1')
-elseif length % 64 == 0 then
-  while true do
-    local head = redis.call('LRANGE', KEYS[1], '0', '63')
-    local old = 0
-    while old < #head and now - head[old + 1] >= window do old = old + 1 end
-    if old == 0 then break end
-    redis.call('LTRIM', KEYS[1], string.format('%d', old), '-1')
-    if old < 64 then break end
-  end
-end
-return { 1, 0 }
+local allowed, retry_after_ms = consume_rate(KEYS[1], ARGV[1], ARGV[2])
+return { allowed, retry_after_ms }
 `,
 );
 

@@ -1,6 +1,6 @@
 /**
- * The hot path's cost: a direct message is RateLimiter.consume + MessageStore.append, and that
- * must be two Redis round trips, one EVALSHA each. Counted with MONITOR on a separate connection,
+ * The hot path's cost: a direct message is MessageStore.appendIfAllowed (the rate-limit window
+ * and the store in one script), and that must be one Redis round trip, one EVALSHA. Counted with MONITOR on a separate connection,
  * keeping only the commands sent by this engine's command connection (found by its name in
  * CLIENT LIST), so other test files sharing the Redis do not disturb the count.
  */
@@ -57,7 +57,7 @@ describe.skipIf(!redis)("redis engine: round trips per direct message", () => {
     return seen;
   }
 
-  it("costs one EVALSHA for consume and one for append, delivered or queued", async () => {
+  it("costs one EVALSHA per direct message, rate limit included, delivered or queued", async () => {
     // A long heartbeat keeps the liveness script out of the count.
     const options = { url, keyPrefix, heartbeatIntervalMs: 60_000, nodeTtlMs: 180_000 };
     const nodeId = `rt-${randomUUID().slice(0, 8)}`;
@@ -74,8 +74,7 @@ describe.skipIf(!redis)("redis engine: round trips per direct message", () => {
     let elapsed = 0;
     const delivered = await commandsOf(nodeId, async () => {
       const started = performance.now();
-      expect((await engine.rateLimiter.consume("alice")).allowed).toBe(true);
-      const result = await engine.messages.append({
+      const result = await engine.messages.appendIfAllowed({
         id,
         from: "alice",
         to: "bob",
@@ -84,12 +83,12 @@ describe.skipIf(!redis)("redis engine: round trips per direct message", () => {
         senderConnId: "alice-laptop",
       });
       elapsed = performance.now() - started;
-      expect(result.status).toBe("delivered");
+      expect(result).toMatchObject({ status: "delivered" });
     });
-    expect(delivered.map((args) => args[0]?.toLowerCase())).toEqual(["evalsha", "evalsha"]);
+    expect(delivered.map((args) => args[0]?.toLowerCase())).toEqual(["evalsha"]);
     console.log(
       `[round trips] delivered DM with sender copy: ${delivered.length} commands ` +
-        `(${delivered.map((a) => a[0]).join(", ")}); consume+append took ${elapsed.toFixed(1)} ms (with MONITOR on)`,
+        `(${delivered.map((a) => a[0]).join(", ")}); appendIfAllowed took ${elapsed.toFixed(1)} ms (with MONITOR on)`,
     );
 
     // Both events went out from inside the script, byte-identical to protocol encodeMessage.
@@ -109,8 +108,7 @@ describe.skipIf(!redis)("redis engine: round trips per direct message", () => {
     });
 
     const queued = await commandsOf(nodeId, async () => {
-      await engine.rateLimiter.consume("alice");
-      const result = await engine.messages.append({
+      const result = await engine.messages.appendIfAllowed({
         id: randomUUID(),
         from: "alice",
         to: "carol",
@@ -118,9 +116,9 @@ describe.skipIf(!redis)("redis engine: round trips per direct message", () => {
         timestamp,
         senderConnId: "alice-laptop",
       });
-      expect(result.status).toBe("queued");
+      expect(result).toMatchObject({ status: "queued" });
     });
-    expect(queued.map((args) => args[0]?.toLowerCase())).toEqual(["evalsha", "evalsha"]);
+    expect(queued.map((args) => args[0]?.toLowerCase())).toEqual(["evalsha"]);
     console.log(`[round trips] queued DM: ${queued.length} commands`);
 
     // With a clientMsgId (B2): the idempotency check and record are inside the same script, and
@@ -134,20 +132,18 @@ describe.skipIf(!redis)("redis engine: round trips per direct message", () => {
       senderConnId: "alice-laptop",
       clientMsgId: "client-key-1",
     };
-    let original: Awaited<ReturnType<typeof engine.messages.append>> | undefined;
+    let original: Awaited<ReturnType<typeof engine.messages.appendIfAllowed>> | undefined;
     const idempotent = await commandsOf(nodeId, async () => {
-      await engine.rateLimiter.consume("alice");
-      original = await engine.messages.append(withKey);
+      original = await engine.messages.appendIfAllowed(withKey);
       expect(original).toMatchObject({ status: "delivered", duplicate: false });
     });
-    expect(idempotent.map((args) => args[0]?.toLowerCase())).toEqual(["evalsha", "evalsha"]);
+    expect(idempotent.map((args) => args[0]?.toLowerCase())).toEqual(["evalsha"]);
     console.log(`[round trips] DM with clientMsgId: ${idempotent.length} commands`);
     const retried = await commandsOf(nodeId, async () => {
-      await engine.rateLimiter.consume("alice");
-      const retry = await engine.messages.append({ ...withKey, id: randomUUID() });
+      const retry = await engine.messages.appendIfAllowed({ ...withKey, id: randomUUID() });
       expect(retry).toEqual({ ...original, duplicate: true });
     });
-    expect(retried.map((args) => args[0]?.toLowerCase())).toEqual(["evalsha", "evalsha"]);
+    expect(retried.map((args) => args[0]?.toLowerCase())).toEqual(["evalsha"]);
     console.log(`[round trips] its retry (duplicate): ${retried.length} commands`);
   });
 });

@@ -126,6 +126,13 @@ export interface AppendResult {
   readonly recipientPosition: number;
 }
 
+/** What appendIfAllowed answers when the sender's rate limit refuses the message. */
+export interface RateRefusal {
+  readonly refused: true;
+  /** How long until one more would be allowed, in milliseconds. */
+  readonly retryAfterMs: number;
+}
+
 /** A message taken from an offline queue, with the recipient's inbox position of it. */
 export interface QueuedMessage {
   readonly messageId: string;
@@ -191,6 +198,15 @@ export interface MessageStore {
    * caller must not ack; the client retries, with a clientMsgId to make that safe.
    */
   append(input: AppendInput): Promise<AppendResult>;
+  /**
+   * {@link append}, behind the sender's rate limit, in the same atomic step: the engine's
+   * {@link RateLimiter} (key `input.from`) counts one action and the message is stored, or, when
+   * the window is full, nothing is counted, stored or routed and this resolves a
+   * {@link RateRefusal}. A retried `clientMsgId` already stored is answered as by append
+   * (`duplicate: true`) without counting. The hot path of a send: one round trip where a
+   * consume, then an append, took two.
+   */
+  appendIfAllowed(input: AppendInput): Promise<AppendResult | RateRefusal>;
   /**
    * Messages between `userA` and `userB`, oldest first, as stored texts: the newest `limit`
    * of those with a seq below `before` (all, when `before` is undefined). Symmetric in its users.

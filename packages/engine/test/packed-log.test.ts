@@ -1,12 +1,13 @@
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import fc from "fast-check";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, onTestFinished } from "vitest";
 import { appendInput } from "../src/contract/harness.js";
 import { MemoryBroker } from "../src/memory/broker.js";
 import { MemoryMessageStore } from "../src/memory/messages.js";
 import { PackedLog } from "../src/memory/packed-log.js";
 import { MemoryPresenceStore } from "../src/memory/presence.js";
+import { MemoryRateLimiter } from "../src/memory/rate-limiter.js";
 import type { RetentionOptions } from "../src/ports.js";
 
 interface ModelRow {
@@ -106,7 +107,9 @@ describe("PackedLog", () => {
 function memoryStore(retention: RetentionOptions, now: () => number) {
   const broker = new MemoryBroker();
   const presence = new MemoryPresenceStore(broker);
-  return { store: new MemoryMessageStore(broker, presence, retention, now), presence };
+  const limiter = new MemoryRateLimiter({ limit: 1_000_000_000, windowMs: 60_000 }, now);
+  onTestFinished(() => limiter.close());
+  return { store: new MemoryMessageStore(broker, presence, limiter, retention, now), presence };
 }
 
 const contentOf = (json: string): string => JSON.parse(json).content;

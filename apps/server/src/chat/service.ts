@@ -330,18 +330,11 @@ export class ChatService {
       this.rateLimited(session, session.rateLimitedUntil - now);
       return;
     }
-    const decision = await this.engine.rateLimiter.consume(session.userId);
-    if (!decision.allowed) {
-      // The sliding window cannot have room before retryAfterMs, on any node: answer locally
-      // until then instead of asking the engine again.
-      session.rateLimitedUntil = this.now() + decision.retryAfterMs;
-      this.rateLimited(session, decision.retryAfterMs);
-      return;
-    }
     const id = randomUUID();
     const timestamp = new Date(this.now()).toISOString();
     const started = performance.now();
-    const result = await this.engine.messages.append({
+    // The rate limit is counted in the same step as the store: one round trip on Redis.
+    const result = await this.engine.messages.appendIfAllowed({
       id,
       from: session.userId,
       to: command.to,
@@ -350,6 +343,13 @@ export class ChatService {
       senderConnId: session.connId,
       ...(command.clientMsgId === undefined ? {} : { clientMsgId: command.clientMsgId }),
     });
+    if ("refused" in result) {
+      // The sliding window cannot have room before retryAfterMs, on any node: answer locally
+      // until then instead of asking the engine again.
+      session.rateLimitedUntil = this.now() + result.retryAfterMs;
+      this.rateLimited(session, result.retryAfterMs);
+      return;
+    }
     // A retried clientMsgId gets the original's ack (its id, timestamp and seq), nothing new.
     session.send(
       messageAckFrame({

@@ -118,9 +118,9 @@ describe("ChatService", () => {
     const { engine, chat, session } = setup();
     const alice = session("alice");
     await chat.open(alice.session);
-    const append = engine.messages.append.bind(engine.messages);
+    const append = engine.messages.appendIfAllowed.bind(engine.messages);
     const held = gate<void>();
-    engine.messages.append = async (input) => {
+    engine.messages.appendIfAllowed = async (input) => {
       await held.promise;
       return append(input);
     };

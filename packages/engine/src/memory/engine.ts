@@ -20,13 +20,14 @@ export function createMemoryEngine(options: MemoryEngineOptions): Engine {
   const broker = new MemoryBroker();
   const presence = new MemoryPresenceStore(broker);
   const now = options.now ?? Date.now;
+  const rateLimiter = new MemoryRateLimiter(options.rateLimit, now);
   const messages = new MemoryMessageStore(
     broker,
     presence,
+    rateLimiter,
     options.retention ?? DEFAULT_RETENTION,
     now,
   );
-  const rateLimiter = new MemoryRateLimiter(options.rateLimit, now);
   const sweep = setInterval(() => messages.sweep(), SWEEP_INTERVAL_MS);
   sweep.unref();
   return {

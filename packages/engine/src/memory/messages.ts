@@ -8,11 +8,13 @@ import {
   type InboxPage,
   type MessageStore,
   type QueuedMessage,
+  type RateRefusal,
   type RetentionOptions,
 } from "../ports.js";
 import type { MemoryBroker } from "./broker.js";
 import { PackedLog } from "./packed-log.js";
 import type { MemoryPresenceStore } from "./presence.js";
+import type { MemoryRateLimiter } from "./rate-limiter.js";
 
 /**
  * A conversation and its messages. Each message is stored once, here, outside the V8 heap (see
@@ -90,21 +92,33 @@ export class MemoryMessageStore implements MessageStore {
   constructor(
     private readonly broker: MemoryBroker,
     private readonly presence: MemoryPresenceStore,
+    private readonly rateLimiter: MemoryRateLimiter,
     private readonly retention: RetentionOptions,
     private readonly now: () => number,
   ) {}
 
   async append(input: AppendInput): Promise<AppendResult> {
+    return this.duplicateOf(input) ?? this.store(input);
+  }
+
+  async appendIfAllowed(input: AppendInput): Promise<AppendResult | RateRefusal> {
+    const duplicate = this.duplicateOf(input);
+    if (duplicate !== undefined) return duplicate;
+    const decision = this.rateLimiter.decide(input.from);
+    if (!decision.allowed) return { refused: true, retryAfterMs: decision.retryAfterMs };
+    return this.store(input);
+  }
+
+  /** The original's result when `input` retries a clientMsgId already stored. */
+  private duplicateOf(input: AppendInput): AppendResult | undefined {
+    if (input.clientMsgId === undefined) return undefined;
+    const earlier = this.idempotency.get(idempotencyKey(input.from, input.clientMsgId));
+    if (earlier === undefined || earlier.expiresAt <= this.now()) return undefined;
+    return { ...earlier.result, duplicate: true };
+  }
+
+  private store(input: AppendInput): AppendResult {
     const now = this.now();
-    const idempotencyKey =
-      input.clientMsgId === undefined
-        ? undefined
-        : `${input.from.length}:${input.from}${input.clientMsgId}`;
-    if (idempotencyKey !== undefined) {
-      const earlier = this.idempotency.get(idempotencyKey);
-      if (earlier !== undefined && earlier.expiresAt > now)
-        return { ...earlier.result, duplicate: true };
-    }
     const conversation = this.conversation(input.from, input.to);
     const seq = ++conversation.lastSeq;
     const json = encodeMessage({
@@ -157,8 +171,12 @@ export class MemoryMessageStore implements MessageStore {
       senderPosition,
       recipientPosition,
     };
-    if (idempotencyKey !== undefined)
-      this.idempotency.set(idempotencyKey, { result, expiresAt: now + IDEMPOTENCY_TTL_MS });
+    if (input.clientMsgId !== undefined) {
+      this.idempotency.set(idempotencyKey(input.from, input.clientMsgId), {
+        result,
+        expiresAt: now + IDEMPOTENCY_TTL_MS,
+      });
+    }
     return result;
   }
 
@@ -395,6 +413,11 @@ export class MemoryMessageStore implements MessageStore {
 /** The position of an inbox's oldest kept entry (newest + 1 when none is kept). */
 function firstPosition(inbox: Inbox): number {
   return inbox.newest - inbox.entries.length + 1;
+}
+
+/** One key per sender and clientMsgId; the length prefix makes it unambiguous. */
+function idempotencyKey(from: string, clientMsgId: string): string {
+  return `${from.length}:${from}${clientMsgId}`;
 }
 
 /** One key per unordered pair of users; the length prefix makes it unambiguous for any ids. */

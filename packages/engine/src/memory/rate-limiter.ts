@@ -32,6 +32,11 @@ export class MemoryRateLimiter implements RateLimiter {
   }
 
   async consume(key: string): Promise<RateDecision> {
+    return this.decide(key);
+  }
+
+  /** consume, synchronously: for the message store, which decides and stores in one step. */
+  decide(key: string): RateDecision {
     const now = this.now();
     let window = this.windows.get(key);
     if (window === undefined) {
