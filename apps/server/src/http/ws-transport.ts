@@ -9,18 +9,28 @@ export const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 /**
  * Coalesces the frames written to one connection while the node handles one I/O event (a read
  * and the promise continuations it sets off) into one `writev`: the first write corks the TCP
- * socket, and one process.nextTick per batch uncorks every corked socket once that work is done.
- * Frames for a client with two messages in flight, answered from one read, leave in one system
- * call; nothing waits for other sockets' events (setImmediate would, adding latency).
+ * socket, and one flush per batch uncorks every corked socket once that work is done. Frames for
+ * a client with two messages in flight, answered from one read, leave in one system call;
+ * nothing waits for other sockets' events (setImmediate would, adding latency).
+ *
+ * "Once that work is done": Node runs the process.nextTick queue before the promise
+ * continuations, and a tick queued while they run after all of them. So the flush is queued as a
+ * microtask that queues the tick: a plain tick queued by a write from the read itself (a store
+ * done synchronously) would flush before the continuations, and their writes would need a
+ * second system call (measured: 15-20% more CPU per message on one node).
  */
 export class WriteBatcher {
   private corked: WsTransport[] = [];
 
   /** Holds `transport`'s writes until the end of this turn. */
   hold(transport: WsTransport): void {
-    if (this.corked.length === 0) process.nextTick(this.flush);
+    if (this.corked.length === 0) queueMicrotask(this.scheduleFlush);
     this.corked.push(transport);
   }
+
+  private readonly scheduleFlush = (): void => {
+    process.nextTick(this.flush);
+  };
 
   private readonly flush = (): void => {
     const corked = this.corked;
