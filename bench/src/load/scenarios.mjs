@@ -3,6 +3,7 @@
 // stops the load and drains what is in flight, so the next system's slice starts on a quiet core.
 import { setTimeout as sleep } from "node:timers/promises";
 import { cpusBusyUs, totalCpuUs, totalRssKiB } from "../proc.mjs";
+import { rawConnect } from "./raw-connect.mjs";
 import { createClient } from "./wire.mjs";
 
 const CONNECT_TIMEOUT_MS = 30_000;
@@ -283,7 +284,7 @@ export async function fixedRateSlice(sys, pairs, p, latency) {
 
 /**
  * Connect rate: `concurrency` loops each open an authenticated connection (a fresh JWT check on
- * every one), then close it, and start over. Counts opens in the window; the server CPU covers
+ * every one) with the bare-socket client of raw-connect.mjs, then close it, and start over. Counts opens in the window; the server CPU covers
  * the whole open+close cycle; latency is the time to open (upgrade, or Socket.IO CONNECT ack).
  */
 export async function connectSlice(sys, tokens, p, latency) {
@@ -296,20 +297,24 @@ export async function connectSlice(sys, tokens, p, latency) {
   latency.reset();
   const loop = async () => {
     while (running) {
-      const client = createClient(sys.protocol, sys.nodes[0].url);
       const token = tokens[next++ % tokens.length];
       const at = nowUs();
       try {
-        await client.open(token, CONNECT_TIMEOUT_MS);
+        const connection = await rawConnect(
+          sys.protocol,
+          sys.nodes[0].url,
+          token,
+          CONNECT_TIMEOUT_MS,
+        );
         if (inWindow) {
           opened++;
           latency.add(nowUs() - at);
         }
+        await connection.close();
       } catch (error) {
         failed++;
         failure = error.message;
       }
-      await client.close();
     }
   };
   const loops = Promise.all(Array.from({ length: p.connectConcurrency }, loop));
