@@ -130,7 +130,8 @@ export async function buildApp(options: AppOptions) {
       request.raw.socket,
       request.principal,
       request.connectionOptions ?? DEFAULT_OPTIONS,
-      request.ip,
+      // Read only for a debug log: the address costs a getpeername and X-Forwarded-For parsing.
+      () => request.ip,
     );
   };
 

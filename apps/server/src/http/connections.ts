@@ -83,7 +83,7 @@ export class Connections {
     tcp: Socket,
     principal: Principal,
     options: ConnectionOptions,
-    ip: string,
+    clientIp: () => string,
   ): void {
     const connId = `${this.nodeId}.${(++this.sequence).toString(36)}`;
     const transport = new WsTransport(socket, tcp, this.batcher, this.metrics);
@@ -98,7 +98,7 @@ export class Connections {
       this.log,
     );
     this.open.add(transport);
-    if (session.logs("debug")) session.log.debug({ ip }, "upgrade accepted");
+    if (session.logs("debug")) session.log.debug({ ip: clientIp() }, "upgrade accepted");
 
     // One set of listener functions for every socket, which finds its session through the
     // socket: per-connection closures would cost memory on every idle connection.
