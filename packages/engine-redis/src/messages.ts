@@ -166,15 +166,11 @@ export class RedisMessageStore implements MessageStore {
       this.keys.messageHead,
     ]);
     const flat = strings(reply, "readInbox");
-    const entries: QueuedMessage[] = [];
-    for (let i = 2; i + 2 < flat.length; i += 3) {
-      entries.push({
-        messageId: flat[i] as string,
-        position: Number(flat[i + 1]),
-        messageJson: flat[i + 2] as string,
-      });
-    }
-    return { entries, oldest: Number(flat[0]), newest: Number(flat[1]) };
+    return {
+      entries: queuedMessages(flat, 2),
+      oldest: Number(flat[0]),
+      newest: Number(flat[1]),
+    };
   }
 
   async acknowledge(userId: string, upTo: number): Promise<void> {
@@ -254,16 +250,7 @@ export class RedisMessageStore implements MessageStore {
       this.keys.queue(userId),
       this.keys.messageHead,
     ]);
-    const flat = strings(reply, "takeQueued");
-    const queued: QueuedMessage[] = [];
-    for (let i = 0; i + 2 < flat.length; i += 3) {
-      queued.push({
-        messageId: flat[i] as string,
-        position: Number(flat[i + 1]),
-        messageJson: flat[i + 2] as string,
-      });
-    }
-    return queued;
+    return queuedMessages(strings(reply, "takeQueued"), 0);
   }
 
   /**
@@ -308,6 +295,19 @@ function appendResult(reply: unknown, input: AppendInput): AppendResult {
     senderPosition,
     recipientPosition,
   };
+}
+
+/** The `id, position, text` triples of a READ_INBOX or TAKE_QUEUED reply, from index `from`. */
+function queuedMessages(flat: string[], from: number): QueuedMessage[] {
+  const messages: QueuedMessage[] = [];
+  for (let i = from; i + 2 < flat.length; i += 3) {
+    messages.push({
+      messageId: flat[i] as string,
+      position: Number(flat[i + 1]),
+      messageJson: flat[i + 2] as string,
+    });
+  }
+  return messages;
 }
 
 /** A limit as a script count: a whole number from 0 to MAX_COUNT. */
