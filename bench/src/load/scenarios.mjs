@@ -134,6 +134,19 @@ function closeWindow(sys, window) {
   };
 }
 
+/**
+ * Lets the load warm up for warmMs, then measures one window of measureMs; `count(true)` and
+ * `count(false)` tell the slice's loop when what it sees belongs to the window.
+ */
+async function measuredWindow(sys, p, count) {
+  await sleep(p.warmMs);
+  const window = openWindow(sys);
+  count(true);
+  await sleep(p.measureMs);
+  count(false);
+  return closeWindow(sys, window);
+}
+
 /** Waits (bounded) until nothing is outstanding; returns what still is. */
 async function drain(outstanding, maxMs) {
   const end = performance.now() + maxMs;
@@ -206,12 +219,9 @@ export async function saturationSlice(sys, pairs, p, latency) {
     };
     for (let k = 0; k < p.inflight; k++) send();
   }
-  await sleep(p.warmMs);
-  const window = openWindow(sys);
-  inWindow = true;
-  await sleep(p.measureMs);
-  inWindow = false;
-  const m = closeWindow(sys, window);
+  const m = await measuredWindow(sys, p, (counting) => {
+    inWindow = counting;
+  });
   running = false;
   const lost = await drain(() => c.outstanding(), p.drainMs);
   detach(pairs);
@@ -318,12 +328,9 @@ export async function connectSlice(sys, tokens, p, latency) {
     }
   };
   const loops = Promise.all(Array.from({ length: p.connectConcurrency }, loop));
-  await sleep(p.warmMs);
-  const window = openWindow(sys);
-  inWindow = true;
-  await sleep(p.measureMs);
-  inWindow = false;
-  const m = closeWindow(sys, window);
+  const m = await measuredWindow(sys, p, (counting) => {
+    inWindow = counting;
+  });
   running = false;
   await Promise.race([loops, sleep(p.drainMs)]);
   return sliceFigures(m, opened, latency, { errors: failed, lastError: failure });
