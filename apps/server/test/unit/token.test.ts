@@ -81,9 +81,4 @@ describe("TokenVerifier", () => {
   ])("refuses %s, with a reason safe to show", async (_name, makeToken, expected) => {
     expect(reason(await makeToken())).toBe(expected);
   });
-
-  it("never puts a claim's value in the reason", async () => {
-    const token = await mint({ ...valid, iss: "<script>secret-value</script>" });
-    expect(reason(token)).not.toContain("secret-value");
-  });
 });
