@@ -6,7 +6,8 @@
  * - history: 1 (HISTORY: a page of the conversation + the texts, inside the script);
  * - readInbox: 1 (READ_INBOX); acknowledge: 1 (ACKNOWLEDGE); markRead: 1 (MARK_READ);
  * - receipts: 1 (HVALS); conversations: 1 (CONVERSATIONS);
- * - takeQueued: 1 (TAKE_QUEUED: read and delete the queue, with the texts);
+ * - readQueued: 1 (READ_QUEUED: a page of the queue, with the texts); removeQueued: 1
+ *   (ZREMRANGEBYSCORE);
  * - requeueIfOffline: 1 (REQUEUE_IF_OFFLINE: check presence and add, atomically).
  *
  * - appendIfAllowed: 1 too (the same script, which also counts the sender's rate-limit window).
@@ -47,8 +48,8 @@ import {
   HISTORY,
   MARK_READ,
   READ_INBOX,
+  READ_QUEUED,
   REQUEUE_IF_OFFLINE,
-  TAKE_QUEUED,
 } from "./scripts.js";
 
 /** Largest count sent to a script (limits are clamped to it; a Lua LIMIT takes any of these). */
@@ -157,13 +158,19 @@ export class RedisMessageStore implements MessageStore {
     return { messages: strings(reply.slice(1), "history"), hasMore: reply[0] === 1 };
   }
 
-  async readInbox(userId: string, after: number, limit: number): Promise<InboxPage> {
+  async readInbox(
+    userId: string,
+    after: number,
+    limit: number,
+    maxBytes = Number.MAX_SAFE_INTEGER,
+  ): Promise<InboxPage> {
     const reply = await runScript(this.client, READ_INBOX, [
       this.keys.inboxLog(userId),
       this.keys.inboxPosition(userId),
       positionsAfter(after),
       count(limit),
       this.keys.messageHead,
+      maxBytes,
     ]);
     const flat = strings(reply, "readInbox");
     return {
@@ -245,12 +252,30 @@ export class RedisMessageStore implements MessageStore {
     return summaries;
   }
 
-  async takeQueued(userId: string): Promise<QueuedMessage[]> {
-    const reply = await runScript(this.client, TAKE_QUEUED, [
+  async readQueued(
+    userId: string,
+    after: number,
+    limit: number,
+    maxBytes = Number.MAX_SAFE_INTEGER,
+  ): Promise<QueuedMessage[]> {
+    const wanted = count(limit);
+    if (wanted === 0) return [];
+    const reply = await runScript(this.client, READ_QUEUED, [
       this.keys.queue(userId),
+      positionsAfter(after),
+      wanted,
+      maxBytes,
       this.keys.messageHead,
     ]);
-    return queuedMessages(strings(reply, "takeQueued"), 0);
+    return queuedMessages(strings(reply, "readQueued"), 0);
+  }
+
+  async removeQueued(userId: string, upTo: number): Promise<void> {
+    try {
+      await this.client.zremrangebyscore(this.keys.queue(userId), "-inf", positionsAfter(upTo));
+    } catch (error) {
+      throw toEngineError(error);
+    }
   }
 
   /**
@@ -297,7 +322,7 @@ function appendResult(reply: unknown, input: AppendInput): AppendResult {
   };
 }
 
-/** The `id, position, text` triples of a READ_INBOX or TAKE_QUEUED reply, from index `from`. */
+/** The `id, position, text` triples of a READ_INBOX or READ_QUEUED reply, from index `from`. */
 function queuedMessages(flat: string[], from: number): QueuedMessage[] {
   const messages: QueuedMessage[] = [];
   for (let i = from; i + 2 < flat.length; i += 3) {

@@ -683,7 +683,8 @@ return out
  * Part of a user's inbox (B2 sync): entries after a position, and where the inbox starts and ends.
  * An entry whose text expired counts as trimmed.
  * KEYS: inbox-log:<user>, inbox-pos:<user>
- * ARGV: 1 after (an integer ≥ 0), 2 limit (≥ 0), 3 msg: key head
+ * ARGV: 1 after (an integer ≥ 0), 2 limit (≥ 0), 3 msg: key head, 4 maxBytes: the page ends at
+ *       the entry that brings its texts to this many bytes
  * Returns { oldest kept position (newest + 1 when none), newest position,
  *           messageId, position, messageJson, ... } (all strings).
  */
@@ -703,13 +704,14 @@ local out = { oldest, string.format('%d', newest) }
 local want = tonumber(ARGV[2])
 if want > 0 then
   local from = log_seek(KEYS[1], redis.call('LLEN', KEYS[1]), tonumber(ARGV[1]))
-  local taken = 0
+  local taken, bytes, max_bytes = 0, 0, tonumber(ARGV[4])
   log_walk_up(KEYS[1], from, ARGV[3], want, function(id, position, text)
     out[#out + 1] = id
     out[#out + 1] = position
     out[#out + 1] = text
     taken = taken + 1
-    return taken == want
+    bytes = bytes + #text
+    return taken == want or bytes >= max_bytes
   end)
 end
 return out
@@ -885,31 +887,44 @@ return out
 );
 
 /**
- * Takes a user's whole offline queue, in position order; whoever runs it first gets everything.
- * Entries whose text expired are left out.
+ * A page of a user's offline queue: the entries above a position, in position order, without
+ * removing them (a flush removes what its connection confirmed, with ZREMRANGEBYSCORE). Entries
+ * whose text expired are left out and removed.
  * KEYS: queue:<user>
- * ARGV: msg: key head
+ * ARGV: 1 after (an integer ≥ 0), 2 limit (≥ 1), 3 maxBytes: the page ends at the entry that
+ *       brings its texts to this many bytes, 4 msg: key head
  * Returns a flat list { messageId, position, messageJson, ... }.
  */
-export const TAKE_QUEUED = script(
-  "take_queued",
+export const READ_QUEUED = script(
+  "read_queued",
   1,
   MGET_ALL,
   `
-local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-if #entries == 0 then return {} end
-redis.call('DEL', KEYS[1])
-local keys = {}
-for i = 1, #entries, 2 do keys[#keys + 1] = ARGV[1] .. entries[i] end
-local texts = mget_all(keys)
-local out = {}
-for i = 1, #keys do
-  local text = texts[i]
-  if text then
-    out[#out + 1] = entries[2 * i - 1]
-    out[#out + 1] = entries[2 * i]
-    out[#out + 1] = text
+local want, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+local out, dead, bytes, after = {}, {}, 0, '(' .. ARGV[1]
+while true do
+  local entries = redis.call('ZRANGEBYSCORE', KEYS[1], after, '+inf', 'WITHSCORES', 'LIMIT', 0, want)
+  if #entries == 0 then break end
+  local keys = {}
+  for i = 1, #entries, 2 do keys[#keys + 1] = ARGV[4] .. entries[i] end
+  local texts = mget_all(keys)
+  for i = 1, #keys do
+    local text = texts[i]
+    if text then
+      out[#out + 1] = entries[2 * i - 1]
+      out[#out + 1] = entries[2 * i]
+      out[#out + 1] = text
+      bytes = bytes + #text
+      if #out == 3 * want or bytes >= max_bytes then break end
+    else
+      dead[#dead + 1] = entries[2 * i - 1]
+    end
   end
+  if #out == 3 * want or bytes >= max_bytes or #entries < 2 * want then break end
+  after = '(' .. entries[#entries]
+end
+for first = 1, #dead, 1000 do
+  redis.call('ZREM', KEYS[1], unpack(dead, first, math.min(first + 999, #dead)))
 end
 return out
 `,
@@ -984,7 +999,7 @@ export const ALL_SCRIPTS: readonly LuaScript[] = [
   ACKNOWLEDGE,
   MARK_READ,
   CONVERSATIONS,
-  TAKE_QUEUED,
+  READ_QUEUED,
   REQUEUE_IF_OFFLINE,
   CONSUME,
 ];

@@ -82,7 +82,9 @@ describe.skipIf(!haveRedisServer())("redis engine: outage and recovery", () => {
       EngineUnavailableError,
     );
     await expect(engine.presence.onlineUsers()).rejects.toBeInstanceOf(EngineUnavailableError);
-    await expect(engine.messages.takeQueued("bob")).rejects.toBeInstanceOf(EngineUnavailableError);
+    await expect(engine.messages.readQueued("bob", 0, 10)).rejects.toBeInstanceOf(
+      EngineUnavailableError,
+    );
     await expect(engine.broker.subscribe("dave")).rejects.toBeInstanceOf(EngineUnavailableError);
     // carol leaves during the outage: both calls fail, and the engine repairs both later.
     await expect(engine.broker.unsubscribe("carol")).rejects.toBeInstanceOf(EngineUnavailableError);

@@ -5,7 +5,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { type Engine, IDEMPOTENCY_TTL_MS } from "@mrezhen/engine";
-import { appendInput, Recorder } from "@mrezhen/engine/contract";
+import { appendInput, Recorder, takeAllQueued } from "@mrezhen/engine/contract";
 import { encodeMessage, receiptFrame } from "@mrezhen/protocol";
 import { eventually, redisForTests } from "@mrezhen/testkit";
 import { afterAll, describe, expect, it } from "vitest";
@@ -69,7 +69,7 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
         oldest: 3,
         newest: 2,
       });
-      expect(await engine.messages.takeQueued("bob")).toEqual([]);
+      expect(await takeAllQueued(engine.messages, "bob")).toEqual([]);
       expect(await engine.messages.conversations("bob", 10)).toEqual([]);
 
       // Counters outlive the texts: seq and positions go on (a node with the default TTL writes
@@ -123,9 +123,9 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
       expect(
         await redisForTest.raw.zrange(`${redisForTest.keyPrefix}convs:bob`, "0", "-1"),
       ).toEqual(["alice"]);
-      expect((await long.messages.takeQueued("bob")).map((q) => contentOf(q.messageJson))).toEqual([
-        "m3",
-      ]);
+      expect(
+        (await takeAllQueued(long.messages, "bob")).map((q) => contentOf(q.messageJson)),
+      ).toEqual(["m3"]);
       // Unread counts only kept messages after a recount: m3 is the one left from alice.
       await long.messages.markRead("bob", "alice", 1);
       expect((await long.messages.conversations("bob", 10))[0]?.unread).toBe(1);
@@ -153,7 +153,9 @@ describe.skipIf(!redis)("redis engine: reliable delivery", () => {
       });
       for (let i = 1; i <= 5; i++)
         await engine.messages.append(appendInput(`sender-${i}`, "bob", `m${i}`));
-      expect((await engine.messages.takeQueued("bob")).map((q) => q.position)).toEqual([3, 4, 5]);
+      expect((await takeAllQueued(engine.messages, "bob")).map((q) => q.position)).toEqual([
+        3, 4, 5,
+      ]);
       const list = await engine.messages.conversations("bob", 10);
       expect(list.map((c) => c.with)).toEqual(["sender-5", "sender-4", "sender-3"]);
       expect(await redisForTest.raw.hlen(`${redisForTest.keyPrefix}conv-last:bob`)).toBe(3);

@@ -212,8 +212,12 @@ export interface MessageStore {
    * of those with a seq below `before` (all, when `before` is undefined). Symmetric in its users.
    */
   history(userA: string, userB: string, limit: number, before?: number): Promise<HistoryPage>;
-  /** Up to `limit` entries of `userId`'s inbox after position `after`, in order (B2 sync). */
-  readInbox(userId: string, after: number, limit: number): Promise<InboxPage>;
+  /**
+   * Up to `limit` entries of `userId`'s inbox after position `after`, in order (B2 sync). With
+   * `maxBytes`, the page also ends at the entry that brings its texts to `maxBytes` (UTF-16 code
+   * units of `messageJson`); it always holds at least one entry when one exists, however large.
+   */
+  readInbox(userId: string, after: number, limit: number, maxBytes?: number): Promise<InboxPage>;
   /**
    * A device of `userId` processed its inbox up to position `upTo`. For each conversation with
    * messages received in the newly covered positions, raises the user's delivered watermark to
@@ -232,10 +236,25 @@ export interface MessageStore {
   /** `userId`'s conversations, most recent first, at most `limit`. */
   conversations(userId: string, limit: number): Promise<ConversationSummary[]>;
   /**
-   * Atomically takes every message queued for `userId`, in append order. Each queued message is
-   * returned by exactly one call, whichever node makes it.
+   * A page of `userId`'s offline queue: up to `limit` queued messages with a position above
+   * `after`, in position order, ending early at `maxBytes` as {@link readInbox} does. Reading
+   * removes nothing: a message leaves the queue only through {@link removeQueued}, once the
+   * connection it was written to confirmed that it arrived, so a connection cut (or a node
+   * crash) in the middle of a flush loses nothing. Messages whose text retention deleted are
+   * left out.
    */
-  takeQueued(userId: string): Promise<QueuedMessage[]>;
+  readQueued(
+    userId: string,
+    after: number,
+    limit: number,
+    maxBytes?: number,
+  ): Promise<QueuedMessage[]>;
+  /**
+   * Removes the messages queued for `userId` at positions up to `upTo` (a flush confirmed them).
+   * Idempotent. Only positions a flush has read can be there: while the user is online nothing
+   * older is queued (see requeueIfOffline), and newer messages are above `upTo`.
+   */
+  removeQueued(userId: string, upTo: number): Promise<void>;
   /**
    * For a node that got a message event for a user with no connection on it (the user left
    * between append and delivery): queues the message for `userId` if, and only if, the user has

@@ -2,7 +2,7 @@ import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import fc from "fast-check";
 import { describe, expect, it, onTestFinished } from "vitest";
-import { appendInput } from "../src/contract/harness.js";
+import { appendInput, takeAllQueued } from "../src/contract/harness.js";
 import { MemoryBroker } from "../src/memory/broker.js";
 import { MemoryMessageStore } from "../src/memory/messages.js";
 import { PackedLog } from "../src/memory/packed-log.js";
@@ -134,7 +134,7 @@ describe("the memory engine's message store", () => {
       [3, "new-1"],
       [4, "new-2"],
     ]);
-    expect((await store.takeQueued("bob")).map((e) => contentOf(e.messageJson))).toEqual([
+    expect((await takeAllQueued(store, "bob")).map((e) => contentOf(e.messageJson))).toEqual([
       "new-1",
       "new-2",
     ]);

@@ -13,6 +13,13 @@ export interface Transport {
   terminate(): void;
   /** Bytes queued for this connection and not yet written to the network. */
   readonly bufferedAmount: number;
+  /**
+   * Resolves true once the client has received every frame sent before this call, false if the
+   * connection closes first. (A WebSocket ping whose pong comes back: any conforming client
+   * answers pings, in order, after the frames before them.) The flush and the replay pace
+   * themselves on it, and a queued message leaves the queue only once it is confirmed.
+   */
+  whenReceived(): Promise<boolean>;
   /** Stops reading frames from the client (TCP backpressure), until resume(). */
   pause(): void;
   resume(): void;

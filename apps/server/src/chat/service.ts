@@ -21,6 +21,7 @@ import {
 } from "@mrezhen/protocol";
 import { Hub } from "./hub.js";
 import { type ChatMetrics, type Logger, noMetrics } from "./ports.js";
+import { ReceiptWindow } from "./receipt-window.js";
 import type { Session } from "./session.js";
 
 export interface ChatOptions {
@@ -39,8 +40,16 @@ export const INVALID_FRAME_WINDOW_MS = 10_000;
 export const BACKLOG_PAUSE_AT = 32;
 /** Typing frames relayed per connection per second; more are dropped (they are ephemeral). */
 export const TYPING_PER_SECOND = 4;
-/** Inbox entries read per engine call during a sync. */
+/** Entries read per engine call during a replay (a sync, or the offline-queue flush). */
 export const SYNC_PAGE = 500;
+/** A replay page also ends at this many characters of stored messages. */
+export const REPLAY_PAGE_SIZE = 64 * 1024;
+/**
+ * Replay pages on the wire and not yet confirmed by the client (see ReceiptWindow): with 64 KiB
+ * pages, at most about 256 KiB sit in buffers per replaying connection, far below the
+ * slow-reader limit, while a link with 50 ms of round trip still moves about 5 MB/s.
+ */
+export const REPLAY_PAGES_IN_FLIGHT = 4;
 
 /**
  * The chat core: connection lifecycle and the handlers of every client frame. It speaks to the
@@ -101,18 +110,8 @@ export class ChatService {
           );
         }
       } else {
-        const queued = await this.engine.messages.takeQueued(session.userId);
-        if (session.isClosed) {
-          await this.giveBack(session, queued);
-          return;
-        }
-        const sent = new Set<string>();
-        for (const entry of queued) {
-          session.send(directMessageFrame(entry.messageJson, entry.position, true));
-          sent.add(entry.messageId);
-        }
-        session.endReplay((messageId) => sent.has(messageId));
-        if (session.logs("info")) session.log.info({ queued: queued.length }, "connected");
+        const flushed = await this.flushQueue(session);
+        if (session.logs("info")) session.log.info({ queued: flushed }, "connected");
       }
       this.handleBacklog(session);
     } catch (error) {
@@ -135,10 +134,52 @@ export class ChatService {
     if (session.logs("info")) session.log.info({ code }, "disconnected");
   }
 
-  /** Queued messages taken for a session that closed before they could be sent. */
-  private async giveBack(session: Session, queued: QueuedMessage[]): Promise<void> {
-    for (const entry of queued) {
-      await this.engine.messages.requeueIfOffline(session.userId, entry);
+  /**
+   * Sends the user's offline queue (part A), paced by what the client confirms it received, then
+   * the live messages that arrived meanwhile. A queued message leaves the queue only once its
+   * page was confirmed: a connection cut, or a node crash, in the middle of the flush leaves the
+   * rest queued for the next connection. Returns how many messages were sent.
+   */
+  private async flushQueue(session: Session): Promise<number> {
+    const { messages } = this.engine;
+    const window = new ReceiptWindow(session.transport, REPLAY_PAGES_IN_FLIGHT);
+    const sent = new Set<string>();
+    let after = 0;
+    let removedUpTo = 0;
+    let open = true;
+    while (open) {
+      const page = await messages.readQueued(session.userId, after, SYNC_PAGE, REPLAY_PAGE_SIZE);
+      if (page.length === 0 || session.isClosed) break;
+      for (const entry of page) {
+        session.send(directMessageFrame(entry.messageJson, entry.position, true));
+        sent.add(entry.messageId);
+      }
+      after = (page.at(-1) as QueuedMessage).position;
+      open = await window.endPage(after);
+      if (window.confirmedUpTo > removedUpTo) {
+        removedUpTo = window.confirmedUpTo;
+        await this.removeQueued(session, removedUpTo);
+      }
+    }
+    // Live messages may flow now: every queued frame is written before them.
+    session.endReplay((messageId) => sent.has(messageId));
+    if (open && (await window.drain()) && window.confirmedUpTo > removedUpTo)
+      await this.removeQueued(session, window.confirmedUpTo);
+    return sent.size;
+  }
+
+  /**
+   * Removes confirmed messages from the queue. A failure (Redis down) is logged, not fatal: the
+   * messages were delivered, and the worst outcome is that the next connection gets them again.
+   */
+  private async removeQueued(session: Session, upTo: number): Promise<void> {
+    try {
+      await this.engine.messages.removeQueued(session.userId, upTo);
+    } catch (error) {
+      session.log.warn(
+        { err: error, upTo },
+        "could not remove delivered messages from the offline queue; the next connection may get them again",
+      );
     }
   }
 
@@ -151,8 +192,14 @@ export class ChatService {
     let after = since;
     let newest = since;
     let trimmed: { from: number; to: number } | undefined;
+    const window = new ReceiptWindow(session.transport, REPLAY_PAGES_IN_FLIGHT);
     for (;;) {
-      const page = await this.engine.messages.readInbox(session.userId, after, SYNC_PAGE);
+      const page = await this.engine.messages.readInbox(
+        session.userId,
+        after,
+        SYNC_PAGE,
+        REPLAY_PAGE_SIZE,
+      );
       newest = page.newest;
       if (
         trimmed === undefined &&
@@ -166,8 +213,12 @@ export class ChatService {
       }
       for (const entry of page.entries)
         session.send(directMessageFrame(entry.messageJson, entry.position, false));
-      after = page.entries.at(-1)?.position ?? after;
-      if (page.entries.length < SYNC_PAGE || session.isClosed) break;
+      const last = page.entries.at(-1)?.position;
+      if (last === undefined) break;
+      after = last;
+      if (last >= page.newest || session.isClosed) break;
+      // Nothing to remove here: the inbox keeps every entry, and the client acks its own cursor.
+      if (!(await window.endPage(after))) break;
     }
     for (const receipt of await this.engine.messages.receipts(session.userId))
       session.send(receipt);

@@ -18,9 +18,8 @@ const kTransport = Symbol("mrezhen.transport");
 /** A ws socket that carries its session and transport, for the shared listeners. */
 type TaggedSocket = WebSocket & { [kSession]?: Session; [kTransport]?: WsTransport };
 
-function onPong(this: TaggedSocket): void {
-  const transport = this[kTransport];
-  if (transport !== undefined) transport.alive = true;
+function onPong(this: TaggedSocket, payload: Buffer): void {
+  this[kTransport]?.onPong(payload);
 }
 
 function onError(this: TaggedSocket, error: Error): void {
@@ -138,6 +137,7 @@ export class Connections {
       const transport = this[kTransport];
       if (session === undefined || transport === undefined) return;
       connections.open.delete(transport);
+      transport.onClosed();
       const done = connections.chat
         .closed(session, code)
         .finally(() => connections.closing.delete(done));

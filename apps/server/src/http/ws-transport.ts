@@ -45,6 +45,12 @@ export class WsTransport implements Transport {
   alive = true;
   /** Whether this turn's writes are being held for one writev (see WriteBatcher). */
   private corked = false;
+  /** The number carried by the last whenReceived() ping. */
+  private pingNumber = 0;
+  /** whenReceived() calls waiting for their pong, oldest first; made when first needed. */
+  private receivedWaiters:
+    | { readonly number: number; readonly resolve: (ok: boolean) => void }[]
+    | undefined;
 
   constructor(
     private readonly socket: WebSocket,
@@ -88,6 +94,40 @@ export class WsTransport implements Transport {
 
   terminate(): void {
     this.socket.terminate();
+  }
+
+  whenReceived(): Promise<boolean> {
+    if (this.socket.readyState !== WebSocket.OPEN) return Promise.resolve(false);
+    const number = ++this.pingNumber;
+    const payload = Buffer.allocUnsafe(4);
+    payload.writeUInt32BE(number >>> 0);
+    this.socket.ping(payload);
+    return new Promise((resolve) => {
+      this.receivedWaiters ??= [];
+      this.receivedWaiters.push({ number, resolve });
+    });
+  }
+
+  /**
+   * A pong arrived. It proves the peer alive, and answers every whenReceived() ping up to the one
+   * it echoes: a client may answer only the latest of several pings (RFC 6455, 5.5.3), and the
+   * pings left unanswered before it were received too. Heartbeat pongs carry no payload.
+   */
+  onPong(payload: Buffer): void {
+    this.alive = true;
+    const waiters = this.receivedWaiters;
+    if (waiters === undefined || payload.length !== 4) return;
+    const number = payload.readUInt32BE(0);
+    while (waiters.length > 0 && (waiters[0]?.number as number) <= number)
+      waiters.shift()?.resolve(true);
+    if (waiters.length === 0) this.receivedWaiters = undefined;
+  }
+
+  /** The socket closed: whatever still waits for a pong will never get one. */
+  onClosed(): void {
+    const waiters = this.receivedWaiters;
+    this.receivedWaiters = undefined;
+    if (waiters !== undefined) for (const waiter of waiters) waiter.resolve(false);
   }
 
   pause(): void {

@@ -27,6 +27,10 @@ class FakeTransport implements Transport {
   resume(): void {
     this.resumes++;
   }
+  /** The client confirms every page at once, until the connection is closed. */
+  whenReceived(): Promise<boolean> {
+    return Promise.resolve(this.closedWith === undefined);
+  }
   ofType(type: string) {
     return this.frames.filter((f) => f.type === type);
   }
@@ -86,10 +90,10 @@ describe("ChatService", () => {
     await flush();
 
     // Hold bob's queue read open while a live message arrives.
-    const takeQueued = engine.messages.takeQueued.bind(engine.messages);
+    const readQueued = engine.messages.readQueued.bind(engine.messages);
     const held = gate<void>();
-    engine.messages.takeQueued = async (userId) => {
-      const queued: QueuedMessage[] = await takeQueued(userId);
+    engine.messages.readQueued = async (...args) => {
+      const queued: QueuedMessage[] = await readQueued(...args);
       await held.promise;
       return queued;
     };
@@ -178,11 +182,11 @@ describe("ChatService", () => {
 
   it("unregisters presence when a connection closes while it is still opening", async () => {
     const { engine, chat, session } = setup();
-    const takeQueued = engine.messages.takeQueued.bind(engine.messages);
+    const readQueued = engine.messages.readQueued.bind(engine.messages);
     const held = gate<void>();
-    engine.messages.takeQueued = async (userId) => {
+    engine.messages.readQueued = async (...args) => {
       await held.promise;
-      return takeQueued(userId);
+      return readQueued(...args);
     };
     const bob = session("bob");
     const opening = chat.open(bob.session);

@@ -4,7 +4,9 @@ import type {
   BrokerHandler,
   Engine,
   MessageEvent,
+  MessageStore,
   PresenceChange,
+  QueuedMessage,
   RateLimitOptions,
   RetentionOptions,
   UserEvent,
@@ -110,4 +112,15 @@ export function appendInput(
     senderConnId: options.senderConnId ?? `${from}-conn`,
     ...(options.clientMsgId === undefined ? {} : { clientMsgId: options.clientMsgId }),
   };
+}
+
+/** Reads a user's whole offline queue and removes it, as a flush that was confirmed does. */
+export async function takeAllQueued(
+  messages: MessageStore,
+  userId: string,
+): Promise<QueuedMessage[]> {
+  const queued = await messages.readQueued(userId, 0, Number.MAX_SAFE_INTEGER);
+  const last = queued.at(-1);
+  if (last !== undefined) await messages.removeQueued(userId, last.position);
+  return queued;
 }

@@ -9,6 +9,7 @@ import {
   QUIET_MS,
   Recorder,
   sleep,
+  takeAllQueued,
 } from "./harness.js";
 
 const RATE = { limit: 1000, windowMs: 60_000 };
@@ -49,7 +50,7 @@ export function messageStoreContract(factory: BackendFactory): void {
       const result = await engine.messages.append(sent);
       expect(result).toMatchObject({ seq: 1, status: "queued" });
 
-      const queued = await engine.messages.takeQueued("bob");
+      const queued = await takeAllQueued(engine.messages, "bob");
       expect(queued).toHaveLength(1);
       const [entry] = queued;
       expect(entry?.messageId).toBe(sent.id);
@@ -62,7 +63,7 @@ export function messageStoreContract(factory: BackendFactory): void {
         timestamp: sent.timestamp,
         seq: 1,
       } satisfies ChatMessage);
-      expect(await engine.messages.takeQueued("bob")).toEqual([]);
+      expect(await takeAllQueued(engine.messages, "bob")).toEqual([]);
     });
 
     it("delivers to an online recipient's node instead of queueing", async () => {
@@ -80,7 +81,7 @@ export function messageStoreContract(factory: BackendFactory): void {
       });
       expect(event.excludeConnId).toBeUndefined();
       expect(JSON.parse(event.messageJson)).toMatchObject({ id: sent.id, seq: 1, to: "bob" });
-      expect(await engine.messages.takeQueued("bob")).toEqual([]);
+      expect(await takeAllQueued(engine.messages, "bob")).toEqual([]);
     });
 
     it("sends the sender's other connections a copy that excludes the sending one", async () => {
@@ -157,20 +158,40 @@ export function messageStoreContract(factory: BackendFactory): void {
       });
     });
 
-    it("keeps send order in the queue and hands each entry to exactly one of concurrent takers", async () => {
+    it("pages the queue in send order without removing it, and removes only what was confirmed", async () => {
       const { engine } = await setup();
       const ids: string[] = [];
       for (let i = 0; i < 20; i++) {
-        const sent = appendInput("alice", "bob", `m${i}`);
+        const sent = appendInput("alice", "bob", `m${i}`.padEnd(100, "."));
         ids.push(sent.id);
         await engine.messages.append(sent);
       }
-      const takes = await Promise.all(
-        Array.from({ length: 5 }, () => engine.messages.takeQueued("bob")),
+      const first = await engine.messages.readQueued("bob", 0, 8);
+      expect(first.map((q) => q.messageId)).toEqual(ids.slice(0, 8));
+      // Reading removed nothing: another reader (a second device, a retry) sees the same page.
+      expect(await engine.messages.readQueued("bob", 0, 8)).toEqual(first);
+      const next = await engine.messages.readQueued(
+        "bob",
+        (first.at(-1) as QueuedMessage).position,
+        100,
       );
-      const nonEmpty = takes.filter((t) => t.length > 0);
-      expect(nonEmpty).toHaveLength(1);
-      expect(nonEmpty[0]?.map((q) => q.messageId)).toEqual(ids);
+      expect(next.map((q) => q.messageId)).toEqual(ids.slice(8));
+
+      // A byte budget ends a page at the entry that reaches it, but never returns an empty one.
+      const small = await engine.messages.readQueued("bob", 0, 100, 250);
+      expect(small.length).toBeGreaterThanOrEqual(2);
+      expect(small.length).toBeLessThan(5);
+      expect(await engine.messages.readQueued("bob", 0, 100, 1)).toHaveLength(1);
+
+      await engine.messages.removeQueued("bob", (first.at(-1) as QueuedMessage).position);
+      await engine.messages.removeQueued("bob", (first.at(-1) as QueuedMessage).position);
+      expect((await engine.messages.readQueued("bob", 0, 100)).map((q) => q.messageId)).toEqual(
+        ids.slice(8),
+      );
+      expect((await takeAllQueued(engine.messages, "bob")).map((q) => q.messageId)).toEqual(
+        ids.slice(8),
+      );
+      expect(await engine.messages.readQueued("bob", 0, 100)).toEqual([]);
     });
 
     it("requeues a message only while its user is offline, in position order", async () => {
@@ -185,7 +206,7 @@ export function messageStoreContract(factory: BackendFactory): void {
       await engine.presence.disconnect("bob");
       expect(await engine.messages.requeueIfOffline("bob", toQueued(second, r2))).toBe(true);
       expect(await engine.messages.requeueIfOffline("bob", toQueued(first, r1))).toBe(true);
-      const queued = await engine.messages.takeQueued("bob");
+      const queued = await takeAllQueued(engine.messages, "bob");
       expect(queued.map((q) => q.messageId)).toEqual([first.id, second.id]);
       expect(JSON.parse(queued[1]?.messageJson ?? "")).toMatchObject({ content: "second" });
     });

@@ -200,18 +200,26 @@ export class MemoryMessageStore implements MessageStore {
     return { messages: texts, hasMore: start > 0 };
   }
 
-  async readInbox(userId: string, after: number, limit: number): Promise<InboxPage> {
+  async readInbox(
+    userId: string,
+    after: number,
+    limit: number,
+    maxBytes = Number.POSITIVE_INFINITY,
+  ): Promise<InboxPage> {
     const inbox = this.inboxes.get(userId);
     if (inbox === undefined) return { entries: [], oldest: 1, newest: 0 };
     const entries: QueuedMessage[] = [];
     const first = firstPosition(inbox);
+    let bytes = 0;
     for (
       let index = Math.max(0, after - first + 1);
-      index < inbox.entries.length && entries.length < limit;
+      index < inbox.entries.length && entries.length < limit && bytes < maxBytes;
       index++
     ) {
       const entry = this.queuedMessage(inbox, first + index);
-      if (entry !== undefined) entries.push(entry);
+      if (entry === undefined) continue;
+      entries.push(entry);
+      bytes += entry.messageJson.length;
     }
     return { entries, oldest: first, newest: inbox.newest };
   }
@@ -275,17 +283,35 @@ export class MemoryMessageStore implements MessageStore {
     return summaries;
   }
 
-  async takeQueued(userId: string): Promise<QueuedMessage[]> {
+  async readQueued(
+    userId: string,
+    after: number,
+    limit: number,
+    maxBytes = Number.POSITIVE_INFINITY,
+  ): Promise<QueuedMessage[]> {
     const queue = this.queues.get(userId);
-    if (queue === undefined) return [];
-    this.queues.delete(userId);
     const inbox = this.inboxes.get(userId);
-    const taken: QueuedMessage[] = [];
-    for (const position of queue) {
-      const entry = inbox === undefined ? undefined : this.queuedMessage(inbox, position);
-      if (entry !== undefined) taken.push(entry);
+    if (queue === undefined || inbox === undefined) return [];
+    const page: QueuedMessage[] = [];
+    let bytes = 0;
+    for (
+      let index = firstAbove(queue, after);
+      index < queue.length && page.length < limit && bytes < maxBytes;
+      index++
+    ) {
+      const entry = this.queuedMessage(inbox, queue[index] as number);
+      if (entry === undefined) continue;
+      page.push(entry);
+      bytes += entry.messageJson.length;
     }
-    return taken;
+    return page;
+  }
+
+  async removeQueued(userId: string, upTo: number): Promise<void> {
+    const queue = this.queues.get(userId);
+    if (queue === undefined) return;
+    queue.splice(0, firstAbove(queue, upTo));
+    if (queue.length === 0) this.queues.delete(userId);
   }
 
   async requeueIfOffline(userId: string, message: QueuedMessage): Promise<boolean> {
@@ -408,6 +434,18 @@ export class MemoryMessageStore implements MessageStore {
     if (queue.length > this.retention.maxEntries)
       queue.splice(0, queue.length - this.retention.maxEntries);
   }
+}
+
+/** The index of the first of `positions` (ascending) above `after`: a binary search. */
+function firstAbove(positions: readonly number[], after: number): number {
+  let low = 0;
+  let high = positions.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if ((positions[middle] as number) <= after) low = middle + 1;
+    else high = middle;
+  }
+  return low;
 }
 
 /** The position of an inbox's oldest kept entry (newest + 1 when none is kept). */
