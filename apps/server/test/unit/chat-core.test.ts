@@ -54,7 +54,7 @@ function setup(options: { engine?: Engine; now?: () => number } = {}) {
         undefined,
         expiresAt,
         since,
-        true,
+        "all",
         transport,
         log,
       ),
