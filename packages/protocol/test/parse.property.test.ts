@@ -232,11 +232,4 @@ describe("get_online_users with users", () => {
       { numRuns: 300 },
     );
   });
-
-  it("keeps the original command without users", () => {
-    expect(parseClientFrame('{"type":"get_online_users"}')).toEqual({
-      ok: true,
-      command: { type: "get_online_users" },
-    });
-  });
 });
