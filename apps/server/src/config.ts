@@ -20,6 +20,8 @@ export interface Config {
   readonly shutdownTimeoutMs: number;
   /** How long messages are kept, and how many entries each inbox, queue and conversation index keeps. */
   readonly retention: { readonly messageTtlMs: number; readonly maxEntries: number };
+  /** A user's presence is announced at most once per this many milliseconds (0: every change). */
+  readonly presenceCoalesceMs: number;
 }
 
 export const DEV_JWT_SECRET = "mrezhen-dev-secret-change-in-production";
@@ -38,6 +40,8 @@ export const defaults = {
   SHUTDOWN_TIMEOUT_MS: 10_000,
   RETENTION_DAYS: 30,
   RETENTION_MAX_ENTRIES: 10_000,
+  // Why one second: see DEFAULT_PRESENCE_COALESCE_MS in chat/service.ts.
+  PRESENCE_COALESCE_MS: 1000,
 } as const;
 
 /** A configuration value that cannot be used; the message is the whole diagnosis. */
@@ -100,6 +104,8 @@ export function loadConfig(env: Env = process.env): Config {
       messageTtlMs: integer(read, "RETENTION_DAYS", 1, 3650) * 86_400_000,
       maxEntries: integer(read, "RETENTION_MAX_ENTRIES", 10, 10_000_000),
     }),
+    // Up to a minute: longer would make presence useless rather than cheap.
+    presenceCoalesceMs: integer(read, "PRESENCE_COALESCE_MS", 0, 60_000),
   });
 }
 

@@ -47,7 +47,13 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     });
   const engine = options.engine ?? (await createEngine(config, log));
   const metrics = new NodeMetrics(config.nodeId, engine);
-  const chat = new ChatService({ engine, log, rateLimit: config.rateLimit, metrics });
+  const chat = new ChatService({
+    engine,
+    log,
+    rateLimit: config.rateLimit,
+    metrics,
+    presenceCoalesceMs: config.presenceCoalesceMs,
+  });
   metrics.countConnectionsWith(() => chat.hub.connections);
   const connections = new Connections(
     chat,
@@ -78,6 +84,7 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
       log.info({ connections: connections.size }, "draining");
       await connections.drain(deadline);
       await app.close();
+      chat.hub.close();
       await engine.close();
       log.info("stopped");
     })();

@@ -162,6 +162,7 @@ class RedisEngine implements Engine {
       this.keys,
       options.nodeId,
       options.nodeTtlMs ?? DEFAULT_NODE_TTL_MS,
+      this.broker.mirror.online,
     );
     this.messages = new RedisMessageStore(
       this.command,

@@ -5,7 +5,7 @@
  *   clientMsgId, and a retry answered from the idempotency record is 1 too;
  * - history: 1 (HISTORY: a page of the conversation + the texts, inside the script);
  * - readInbox: 1 (READ_INBOX); acknowledge: 1 (ACKNOWLEDGE); markRead: 1 (MARK_READ);
- * - receipts: 1 (HVALS); conversations: 1 (CONVERSATIONS);
+ * - receipts: 1 (HVALS); conversations: 1 (CONVERSATIONS); contacts: 1 (ZREVRANGE);
  * - readQueued: 1 (READ_QUEUED: a page of the queue, with the texts); removeQueued: 1
  *   (ZREMRANGEBYSCORE);
  * - requeueIfOffline: 1 (REQUEUE_IF_OFFLINE: check presence and add, atomically).
@@ -250,6 +250,24 @@ export class RedisMessageStore implements MessageStore {
       });
     }
     return summaries;
+  }
+
+  /**
+   * One ZREVRANGE of the user's conversation list (members are the other users, scored by
+   * recency): O(log n + limit), no message text read. Conversations whose last text expired may
+   * still be listed (conversations() removes them lazily); they are contacts all the same.
+   */
+  async contacts(userId: string, limit: number): Promise<string[]> {
+    const wanted = count(limit);
+    if (wanted === 0) return [];
+    try {
+      return strings(
+        await this.client.zrevrange(this.keys.conversations(userId), 0, wanted - 1),
+        "zrevrange",
+      );
+    } catch (error) {
+      throw toEngineError(error);
+    }
   }
 
   async readQueued(

@@ -56,6 +56,11 @@ export class RedisPresenceStore implements PresenceStore {
     private readonly keys: Keys,
     private readonly nodeId: string,
     private readonly nodeTtlMs: number,
+    /**
+     * The broker's presence mirror (presence-mirror.ts): the set it announces changes of, so
+     * the view and the changes agree by construction.
+     */
+    readonly view: ReadonlySet<string>,
   ) {}
 
   async connect(userId: string): Promise<void> {

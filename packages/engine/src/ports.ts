@@ -94,6 +94,14 @@ export interface PresenceStore {
   disconnect(userId: string): Promise<void>;
   /** Every user with at least one connection anywhere, in no particular order. */
   onlineUsers(): Promise<string[]>;
+  /**
+   * This node's view of the online set: exactly the set the {@link PresenceChange}s handed to
+   * this node's broker handler so far leave (the same live set as `PresenceChange.online`). Read
+   * synchronously, O(1) per lookup, no round trip; on the Redis engine it may lag the store by
+   * the broadcast's latency. Reading it and acting in the same synchronous step is consistent
+   * with the changes the handler gets afterwards: nothing falls between the two.
+   */
+  readonly view: ReadonlySet<string>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -235,6 +243,12 @@ export interface MessageStore {
   receipts(userId: string): Promise<string[]>;
   /** `userId`'s conversations, most recent first, at most `limit`. */
   conversations(userId: string, limit: number): Promise<ConversationSummary[]>;
+  /**
+   * The users `userId` has a conversation with (its conversation index), most recent first, at
+   * most `limit`: only the ids, O(limit), without reading any message. For presence: a
+   * connection with `presence=contacts` hears about these users only.
+   */
+  contacts(userId: string, limit: number): Promise<string[]>;
   /**
    * A page of `userId`'s offline queue: up to `limit` queued messages with a position above
    * `after`, in position order, ending early at `maxBytes` as {@link readInbox} does. Reading

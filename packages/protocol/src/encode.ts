@@ -68,6 +68,14 @@ export function presenceFrame(
   return JSON.stringify({ type: "presence", userId, status, onlineUsers });
 }
 
+/**
+ * `presence` for a `presence=contacts` connection: the change alone, without the online list, so
+ * it costs the same however many users are online.
+ */
+export function presenceDeltaFrame(userId: string, status: PresenceStatus): string {
+  return `{"type":"presence","userId":${JSON.stringify(userId)},"status":"${status}"}`;
+}
+
 export function onlineUsersFrame(users: readonly string[]): string {
   return JSON.stringify({ type: "online_users", users });
 }

@@ -37,6 +37,11 @@ export interface GetHistoryCommand {
 
 export interface GetOnlineUsersCommand {
   readonly type: "get_online_users";
+  /**
+   * Asks about these users only (1 to Limits.ONLINE_QUERY_MAX_USERS distinct ids): the answer
+   * lists those of them online. Absent: every online user.
+   */
+  readonly users?: readonly string[];
 }
 
 export interface PingCommand {
@@ -118,6 +123,17 @@ export interface PresenceFrame {
   readonly onlineUsers: readonly string[];
 }
 
+/**
+ * A presence change for a `presence=contacts` connection: one of its contacts came online or went
+ * offline. Unlike {@link PresenceFrame} it carries no list, so its size does not grow with the
+ * number of users online.
+ */
+export interface PresenceDeltaFrame {
+  readonly type: "presence";
+  readonly userId: string;
+  readonly status: PresenceStatus;
+}
+
 export interface OnlineUsersFrame {
   readonly type: "online_users";
   readonly users: readonly string[];
@@ -144,6 +160,7 @@ export type ServerFrame =
   | DirectMessageFrame
   | MessageAckFrame
   | PresenceFrame
+  | PresenceDeltaFrame
   | OnlineUsersFrame
   | MessageHistoryFrame
   | PongFrame

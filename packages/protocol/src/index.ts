@@ -15,6 +15,7 @@ export {
   messageHistoryFrame,
   onlineUsersFrame,
   pongFrame,
+  presenceDeltaFrame,
   presenceFrame,
   type ReceiptKind,
   receiptFrame,

@@ -17,4 +17,6 @@ export const Limits = {
   /** `get_conversations.limit`: default and clamp range. */
   CONVERSATIONS_DEFAULT_LIMIT: 50,
   CONVERSATIONS_MAX_LIMIT: 100,
+  /** `get_online_users.users`: at most this many ids per question. */
+  ONLINE_QUERY_MAX_USERS: 100,
 } as const;

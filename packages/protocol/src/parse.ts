@@ -42,7 +42,7 @@ export function parseClientFrame(text: string): ParseResult {
     case "get_history":
       return parseGetHistory(frame);
     case "get_online_users":
-      return GET_ONLINE_USERS;
+      return parseGetOnlineUsers(frame);
     case "ping":
       return PING;
     case "ack":
@@ -119,6 +119,32 @@ function parseGetHistory(frame: JsonObject): ParseResult {
       ? { type: "get_history", with: other, limit }
       : { type: "get_history", with: other, limit, before };
   return { ok: true, command };
+}
+
+/**
+ * `get_online_users`, optionally with `users`: an array of 1 to ONLINE_QUERY_MAX_USERS user ids
+ * (duplicates are asked once). Bounded, so that one question costs the node O(its size).
+ */
+function parseGetOnlineUsers(frame: JsonObject): ParseResult {
+  const users = frame["users"];
+  if (users === undefined || users === null) return GET_ONLINE_USERS;
+  const max = Limits.ONLINE_QUERY_MAX_USERS;
+  if (!Array.isArray(users) || users.length === 0 || users.length > max) {
+    return fail(ErrorCode.INVALID_FORMAT, `"users" must be an array of 1 to ${max} user ids.`);
+  }
+  for (const user of users) {
+    if (
+      typeof user !== "string" ||
+      user.length < Limits.MIN_USER_ID_LENGTH ||
+      user.length > Limits.MAX_USER_ID_LENGTH
+    ) {
+      return fail(
+        ErrorCode.INVALID_FORMAT,
+        `"users" must hold user id strings of ${Limits.MIN_USER_ID_LENGTH} to ${Limits.MAX_USER_ID_LENGTH} characters.`,
+      );
+    }
+  }
+  return { ok: true, command: { type: "get_online_users", users: [...new Set<string>(users)] } };
 }
 
 function parseAck(frame: JsonObject): ParseResult {

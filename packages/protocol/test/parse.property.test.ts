@@ -187,3 +187,49 @@ describe("encodeMessage", () => {
     );
   });
 });
+
+describe("get_online_users with users", () => {
+  const userId = fc.string({ minLength: 1, maxLength: Limits.MAX_USER_ID_LENGTH });
+
+  it("accepts 1 to ONLINE_QUERY_MAX_USERS user ids, asked once each, in order", () => {
+    fc.assert(
+      fc.property(
+        fc.array(userId, { minLength: 1, maxLength: Limits.ONLINE_QUERY_MAX_USERS }),
+        (users) => {
+          const result = parseClientFrame(JSON.stringify({ type: "get_online_users", users }));
+          expect(result).toEqual({
+            ok: true,
+            command: { type: "get_online_users", users: [...new Set(users)] },
+          });
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it("refuses any other users value with INVALID_FORMAT", () => {
+    const bad = fc.oneof(
+      fc.constant([]),
+      fc.array(userId, { minLength: Limits.ONLINE_QUERY_MAX_USERS + 1, maxLength: 150 }),
+      fc
+        .array(fieldValue, { minLength: 1, maxLength: 5 })
+        .filter(
+          (users) =>
+            !users.every(
+              (user) =>
+                typeof user === "string" &&
+                user.length >= 1 &&
+                user.length <= Limits.MAX_USER_ID_LENGTH,
+            ),
+        ),
+      fc.oneof(fc.string(), fc.integer(), fc.dictionary(fc.string(), fc.string())),
+    );
+    fc.assert(
+      fc.property(bad, (users) => {
+        const result = parseClientFrame(JSON.stringify({ type: "get_online_users", users }));
+        expect(result).toMatchObject({ ok: false, error: { code: ErrorCode.INVALID_FORMAT } });
+      }),
+      { numRuns: 300 },
+    );
+  });
+});

@@ -4,19 +4,53 @@ import type {
   MessageEvent,
   MessageStore,
   PresenceChange,
+  PresenceStore,
   UserEvent,
 } from "@mrezhen/engine";
-import { directMessageFrame, presenceFrame } from "@mrezhen/protocol";
+import {
+  directMessageFrame,
+  type PresenceStatus,
+  presenceDeltaFrame,
+  presenceFrame,
+} from "@mrezhen/protocol";
 import type { ChatMetrics, Logger } from "./ports.js";
 import type { Session } from "./session.js";
 
 /** The sessions of one user on this node, and the broker subscription that feeds them. */
 interface LocalUser {
+  readonly userId: string;
   readonly sessions: Set<Session>;
   /** Resolves once the broker routes this user's events here. */
   subscribed: Promise<void>;
   /** The last subscription attempt failed: the next session to arrive tries again. */
   failed: boolean;
+  /**
+   * The user's contacts this node watches for its `presence=contacts` sessions (Hub.watchers),
+   * read once when the first such session arrives and kept while the user has a session here.
+   */
+  contacts?: ReadonlySet<string> | undefined;
+  /** The read of `contacts` under way or done (undefined before it, and after a failure). */
+  contactsLoad?: Promise<void> | undefined;
+  /** Sessions that get presence deltas: `presence=contacts` ones, from their first snapshot on. */
+  deltaListeners?: Set<Session> | undefined;
+}
+
+/**
+ * Contacts watched per user: its most recent conversations, at most this many. Bounds what one
+ * connection costs the node (memory: two set entries per contact; one engine read of this many
+ * ids at connect) and what one presence change can fan out to.
+ */
+export const CONTACTS_WATCHED = 1000;
+
+/** Sub-ticks of the coalescing wheel per window (see Hub.tick). */
+const WHEEL_SLOTS = 4;
+
+export interface HubOptions {
+  /**
+   * Presence changes of one user are announced at most once per this many milliseconds (0: each
+   * at once); see Hub.onPresence.
+   */
+  readonly presenceCoalesceMs: number;
 }
 
 /**
@@ -26,15 +60,45 @@ interface LocalUser {
 export class Hub implements BrokerHandler {
   private readonly users = new Map<string, LocalUser>();
   private sessionCount = 0;
-  /** Sessions that want presence frames: when none does, presence changes cost nothing here. */
-  private presenceListeners = 0;
+  /**
+   * Sessions that want the full presence frames (`presence=all`): when none does, no online list
+   * is ever built here.
+   */
+  private fullListeners = 0;
+  /**
+   * Contact → the local users watching it (those with a `presence=contacts` session whose
+   * contacts include it). A change of a user nobody here watches costs one lookup.
+   */
+  private readonly watchers = new Map<string, Set<LocalUser>>();
+  /** This node's online set (PresenceStore.view), in the order of the changes it announces. */
+  private readonly online: ReadonlySet<string>;
+
+  /**
+   * Coalescing: users whose presence was announced less than a window ago → the status
+   * announced. While a user is here, its changes are merged (not announced); see onPresence.
+   */
+  private readonly windows = new Map<string, PresenceStatus>();
+  /**
+   * The wheel that closes windows: WHEEL_SLOTS + 1 buckets of users, one filled per sub-tick.
+   * A timer wheel rather than a timer per user: one interval for the node, running only while
+   * a window is open, and a sub-tick costs O(windows it closes).
+   */
+  private readonly wheel: string[][] = Array.from({ length: WHEEL_SLOTS + 1 }, () => []);
+  private ticks = 0;
+  private ticker: NodeJS.Timeout | undefined;
+  private readonly coalesceMs: number;
+  private closed = false;
 
   constructor(
     private readonly broker: Broker,
     private readonly messages: MessageStore,
+    presence: PresenceStore,
     private readonly log: Logger,
     private readonly metrics: ChatMetrics,
+    options: HubOptions = { presenceCoalesceMs: 0 },
   ) {
+    this.online = presence.view;
+    this.coalesceMs = options.presenceCoalesceMs;
     broker.setHandler(this);
   }
 
@@ -47,7 +111,12 @@ export class Hub implements BrokerHandler {
   add(session: Session): Promise<void> {
     let user = this.users.get(session.userId);
     if (user === undefined) {
-      user = { sessions: new Set(), subscribed: Promise.resolve(), failed: true };
+      user = {
+        userId: session.userId,
+        sessions: new Set(),
+        subscribed: Promise.resolve(),
+        failed: true,
+      };
       this.users.set(session.userId, user);
     }
     if (user.failed) {
@@ -62,15 +131,19 @@ export class Hub implements BrokerHandler {
     }
     user.sessions.add(session);
     this.sessionCount++;
-    if (session.wantsPresence) this.presenceListeners++;
-    return user.subscribed;
+    if (session.presence === "all") this.fullListeners++;
+    if (session.presence !== "contacts") return user.subscribed;
+    // Both reads at once: a contacts session costs no extra round trip before it is online.
+    return Promise.all([user.subscribed, this.listenToContacts(user, session)]).then(noop);
   }
 
   /** Removes a session. Its user stays subscribed until release(). */
   remove(session: Session): void {
-    if (!this.users.get(session.userId)?.sessions.delete(session)) return;
+    const user = this.users.get(session.userId);
+    if (user === undefined || !user.sessions.delete(session)) return;
     this.sessionCount--;
-    if (session.wantsPresence) this.presenceListeners--;
+    if (session.presence === "all") this.fullListeners--;
+    user.deltaListeners?.delete(session);
   }
 
   /**
@@ -82,7 +155,25 @@ export class Hub implements BrokerHandler {
     const user = this.users.get(userId);
     if (user === undefined || user.sessions.size > 0) return;
     this.users.delete(userId);
+    this.unwatch(user);
     await this.broker.unsubscribe(userId);
+  }
+
+  /**
+   * Answers `get_online_users` with `users`: those of them online, from this node's view. O(asked)
+   * and no engine call, and consistent with the presence frames this node sends.
+   */
+  whichOnline(users: readonly string[]): string[] {
+    return users.filter((userId) => this.online.has(userId));
+  }
+
+  /** Stops the coalescing timer. Idempotent; changes after it are announced at once. */
+  close(): void {
+    this.closed = true;
+    clearInterval(this.ticker);
+    this.ticker = undefined;
+    this.windows.clear();
+    for (const bucket of this.wheel) bucket.length = 0;
   }
 
   /** Every open session on this node (for broadcasts, drain and sweeps). */
@@ -113,15 +204,145 @@ export class Hub implements BrokerHandler {
   }
 
   /**
-   * Announces a presence change to the sessions that want it. The protocol's frame lists every
-   * online user, so it is built once per change and only when some session here will get it.
+   * A presence change, in the engine's order. Announced to the sessions that want it, coalesced
+   * per user: the first change of a user is announced at once and opens a window of
+   * presenceCoalesceMs; changes within it are merged; when it ends, the user's state then is
+   * announced if it differs from the one announced (which opens a new window), so a user
+   * flapping between online and offline costs each listener at most one frame per window, and
+   * the last frame always tells the final state.
+   *
+   * Only the announcements are coalesced. The engine's registration, which decides whether a
+   * message is delivered live or queued, is never delayed: a message sent while the window hides
+   * a change is still delivered or queued by the real state.
+   *
+   * Each node coalesces its own announcements from its own ordered stream of changes, so nodes
+   * need not agree on windows, and every node's last frame for a user tells that user's state.
    */
   onPresence(change: PresenceChange): void {
-    if (this.presenceListeners === 0) return;
-    const frame = presenceFrame(change.userId, change.status, [...change.online]);
-    for (const user of this.users.values()) {
-      for (const session of user.sessions) if (session.wantsPresence) session.send(frame);
+    const { userId, status } = change;
+    if (this.fullListeners === 0 && !this.watchers.has(userId)) return;
+    if (this.coalesceMs === 0 || this.closed) {
+      this.announce(userId, status);
+      return;
     }
+    if (this.windows.has(userId)) return; // merged: the window's end announces the state then
+    this.announce(userId, status);
+    this.openWindow(userId, status);
+  }
+
+  /**
+   * Sends a change: the full frame, with the online list as it stands now, to `presence=all`
+   * sessions (built once, only when one is here: it is O(users online)), and the delta to the
+   * `presence=contacts` sessions watching the user (O(watchers), whatever the number online).
+   */
+  private announce(userId: string, status: PresenceStatus): void {
+    if (this.fullListeners > 0) {
+      const frame = presenceFrame(userId, status, [...this.online]);
+      for (const user of this.users.values()) {
+        for (const session of user.sessions) if (session.presence === "all") session.send(frame);
+      }
+    }
+    const watching = this.watchers.get(userId);
+    if (watching === undefined) return;
+    const delta = presenceDeltaFrame(userId, status);
+    for (const user of watching) {
+      if (user.deltaListeners !== undefined)
+        for (const session of user.deltaListeners) session.send(delta);
+    }
+  }
+
+  private openWindow(userId: string, announced: PresenceStatus): void {
+    this.windows.set(userId, announced);
+    // Filled until the next sub-tick, closed WHEEL_SLOTS sub-ticks after that one: a window
+    // lasts at least presenceCoalesceMs and at most a sub-tick more.
+    (this.wheel[(this.ticks + 1) % this.wheel.length] as string[]).push(userId);
+    if (this.ticker === undefined) {
+      this.ticker = setInterval(() => this.tick(), this.coalesceMs / WHEEL_SLOTS);
+      this.ticker.unref();
+    }
+  }
+
+  /** A sub-tick of the wheel: closes the windows opened WHEEL_SLOTS sub-ticks before the last. */
+  private tick(): void {
+    this.ticks++;
+    const slot = (this.ticks + 1) % this.wheel.length;
+    const closing = this.wheel[slot] as string[];
+    // Windows reopened below belong to this same slot: give them a fresh bucket.
+    this.wheel[slot] = [];
+    for (const userId of closing) {
+      const announced = this.windows.get(userId);
+      if (announced === undefined) continue;
+      this.windows.delete(userId);
+      const now: PresenceStatus = this.online.has(userId) ? "online" : "offline";
+      if (now === announced) continue;
+      if (this.fullListeners === 0 && !this.watchers.has(userId)) continue; // nobody to tell
+      this.announce(userId, now);
+      this.openWindow(userId, now);
+    }
+    if (this.windows.size === 0) {
+      clearInterval(this.ticker);
+      this.ticker = undefined;
+    }
+  }
+
+  /**
+   * Makes `session` (presence=contacts) a delta listener: reads its user's contacts (once per
+   * local user), watches them, then sends the session one `online` delta per contact online now.
+   * The snapshot and the start of its deltas are one synchronous step on this node's view, so
+   * the snapshot followed by the deltas always tells the current state, with no gap.
+   *
+   * Why contacts are watched here, by the nodes that hold the listeners, rather than pushed by
+   * the node where a change happens: every node already receives every change in one order
+   * (O(1) per change, the engine's broadcast), so a change costs each node one map lookup and
+   * frames only to the watchers, with no Redis work per change at all. It also covers every
+   * source of changes alike (a crashed node's users swept offline, re-asserts, a resynchronised
+   * mirror), which a push from the connecting node would miss, and the order of frames is the
+   * engine's, so coalescing cannot reorder them across nodes. The price is at connect: one read
+   * of at most CONTACTS_WATCHED ids per user and node. A conversation started during the
+   * connection is watched from the next connection (`get_online_users` with `users` answers
+   * about anyone meanwhile).
+   */
+  private async listenToContacts(user: LocalUser, session: Session): Promise<void> {
+    user.contactsLoad ??= this.loadContacts(user);
+    await user.contactsLoad;
+    if (session.isClosed || !user.sessions.has(session) || user.contacts === undefined) return;
+    user.deltaListeners ??= new Set();
+    user.deltaListeners.add(session);
+    for (const contact of user.contacts)
+      if (this.online.has(contact)) session.send(presenceDeltaFrame(contact, "online"));
+  }
+
+  private async loadContacts(user: LocalUser): Promise<void> {
+    let contacts: string[];
+    try {
+      contacts = await this.messages.contacts(user.userId, CONTACTS_WATCHED);
+    } catch (error) {
+      user.contactsLoad = undefined; // the next contacts session of the user tries again
+      throw error;
+    }
+    // Released meanwhile: a later session makes a new LocalUser, which reads them again.
+    if (this.users.get(user.userId) !== user) return;
+    user.contacts = new Set(contacts);
+    for (const contact of user.contacts) {
+      let watching = this.watchers.get(contact);
+      if (watching === undefined) {
+        watching = new Set();
+        this.watchers.set(contact, watching);
+      }
+      watching.add(user);
+    }
+  }
+
+  private unwatch(user: LocalUser): void {
+    if (user.contacts === undefined) return;
+    for (const contact of user.contacts) {
+      const watching = this.watchers.get(contact);
+      if (watching === undefined) continue;
+      watching.delete(user);
+      if (watching.size === 0) this.watchers.delete(contact);
+    }
+    user.contacts = undefined;
+    user.deltaListeners = undefined;
   }
 
   private requeue(userId: string, event: MessageEvent): void {
@@ -144,3 +365,5 @@ export class Hub implements BrokerHandler {
     );
   }
 }
+
+function noop(): void {}

@@ -31,7 +31,18 @@ export interface ChatOptions {
   /** The clock (ms since the epoch); tests fake it. */
   readonly now?: () => number;
   readonly metrics?: ChatMetrics;
+  /** See HubOptions; default DEFAULT_PRESENCE_COALESCE_MS. */
+  readonly presenceCoalesceMs?: number;
 }
+
+/**
+ * One second: a user's presence reaches each listener at most once a second, instead of once
+ * per connect and disconnect (a reconnecting or flapping client made every listener pay for
+ * each). A real change still shows at once (the first of a window), and a merged one within
+ * about 1.25 s, well inside what a person notices in an online dot and far below the ~12 s a
+ * crashed node takes to be noticed.
+ */
+export const DEFAULT_PRESENCE_COALESCE_MS = 1000;
 
 /** Invalid frames tolerated per window before the connection is closed with 1008. */
 export const INVALID_FRAME_LIMIT = 20;
@@ -75,7 +86,14 @@ export class ChatService {
     this.log = options.log;
     this.now = options.now ?? Date.now;
     this.metrics = options.metrics ?? noMetrics;
-    this.hub = new Hub(this.engine.broker, this.engine.messages, this.log, this.metrics);
+    this.hub = new Hub(
+      this.engine.broker,
+      this.engine.messages,
+      this.engine.presence,
+      this.log,
+      this.metrics,
+      { presenceCoalesceMs: options.presenceCoalesceMs ?? DEFAULT_PRESENCE_COALESCE_MS },
+    );
     const { limit, windowMs } = options.rateLimit;
     this.rateLimitText = `at most ${limit} messages per ${windowMs} ms`;
   }
@@ -326,6 +344,10 @@ export class ChatService {
       case "get_history":
         return this.history(session, command);
       case "get_online_users":
+        if (command.users !== undefined) {
+          session.send(onlineUsersFrame(this.hub.whichOnline(command.users)));
+          return undefined;
+        }
         return this.engine.presence
           .onlineUsers()
           .then((users) => session.send(onlineUsersFrame(users)));

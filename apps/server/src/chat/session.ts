@@ -1,6 +1,15 @@
 import type { CloseCode } from "@mrezhen/protocol";
 import type { Logger, Transport } from "./ports.js";
 
+/**
+ * Which presence frames a connection gets (`?presence=` in its URL):
+ * - "all" (the default, `on`): a `presence` frame with the full online list for every change of
+ *   any user: the original protocol, whose cost grows with the square of the users online;
+ * - "contacts": `presence` deltas (no list) for the users it has a conversation with only;
+ * - "off": none (it can still ask with `get_online_users`).
+ */
+export type PresenceMode = "all" | "contacts" | "off";
+
 /** A live message frame that arrived while the session was replaying (queue flush or sync). */
 interface HeldFrame {
   readonly messageId: string;
@@ -59,8 +68,8 @@ export class Session {
      * after N instead of the offline queue, and live frames carry positions it acks.
      */
     readonly since: number | undefined,
-    /** False when the connection asked for no presence frames (`?presence=off`). */
-    readonly wantsPresence: boolean,
+    /** Which presence frames the connection asked for (`?presence=`; see PresenceMode). */
+    readonly presence: PresenceMode,
     readonly transport: Transport,
     /** The node's logger; this session's child of it is made on first use (see `log`). */
     private readonly nodeLog: Logger,

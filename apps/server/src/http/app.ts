@@ -8,6 +8,7 @@ import type { Logger as PinoLogger } from "pino";
 import type WebSocket from "ws";
 import { AuthError, extractToken, type Principal, type TokenVerifier } from "../auth/token.js";
 import type { ChatService } from "../chat/service.js";
+import type { PresenceMode } from "../chat/session.js";
 import type { ConnectionOptions, Connections } from "./connections.js";
 import type { NodeMetrics } from "./metrics.js";
 
@@ -179,11 +180,19 @@ export async function buildApp(options: AppOptions) {
   return app;
 }
 
-const DEFAULT_OPTIONS: ConnectionOptions = { since: undefined, presence: true };
+const DEFAULT_OPTIONS: ConnectionOptions = { since: undefined, presence: "all" };
+
+/** `presence=` values and the mode each selects (see PresenceMode). */
+const PRESENCE_MODES: Readonly<Record<string, PresenceMode>> = {
+  on: "all",
+  contacts: "contacts",
+  off: "off",
+};
 
 /**
  * The connection URL's options: `since` (a whole number ≥ 0: acknowledged delivery) and
- * `presence` (`on`, the default, or `off`). Returns what is wrong with them, if anything.
+ * `presence` (`on`, the default, `contacts` or `off`). Returns what is wrong with them, if
+ * anything.
  */
 function readConnectionOptions(query: unknown): ConnectionOptions | string {
   const params =
@@ -192,13 +201,14 @@ function readConnectionOptions(query: unknown): ConnectionOptions | string {
   if (rawSince !== undefined && (typeof rawSince !== "string" || !/^\d{1,15}$/.test(rawSince))) {
     return "since must be a whole number of at least 0.";
   }
-  if (rawPresence !== undefined && rawPresence !== "on" && rawPresence !== "off") {
-    return "presence must be on or off.";
-  }
-  return {
-    since: rawSince === undefined ? undefined : Number(rawSince),
-    presence: rawPresence !== "off",
-  };
+  const presence =
+    rawPresence === undefined
+      ? "all"
+      : typeof rawPresence === "string" && Object.hasOwn(PRESENCE_MODES, rawPresence)
+        ? PRESENCE_MODES[rawPresence]
+        : undefined;
+  if (presence === undefined) return "presence must be on, contacts or off.";
+  return { since: rawSince === undefined ? undefined : Number(rawSince), presence };
 }
 
 function loadDemoPage(): string {

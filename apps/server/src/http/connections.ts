@@ -4,7 +4,7 @@ import WebSocket from "ws";
 import type { Principal } from "../auth/token.js";
 import type { Logger } from "../chat/ports.js";
 import type { ChatService } from "../chat/service.js";
-import { Session } from "../chat/session.js";
+import { type PresenceMode, Session } from "../chat/session.js";
 import type { NodeMetrics } from "./metrics.js";
 import { WriteBatcher, WsTransport } from "./ws-transport.js";
 
@@ -30,8 +30,8 @@ function onError(this: TaggedSocket, error: Error): void {
 export interface ConnectionOptions {
   /** `since=N`: acknowledged delivery from inbox position N. */
   readonly since: number | undefined;
-  /** False with `presence=off`: no presence frames for this connection. */
-  readonly presence: boolean;
+  /** `presence=on` (the default: "all"), `contacts` or `off`. */
+  readonly presence: PresenceMode;
 }
 
 /** How long the wire must stay silent before a drain closes connections. */

@@ -58,7 +58,7 @@ function setup(options: { engine?: Engine; now?: () => number } = {}) {
         undefined,
         expiresAt,
         since,
-        true,
+        "all",
         transport,
         log,
       ),

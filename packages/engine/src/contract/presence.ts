@@ -58,6 +58,33 @@ export function presenceContract(factory: BackendFactory): void {
       expect((await engine.presence.onlineUsers()).sort()).toEqual(["alice", "bob"]);
     });
 
+    it("keeps a view that is, at every change, the set that change hands out", async () => {
+      backend = await factory({ rateLimit: RATE });
+      const engine = await backend.node();
+      const seen: { userId: string; status: string; inView: boolean; same: boolean }[] = [];
+      engine.broker.setHandler({
+        onUserEvent() {},
+        onPresence(change) {
+          seen.push({
+            userId: change.userId,
+            status: change.status,
+            inView: engine.presence.view.has(change.userId),
+            same: [...engine.presence.view].sort().join() === [...change.online].sort().join(),
+          });
+        },
+      });
+      await engine.presence.connect("alice");
+      await engine.presence.connect("bob");
+      await engine.presence.disconnect("alice");
+      await eventually(() => expect(seen).toHaveLength(3));
+      expect(seen).toEqual([
+        { userId: "alice", status: "online", inView: true, same: true },
+        { userId: "bob", status: "online", inView: true, same: true },
+        { userId: "alice", status: "offline", inView: false, same: true },
+      ]);
+      expect([...engine.presence.view]).toEqual(["bob"]);
+    });
+
     it("ignores a disconnect of a user that is not connected", async () => {
       backend = await factory({ rateLimit: RATE });
       const engine = await backend.node();

@@ -170,6 +170,20 @@ export function reliableDeliveryContract(factory: BackendFactory): void {
       ]);
     });
 
+    it("lists a user's contacts most recent first, ids only, at most the limit", async () => {
+      const { engine } = await setup();
+      await engine.messages.append(appendInput("alice", "bob", "1"));
+      await engine.messages.append(appendInput("carol", "alice", "2"));
+      await engine.messages.append(appendInput("alice", "dave", "3"));
+      await engine.messages.append(appendInput("bob", "alice", "4"));
+      await engine.messages.append(appendInput("erin", "frank", "not alice's"));
+      expect(await engine.messages.contacts("alice", 10)).toEqual(["bob", "dave", "carol"]);
+      expect(await engine.messages.contacts("alice", 2)).toEqual(["bob", "dave"]);
+      expect(await engine.messages.contacts("carol", 10)).toEqual(["alice"]);
+      expect(await engine.messages.contacts("nobody", 10)).toEqual([]);
+      expect(await engine.messages.contacts("alice", 0)).toEqual([]);
+    });
+
     it("lists conversations most recent first, with the last message and unread count", async () => {
       const { engine } = await setup();
       await engine.messages.append(appendInput("bob", "alice", "old"));

@@ -283,6 +283,16 @@ export class MemoryMessageStore implements MessageStore {
     return summaries;
   }
 
+  async contacts(userId: string, limit: number): Promise<string[]> {
+    const peers = this.peers.get(userId);
+    if (peers === undefined || limit <= 0) return [];
+    // Sorting all of a user's peers is O(p log p); p is bounded by whom the user talked to.
+    return [...peers]
+      .sort((a, b) => b[1].activity - a[1].activity)
+      .slice(0, limit)
+      .map(([other]) => other);
+  }
+
   async readQueued(
     userId: string,
     after: number,

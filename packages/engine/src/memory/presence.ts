@@ -6,6 +6,8 @@ export class MemoryPresenceStore implements PresenceStore {
   private readonly connections = new Map<string, number>();
   /** The online users, kept beside the counts so changes can hand out a view at no cost. */
   private readonly online = new Set<string>();
+  /** One node: its view is the store itself, changed in the same step as it announces. */
+  readonly view: ReadonlySet<string> = this.online;
 
   constructor(private readonly broker: MemoryBroker) {}
 
