@@ -5,6 +5,7 @@ import type {
   Engine,
   MessageEvent,
   PresenceChange,
+  QuotaOptions,
   RateLimitOptions,
   RetentionOptions,
   UserEvent,
@@ -24,6 +25,8 @@ export interface BackendOptions {
   readonly rateLimit: RateLimitOptions;
   /** When absent, the engine's defaults. */
   readonly retention?: RetentionOptions;
+  /** When absent, the engine's defaults (none). */
+  readonly quotas?: QuotaOptions;
 }
 
 /** Makes a fresh, isolated backend (e.g. a new key prefix on a shared Redis). */
