@@ -20,6 +20,10 @@ export interface Config {
   readonly shutdownTimeoutMs: number;
   /** How long messages are kept, and how many entries each inbox, queue and conversation index keeps. */
   readonly retention: { readonly messageTtlMs: number; readonly maxEntries: number };
+  /** Per-sender quotas per UTC day, counted by the engine with each stored message. */
+  readonly quotas: { readonly newConversationsPerDay: number; readonly bytesPerDay: number };
+  /** get_history, get_conversations and get_online_users per second per user, on each node. */
+  readonly readRateLimit: number;
 }
 
 export const DEV_JWT_SECRET = "mrezhen-dev-secret-change-in-production";
@@ -38,6 +42,17 @@ export const defaults = {
   SHUTDOWN_TIMEOUT_MS: 10_000,
   RETENTION_DAYS: 30,
   RETENTION_MAX_ENTRIES: 10_000,
+  // A person starts a few, a busy one some tens of conversations a day: 1,000 is far above that,
+  // and bounds what one sender adds to other users' lists and to the per-pair state a day.
+  QUOTA_NEW_CONVERSATIONS_PER_DAY: 1_000,
+  // At the default rate limit (30/min: 43,200 messages a day) typical messages (about 250 bytes
+  // stored) come to about 11 MB a day, so 50 MiB never refuses ordinary use; it refuses a sender
+  // of large messages after about 1,700 of the largest (30 KB stored), where the rate limit
+  // alone let through 1.3 GB a day.
+  QUOTA_BYTES_PER_DAY: 52_428_800,
+  // A client opening a screen reads a few pages at once; 20 a second is a burst for any UI, and
+  // bounds what one user's reads cost a node.
+  READ_RATE_LIMIT: 20,
 } as const;
 
 /** A configuration value that cannot be used; the message is the whole diagnosis. */
@@ -100,6 +115,12 @@ export function loadConfig(env: Env = process.env): Config {
       messageTtlMs: integer(read, "RETENTION_DAYS", 1, 3650) * 86_400_000,
       maxEntries: integer(read, "RETENTION_MAX_ENTRIES", 10, 10_000_000),
     }),
+    quotas: Object.freeze({
+      newConversationsPerDay: integer(read, "QUOTA_NEW_CONVERSATIONS_PER_DAY", 1, 1_000_000_000),
+      // At least 64 KiB, so that any message the protocol allows (a frame is at most 64 KiB) fits.
+      bytesPerDay: integer(read, "QUOTA_BYTES_PER_DAY", 65_536, 1_000_000_000_000_000),
+    }),
+    readRateLimit: integer(read, "READ_RATE_LIMIT", 1, 1_000_000),
   });
 }
 

@@ -47,7 +47,14 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     });
   const engine = options.engine ?? (await createEngine(config, log));
   const metrics = new NodeMetrics(config.nodeId, engine);
-  const chat = new ChatService({ engine, log, rateLimit: config.rateLimit, metrics });
+  const chat = new ChatService({
+    engine,
+    log,
+    rateLimit: config.rateLimit,
+    quotas: config.quotas,
+    readRateLimit: config.readRateLimit,
+    metrics,
+  });
   metrics.countConnectionsWith(() => chat.hub.connections);
   const connections = new Connections(
     chat,

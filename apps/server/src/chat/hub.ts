@@ -8,11 +8,13 @@ import type {
 } from "@mrezhen/engine";
 import { directMessageFrame, presenceFrame } from "@mrezhen/protocol";
 import type { ChatMetrics, Logger } from "./ports.js";
-import type { Session } from "./session.js";
+import type { Session, UserLimits } from "./session.js";
 
 /** The sessions of one user on this node, and the broker subscription that feeds them. */
 interface LocalUser {
   readonly sessions: Set<Session>;
+  /** The user's read and typing budgets on this node, shared by its sessions. */
+  readonly limits: UserLimits;
   /** Resolves once the broker routes this user's events here. */
   subscribed: Promise<void>;
   /** The last subscription attempt failed: the next session to arrive tries again. */
@@ -47,7 +49,12 @@ export class Hub implements BrokerHandler {
   add(session: Session): Promise<void> {
     let user = this.users.get(session.userId);
     if (user === undefined) {
-      user = { sessions: new Set(), subscribed: Promise.resolve(), failed: true };
+      user = {
+        sessions: new Set(),
+        limits: { readTokens: 0, readRefilledAt: 0, typingBudget: 0, typingSecond: 0 },
+        subscribed: Promise.resolve(),
+        failed: true,
+      };
       this.users.set(session.userId, user);
     }
     if (user.failed) {
@@ -61,6 +68,7 @@ export class Hub implements BrokerHandler {
       });
     }
     user.sessions.add(session);
+    session.limits = user.limits;
     this.sessionCount++;
     if (session.wantsPresence) this.presenceListeners++;
     return user.subscribed;

@@ -128,11 +128,6 @@ export class PackedLog {
     }
   }
 
-  /** Bytes of chunks held by every log of the process (pooled chunks not included). */
-  static get reservedBytes(): number {
-    return reservedBytes;
-  }
-
   /** The last chunk if it has room for one more row and `bytes` of texts. */
   private lastWithRoom(bytes: number): Chunk | undefined {
     const last = this.chunks[this.chunks.length - 1];
@@ -219,11 +214,19 @@ function sizeClass(bytes: number, usual: number): number {
   return Math.ceil(bytes / step) * step;
 }
 
+/**
+ * Bytes of storage (row arrays and text buffers) held by the memory engine's logs, all engines
+ * of the process together; chunks kept in the pool for reuse are not counted.
+ */
+export function memoryStoredBytes(): number {
+  return reservedBytes;
+}
+
 // The pool: storage of dropped chunks by size, shared by every log of the process.
 
 const pool = new Map<number, ArrayBuffer[]>();
 let pooledBytes = 0;
-/** See PackedLog.reservedBytes. */
+/** See memoryStoredBytes. */
 let reservedBytes = 0;
 /** Past this, dropped chunks are left to the collector (after a mass expiry, say). */
 const MAX_POOLED_BYTES = 64 * 1024 * 1024;
