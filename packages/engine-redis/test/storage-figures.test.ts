@@ -50,7 +50,46 @@ async function fillPeers(engine: Engine, user: string): Promise<void> {
   }
 }
 
+/** Per-message cost of appendIfAllowed (rate limit, and quotas where the engine has them). */
+async function timeSends(engine: Engine, count: number): Promise<string> {
+  const content = "x".repeat(64);
+  const send = (i: number) =>
+    engine.messages.appendIfAllowed(
+      appendInput(`user-${i % 100}`, `user-${(i + 1) % 100}`, content),
+    );
+  for (let i = 0; i < 2000; i++) await send(i); // warm-up
+  const started = performance.now();
+  for (let i = 0; i < count; i++) await send(i);
+  return `${((1000 * (performance.now() - started)) / count).toFixed(2)} µs per message (${count} sequential)`;
+}
+
+/** The server's defaults (engines of older commits ignore the option). */
+const QUOTAS = { newConversationsPerDay: 1000, bytesPerDay: 50 * 1024 * 1024 };
+
 describe.runIf(enabled)("storage figures", () => {
+  it("appendIfAllowed: cost per message on both engines", async () => {
+    const memory = createMemoryEngine({ rateLimit: RATE, quotas: QUOTAS } as Parameters<
+      typeof createMemoryEngine
+    >[0]);
+    console.log(`[figures] memory appendIfAllowed: ${await timeSends(memory, 50_000)}`);
+    await memory.close();
+    if (!redis) return;
+    const keyPrefix = `${redis.prefix}${randomUUID().slice(0, 8)}:`;
+    const engine = await createRedisEngine({
+      url: redis.url,
+      keyPrefix,
+      nodeId: `node-${randomUUID().slice(0, 8)}`,
+      rateLimit: RATE,
+      quotas: QUOTAS,
+    } as Parameters<typeof createRedisEngine>[0]);
+    try {
+      console.log(`[figures] redis appendIfAllowed: ${await timeSends(engine, 10_000)}`);
+    } finally {
+      await engine.close();
+      await deletePrefix(redis.url, keyPrefix);
+    }
+  }, 300_000);
+
   it("memory engine: 3,000 conversations with one 30 KB message each", async () => {
     setFlagsFromString("--expose-gc");
     const gc = runInNewContext("gc") as () => void;
