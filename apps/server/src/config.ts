@@ -22,6 +22,10 @@ export interface Config {
   readonly retention: { readonly messageTtlMs: number; readonly maxEntries: number };
   /** A user's presence is announced at most once per this many milliseconds (0: every change). */
   readonly presenceCoalesceMs: number;
+  /** Per-sender quotas per UTC day, counted by the engine with each stored message. */
+  readonly quotas: { readonly newConversationsPerDay: number; readonly bytesPerDay: number };
+  /** get_history, get_conversations and get_online_users per second per user, on each node. */
+  readonly readRateLimit: number;
 }
 
 export const DEV_JWT_SECRET = "mrezhen-dev-secret-change-in-production";
@@ -42,6 +46,17 @@ export const defaults = {
   RETENTION_MAX_ENTRIES: 10_000,
   // Why one second: see DEFAULT_PRESENCE_COALESCE_MS in chat/service.ts.
   PRESENCE_COALESCE_MS: 1000,
+  // A person starts a few, a busy one some tens of conversations a day: 1,000 is far above that,
+  // and bounds what one sender adds to other users' lists and to the per-pair state a day.
+  QUOTA_NEW_CONVERSATIONS_PER_DAY: 1_000,
+  // At the default rate limit (30/min: 43,200 messages a day) typical messages (about 250 bytes
+  // stored) come to about 11 MB a day, so 50 MiB never refuses ordinary use; it refuses a sender
+  // of large messages after about 1,700 of the largest (30 KB stored), where the rate limit
+  // alone let through 1.3 GB a day.
+  QUOTA_BYTES_PER_DAY: 52_428_800,
+  // A client opening a screen reads a few pages at once; 20 a second is a burst for any UI, and
+  // bounds what one user's reads cost a node.
+  READ_RATE_LIMIT: 20,
 } as const;
 
 /** A configuration value that cannot be used; the message is the whole diagnosis. */
@@ -106,6 +121,12 @@ export function loadConfig(env: Env = process.env): Config {
     }),
     // Up to a minute: longer would make presence useless rather than cheap.
     presenceCoalesceMs: integer(read, "PRESENCE_COALESCE_MS", 0, 60_000),
+    quotas: Object.freeze({
+      newConversationsPerDay: integer(read, "QUOTA_NEW_CONVERSATIONS_PER_DAY", 1, 1_000_000_000),
+      // At least 64 KiB, so that any message the protocol allows (a frame is at most 64 KiB) fits.
+      bytesPerDay: integer(read, "QUOTA_BYTES_PER_DAY", 65_536, 1_000_000_000_000_000),
+    }),
+    readRateLimit: integer(read, "READ_RATE_LIMIT", 1, 1_000_000),
   });
 }
 

@@ -5,7 +5,11 @@ import type { Config } from "./config.js";
 /** The engine the config asks for: Redis when REDIS_URL is set, else the embedded memory engine. */
 export async function createEngine(config: Config, log: Logger): Promise<Engine> {
   if (config.redis === undefined) {
-    return createMemoryEngine({ rateLimit: config.rateLimit, retention: config.retention });
+    return createMemoryEngine({
+      rateLimit: config.rateLimit,
+      retention: config.retention,
+      quotas: config.quotas,
+    });
   }
   const { createRedisEngine } = await import("@mrezhen/engine-redis");
   return createRedisEngine({
@@ -14,6 +18,7 @@ export async function createEngine(config: Config, log: Logger): Promise<Engine>
     nodeId: config.nodeId,
     rateLimit: config.rateLimit,
     retention: config.retention,
+    quotas: config.quotas,
     logger: log.child({ component: "engine" }),
   });
 }

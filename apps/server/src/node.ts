@@ -51,6 +51,8 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     engine,
     log,
     rateLimit: config.rateLimit,
+    quotas: config.quotas,
+    readRateLimit: config.readRateLimit,
     metrics,
     presenceCoalesceMs: config.presenceCoalesceMs,
   });

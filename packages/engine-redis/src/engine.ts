@@ -29,6 +29,8 @@ import {
   type Engine,
   type EngineHealth,
   EngineUnavailableError,
+  NO_QUOTAS,
+  type QuotaOptions,
   type RetentionOptions,
 } from "@mrezhen/engine";
 import { Redis, type RedisOptions } from "ioredis";
@@ -61,6 +63,8 @@ export interface RedisEngineOptions {
    * memory engine's: 30 days, 10,000 entries). See keys.ts for what expires and what does not.
    */
   readonly retention?: RetentionOptions;
+  /** Per-sender daily quotas of appendIfAllowed (key `quota:<user>`). Default {@link NO_QUOTAS}. */
+  readonly quotas?: QuotaOptions;
   /** Default: silent. */
   readonly logger?: Logger;
   /** How often the node refreshes its liveness key and sweeps dead nodes. Default 3000. */
@@ -169,6 +173,7 @@ class RedisEngine implements Engine {
       this.keys,
       options.retention ?? DEFAULT_RETENTION,
       options.rateLimit,
+      options.quotas ?? NO_QUOTAS,
     );
     this.rateLimiter = new RedisRateLimiter(this.command, this.keys, options.rateLimit);
   }
@@ -440,6 +445,13 @@ function validate(options: RedisEngineOptions): void {
     }
     if (!Number.isSafeInteger(maxEntries) || maxEntries < 1) {
       problems.push(`retention.maxEntries must be a positive integer (got ${maxEntries})`);
+    }
+  }
+  if (options.quotas !== undefined) {
+    for (const [name, value] of Object.entries(options.quotas)) {
+      if (!Number.isSafeInteger(value) || value < 1) {
+        problems.push(`quotas.${name} must be a positive integer (got ${value})`);
+      }
     }
   }
   if (problems.length > 0) {

@@ -38,6 +38,9 @@
  * | `<p>node-alive:<nodeId>`     | string | liveness: PX TTL = nodeTtlMs, refreshed by heartbeat  |
  * | `<p>rate-log:<key>`          | list   | rate-limit window: times (µs, Redis clock) of the     |
  * |                              |        | last allowed actions, oldest first; PX windowMs       |
+ * | `<p>quota:<userId>`          | hash   | the user's daily quotas (APPEND): `day` (UTC day      |
+ * |                              |        | number, Redis clock), `conversations` started and     |
+ * |                              |        | `bytes` stored that day; expires at the next midnight |
  *
  * † Capped at retention.maxEntries newest entries on every write (LTRIM, ZREMRANGEBYRANK for the
  * queue), and given PX retention.messageTtlMs on every write: every entry is at most that old, so
@@ -184,6 +187,10 @@ export class Keys {
   /** A list (earlier versions kept a sorted set under `rate:`, left to expire by itself). */
   rate(key: string): string {
     return `${this.prefix}rate-log:${key}`;
+  }
+
+  quota(userId: string): string {
+    return `${this.prefix}quota:${userId}`;
   }
 
   userChannel(userId: string): string {

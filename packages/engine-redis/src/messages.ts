@@ -10,7 +10,8 @@
  *   (ZREMRANGEBYSCORE);
  * - requeueIfOffline: 1 (REQUEUE_IF_OFFLINE: check presence and add, atomically).
  *
- * - appendIfAllowed: 1 too (the same script, which also counts the sender's rate-limit window).
+ * - appendIfAllowed: 1 too (the same script, which also counts the sender's rate-limit window
+ *   and daily quotas).
  *
  * A direct message therefore costs the node one round trip in all: appendIfAllowed
  * (test/round-trips.test.ts counts them with MONITOR).
@@ -30,8 +31,10 @@ import {
   type InboxPage,
   type MessageStore,
   type QueuedMessage,
+  type QuotaOptions,
   type RateLimitOptions,
   type RateRefusal,
+  type RefusedLimit,
   type RetentionOptions,
 } from "@mrezhen/engine";
 import { encodeMessageWithoutSeq, type ReceiptKind, receiptFrame } from "@mrezhen/protocol";
@@ -61,6 +64,7 @@ export class RedisMessageStore implements MessageStore {
     private readonly keys: Keys,
     private readonly retention: RetentionOptions,
     private readonly rateLimit: RateLimitOptions,
+    private readonly quotas: QuotaOptions,
   ) {}
 
   async append(input: AppendInput): Promise<AppendResult> {
@@ -70,15 +74,19 @@ export class RedisMessageStore implements MessageStore {
 
   async appendIfAllowed(input: AppendInput): Promise<AppendResult | RateRefusal> {
     const reply = await this.runAppend(input, true);
-    if (Array.isArray(reply) && reply.length === 6 && reply[4] === 2) {
+    if (Array.isArray(reply) && reply.length === 6) {
+      const limit = REFUSED_LIMITS[reply[4] as number];
       const retryAfterMs = reply[5];
-      if (typeof retryAfterMs !== "number") unexpected("append", reply);
-      return { refused: true, retryAfterMs };
+      if (limit === undefined || typeof retryAfterMs !== "number") unexpected("append", reply);
+      return { refused: true, retryAfterMs, limit };
     }
     return appendResult(reply, input);
   }
 
-  /** One APPEND, behind the sender's rate limit (the same window as RateLimiter) when `limited`. */
+  /**
+   * One APPEND; when `limited`, behind the sender's rate limit (the same window as RateLimiter)
+   * and daily quotas, counted in the same script.
+   */
   private runAppend(input: AppendInput, limited: boolean): Promise<unknown> {
     const { keys } = this;
     const { clientMsgId } = input;
@@ -109,7 +117,7 @@ export class RedisMessageStore implements MessageStore {
       keys.unread(input.to),
     ];
     if (clientMsgId !== undefined) args.push(keys.idempotency(input.from, clientMsgId));
-    if (limited) args.push(keys.rate(input.from));
+    if (limited) args.push(keys.rate(input.from), keys.quota(input.from));
     args.push(
       input.id,
       input.from,
@@ -123,7 +131,14 @@ export class RedisMessageStore implements MessageStore {
     );
     if (clientMsgId !== undefined) args.push(IDEMPOTENCY_TTL_MS, input.timestamp);
     else if (limited) args.push("", "");
-    if (limited) args.push(this.rateLimit.limit, this.rateLimit.windowMs);
+    if (limited) {
+      args.push(
+        this.rateLimit.limit,
+        this.rateLimit.windowMs,
+        this.quotas.newConversationsPerDay,
+        this.quotas.bytesPerDay,
+      );
+    }
     const script =
       clientMsgId === undefined
         ? limited
@@ -316,6 +331,13 @@ export class RedisMessageStore implements MessageStore {
     return reply === 1;
   }
 }
+
+/** The limit named by a refusing APPEND reply's fifth element. */
+const REFUSED_LIMITS: Readonly<Record<number, RefusedLimit>> = {
+  2: "rate",
+  3: "new_conversations_per_day",
+  4: "bytes_per_day",
+};
 
 /** APPEND's reply: `{ seq, delivered, senderPos, recipientPos, 0 }` or, for a duplicate, `{ …, 1, id, timestamp }`. */
 function appendResult(reply: unknown, input: AppendInput): AppendResult {

@@ -523,21 +523,29 @@ end
  * PEXPIRE (history); INCR ×2, RPUSH ×2, PEXPIRE ×2 (inboxes); ZADD ×2, HSET ×2 (conversation
  * lists); HINCRBY (unread); HMGET (presence of both users); PUBLISH.
  *
- * Rate limit (APPEND_LIMITED, APPEND_IDEMPOTENT_LIMITED: the last key and ARGV 12, 13 given):
- * after the idempotency check (a duplicate is answered without counting), the sender's sliding
- * window counts one action as CONSUME does; when it is full, nothing else happens.
+ * Rate limit and quotas (APPEND_LIMITED, APPEND_IDEMPOTENT_LIMITED: the last two keys and
+ * ARGV 12 to 15 given): after the idempotency check (a duplicate is answered without counting),
+ * the sender's daily quotas are read (`quota:<from>`, see keys.ts): the stored text's bytes, and
+ * one new conversation when the pair has no seq yet, must fit what is left of the UTC day (by
+ * Redis' clock, so nodes agree). Then the sliding window counts one action as CONSUME does. When
+ * a quota or the window refuses, nothing has been written. The quotas are counted only once the
+ * window allowed the message. Quota cost per message, inside the script: GET conv-seq (the seq
+ * is then SET, not INCR'd), TIME, HMGET, HINCRBY; a new conversation adds an HINCRBY, the first
+ * message of a user's day an HSET and a PEXPIRE (the hash expires at the next midnight).
  *
  * KEYS: 1 conv-seq:<c>, 2 conv-log:<c>, 3 msg:<id>, 4 inbox-pos:<from>, 5 inbox-pos:<to>,
  *       6 inbox-log:<from>, 7 inbox-log:<to>, 8 presence:count, 9 queue:<to>, 10 convs:<from>,
  *       11 convs:<to>, 12 conv-last:<from>, 13 conv-last:<to>, 14 unread:<to>,
- *       [15 idem:<from, clientMsgId>], [last: rate-log:<from>]
+ *       [15 idem:<from, clientMsgId>], [last two: rate-log:<from>, quota:<from>]
  * ARGV: 1 id, 2 from, 3 to, 4 message JSON head, 5 recipient channel, 6 sender channel,
  *       7 sender connection id, 8 messageTtlMs, 9 maxEntries,
  *       [10 idempotency TTL in ms, 11 timestamp (both "" when limited without clientMsgId)],
- *       [12 rate limit, 13 rate window in ms]
+ *       [12 rate limit, 13 rate window in ms, 14 new conversations per day, 15 bytes per day]
  * Returns { seq, 1 delivered / 0 queued, sender position, recipient position, 0 } for a new
  * message, { seq, delivered, sender position, recipient position, 1, messageId, timestamp }
- * (the original's) for a duplicate, { 0, 0, 0, 0, 2, retryAfterMs } when rate-limited.
+ * (the original's) for a duplicate, { 0, 0, 0, 0, 2, retryAfterMs } when rate-limited,
+ * { 0, 0, 0, 0, 3, retryAfterMs } over the new-conversation quota and { 0, 0, 0, 0, 4,
+ * retryAfterMs } over the byte quota (retryAfterMs: until the next UTC midnight).
  */
 export const APPEND = script(
   "append",
@@ -547,11 +555,12 @@ export const APPEND = script(
   `
 local id, from, to = ARGV[1], ARGV[2], ARGV[3]
 local ttl, cap = ARGV[8], tonumber(ARGV[9])
--- Behind a rate limit (ARGV 12 and 13 given) the last key is the sender's rate log, and the
--- idempotency key, when there is one, stays KEYS[15].
-local rate_key = ARGV[12] and KEYS[#KEYS]
+-- Behind the limits (ARGV 12 to 15 given) the last two keys are the sender's rate log and
+-- quota hash, and the idempotency key, when there is one, stays KEYS[15].
+local rate_key = ARGV[12] and KEYS[#KEYS - 1]
+local quota_key = ARGV[12] and KEYS[#KEYS]
 local idem_key = KEYS[15]
-if rate_key and #KEYS == 15 then idem_key = nil end
+if rate_key and #KEYS == 16 then idem_key = nil end
 if idem_key then
   local earlier = redis.call('GET', idem_key)
   if earlier then
@@ -563,20 +572,57 @@ if idem_key then
   end
 end
 
+local seq, seq_text, json, starts, bytes, today, day_left_ms, used
+if quota_key then
+  -- The seq is read, not INCR'd, so that a quota refusal leaves conv-seq as it was.
+  seq = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
+  starts = seq == 1
+  seq_text = string.format('%d', seq)
+  json = ARGV[4] .. ',"seq":' .. seq_text .. '}'
+  bytes = #json
+  local time = redis.call('TIME')
+  local seconds = tonumber(time[1])
+  today = math.floor(seconds / 86400)
+  day_left_ms = (today + 1) * 86400000 - seconds * 1000 - math.floor(tonumber(time[2]) / 1000)
+  used = redis.call('HMGET', quota_key, 'day', 'conversations', 'bytes')
+  if tonumber(used[1]) ~= today then used = nil end
+  if starts and (used and tonumber(used[2]) or 0) + 1 > tonumber(ARGV[14]) then
+    return { 0, 0, 0, 0, 3, day_left_ms }
+  end
+  if (used and tonumber(used[3]) or 0) + bytes > tonumber(ARGV[15]) then
+    return { 0, 0, 0, 0, 4, day_left_ms }
+  end
+end
+
 if rate_key then
   local allowed, retry_after_ms = consume_rate(rate_key, ARGV[12], ARGV[13])
   if allowed == 0 then return { 0, 0, 0, 0, 2, retry_after_ms } end
 end
 
-local seq = redis.call('INCR', KEYS[1])
--- Numbers go to Redis as strings formatted once: a Lua number argument costs a %.17g.
-local seq_text = string.format('%d', seq)
-local json = ARGV[4] .. ',"seq":' .. seq_text .. '}'
+if quota_key then
+  redis.call('SET', KEYS[1], seq_text)
+else
+  seq = redis.call('INCR', KEYS[1])
+  -- Numbers go to Redis as strings formatted once: a Lua number argument costs a %.17g.
+  seq_text = string.format('%d', seq)
+  json = ARGV[4] .. ',"seq":' .. seq_text .. '}'
+end
 -- NX: a text is never overwritten. Ids are unique, so this refuses only on a bug; the seq just
 -- taken is then given back (nothing else has happened, and no client can have seen it).
 if not redis.call('SET', KEYS[3], json, 'PX', ttl, 'NX') then
   if seq == 1 then redis.call('DEL', KEYS[1]) else redis.call('DECR', KEYS[1]) end
   return redis.error_reply('ERR mrezhen: duplicate message id ' .. id)
+end
+if quota_key then
+  if used then
+    redis.call('HINCRBY', quota_key, 'bytes', bytes)
+    if starts then redis.call('HINCRBY', quota_key, 'conversations', 1) end
+  else
+    -- The first message of the user's day: a fresh count, which expires with the day.
+    redis.call('HSET', quota_key, 'day', string.format('%d', today),
+      'conversations', starts and '1' or '0', 'bytes', string.format('%d', bytes))
+    redis.call('PEXPIRE', quota_key, string.format('%d', day_left_ms))
+  end
 end
 -- Pushes a log entry, keeps the log to cap entries and renews its TTL.
 local function log_push(key, position_text)
@@ -640,10 +686,10 @@ return { seq, delivered, sender_position, recipient_position, 0 }
 
 /** APPEND for a message with a clientMsgId: the same script, given its idempotency key too. */
 export const APPEND_IDEMPOTENT: LuaScript = { ...APPEND, numberOfKeys: 15 };
-/** APPEND behind the sender's rate limit (appendIfAllowed): KEYS 15 is the rate log. */
-export const APPEND_LIMITED: LuaScript = { ...APPEND, numberOfKeys: 15 };
-/** Both: KEYS 15 the idempotency key, KEYS 16 the rate log. */
-export const APPEND_IDEMPOTENT_LIMITED: LuaScript = { ...APPEND, numberOfKeys: 16 };
+/** APPEND behind the sender's limits (appendIfAllowed): KEYS 15 the rate log, 16 the quotas. */
+export const APPEND_LIMITED: LuaScript = { ...APPEND, numberOfKeys: 16 };
+/** Both: KEYS 15 the idempotency key, KEYS 16 the rate log, 17 the quotas. */
+export const APPEND_IDEMPOTENT_LIMITED: LuaScript = { ...APPEND, numberOfKeys: 17 };
 
 /**
  * A page of a conversation, going back from `before`: the newest `limit` messages whose text

@@ -9,7 +9,7 @@ const redis = await redisForTests();
 afterAll(() => redis?.close());
 
 describe.skipIf(!redis)("redis engine", () => {
-  engineContract("redis", async ({ rateLimit, retention }) => {
+  engineContract("redis", async ({ rateLimit, retention, quotas }) => {
     if (!redis) throw new Error("unreachable: the suite is skipped without Redis");
     // A prefix per backend: the contract's tests never see each other's keys, nor other files'.
     const keyPrefix = `${redis.prefix}${randomUUID().slice(0, 8)}:`;
@@ -24,6 +24,7 @@ describe.skipIf(!redis)("redis engine", () => {
           nodeId: `node-${randomUUID().slice(0, 8)}`,
           rateLimit,
           ...(retention === undefined ? {} : { retention }),
+          ...(quotas === undefined ? {} : { quotas }),
         });
         engines.push(engine);
         return engine;

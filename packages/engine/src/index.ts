@@ -8,4 +8,5 @@ export {
   type MemoryEngineOptions,
 } from "./memory/engine.js";
 export { conversationKey } from "./memory/messages.js";
+export { memoryStoredBytes } from "./memory/packed-log.js";
 export * from "./ports.js";

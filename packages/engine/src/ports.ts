@@ -134,12 +134,43 @@ export interface AppendResult {
   readonly recipientPosition: number;
 }
 
-/** What appendIfAllowed answers when the sender's rate limit refuses the message. */
+/**
+ * What appendIfAllowed answers when a limit of the sender refuses the message: the sliding
+ * rate-limit window (`rate`) or one of the daily quotas ({@link QuotaOptions}).
+ */
 export interface RateRefusal {
   readonly refused: true;
   /** How long until one more would be allowed, in milliseconds. */
   readonly retryAfterMs: number;
+  readonly limit: RefusedLimit;
 }
+
+export type RefusedLimit = "rate" | "new_conversations_per_day" | "bytes_per_day";
+
+/**
+ * Per-sender daily quotas, counted by appendIfAllowed in the same atomic step as the store.
+ * The window is the UTC day (a fixed window: one counter per user, reset when the day changes),
+ * not a sliding 24 h, which would need a log of every counted message: a sender can spend a
+ * day's quota just before midnight and another just after, so any 24 h see at most twice it.
+ */
+export interface QuotaOptions {
+  /**
+   * Conversations a user may start per UTC day: messages to someone they never exchanged a
+   * message with (the pair has no seq yet). Replies and messages to known peers do not count.
+   */
+  readonly newConversationsPerDay: number;
+  /** UTF-8 bytes of stored message texts (protocol encodeMessage) a user may send per UTC day. */
+  readonly bytesPerDay: number;
+}
+
+/** Quotas set out of the way: for engines made without any (tests, the benchmark). */
+export const NO_QUOTAS: QuotaOptions = {
+  newConversationsPerDay: Number.MAX_SAFE_INTEGER,
+  bytesPerDay: Number.MAX_SAFE_INTEGER,
+};
+
+/** Milliseconds per day: the quota window of a time t (ms since the epoch) is day floor(t / DAY_MS). */
+export const DAY_MS = 86_400_000;
 
 /** A message taken from an offline queue, with the recipient's inbox position of it. */
 export interface QueuedMessage {
@@ -207,12 +238,14 @@ export interface MessageStore {
    */
   append(input: AppendInput): Promise<AppendResult>;
   /**
-   * {@link append}, behind the sender's rate limit, in the same atomic step: the engine's
-   * {@link RateLimiter} (key `input.from`) counts one action and the message is stored, or, when
-   * the window is full, nothing is counted, stored or routed and this resolves a
-   * {@link RateRefusal}. A retried `clientMsgId` already stored is answered as by append
-   * (`duplicate: true`) without counting. The hot path of a send: one round trip where a
-   * consume, then an append, took two.
+   * {@link append}, behind the sender's rate limit and daily quotas, in the same atomic step:
+   * the engine's {@link RateLimiter} (key `input.from`) counts one action, the sender's quotas
+   * ({@link QuotaOptions}) count the stored text's bytes and, when the pair never talked, one new
+   * conversation, and the message is stored; or, when the window is full or a quota would be
+   * exceeded, nothing is counted, stored or routed and this resolves a {@link RateRefusal}
+   * naming the limit (a quota refusal's retryAfterMs runs to the next UTC midnight). A retried
+   * `clientMsgId` already stored is answered as by append (`duplicate: true`) without counting.
+   * The hot path of a send: one round trip where a consume, then an append, took two.
    */
   appendIfAllowed(input: AppendInput): Promise<AppendResult | RateRefusal>;
   /**

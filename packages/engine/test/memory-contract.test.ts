@@ -1,9 +1,11 @@
 import { createMemoryEngine } from "@mrezhen/engine";
 import { engineContract } from "@mrezhen/engine/contract";
 
-engineContract("memory", async ({ rateLimit, retention }) => {
-  const engine = createMemoryEngine(
-    retention === undefined ? { rateLimit } : { rateLimit, retention },
-  );
+engineContract("memory", async ({ rateLimit, retention, quotas }) => {
+  const engine = createMemoryEngine({
+    rateLimit,
+    ...(retention === undefined ? {} : { retention }),
+    ...(quotas === undefined ? {} : { quotas }),
+  });
   return { maxNodes: 1, node: async () => engine, close: () => engine.close() };
 });

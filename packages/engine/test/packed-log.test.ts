@@ -3,11 +3,9 @@ import { runInNewContext } from "node:vm";
 import fc from "fast-check";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { appendInput, takeAllQueued } from "../src/contract/harness.js";
-import { MemoryBroker } from "../src/memory/broker.js";
-import { MemoryMessageStore } from "../src/memory/messages.js";
-import { PackedLog } from "../src/memory/packed-log.js";
-import { MemoryPresenceStore } from "../src/memory/presence.js";
-import { MemoryRateLimiter } from "../src/memory/rate-limiter.js";
+import { createMemoryEngine } from "../src/memory/engine.js";
+import type { MemoryMessageStore } from "../src/memory/messages.js";
+import { memoryStoredBytes, PackedLog } from "../src/memory/packed-log.js";
 import type { RetentionOptions } from "../src/ports.js";
 
 interface ModelRow {
@@ -26,6 +24,8 @@ const text = fc.oneof(
   fc.string({ unit: "grapheme", maxLength: 40 }),
   fc.string({ unit: "binary", maxLength: 3000 }),
   fc.constantFrom("", "😀", "ж", "\u0000", "x".repeat(5000)),
+  // Rows larger than a chunk's usual text room: they get a chunk sized to them.
+  fc.constantFrom("x".repeat(30_000), "ж".repeat(9000), "😀".repeat(4000)),
 );
 
 const step: fc.Arbitrary<Step> = fc.oneof(
@@ -87,6 +87,30 @@ describe("PackedLog", () => {
     );
   });
 
+  it("sizes chunks to what they hold: a large row does not reserve three times its size", () => {
+    // 1,000 conversations of one 30 KB stored message each (the per-sender storage attack). A
+    // chunk was sized to 3 bytes per UTF-16 unit, rounded up to a power of two: 128 KiB each.
+    const text = "x".repeat(30_000);
+    // Where there is no such count (older commits), the growth of external array buffers.
+    const stored =
+      typeof memoryStoredBytes === "function"
+        ? memoryStoredBytes
+        : () => process.memoryUsage().arrayBuffers;
+    const before = stored();
+    const logs = Array.from({ length: 1000 }, () => new PackedLog(2, true, 10_000));
+    for (const log of logs) log.pushTexts("00000000-0000-4000-8000-000000000000", text);
+    const perLog = (stored() - before) / logs.length;
+    console.log(`[figures] a log of one 30,036-byte row reserves ${perLog} bytes`);
+    // Texts in a buffer at most 1/8 over their size, and 4 rows of 4 numbers.
+    expect(perLog).toBeLessThanOrEqual(30_036 * 1.125 + 4 * 4 * 8);
+    // Small rows after it share the large chunk's spare room, then chunks grow as before.
+    const [first] = logs as [PackedLog];
+    for (let i = 0; i < 100; i++) first.pushTexts(`id-${i}`, "small");
+    expect(first.text(0)).toBe(text);
+    expect(first.text(100)).toBe("small");
+    expect(first.id(57)).toBe("id-56");
+  });
+
   it("holds rows without texts", () => {
     const log = new PackedLog(3, false, 1000);
     for (let i = 0; i < 2500; i++) log.set(log.push(), 2, i);
@@ -105,11 +129,13 @@ describe("PackedLog", () => {
 });
 
 function memoryStore(retention: RetentionOptions, now: () => number) {
-  const broker = new MemoryBroker();
-  const presence = new MemoryPresenceStore(broker);
-  const limiter = new MemoryRateLimiter({ limit: 1_000_000_000, windowMs: 60_000 }, now);
-  onTestFinished(() => limiter.close());
-  return { store: new MemoryMessageStore(broker, presence, limiter, retention, now), presence };
+  const engine = createMemoryEngine({
+    rateLimit: { limit: 1_000_000_000, windowMs: 60_000 },
+    retention,
+    now,
+  });
+  onTestFinished(() => engine.close());
+  return { store: engine.messages as MemoryMessageStore };
 }
 
 const contentOf = (json: string): string => JSON.parse(json).content;
@@ -149,6 +175,59 @@ describe("the memory engine's message store", () => {
     expect((await store.history("alice", "bob", 10)).messages).toEqual([]);
     expect(await store.readInbox("bob", 0, 10)).toEqual({ entries: [], oldest: 5, newest: 4 });
     expect(await store.conversations("bob", 10)).toEqual([]);
+  });
+
+  it("reads a page of conversations without visiting every peer", async () => {
+    const { store } = memoryStore({ messageTtlMs: 60_000, maxEntries: 100 }, Date.now);
+    for (let i = 0; i < 5000; i++) await store.append(appendInput("hub", `peer-${i}`, `m${i}`));
+    await store.append(appendInput("peer-10", "hub", "back on top"));
+    // Counts the steps of every Map iteration during one call: sorting all peers (as before)
+    // iterated the user's 5,000; a recency list reads the first `limit`.
+    const iterate = Map.prototype[Symbol.iterator];
+    let steps = 0;
+    const counting = function (this: Map<unknown, unknown>) {
+      const inner = iterate.call(this);
+      return {
+        next: () => {
+          steps++;
+          return inner.next();
+        },
+        [Symbol.iterator]() {
+          return this;
+        },
+      };
+    };
+    Map.prototype[Symbol.iterator] = counting as typeof iterate;
+    Map.prototype.entries = counting as typeof iterate;
+    let page: Awaited<ReturnType<typeof store.conversations>>;
+    try {
+      page = await store.conversations("hub", 3);
+    } finally {
+      Map.prototype[Symbol.iterator] = iterate;
+      Map.prototype.entries = iterate;
+    }
+    expect(steps).toBeLessThan(10);
+    expect(page.map((c) => [c.with, contentOf(c.lastMessageJson), c.unread])).toEqual([
+      ["peer-10", "back on top", 1],
+      ["peer-4999", "m4999", 0],
+      ["peer-4998", "m4998", 0],
+    ]);
+
+    // Conversations whose messages all expired leave the list when met, and come back with a
+    // new message.
+    let clock = 1_000_000;
+    const { store: expiring } = memoryStore({ messageTtlMs: 10_000, maxEntries: 100 }, () => clock);
+    await expiring.append(appendInput("alice", "bob", "old"));
+    clock += 6_000;
+    await expiring.append(appendInput("carol", "alice", "new"));
+    clock += 5_000;
+    expiring.sweep();
+    expect((await expiring.conversations("alice", 10)).map((c) => c.with)).toEqual(["carol"]);
+    await expiring.append(appendInput("bob", "alice", "again"));
+    expect((await expiring.conversations("alice", 10)).map((c) => c.with)).toEqual([
+      "bob",
+      "carol",
+    ]);
   });
 
   it("keeps stored messages off the V8 heap", async () => {

@@ -1,5 +1,5 @@
 import type { ErrorCode } from "./errors.js";
-import type { ChatMessage, DeliveryStatus, PresenceStatus } from "./frames.js";
+import type { ChatMessage, DeliveryStatus, LimitName, PresenceStatus } from "./frames.js";
 
 /*
  * Server frames are built as strings, once per event, and the same string is written to every
@@ -130,6 +130,14 @@ export function pongFrame(timestamp: string): string {
   return `{"type":"pong","timestamp":"${timestamp}"}`;
 }
 
-export function errorFrame(code: ErrorCode, message: string): string {
-  return JSON.stringify({ type: "error", code, message });
+export function errorFrame(
+  code: ErrorCode,
+  message: string,
+  details?: { readonly limit: LimitName; readonly retryAfterMs: number },
+): string {
+  return JSON.stringify(
+    details === undefined
+      ? { type: "error", code, message }
+      : { type: "error", code, message, ...details },
+  );
 }

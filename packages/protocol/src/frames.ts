@@ -154,7 +154,18 @@ export interface ErrorFrame {
   readonly type: "error";
   readonly code: ErrorCode;
   readonly message: string;
+  /** With RATE_LIMITED (an addition): which limit refused, see {@link LimitName}. */
+  readonly limit?: LimitName;
+  /** With RATE_LIMITED (an addition): when the same request may succeed, in milliseconds. */
+  readonly retryAfterMs?: number;
 }
+
+/**
+ * The limits behind a RATE_LIMITED error: the send rate (`messages`), the daily quotas of a
+ * sender (`new_conversations_per_day`, `bytes_per_day`, per UTC day) and the read rate of
+ * get_history, get_conversations and get_online_users (`reads`).
+ */
+export type LimitName = "messages" | "new_conversations_per_day" | "bytes_per_day" | "reads";
 
 export type ServerFrame =
   | DirectMessageFrame

@@ -14,12 +14,14 @@ import {
   presenceFrame,
 } from "@mrezhen/protocol";
 import type { ChatMetrics, Logger } from "./ports.js";
-import type { Session } from "./session.js";
+import type { Session, UserLimits } from "./session.js";
 
 /** The sessions of one user on this node, and the broker subscription that feeds them. */
 interface LocalUser {
   readonly userId: string;
   readonly sessions: Set<Session>;
+  /** The user's read and typing budgets on this node, shared by its sessions. */
+  readonly limits: UserLimits;
   /** Resolves once the broker routes this user's events here. */
   subscribed: Promise<void>;
   /** The last subscription attempt failed: the next session to arrive tries again. */
@@ -114,6 +116,7 @@ export class Hub implements BrokerHandler {
       user = {
         userId: session.userId,
         sessions: new Set(),
+        limits: { readTokens: 0, readRefilledAt: 0, typingBudget: 0, typingSecond: 0 },
         subscribed: Promise.resolve(),
         failed: true,
       };
@@ -130,6 +133,7 @@ export class Hub implements BrokerHandler {
       });
     }
     user.sessions.add(session);
+    session.limits = user.limits;
     this.sessionCount++;
     if (session.presence === "all") this.fullListeners++;
     if (session.presence !== "contacts") return user.subscribed;

@@ -1,5 +1,10 @@
 import { randomUUID } from "node:crypto";
-import { type Engine, EngineUnavailableError, type QueuedMessage } from "@mrezhen/engine";
+import {
+  type Engine,
+  EngineUnavailableError,
+  type QueuedMessage,
+  type QuotaOptions,
+} from "@mrezhen/engine";
 import {
   type ClientCommand,
   CloseCode,
@@ -9,6 +14,7 @@ import {
   ErrorCode,
   errorFrame,
   type GetHistoryCommand,
+  type LimitName,
   messageAckFrame,
   messageHistoryFrame,
   onlineUsersFrame,
@@ -28,6 +34,10 @@ export interface ChatOptions {
   readonly engine: Engine;
   readonly log: Logger;
   readonly rateLimit: { readonly limit: number; readonly windowMs: number };
+  /** The engine's quotas, for the text of a refusal (the engine enforces them). */
+  readonly quotas?: QuotaOptions;
+  /** Reads per second per user on this node (READ_RATE_LIMIT). Default {@link READS_PER_SECOND}. */
+  readonly readRateLimit?: number;
   /** The clock (ms since the epoch); tests fake it. */
   readonly now?: () => number;
   readonly metrics?: ChatMetrics;
@@ -49,8 +59,13 @@ export const INVALID_FRAME_LIMIT = 20;
 export const INVALID_FRAME_WINDOW_MS = 10_000;
 /** Frames waiting behind a slow one before the connection stops being read (TCP backpressure). */
 export const BACKLOG_PAUSE_AT = 32;
-/** Typing frames relayed per connection per second; more are dropped (they are ephemeral). */
+/**
+ * Typing frames relayed per user per second, over all of the user's connections on this node;
+ * more are dropped (they are ephemeral).
+ */
 export const TYPING_PER_SECOND = 4;
+/** The default READ_RATE_LIMIT. */
+export const READS_PER_SECOND = 20;
 /** Entries read per engine call during a replay (a sync, or the offline-queue flush). */
 export const SYNC_PAGE = 500;
 /** A replay page also ends at this many characters of stored messages. */
@@ -72,7 +87,8 @@ export class ChatService {
   private readonly log: Logger;
   private readonly now: () => number;
   private readonly metrics: ChatMetrics;
-  private readonly rateLimitText: string;
+  private readonly limitTexts: Readonly<Record<LimitName, string>>;
+  private readonly readRateLimit: number;
   /** Handlers still running (for drain). */
   private inFlight = 0;
   /** Set when the node drains: new frames are refused, so every client gets an answer. */
@@ -95,7 +111,14 @@ export class ChatService {
       { presenceCoalesceMs: options.presenceCoalesceMs ?? DEFAULT_PRESENCE_COALESCE_MS },
     );
     const { limit, windowMs } = options.rateLimit;
-    this.rateLimitText = `at most ${limit} messages per ${windowMs} ms`;
+    this.readRateLimit = options.readRateLimit ?? READS_PER_SECOND;
+    const quotas = options.quotas;
+    this.limitTexts = {
+      messages: `Rate limit exceeded (at most ${limit} messages per ${windowMs} ms)`,
+      new_conversations_per_day: `Daily quota exceeded (at most ${quotas?.newConversationsPerDay ?? "a set number of"} new conversations per UTC day; messages to people you already talk with still go through)`,
+      bytes_per_day: `Daily quota exceeded (at most ${quotas?.bytesPerDay ?? "a set number of"} bytes of stored messages per UTC day)`,
+      reads: `Too many reads (at most ${this.readRateLimit} get_history, get_conversations and get_online_users per second)`,
+    };
   }
 
   // ---- Connection lifecycle -------------------------------------------------------------
@@ -342,8 +365,10 @@ export class ChatService {
       case "direct_message":
         return this.directMessage(session, command);
       case "get_history":
+        if (!this.mayRead(session)) return undefined;
         return this.history(session, command);
       case "get_online_users":
+        if (!this.mayRead(session)) return undefined;
         if (command.users !== undefined) {
           session.send(onlineUsersFrame(this.hub.whichOnline(command.users)));
           return undefined;
@@ -361,6 +386,7 @@ export class ChatService {
       case "typing":
         return this.typing(session, command);
       case "get_conversations":
+        if (!this.mayRead(session)) return undefined;
         return this.engine.messages
           .conversations(session.userId, command.limit)
           .then((items) => session.send(conversationsFrame(items)));
@@ -400,7 +426,7 @@ export class ChatService {
     }
     const now = this.now();
     if (session.rateLimitedUntil > now) {
-      this.rateLimited(session, session.rateLimitedUntil - now);
+      this.rateLimited(session, session.rateLimitedUntil - now, "messages");
       return;
     }
     const id = randomUUID();
@@ -417,10 +443,16 @@ export class ChatService {
       ...(command.clientMsgId === undefined ? {} : { clientMsgId: command.clientMsgId }),
     });
     if ("refused" in result) {
+      if (result.limit !== "rate") {
+        // A quota refuses this message, not every one: messages to known peers, or smaller
+        // ones, may still fit, so the engine is asked again next time.
+        this.rateLimited(session, result.retryAfterMs, result.limit);
+        return;
+      }
       // The sliding window cannot have room before retryAfterMs, on any node: answer locally
       // until then instead of asking the engine again.
       session.rateLimitedUntil = this.now() + result.retryAfterMs;
-      this.rateLimited(session, result.retryAfterMs);
+      this.rateLimited(session, result.retryAfterMs, "messages");
       return;
     }
     // A retried clientMsgId gets the original's ack (its id, timestamp and seq), nothing new.
@@ -448,7 +480,7 @@ export class ChatService {
     session.send(messageHistoryFrame(command.with, page.messages, page.hasMore));
   }
 
-  /** Relays a typing indicator: never stored or queued, and at most a few per second per connection. */
+  /** Relays a typing indicator: never stored or queued, and at most a few per second per user. */
   private async typing(session: Session, command: TypingCommand): Promise<void> {
     if (command.to === session.userId) {
       this.refuse(session, {
@@ -457,13 +489,14 @@ export class ChatService {
       });
       return;
     }
+    const limits = session.limits;
     const second = Math.floor(this.now() / 1000);
-    if (second !== session.typingSecond) {
-      session.typingSecond = second;
-      session.typingBudget = TYPING_PER_SECOND;
+    if (second !== limits.typingSecond) {
+      limits.typingSecond = second;
+      limits.typingBudget = TYPING_PER_SECOND;
     }
-    if (session.typingBudget <= 0) return;
-    session.typingBudget--;
+    if (limits.typingBudget <= 0) return;
+    limits.typingBudget--;
     await this.engine.broker.publishFrame(command.to, typingFrame(session.userId, command.state));
   }
 
@@ -475,11 +508,39 @@ export class ChatService {
     session.send(errorFrame(code, message));
   }
 
-  private rateLimited(session: Session, retryAfterMs: number): void {
-    this.sendError(
-      session,
-      ErrorCode.RATE_LIMITED,
-      `Rate limit exceeded (${this.rateLimitText}); retry in ${Math.ceil(retryAfterMs)} ms. The message was not sent.`,
+  /**
+   * Counts one read of the session's user against its token bucket (READ_RATE_LIMIT per second,
+   * as a burst too), or answers RATE_LIMITED and returns false. Per node: no engine call, so
+   * the limit costs a read nothing; a user connected to k nodes may read k times as much.
+   */
+  private mayRead(session: Session): boolean {
+    const limits = session.limits;
+    const now = this.now();
+    const rate = this.readRateLimit;
+    limits.readTokens = Math.min(
+      rate,
+      limits.readTokens + (Math.max(0, now - limits.readRefilledAt) * rate) / 1000,
+    );
+    limits.readRefilledAt = now;
+    if (limits.readTokens >= 1) {
+      limits.readTokens--;
+      return true;
+    }
+    this.rateLimited(session, ((1 - limits.readTokens) * 1000) / rate, "reads");
+    return false;
+  }
+
+  /** RATE_LIMITED for `limit`, with when to retry, in the text and as fields (additions). */
+  private rateLimited(session: Session, retryAfterMs: number, limit: LimitName): void {
+    const retry = Math.max(1, Math.ceil(retryAfterMs));
+    const what = limit === "reads" ? "Nothing was read." : "The message was not sent.";
+    this.metrics.error(ErrorCode.RATE_LIMITED);
+    session.send(
+      errorFrame(
+        ErrorCode.RATE_LIMITED,
+        `${this.limitTexts[limit]}; retry in ${retry} ms. ${what}`,
+        { limit, retryAfterMs: retry },
+      ),
     );
   }
 

@@ -19,6 +19,20 @@ interface HeldFrame {
 }
 
 /**
+ * Budgets of one user on this node, shared by all of the user's sessions here (the Hub gives
+ * each session its user's), so that opening more connections does not buy more.
+ */
+export interface UserLimits {
+  /** Reads (get_history, get_conversations, get_online_users) left: a token bucket. */
+  readTokens: number;
+  /** When the bucket was last refilled (ms since the epoch; 0: never, so it starts full). */
+  readRefilledAt: number;
+  /** Typing frames the user may still relay in the current second, and when it started. */
+  typingBudget: number;
+  typingSecond: number;
+}
+
+/**
  * One authenticated connection. Holds the per-connection state the core needs; all behaviour
  * lives in ChatService and Hub.
  */
@@ -51,9 +65,8 @@ export class Session {
   invalidWindowStart = 0;
   /** Until when this connection's sends are known to be over the rate limit (no engine call needed). */
   rateLimitedUntil = 0;
-  /** Typing frames this connection may still relay in the current second, and when it started. */
-  typingBudget = 0;
-  typingSecond = 0;
+  /** The user's budgets on this node: set by Hub.add to the object all its sessions share. */
+  limits: UserLimits = { readTokens: 0, readRefilledAt: 0, typingBudget: 0, typingSecond: 0 };
 
   private held: HeldFrame[] | undefined;
 

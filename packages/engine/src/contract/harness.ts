@@ -7,6 +7,7 @@ import type {
   MessageStore,
   PresenceChange,
   QueuedMessage,
+  QuotaOptions,
   RateLimitOptions,
   RetentionOptions,
   UserEvent,
@@ -26,6 +27,8 @@ export interface BackendOptions {
   readonly rateLimit: RateLimitOptions;
   /** When absent, the engine's defaults. */
   readonly retention?: RetentionOptions;
+  /** When absent, the engine's defaults (none). */
+  readonly quotas?: QuotaOptions;
 }
 
 /** Makes a fresh, isolated backend (e.g. a new key prefix on a shared Redis). */

@@ -6,6 +6,7 @@ import { describe } from "vitest";
 import type { BackendFactory } from "./harness.js";
 import { messageStoreContract } from "./message-store.js";
 import { presenceContract } from "./presence.js";
+import { quotaContract } from "./quotas.js";
 import { rateLimiterContract } from "./rate-limiter.js";
 import { reliableDeliveryContract } from "./reliable-delivery.js";
 
@@ -17,5 +18,6 @@ export function engineContract(name: string, factory: BackendFactory): void {
     reliableDeliveryContract(factory);
     presenceContract(factory);
     rateLimiterContract(factory);
+    quotaContract(factory);
   });
 }

@@ -1,4 +1,11 @@
-import type { Engine, EngineHealth, RateLimitOptions, RetentionOptions } from "../ports.js";
+import {
+  type Engine,
+  type EngineHealth,
+  NO_QUOTAS,
+  type QuotaOptions,
+  type RateLimitOptions,
+  type RetentionOptions,
+} from "../ports.js";
 import { MemoryBroker } from "./broker.js";
 import { MemoryMessageStore } from "./messages.js";
 import { MemoryPresenceStore } from "./presence.js";
@@ -8,6 +15,8 @@ export interface MemoryEngineOptions {
   readonly rateLimit: RateLimitOptions;
   /** Default {@link DEFAULT_RETENTION}. */
   readonly retention?: RetentionOptions;
+  /** Per-sender daily quotas of appendIfAllowed. Default {@link NO_QUOTAS}. */
+  readonly quotas?: QuotaOptions;
   /** The clock, for tests of the rate limiter. */
   readonly now?: () => number;
 }
@@ -26,6 +35,7 @@ export function createMemoryEngine(options: MemoryEngineOptions): Engine {
     presence,
     rateLimiter,
     options.retention ?? DEFAULT_RETENTION,
+    options.quotas ?? NO_QUOTAS,
     now,
   );
   const sweep = setInterval(() => messages.sweep(), SWEEP_INTERVAL_MS);

@@ -1,13 +1,16 @@
+import { Buffer } from "node:buffer";
 import { encodeMessage, receiptFrame } from "@mrezhen/protocol";
 import {
   type AppendInput,
   type AppendResult,
   type ConversationSummary,
+  DAY_MS,
   type HistoryPage,
   IDEMPOTENCY_TTL_MS,
   type InboxPage,
   type MessageStore,
   type QueuedMessage,
+  type QuotaOptions,
   type RateRefusal,
   type RetentionOptions,
 } from "../ports.js";
@@ -58,13 +61,37 @@ const ENTRY_SEQ = 2;
 
 /** Per user, per other party: watermarks and counters of their conversation. */
 interface Peer {
+  readonly other: string;
   /** Highest seq of theirs this user's devices acked (the delivered receipt they got). */
   delivered: number;
   /** Highest seq this user marked read. */
   read: number;
   unread: number;
-  /** Order of the conversations of a user: the global append counter at its last message. */
-  activity: number;
+  /**
+   * Neighbours in the user's recency list (Peers): the conversation with the next more recent,
+   * and the next less recent, last message. Both undefined while not linked (no message yet, or
+   * unlinked once its messages expired).
+   */
+  newer: Peer | undefined;
+  older: Peer | undefined;
+}
+
+/**
+ * A user's peers, and the ones with messages as a list by their conversation's last message,
+ * most recent first: an append moves one peer to the front in O(1), and a page of conversations
+ * reads `limit` peers from the front instead of sorting them all (which took 15–90 ms a call
+ * at 40,000 peers, blocking the event loop).
+ */
+interface Peers {
+  readonly byOther: Map<string, Peer>;
+  newest: Peer | undefined;
+}
+
+/** What a user spent of its quotas on one UTC day. */
+interface QuotaUse {
+  day: number;
+  conversations: number;
+  bytes: number;
 }
 
 /**
@@ -83,30 +110,57 @@ export class MemoryMessageStore implements MessageStore {
   private readonly inboxes = new Map<string, Inbox>();
   /** Offline queues: inbox positions of the user, ascending. */
   private readonly queues = new Map<string, number[]>();
-  private readonly peers = new Map<string, Map<string, Peer>>();
+  private readonly peers = new Map<string, Peers>();
+  private readonly quotaUse = new Map<string, QuotaUse>();
   /** Latest receipt frames addressed to a user, by "<kind>|<from>". */
   private readonly receiptsFor = new Map<string, Map<string, string>>();
   private readonly idempotency = new Map<string, { result: AppendResult; expiresAt: number }>();
-  private activity = 0;
 
   constructor(
     private readonly broker: MemoryBroker,
     private readonly presence: MemoryPresenceStore,
     private readonly rateLimiter: MemoryRateLimiter,
     private readonly retention: RetentionOptions,
+    private readonly quotas: QuotaOptions,
     private readonly now: () => number,
   ) {}
 
   async append(input: AppendInput): Promise<AppendResult> {
-    return this.duplicateOf(input) ?? this.store(input);
+    return this.duplicateOf(input) ?? this.store(input, this.conversation(input.from, input.to));
   }
 
+  /**
+   * Quotas, then the rate limit, then the store, in one synchronous step. The quotas are only
+   * read until the rate limiter allowed the message, so a refusal by either counts nothing.
+   * Cost over append: one map read and one byteLength (a scan of the text) per message.
+   */
   async appendIfAllowed(input: AppendInput): Promise<AppendResult | RateRefusal> {
     const duplicate = this.duplicateOf(input);
     if (duplicate !== undefined) return duplicate;
+    const existing = this.conversationsByKey.get(conversationKey(input.from, input.to));
+    // A pair with no seq yet never exchanged a message: this one starts a conversation.
+    const starts = existing === undefined || existing.lastSeq === 0;
+    const json = encodeStored(input, (existing?.lastSeq ?? 0) + 1);
+    const bytes = Buffer.byteLength(json);
+    const now = this.now();
+    const day = Math.floor(now / DAY_MS);
+    let use = this.quotaUse.get(input.from);
+    if (use !== undefined && use.day !== day) use = undefined;
+    const untilTomorrow = (day + 1) * DAY_MS - now;
+    if (starts && (use?.conversations ?? 0) + 1 > this.quotas.newConversationsPerDay)
+      return { refused: true, retryAfterMs: untilTomorrow, limit: "new_conversations_per_day" };
+    if ((use?.bytes ?? 0) + bytes > this.quotas.bytesPerDay)
+      return { refused: true, retryAfterMs: untilTomorrow, limit: "bytes_per_day" };
     const decision = this.rateLimiter.decide(input.from);
-    if (!decision.allowed) return { refused: true, retryAfterMs: decision.retryAfterMs };
-    return this.store(input);
+    if (!decision.allowed)
+      return { refused: true, retryAfterMs: decision.retryAfterMs, limit: "rate" };
+    if (use === undefined) {
+      use = { day, conversations: 0, bytes: 0 };
+      this.quotaUse.set(input.from, use);
+    }
+    if (starts) use.conversations++;
+    use.bytes += bytes;
+    return this.store(input, existing ?? this.conversation(input.from, input.to), json);
   }
 
   /** The original's result when `input` retries a clientMsgId already stored. */
@@ -117,29 +171,18 @@ export class MemoryMessageStore implements MessageStore {
     return { ...earlier.result, duplicate: true };
   }
 
-  private store(input: AppendInput): AppendResult {
+  /** Stores `input` in `conversation`, as `json` when already encoded (with the next seq). */
+  private store(input: AppendInput, conversation: Conversation, encoded?: string): AppendResult {
     const now = this.now();
-    const conversation = this.conversation(input.from, input.to);
     const seq = ++conversation.lastSeq;
-    const json = encodeMessage({
-      id: input.id,
-      from: input.from,
-      to: input.to,
-      content: input.content,
-      timestamp: input.timestamp,
-      seq,
-      ...(input.clientMsgId === undefined ? {} : { clientMsgId: input.clientMsgId }),
-    });
+    const json = encoded ?? encodeStored(input, seq);
     const row = conversation.messages.pushTexts(input.id, json);
     conversation.messages.set(row, STORED_AT, now);
     conversation.messages.set(row, FROM_SECOND, input.from === conversation.first ? 0 : 1);
     const senderPosition = this.addToInbox(input.from, conversation, seq, now);
     const recipientPosition = this.addToInbox(input.to, conversation, seq, now);
-    this.activity++;
-    this.peer(input.from, input.to).activity = this.activity;
-    const recipientPeer = this.peer(input.to, input.from);
-    recipientPeer.activity = this.activity;
-    recipientPeer.unread++;
+    this.touch(input.from, input.to);
+    this.touch(input.to, input.from).unread++;
 
     let status: AppendResult["status"] = "delivered";
     if (!this.presence.isOnline(input.to)) {
@@ -265,32 +308,37 @@ export class MemoryMessageStore implements MessageStore {
     return [...(this.receiptsFor.get(userId)?.values() ?? [])];
   }
 
+  /**
+   * O(limit), plus O(1) for each conversation whose messages all expired since the last call:
+   * it is unlinked from the recency list when met (a new message links it again).
+   */
   async conversations(userId: string, limit: number): Promise<ConversationSummary[]> {
-    const peers = [...(this.peers.get(userId) ?? new Map<string, Peer>())].sort(
-      (a, b) => b[1].activity - a[1].activity,
-    );
     const summaries: ConversationSummary[] = [];
-    for (const [other, peer] of peers) {
-      if (summaries.length === limit) break;
-      const messages = this.conversationsByKey.get(conversationKey(userId, other))?.messages;
-      if (messages !== undefined && messages.length > 0)
+    const peers = this.peers.get(userId);
+    if (peers === undefined) return summaries;
+    let peer = peers.newest;
+    while (peer !== undefined && summaries.length < limit) {
+      const older: Peer | undefined = peer.older;
+      const messages = this.conversationsByKey.get(conversationKey(userId, peer.other))?.messages;
+      if (messages === undefined || messages.length === 0) unlink(peers, peer);
+      else
         summaries.push({
-          with: other,
+          with: peer.other,
           lastMessageJson: messages.text(messages.length - 1),
           unread: peer.unread,
         });
+      peer = older;
     }
     return summaries;
   }
 
   async contacts(userId: string, limit: number): Promise<string[]> {
     const peers = this.peers.get(userId);
-    if (peers === undefined || limit <= 0) return [];
-    // Sorting all of a user's peers is O(p log p); p is bounded by whom the user talked to.
-    return [...peers]
-      .sort((a, b) => b[1].activity - a[1].activity)
-      .slice(0, limit)
-      .map(([other]) => other);
+    const contacts: string[] = [];
+    // The recency list, newest first: O(limit), however many peers the user has.
+    for (let peer = peers?.newest; peer !== undefined && contacts.length < limit; peer = peer.older)
+      contacts.push(peer.other);
+    return contacts;
   }
 
   async readQueued(
@@ -349,6 +397,8 @@ export class MemoryMessageStore implements MessageStore {
     const now = this.now();
     for (const [key, entry] of this.idempotency)
       if (entry.expiresAt <= now) this.idempotency.delete(key);
+    const today = Math.floor(now / DAY_MS);
+    for (const [userId, use] of this.quotaUse) if (use.day !== today) this.quotaUse.delete(userId);
   }
 
   /** The message at `position` of `inbox`, or undefined when retention dropped it. */
@@ -418,15 +468,35 @@ export class MemoryMessageStore implements MessageStore {
   }
 
   private peer(userId: string, other: string): Peer {
+    return this.peerIn(this.peersOf(userId), other);
+  }
+
+  /** The peer, moved to the front of the user's recency list (a message was just appended). */
+  private touch(userId: string, other: string): Peer {
+    const peers = this.peersOf(userId);
+    const peer = this.peerIn(peers, other);
+    if (peers.newest === peer) return peer;
+    unlink(peers, peer);
+    peer.older = peers.newest;
+    if (peers.newest !== undefined) peers.newest.newer = peer;
+    peers.newest = peer;
+    return peer;
+  }
+
+  private peersOf(userId: string): Peers {
     let peers = this.peers.get(userId);
     if (peers === undefined) {
-      peers = new Map();
+      peers = { byOther: new Map(), newest: undefined };
       this.peers.set(userId, peers);
     }
-    let peer = peers.get(other);
+    return peers;
+  }
+
+  private peerIn(peers: Peers, other: string): Peer {
+    let peer = peers.byOther.get(other);
     if (peer === undefined) {
-      peer = { delivered: 0, read: 0, unread: 0, activity: 0 };
-      peers.set(other, peer);
+      peer = { other, delivered: 0, read: 0, unread: 0, newer: undefined, older: undefined };
+      peers.byOther.set(other, peer);
     }
     return peer;
   }
@@ -456,6 +526,28 @@ function firstAbove(positions: readonly number[], after: number): number {
     else high = middle;
   }
   return low;
+}
+
+/** Takes `peer` out of its user's recency list (a no-op when it is not in it). */
+function unlink(peers: Peers, peer: Peer): void {
+  if (peer.newer !== undefined) peer.newer.older = peer.older;
+  else if (peers.newest === peer) peers.newest = peer.older;
+  if (peer.older !== undefined) peer.older.newer = peer.newer;
+  peer.newer = undefined;
+  peer.older = undefined;
+}
+
+/** The stored text of `input` as message `seq` of its conversation (protocol encodeMessage). */
+function encodeStored(input: AppendInput, seq: number): string {
+  return encodeMessage({
+    id: input.id,
+    from: input.from,
+    to: input.to,
+    content: input.content,
+    timestamp: input.timestamp,
+    seq,
+    ...(input.clientMsgId === undefined ? {} : { clientMsgId: input.clientMsgId }),
+  });
 }
 
 /** The position of an inbox's oldest kept entry (newest + 1 when none is kept). */

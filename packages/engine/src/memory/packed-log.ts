@@ -50,7 +50,7 @@ export class PackedLog {
   /** Appends a row without texts; returns its index. Its numbers are 0 until {@link set}. */
   push(): number {
     if (this.withTexts) throw new Error("this log holds texts: use pushTexts");
-    const chunk = this.chunkWithRoom(0);
+    const chunk = this.lastWithRoom(0) ?? this.newChunk(0);
     chunk.rows.fill(0, chunk.count * this.stride, chunk.count * this.stride + this.columns);
     chunk.count++;
     return this.appended();
@@ -59,8 +59,15 @@ export class PackedLog {
   /** Appends a row with its id and text; returns its index. Its numbers are 0 until {@link set}. */
   pushTexts(id: string, text: string): number {
     if (!this.withTexts) throw new Error("this log holds no texts: use push");
-    // At most 3 UTF-8 bytes per UTF-16 unit: room is checked before encoding, without measuring.
-    const chunk = this.chunkWithRoom(3 * (id.length + text.length));
+    // At most 3 UTF-8 bytes per UTF-16 unit: room is usually checked without measuring. When that
+    // bound does not fit the last chunk, the texts are measured, so a new chunk is sized to what
+    // they take, not to three times it (a 30 KB message reserved 128 KiB that way).
+    const bound = 3 * (id.length + text.length);
+    let chunk = this.lastWithRoom(bound);
+    if (chunk === undefined) {
+      const exact = Buffer.byteLength(id) + Buffer.byteLength(text);
+      chunk = this.lastWithRoom(exact) ?? this.newChunk(exact);
+    }
     const offsets = chunk.count * this.stride + this.columns;
     // Chunks are reused: a new row's numbers start at 0, not at what a dropped row left.
     chunk.rows.fill(0, offsets - this.columns, offsets);
@@ -121,28 +128,35 @@ export class PackedLog {
     }
   }
 
-  /** The last chunk if it has room for one more row and `maxBytes` of texts, else a new one. */
-  private chunkWithRoom(maxBytes: number): Chunk {
+  /** The last chunk if it has room for one more row and `bytes` of texts. */
+  private lastWithRoom(bytes: number): Chunk | undefined {
     const last = this.chunks[this.chunks.length - 1];
     if (
       last !== undefined &&
       (last.count + 1) * this.stride <= last.rows.length &&
-      last.used + maxBytes <= last.bytes.length
+      last.used + bytes <= last.bytes.length
     ) {
       return last;
     }
+    return undefined;
+  }
+
+  /** A new last chunk with room for at least one row and `bytes` of texts. */
+  private newChunk(bytes: number): Chunk {
     // Chunks grow with the log (about its length, from 4 to 256 rows), so a short log stays small
-    // and a long one has few chunks. Sizes are powers of two: the pool serves them all.
+    // and a long one has few chunks. Row arrays and the text buffers of ordinary rows are powers
+    // of two; a row larger than its chunk's usual text room gets a buffer of the next size class
+    // above it (at most 1/8 more), so one large message no longer reserves a power of two. The
+    // classes are few (8 per doubling), so the pool still serves them.
     const rows = Math.min(MAX_CHUNK_ROWS, Math.max(MIN_CHUNK_ROWS, powerOfTwoAtLeast(this.length)));
     const chunk: Chunk = {
       start: this.next,
       count: 0,
       used: 0,
       rows: new Float64Array(take(rows * this.stride * 8)),
-      bytes: this.withTexts
-        ? Buffer.from(take(Math.max(powerOfTwoAtLeast(maxBytes), rows * BYTES_PER_ROW)))
-        : EMPTY,
+      bytes: this.withTexts ? Buffer.from(take(sizeClass(bytes, rows * BYTES_PER_ROW))) : EMPTY,
     };
+    reservedBytes += chunk.rows.byteLength + chunk.bytes.length;
     this.chunks.push(chunk);
     return chunk;
   }
@@ -189,10 +203,31 @@ function powerOfTwoAtLeast(n: number): number {
   return n <= 1 ? 1 : 2 ** Math.ceil(Math.log2(n));
 }
 
+/**
+ * A text buffer size for `bytes`: `usual` (a power of two) when they fit in it, else the
+ * smallest of 9/16, 10/16, ..., 16/16 of the next power of two that holds them.
+ */
+function sizeClass(bytes: number, usual: number): number {
+  if (bytes <= usual) return usual;
+  const power = powerOfTwoAtLeast(bytes);
+  const step = power / 16;
+  return Math.ceil(bytes / step) * step;
+}
+
+/**
+ * Bytes of storage (row arrays and text buffers) held by the memory engine's logs, all engines
+ * of the process together; chunks kept in the pool for reuse are not counted.
+ */
+export function memoryStoredBytes(): number {
+  return reservedBytes;
+}
+
 // The pool: storage of dropped chunks by size, shared by every log of the process.
 
 const pool = new Map<number, ArrayBuffer[]>();
 let pooledBytes = 0;
+/** See memoryStoredBytes. */
+let reservedBytes = 0;
 /** Past this, dropped chunks are left to the collector (after a mass expiry, say). */
 const MAX_POOLED_BYTES = 64 * 1024 * 1024;
 
@@ -204,6 +239,7 @@ function take(size: number): ArrayBuffer {
 }
 
 function release(chunk: Chunk): void {
+  reservedBytes -= chunk.rows.byteLength + chunk.bytes.length;
   give(chunk.rows.buffer as ArrayBuffer);
   if (chunk.bytes !== EMPTY) give(chunk.bytes.buffer as ArrayBuffer);
 }
