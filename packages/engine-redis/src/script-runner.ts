@@ -72,19 +72,32 @@ function isNoScript(error: unknown): boolean {
 const RETRYABLE_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|TRYAGAIN|CLUSTERDOWN|OOM|NOREPLICAS)\b/;
 
 /**
+ * What ioredis says when it refuses a command without writing it: the connection is not ready
+ * and the offline queue is disabled (see engine.ts).
+ */
+const NOT_WRITTEN = /enableOfflineQueue/;
+
+/**
  * Maps a failure to what the ports promise: EngineUnavailableError when Redis cannot serve right
  * now (connection down, closed while the command was in flight, socket timeout, or a retryable
  * server reply), the error itself otherwise (a script error is a bug, not an outage).
  * Every error that does not come from the server is a connection-level failure: with the offline
  * queue disabled, ioredis rejects at once when the connection is not ready.
+ *
+ * Whether the command may have run (`mayHaveSucceeded`): not when ioredis never wrote it, nor
+ * when Redis refused it with a retryable reply (those are given before a script runs, or at its
+ * first write, so it wrote nothing). Any other failure came after the command was written, and
+ * the reply was lost: it may have run (a Redis that died after the write but before the reply).
  */
 export function toEngineError(error: unknown): Error {
   if (error instanceof EngineUnavailableError) return error;
   const message = error instanceof Error ? error.message : String(error);
-  if (error instanceof Error && error.name === "ReplyError" && !RETRYABLE_REPLY.test(message)) {
-    return error;
-  }
-  return new EngineUnavailableError(`redis unavailable: ${message}`, { cause: error });
+  const refusedByServer = error instanceof Error && error.name === "ReplyError";
+  if (refusedByServer && !RETRYABLE_REPLY.test(message)) return error;
+  return new EngineUnavailableError(`redis unavailable: ${message}`, {
+    cause: error,
+    mayHaveSucceeded: !refusedByServer && !NOT_WRITTEN.test(message),
+  });
 }
 
 /** A script reply of `count` integers; anything else is a bug in a script, not an outage. */

@@ -12,6 +12,18 @@
 /** Thrown (or rejected with) when the engine's backend cannot serve right now. Retryable. */
 export class EngineUnavailableError extends Error {
   override readonly name = "EngineUnavailableError";
+  /**
+   * Whether the request may have taken effect anyway: it reached the backend, and the answer was
+   * lost (the connection dropped, or timed out, after the request was written). False only when
+   * the request certainly did nothing (never written, or refused before it ran). A send that
+   * fails so must be retried with the same clientMsgId, which makes the retry safe.
+   */
+  readonly mayHaveSucceeded: boolean;
+
+  constructor(message: string, options: { cause?: unknown; mayHaveSucceeded?: boolean } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.mayHaveSucceeded = options.mayHaveSucceeded ?? true;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 import type { ErrorCode } from "./errors.js";
-import type { ChatMessage, DeliveryStatus, LimitName, PresenceStatus } from "./frames.js";
+import type { ChatMessage, DeliveryStatus, ErrorDetails, PresenceStatus } from "./frames.js";
 
 /*
  * Server frames are built as strings, once per event, and the same string is written to every
@@ -130,11 +130,7 @@ export function pongFrame(timestamp: string): string {
   return `{"type":"pong","timestamp":"${timestamp}"}`;
 }
 
-export function errorFrame(
-  code: ErrorCode,
-  message: string,
-  details?: { readonly limit: LimitName; readonly retryAfterMs: number },
-): string {
+export function errorFrame(code: ErrorCode, message: string, details?: ErrorDetails): string {
   return JSON.stringify(
     details === undefined
       ? { type: "error", code, message }

@@ -158,7 +158,23 @@ export interface ErrorFrame {
   readonly limit?: LimitName;
   /** With RATE_LIMITED (an addition): when the same request may succeed, in milliseconds. */
   readonly retryAfterMs?: number;
+  /**
+   * With UNAVAILABLE for a `direct_message` (an addition): `not_stored` when the message was
+   * certainly not stored (resend it later), `unknown` when it may have been (resend it with the
+   * same clientMsgId, which never stores it twice).
+   */
+  readonly outcome?: SendOutcome;
+  /** The failed send's clientMsgId, when it had one (an addition), so a client can match it. */
+  readonly clientMsgId?: string;
 }
+
+/** The optional fields an error frame may carry beside its code and message. */
+export type ErrorDetails = Partial<
+  Pick<ErrorFrame, "limit" | "retryAfterMs" | "outcome" | "clientMsgId">
+>;
+
+/** What a failed send may have done: see {@link ErrorFrame.outcome}. */
+export type SendOutcome = "not_stored" | "unknown";
 
 /**
  * The limits behind a RATE_LIMITED error: the send rate (`messages`), the daily quotas of a

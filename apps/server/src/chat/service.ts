@@ -12,6 +12,7 @@ import {
   type DirectMessageCommand,
   directMessageFrame,
   ErrorCode,
+  type ErrorDetails,
   errorFrame,
   type GetHistoryCommand,
   type LimitName,
@@ -350,7 +351,7 @@ export class ChatService {
     pending.then(
       () => this.settle(session),
       (error: unknown) => {
-        this.failRequest(session, error);
+        this.failRequest(session, error, parsed.command);
         this.settle(session);
       },
     );
@@ -503,9 +504,14 @@ export class ChatService {
   // ---- Errors -------------------------------------------------------------------------------
 
   /** Sends an error frame (and counts it). */
-  private sendError(session: Session, code: ErrorCode, message: string): void {
+  private sendError(
+    session: Session,
+    code: ErrorCode,
+    message: string,
+    details?: ErrorDetails,
+  ): void {
     this.metrics.error(code);
-    session.send(errorFrame(code, message));
+    session.send(errorFrame(code, message, details));
   }
 
   /**
@@ -561,27 +567,56 @@ export class ChatService {
     }
   }
 
-  /** A request failed in the engine or in our code: say so, never ack. */
-  private failRequest(session: Session, error: unknown): void {
+  /**
+   * A request failed in the engine or in our code: say so, never ack. For a send, say what is
+   * known of its fate: when the engine may have stored it (the store's reply was lost), "nothing
+   * was sent" would be a lie that a client acts on, so the error says `outcome: "unknown"` and
+   * asks for a resend with the same clientMsgId.
+   */
+  private failRequest(session: Session, error: unknown, command: ClientCommand): void {
+    const send = command.type === "direct_message" ? command : undefined;
+    const details: ErrorDetails | undefined =
+      send === undefined
+        ? undefined
+        : {
+            outcome:
+              error instanceof EngineUnavailableError && error.mayHaveSucceeded
+                ? "unknown"
+                : "not_stored",
+            ...(send.clientMsgId === undefined ? {} : { clientMsgId: send.clientMsgId }),
+          };
     if (error instanceof EngineUnavailableError) {
       session.log.warn({ err: error }, "engine unavailable");
-      this.sendError(
-        session,
-        ErrorCode.UNAVAILABLE,
-        "The service cannot store this right now; nothing was sent. Retry later.",
-      );
+      this.sendError(session, ErrorCode.UNAVAILABLE, unavailableText(details), details);
       return;
     }
     session.log.error({ err: error }, "request failed");
     this.sendError(
       session,
       ErrorCode.INTERNAL_ERROR,
-      "The request failed on the server; nothing was sent.",
+      send === undefined
+        ? "The request failed on the server; retry later."
+        : "The request failed on the server; the message was not stored.",
+      details,
     );
   }
 }
 
 const OPENED = Promise.resolve();
+
+/** The text of an UNAVAILABLE error, by what is known of the failed request. */
+function unavailableText(details: ErrorDetails | undefined): string {
+  switch (details?.outcome) {
+    case undefined:
+      return "The service cannot serve this right now; retry later.";
+    case "not_stored":
+      return "The service cannot store messages right now; this one was not stored. Send it again later.";
+    case "unknown":
+      return details.clientMsgId === undefined
+        ? "The service lost track of this message: it may or may not have been stored. Check the history before sending it again, and send with a clientMsgId to make retries safe."
+        : "The service lost track of this message: it may or may not have been stored. Send it again with the same clientMsgId: it is never stored twice.";
+  }
+}
 
 function assertNever(value: never): never {
   throw new Error(`unhandled command ${JSON.stringify(value)}`);
