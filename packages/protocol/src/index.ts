@@ -25,4 +25,4 @@ export {
 export { ErrorCode, type ProtocolError, retryableErrors } from "./errors.js";
 export type * from "./frames.js";
 export { Limits } from "./limits.js";
-export { codePointLength, type ParseResult, parseClientFrame } from "./parse.js";
+export { codePointLength, type ParseResult, parseClientFrame, userIdProblem } from "./parse.js";

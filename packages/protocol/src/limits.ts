@@ -4,14 +4,17 @@ export const Limits = {
   MAX_FRAME_BYTES: 64 * 1024,
   /** Longest message content, in characters (Unicode code points). */
   MAX_CONTENT_CHARS: 5000,
-  /** User ids are strings of this many characters (UTF-16 code units). */
+  /**
+   * User ids (a token's `sub`, a frame's `to` and `with`) are strings of this many characters
+   * (Unicode code points), well-formed, with no control character, and not only whitespace.
+   */
   MIN_USER_ID_LENGTH: 1,
   MAX_USER_ID_LENGTH: 128,
   /** `get_history.limit`: default and clamp range. */
   HISTORY_DEFAULT_LIMIT: 50,
   HISTORY_MIN_LIMIT: 1,
   HISTORY_MAX_LIMIT: 100,
-  /** `clientMsgId` length range (B2). */
+  /** `clientMsgId` length range (B2), in characters (Unicode code points); it must be well-formed. */
   MIN_CLIENT_MSG_ID_LENGTH: 1,
   MAX_CLIENT_MSG_ID_LENGTH: 64,
   /** `get_conversations.limit`: default and clamp range. */

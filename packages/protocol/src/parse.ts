@@ -92,11 +92,20 @@ function parseDirectMessage(frame: JsonObject): ParseResult {
   if (
     typeof clientMsgId !== "string" ||
     clientMsgId.length < Limits.MIN_CLIENT_MSG_ID_LENGTH ||
-    clientMsgId.length > Limits.MAX_CLIENT_MSG_ID_LENGTH
+    (clientMsgId.length > Limits.MAX_CLIENT_MSG_ID_LENGTH &&
+      codePointLength(clientMsgId) > Limits.MAX_CLIENT_MSG_ID_LENGTH)
   ) {
     return fail(
       ErrorCode.INVALID_FORMAT,
       `"clientMsgId" must be a string of ${Limits.MIN_CLIENT_MSG_ID_LENGTH} to ${Limits.MAX_CLIENT_MSG_ID_LENGTH} characters.`,
+    );
+  }
+  // Two keys that differ only in lone surrogates ("k\ud800", "k\udbff") are both written to
+  // Redis as U+FFFD: the second would be taken for a retry of the first and silently not stored.
+  if (!clientMsgId.isWellFormed()) {
+    return fail(
+      ErrorCode.INVALID_FORMAT,
+      '"clientMsgId" must be well-formed Unicode: it has a lone surrogate.',
     );
   }
   return { ok: true, command: { type: "direct_message", to, content, clientMsgId } };
@@ -221,7 +230,10 @@ function requireWholeNumber(frame: JsonObject, field: string, min: number): numb
   );
 }
 
-/** Reads a field naming another user: missing or empty is MISSING_RECIPIENT, wrong type or length INVALID_FORMAT. */
+/**
+ * Reads a field naming another user: missing or empty is MISSING_RECIPIENT; the wrong type, or a
+ * string that no token's `sub` may be (see {@link userIdProblem}), INVALID_FORMAT.
+ */
 function readUserId(frame: JsonObject, field: "to" | "with"): string | ParseResult {
   const value = frame[field];
   if (value === undefined || value === null || value === "") {
@@ -230,16 +242,38 @@ function readUserId(frame: JsonObject, field: "to" | "with"): string | ParseResu
   if (typeof value !== "string") {
     return fail(ErrorCode.INVALID_FORMAT, `"${field}" must be a user id string.`);
   }
-  if (value.length > Limits.MAX_USER_ID_LENGTH) {
-    return fail(
-      ErrorCode.INVALID_FORMAT,
-      `"${field}" must be a user id of at most ${Limits.MAX_USER_ID_LENGTH} characters.`,
-    );
+  const problem = userIdProblem(value);
+  if (problem !== undefined) {
+    return fail(ErrorCode.INVALID_FORMAT, `"${field}" is not a valid user id: it ${problem}.`);
   }
   return value;
 }
 
 const NON_WHITESPACE = /\S/;
+/** C0 and C1 controls (NUL, newline, ESC, DEL, …): invisible in a list, and they break logs. */
+const CONTROL_CHARACTER = /\p{Cc}/u;
+
+/**
+ * What makes `id` unusable as a user id, as the end of a sentence ("is empty"), or undefined when
+ * it is one: 1 to {@link Limits.MAX_USER_ID_LENGTH} code points, well-formed Unicode, no control
+ * character, not only whitespace. The server applies it to a token's `sub` and to every user id
+ * in a frame, so a frame can name exactly the users a token can be issued for.
+ *
+ * Well-formed matters most: a lone surrogate ("vic\ud800") cannot be encoded as UTF-8 and
+ * becomes U+FFFD on its way into Redis, so two different ids would share one user's keys (queue,
+ * inbox, history).
+ */
+export function userIdProblem(id: string): string | undefined {
+  if (id.length < Limits.MIN_USER_ID_LENGTH) return "is empty";
+  if (!id.isWellFormed()) return "is not well-formed Unicode (it has a lone surrogate)";
+  // Code points, as the limit is documented: an id of 128 emoji is 256 UTF-16 units.
+  if (id.length > Limits.MAX_USER_ID_LENGTH && codePointLength(id) > Limits.MAX_USER_ID_LENGTH) {
+    return `is longer than ${Limits.MAX_USER_ID_LENGTH} characters`;
+  }
+  if (CONTROL_CHARACTER.test(id)) return "contains a control character";
+  if (!NON_WHITESPACE.test(id)) return "is only whitespace";
+  return undefined;
+}
 
 /** Counts Unicode code points without allocating (a surrogate pair is one character). */
 export function codePointLength(text: string): number {

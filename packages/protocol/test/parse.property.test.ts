@@ -75,7 +75,7 @@ describe("parseClientFrame (properties)", () => {
   it("accepts exactly the valid direct messages, with only the known fields", () => {
     fc.assert(
       fc.property(
-        fc.string({ minLength: 1, maxLength: Limits.MAX_USER_ID_LENGTH }),
+        validUserId,
         fc.string({ minLength: 1, maxLength: 300 }).filter((s) => /\S/.test(s)),
         fieldValue,
         (to, content, junk) => {
@@ -113,6 +113,175 @@ describe("parseClientFrame (properties)", () => {
     );
     expect(result.ok).toBe(true);
     expect(({} as Record<string, unknown>)["polluted"]).toBeUndefined();
+  });
+});
+
+/**
+ * A user id as the protocol defines it, built independently of the parser's own check: 1 to 128
+ * code points from the whole Unicode range (fast-check's "binary" unit never makes a lone
+ * surrogate), no control character, not only whitespace.
+ */
+const validUserId = fc
+  .string({ unit: "binary", minLength: 1, maxLength: Limits.MAX_USER_ID_LENGTH })
+  .filter((id) => /\S/.test(id) && !/\p{Cc}/u.test(id));
+
+/** A lone surrogate, high (D800-DBFF) or low (DC00-DFFF). */
+const loneSurrogate = fc
+  .integer({ min: 0xd800, max: 0xdfff })
+  .map((unit) => String.fromCharCode(unit));
+
+/**
+ * Strings that mix well-formed text with lone surrogates: some are well-formed (a high surrogate
+ * followed by a low one is a pair), most are not.
+ */
+const maybeIllFormed = fc
+  .array(fc.oneof(fc.string({ unit: "binary", maxLength: 3 }), loneSurrogate), {
+    minLength: 1,
+    maxLength: 12,
+  })
+  .map((parts) => parts.join(""));
+
+/** Inserts `surrogate` into `id` at `at` (a UTF-16 index), never between the halves of a pair. */
+function insertLone(id: string, surrogate: string, at: number): string {
+  const chars = [...id];
+  const index = at % (chars.length + 1);
+  // A high surrogate right before a low one, or a low one right after a high one, would pair up.
+  const text = [...chars.slice(0, index), surrogate, ...chars.slice(index)].join("");
+  return text.isWellFormed() ? `${surrogate}${surrogate}` : text;
+}
+
+/** What Redis stores for a key or field holding `text`: its UTF-8 bytes (ioredis encodes so). */
+const throughRedis = (text: string) => Buffer.from(text, "utf8").toString("utf8");
+
+/** Every frame field that names a user, as [frame type, field, a frame around it]. */
+const USER_ID_FIELDS: [string, (id: string) => Record<string, unknown>][] = [
+  ["direct_message.to", (id) => ({ type: "direct_message", to: id, content: "hi" })],
+  ["typing.to", (id) => ({ type: "typing", to: id, state: "start" })],
+  ["get_history.with", (id) => ({ type: "get_history", with: id })],
+  ["mark_read.with", (id) => ({ type: "mark_read", with: id, upTo: 1 })],
+];
+
+const directMessageWithKey = (clientMsgId: string) => ({
+  type: "direct_message",
+  to: "bob",
+  content: "hi",
+  clientMsgId,
+});
+
+describe("ids in frames (properties)", () => {
+  it.each(USER_ID_FIELDS)("accepts every valid user id as %s", (_field, frameFor) => {
+    fc.assert(
+      fc.property(validUserId, (id) => {
+        expect(parseClientFrame(JSON.stringify(frameFor(id))).ok).toBe(true);
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it.each(USER_ID_FIELDS)(
+    "refuses a user id with a lone surrogate anywhere as %s, with INVALID_FORMAT",
+    (_field, frameFor) => {
+      fc.assert(
+        fc.property(validUserId, loneSurrogate, fc.nat(), (id, surrogate, at) => {
+          const bad = insertLone(id, surrogate, at);
+          expect(bad.isWellFormed()).toBe(false);
+          // JSON.stringify writes the lone surrogate as an escape, as any client's JSON would.
+          const result = parseClientFrame(JSON.stringify(frameFor(bad)));
+          expect(result.ok ? "ok" : result.error.code).toBe("INVALID_FORMAT");
+        }),
+        { numRuns: 500 },
+      );
+    },
+  );
+
+  it.each(USER_ID_FIELDS)(
+    "accepts as %s only ids that survive UTF-8 unchanged, so two accepted ids never share Redis keys",
+    (_field, frameFor) => {
+      fc.assert(
+        fc.property(maybeIllFormed, (id) => {
+          const result = parseClientFrame(JSON.stringify(frameFor(id)));
+          if (result.ok) expect(throughRedis(id)).toBe(id);
+          if (throughRedis(id) !== id) expect(result.ok).toBe(false);
+        }),
+        { numRuns: 1000 },
+      );
+    },
+  );
+
+  it("counts a user id's 128 characters in code points, not UTF-16 units", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 2 * Limits.MAX_USER_ID_LENGTH }),
+        fc.constantFrom("x", "😀", "é", "𝔸"),
+        (count, char) => {
+          const result = parseClientFrame(
+            JSON.stringify({ type: "direct_message", to: char.repeat(count), content: "hi" }),
+          );
+          expect(result.ok).toBe(count <= Limits.MAX_USER_ID_LENGTH);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it("refuses user ids with a control character or of whitespace only", () => {
+    const control = fc.oneof(
+      fc.integer({ min: 0, max: 0x1f }),
+      fc.integer({ min: 0x7f, max: 0x9f }),
+    );
+    fc.assert(
+      fc.property(validUserId, control, fc.nat(), (id, code, at) => {
+        const chars = [...id];
+        const index = at % (chars.length + 1);
+        const bad = [...chars.slice(0, index), String.fromCharCode(code), ...chars.slice(index)];
+        const result = parseClientFrame(
+          JSON.stringify({ type: "direct_message", to: bad.join(""), content: "hi" }),
+        );
+        expect(result.ok ? "ok" : result.error.code).toBe("INVALID_FORMAT");
+      }),
+      { numRuns: 300 },
+    );
+    for (const blank of [" ", "   ", "\u00a0", "\u3000\u2003", "\ufeff"]) {
+      const result = parseClientFrame(JSON.stringify({ type: "get_history", with: blank }));
+      expect(result.ok ? "ok" : result.error.code).toBe("INVALID_FORMAT");
+    }
+  });
+
+  it("refuses a clientMsgId with a lone surrogate, so two such keys never count as one", () => {
+    fc.assert(
+      fc.property(
+        fc.string({ unit: "binary", minLength: 1, maxLength: 40 }),
+        loneSurrogate,
+        fc.nat(),
+        (key, surrogate, at) => {
+          const bad = insertLone(key, surrogate, at);
+          const result = parseClientFrame(JSON.stringify(directMessageWithKey(bad)));
+          expect(result.ok ? "ok" : result.error.code).toBe("INVALID_FORMAT");
+        },
+      ),
+      { numRuns: 500 },
+    );
+    // The report's pair: both would be stored in Redis as "k\ufffd".
+    for (const key of ["k\ud800", "k\udbff"]) {
+      const result = parseClientFrame(JSON.stringify(directMessageWithKey(key)));
+      expect(result.ok ? "ok" : result.error.code).toBe("INVALID_FORMAT");
+    }
+  });
+
+  it("accepts as clientMsgId only keys that survive UTF-8 unchanged, of 1 to 64 code points", () => {
+    fc.assert(
+      fc.property(fc.oneof(maybeIllFormed, fc.string({ unit: "binary", maxLength: 80 })), (key) => {
+        const result = parseClientFrame(JSON.stringify(directMessageWithKey(key)));
+        const length = [...key].length;
+        const valid =
+          throughRedis(key) === key && length >= 1 && length <= Limits.MAX_CLIENT_MSG_ID_LENGTH;
+        expect(result.ok).toBe(valid);
+        if (result.ok && result.command.type === "direct_message") {
+          expect(result.command.clientMsgId).toBe(key);
+        }
+      }),
+      { numRuns: 1000 },
+    );
   });
 });
 

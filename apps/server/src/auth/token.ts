@@ -1,4 +1,4 @@
-import { Limits } from "@mrezhen/protocol";
+import { userIdProblem } from "@mrezhen/protocol";
 import { createVerifier, TokenError } from "fast-jwt";
 
 /** Who a connection belongs to, from a verified token. */
@@ -41,7 +41,8 @@ export function extractToken(
 
 /**
  * Verifies HS256 tokens: signature, `iss` (required, exact), `exp` (required), `nbf`, and a `sub`
- * of 1 to 128 characters. The algorithm list is pinned, so `alg: none` and every other algorithm
+ * that is a valid user id (1 to 128 code points, well-formed Unicode, no control character, not
+ * only whitespace: see userIdProblem). The algorithm list is pinned, so `alg: none` and every other algorithm
  * are refused.
  *
  * fast-jwt (the verifier behind @fastify/jwt) rather than jose: jose 6 verifies through WebCrypto,
@@ -73,8 +74,10 @@ export class TokenVerifier {
     }
     const { sub, exp, name } = payload;
     if (typeof sub !== "string") throw new AuthError("invalid claim sub");
-    if (sub.length < Limits.MIN_USER_ID_LENGTH) throw new AuthError("empty subject");
-    if (sub.length > Limits.MAX_USER_ID_LENGTH) throw new AuthError("subject too long");
+    // The same rule as every user id in a frame: a subject that is not well-formed Unicode
+    // would share another user's Redis keys (a lone surrogate is stored as U+FFFD).
+    const problem = userIdProblem(sub);
+    if (problem !== undefined) throw new AuthError(`subject ${problem}`);
     return {
       userId: sub,
       name: typeof name === "string" ? name : undefined,

@@ -47,6 +47,15 @@ describe("TokenVerifier", () => {
     });
   });
 
+  it.each([
+    ["128 emoji (256 UTF-16 units)", "😀".repeat(128)],
+    ["128 ASCII characters", "x".repeat(128)],
+    ["U+FFFD itself (a well-formed character)", "vic\ufffd"],
+    ["a name with inner spaces and a pair of surrogates", " ali ce 😀 "],
+  ])("accepts a sub of %s", async (_name, sub) => {
+    expect(verifier.verify(await mint({ ...valid, sub })).userId).toBe(sub);
+  });
+
   it.each<[string, () => Promise<string | undefined>, string]>([
     ["no token", async () => undefined, "missing token"],
     ["a token over 4096 characters", async () => "x".repeat(4097), "token too long"],
@@ -67,11 +76,59 @@ describe("TokenVerifier", () => {
     ["another issuer", () => mint({ ...valid, iss: "someone-else" }), "invalid claim iss"],
     ["no sub", () => mint({ iss: "mrezhen", exp: now() + 60 }), "missing claim sub"],
     ["a sub that is not a string", () => mint({ ...valid, sub: 42 }), "invalid claim sub"],
-    ["an empty sub", () => mint({ ...valid, sub: "" }), "empty subject"],
+    ["an empty sub", () => mint({ ...valid, sub: "" }), "subject is empty"],
     [
       "a sub over 128 characters",
       () => mint({ ...valid, sub: "x".repeat(129) }),
-      "subject too long",
+      "subject is longer than 128 characters",
+    ],
+    [
+      "a sub of 129 emoji (counted as characters, not UTF-16 units)",
+      () => mint({ ...valid, sub: "😀".repeat(129) }),
+      "subject is longer than 128 characters",
+    ],
+    // JSON carries a lone surrogate as an escape ("vic\ud800"), which JSON.parse turns back
+    // into one: such a sub reaches the verifier, and Redis would store it as "vic\ufffd".
+    [
+      "a sub with a lone high surrogate",
+      () => mint({ ...valid, sub: "vic\ud800" }),
+      "subject is not well-formed Unicode (it has a lone surrogate)",
+    ],
+    [
+      "a sub with a lone low surrogate",
+      () => mint({ ...valid, sub: "\udc00vic" }),
+      "subject is not well-formed Unicode (it has a lone surrogate)",
+    ],
+    [
+      "a sub with a reversed surrogate pair",
+      () => mint({ ...valid, sub: "\ude00\ud83d" }),
+      "subject is not well-formed Unicode (it has a lone surrogate)",
+    ],
+    [
+      "a sub with NUL",
+      () => mint({ ...valid, sub: "ali\u0000ce" }),
+      "subject contains a control character",
+    ],
+    [
+      "a sub with a newline",
+      () => mint({ ...valid, sub: "alice\n" }),
+      "subject contains a control character",
+    ],
+    [
+      "a sub with DEL",
+      () => mint({ ...valid, sub: "\u007f" }),
+      "subject contains a control character",
+    ],
+    [
+      "a sub with a C1 control",
+      () => mint({ ...valid, sub: "a\u0085b" }),
+      "subject contains a control character",
+    ],
+    ["a sub of spaces", () => mint({ ...valid, sub: "   " }), "subject is only whitespace"],
+    [
+      "a sub of Unicode spaces",
+      () => mint({ ...valid, sub: "\u00a0\u3000\u2003" }),
+      "subject is only whitespace",
     ],
     [
       "an unknown critical header",
