@@ -1,6 +1,6 @@
 /**
  * WebSocket close codes the server uses. The range tells a client what to do: 1000-1015 are
- * RFC 6455 codes (1008/1009 mean "fix the client", 1011-1013 mean "reconnect, with backoff"); 4000-4999
+ * RFC 6455 codes (1003/1008/1009 mean "fix the client", 1011-1013 mean "reconnect, with backoff"); 4000-4999
  * are ours, and 4001 means "get a fresh token before reconnecting".
  * See https://www.rfc-editor.org/rfc/rfc6455#section-7.4.1.
  */
@@ -9,6 +9,8 @@ export const CloseCode = {
   NORMAL: 1000,
   /** The node is going away for good (not a restart). Reconnect. */
   GOING_AWAY: 1001,
+  /** The client sent a binary frame: every frame is JSON in a text frame. Terminal: fix the client. */
+  UNSUPPORTED_DATA: 1003,
   /** The client broke the rules (e.g. a flood of invalid frames). Terminal: fix the client. */
   POLICY_VIOLATION: 1008,
   /** A frame was larger than the 64 KiB limit. Terminal for that frame. */
@@ -27,5 +29,10 @@ export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
 
 /** Whether a client should reconnect after a close with this code (with backoff). */
 export function shouldReconnect(code: number): boolean {
-  return code !== CloseCode.POLICY_VIOLATION && code !== CloseCode.MESSAGE_TOO_BIG && code < 4000;
+  return (
+    code !== CloseCode.UNSUPPORTED_DATA &&
+    code !== CloseCode.POLICY_VIOLATION &&
+    code !== CloseCode.MESSAGE_TOO_BIG &&
+    code < 4000
+  );
 }

@@ -72,6 +72,9 @@ export async function buildApp(options: AppOptions) {
     maxFragments: MAX_FRAGMENTS,
     perMessageDeflate: false,
     clientTracking: false,
+    // Pings are answered by the connection itself, which coalesces a burst instead of
+    // terminating the socket at ws's 61st unwritten pong (see MAX_PONGS_WAITING).
+    autoPong: false,
   };
   await app.register(websocket, {
     options: socketOptions,

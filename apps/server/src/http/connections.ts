@@ -22,6 +22,11 @@ function onPong(this: TaggedSocket, payload: Buffer): void {
   this[kTransport]?.onPong(payload);
 }
 
+/** A WebSocket ping from the client (ws's own answer is off: see MAX_PONGS_WAITING). */
+function onPing(this: TaggedSocket, payload: Buffer): void {
+  this[kTransport]?.answerPing(payload);
+}
+
 function onError(this: TaggedSocket, error: Error): void {
   this[kSession]?.log.debug({ err: error }, "socket error");
 }
@@ -33,6 +38,9 @@ export interface ConnectionOptions {
   /** `presence=on` (the default: "all"), `contacts` or `off`. */
   readonly presence: PresenceMode;
 }
+
+/** The close reason for a binary frame (a close reason has at most 123 bytes). */
+const BINARY_REFUSED = "binary frames are not supported: send JSON in text frames";
 
 /** How long the wire must stay silent before a drain closes connections. */
 const QUIET_MS = 100;
@@ -106,6 +114,7 @@ export class Connections {
     tagged[kTransport] = transport;
     socket.on("message", this.onMessage);
     socket.on("pong", onPong);
+    socket.on("ping", onPing);
     socket.on("close", this.onClose);
     // ws closes the socket itself on protocol errors (1009 for an oversized frame, 1002, 1007):
     // the error is the client's, so it is logged quietly and never rethrown. This replaces
@@ -120,13 +129,18 @@ export class Connections {
   // `connections.chat` when called, never while being built.
   private readonly onMessage = (() => {
     const connections = this;
-    return function (this: TaggedSocket, data: Buffer): void {
+    return function (this: TaggedSocket, data: Buffer, isBinary: boolean): void {
       // A frame that arrives after our close frame is dropped unread: it was neither stored nor
       // acked, so the client sends it again after reconnecting, and nothing is lost or doubled.
       const session = this[kSession];
-      if (session !== undefined && this.readyState === WebSocket.OPEN) {
-        connections.chat.handleFrame(session, data.toString("utf8"));
+      if (session === undefined || this.readyState !== WebSocket.OPEN) return;
+      if (isBinary) {
+        // The protocol is JSON in text frames. A binary frame used to be decoded as UTF-8 and
+        // handled like text (invalid bytes silently became U+FFFD); 1003 says what is wrong.
+        this.close(CloseCode.UNSUPPORTED_DATA, BINARY_REFUSED);
+        return;
       }
+      connections.chat.handleFrame(session, data.toString("utf8"));
     };
   })();
 

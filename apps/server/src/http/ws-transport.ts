@@ -7,6 +7,22 @@ import type { NodeMetrics } from "./metrics.js";
 export const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 
 /**
+ * Pongs to a client's WebSocket pings that may wait for the socket at once; a burst of pings up
+ * to this size gets one pong each. Beyond it, pings are coalesced: the latest is answered as soon
+ * as the pongs before it have been written (RFC 6455 §5.5.3 lets an endpoint answer only the
+ * most recent ping), and the others are not answered. A burst of pings never closes a
+ * connection.
+ *
+ * Why our own: ws answers pings by itself and, past 60 pongs not yet written, terminates the
+ * socket (maxPendingAutoPongs), and a pong counts as not written until the event loop turn after
+ * the read. So 61 pings in one TCP read (366 bytes) dropped even a client that reads everything,
+ * without a close frame (the client saw 1006). The bound is what that limit protects: each
+ * waiting pong holds a write request, and a client that sends pings without reading must not
+ * make them pile up. 256 waiting pongs cost at most about 75 KiB, well under MAX_BUFFERED_BYTES.
+ */
+export const MAX_PONGS_WAITING = 256;
+
+/**
  * Coalesces the frames written to one connection while the node handles one I/O event (a read
  * and the promise continuations it sets off) into one `writev`: the first write corks the TCP
  * socket, and one flush per batch uncorks every corked socket once that work is done. Frames for
@@ -51,6 +67,8 @@ export class WsTransport implements Transport {
   private receivedWaiters:
     | { readonly number: number; readonly resolve: (ok: boolean) => void }[]
     | undefined;
+  /** Made at the first ping from the client: most clients never send one (browsers cannot). */
+  private pongs: PongState | undefined;
 
   constructor(
     private readonly socket: WebSocket,
@@ -141,4 +159,44 @@ export class WsTransport implements Transport {
   ping(): void {
     if (this.socket.readyState === WebSocket.OPEN) this.socket.ping();
   }
+
+  /** Answers a WebSocket ping from the client with a pong, within MAX_PONGS_WAITING. */
+  answerPing(payload: Buffer): void {
+    this.pongs ??= { waiting: 0, owed: undefined, written: () => this.pongWritten() };
+    const pongs = this.pongs;
+    if (pongs.waiting >= MAX_PONGS_WAITING) {
+      // Only the latest unanswered ping is remembered: at most 125 bytes per connection.
+      pongs.owed = payload;
+      return;
+    }
+    this.sendPong(pongs, payload);
+  }
+
+  private sendPong(pongs: PongState, payload: Buffer): void {
+    if (this.socket.readyState !== WebSocket.OPEN) return;
+    pongs.waiting++;
+    // The callback runs once the pong is handed to the kernel, or fails with the socket.
+    this.socket.pong(payload, false, pongs.written);
+  }
+
+  private pongWritten(): void {
+    const pongs = this.pongs;
+    if (pongs === undefined) return;
+    pongs.waiting--;
+    const owed = pongs.owed;
+    if (owed !== undefined) {
+      pongs.owed = undefined;
+      this.sendPong(pongs, owed);
+    }
+  }
+}
+
+/** The pongs of one connection (see MAX_PONGS_WAITING). */
+interface PongState {
+  /** Pongs given to ws whose write has not completed. */
+  waiting: number;
+  /** The payload of the latest ping left unanswered while MAX_PONGS_WAITING pongs waited. */
+  owed: Buffer | undefined;
+  /** The write callback of every pong of this connection (one closure, not one per pong). */
+  readonly written: () => void;
 }
