@@ -18,6 +18,8 @@ export interface Config {
   readonly nodeId: string;
   readonly heartbeatIntervalMs: number;
   readonly shutdownTimeoutMs: number;
+  /** A connection that has not sent a whole request (a WebSocket upgrade, a probe) by then is closed. */
+  readonly upgradeTimeoutMs: number;
   /** How long messages are kept, and how many entries each inbox, queue and conversation index keeps. */
   readonly retention: { readonly messageTtlMs: number; readonly maxEntries: number };
   /** A user's presence is announced at most once per this many milliseconds (0: every change). */
@@ -42,6 +44,7 @@ export const defaults = {
   REDIS_KEY_PREFIX: "mrezhen:",
   HEARTBEAT_INTERVAL_MS: 30_000,
   SHUTDOWN_TIMEOUT_MS: 10_000,
+  UPGRADE_TIMEOUT_MS: 10_000,
   RETENTION_DAYS: 30,
   RETENTION_MAX_ENTRIES: 10_000,
   // Why one second: see DEFAULT_PRESENCE_COALESCE_MS in chat/service.ts.
@@ -115,6 +118,7 @@ export function loadConfig(env: Env = process.env): Config {
     nodeId: read("NODE_ID") ?? `node-${randomBytes(4).toString("hex")}`,
     heartbeatIntervalMs: integer(read, "HEARTBEAT_INTERVAL_MS", 100, 3_600_000),
     shutdownTimeoutMs: integer(read, "SHUTDOWN_TIMEOUT_MS", 0, 600_000),
+    upgradeTimeoutMs: integer(read, "UPGRADE_TIMEOUT_MS", 100, 600_000),
     retention: Object.freeze({
       messageTtlMs: integer(read, "RETENTION_DAYS", 1, 3650) * 86_400_000,
       maxEntries: integer(read, "RETENTION_MAX_ENTRIES", 10, 10_000_000),

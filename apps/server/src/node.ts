@@ -73,6 +73,7 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     metrics,
     log,
     isDraining: () => draining,
+    upgradeTimeoutMs: config.upgradeTimeoutMs,
   });
   const tokenSweep = setInterval(() => chat.expireTokens(), TOKEN_SWEEP_MS);
   tokenSweep.unref();

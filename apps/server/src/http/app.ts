@@ -32,12 +32,15 @@ export interface AppOptions {
   readonly log: PinoLogger;
   /** True once the node started draining: refuse upgrades, report not ready. */
   readonly isDraining: () => boolean;
+  /** UPGRADE_TIMEOUT_MS: how long a connection may take to send a whole request. */
+  readonly upgradeTimeoutMs: number;
 }
 
 /** Header limits well under Node's defaults: a WebSocket upgrade needs few, short headers. */
 const MAX_HEADER_BYTES = 16 * 1024;
 const MAX_HEADERS = 64;
-const HEADERS_TIMEOUT_MS = 10_000;
+/** How often Node looks for connections past the upgrade timeout, at most (see buildApp). */
+const MAX_TIMEOUT_CHECK_MS = 1000;
 /** Fragments per message: browsers send one; a flood of tiny fragments is an attack. */
 const MAX_FRAGMENTS = 32;
 
@@ -48,7 +51,8 @@ const demoPage = loadDemoPage();
  * authenticates during the upgrade, the probes, and the demo page.
  */
 export async function buildApp(options: AppOptions) {
-  const { chat, engine, connections, verifier, metrics, log, isDraining } = options;
+  const { chat, engine, connections, verifier, metrics, log, isDraining, upgradeTimeoutMs } =
+    options;
   const app = Fastify({
     loggerInstance: log,
     // Per-request logs would double every upgrade and probe; connections are logged by the core.
@@ -58,10 +62,32 @@ export async function buildApp(options: AppOptions) {
     childLoggerFactory: (logger) => logger,
     // Behind nginx the client address comes from X-Forwarded-For; it is used for logs only.
     trustProxy: true,
+    // Every TCP connection must send a whole request (for a WebSocket, its upgrade request)
+    // within upgradeTimeoutMs of connecting, or of starting its next request on a kept-alive
+    // connection; otherwise it gets a 408 and is closed, so silent or trickling sockets cannot
+    // hold file descriptors. Node's own deadlines do it: headersTimeout counts from the moment
+    // the connection opens, even before its first byte (a silent socket included), and
+    // requestTimeout bounds a request with a body, which no route here takes. Both are checked
+    // every connectionsCheckingInterval (30 s by default, so a silent socket lived 10 to 40 s);
+    // a tenth of the timeout, at most a second, closes it within 10% of it. A connection leaves
+    // Node's list once upgraded, so no deadline applies to WebSockets: idle ones stay open (the
+    // heartbeat looks after those). Fastify's connectionTimeout (server.timeout) would be an
+    // idle timer instead, which a socket trickling a byte at a time resets forever; and Fastify
+    // ignores it, and requestTimeout, when given a serverFactory.
     serverFactory: (handler) => {
-      const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES }, handler);
+      const server = createServer(
+        {
+          maxHeaderSize: MAX_HEADER_BYTES,
+          headersTimeout: upgradeTimeoutMs,
+          requestTimeout: upgradeTimeoutMs,
+          connectionsCheckingInterval: Math.min(
+            MAX_TIMEOUT_CHECK_MS,
+            Math.ceil(upgradeTimeoutMs / 10),
+          ),
+        },
+        handler,
+      );
       server.maxHeadersCount = MAX_HEADERS;
-      server.headersTimeout = HEADERS_TIMEOUT_MS;
       return server;
     },
   });

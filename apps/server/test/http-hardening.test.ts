@@ -1,0 +1,85 @@
+import { type Socket, connect as tcpConnect } from "node:net";
+import { ConfigError, loadConfig } from "@mrezhen/server";
+import { mintToken } from "@mrezhen/testkit";
+import { describe, expect, it, onTestFinished } from "vitest";
+import { startNode } from "./helpers.js";
+
+/** A raw TCP connection to the node that records what it gets and when it closes. */
+function rawConnection(httpUrl: string) {
+  const { port } = new URL(httpUrl);
+  const socket: Socket = tcpConnect(Number(port), "127.0.0.1");
+  onTestFinished(() => void socket.destroy());
+  const started = performance.now();
+  let answer = "";
+  // Reading matters: a socket that is not read never sees the node's FIN, and looks open.
+  socket.on("data", (chunk) => {
+    answer += chunk.toString();
+  });
+  socket.on("error", () => {});
+  const closedAfterMs = new Promise<number>((resolve) =>
+    socket.on("close", () => resolve(performance.now() - started)),
+  );
+  return { socket, closedAfterMs, answer: () => answer };
+}
+
+describe("connections that never complete a request (UPGRADE_TIMEOUT_MS)", () => {
+  const TIMEOUT_MS = 600;
+
+  it("closes a silent socket and a half-sent request within the timeout, and keeps an idle WebSocket open", async () => {
+    const node = await startNode({ UPGRADE_TIMEOUT_MS: String(TIMEOUT_MS) });
+    const idle = await node.connect("alice");
+    const silent = rawConnection(node.url);
+    const halfLine = rawConnection(node.url);
+    halfLine.socket.write("GET /ws?token=abc HTT");
+    const halfHeaders = rawConnection(node.url);
+    halfHeaders.socket.write("GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n");
+
+    for (const connection of [silent, halfLine, halfHeaders]) {
+      const after = await connection.closedAfterMs;
+      // Node checks a tenth of the timeout apart; the rest is slack for a loaded machine.
+      expect(after).toBeGreaterThanOrEqual(TIMEOUT_MS - 50);
+      expect(after).toBeLessThan(TIMEOUT_MS * 1.1 + 400);
+      expect(connection.answer()).toMatch(/^HTTP\/1\.1 408 Request Timeout\r\n/);
+    }
+
+    // Three timeouts later the idle WebSocket is still open and serving.
+    await new Promise((resolve) => setTimeout(resolve, 3 * TIMEOUT_MS));
+    expect(idle.socket.readyState).toBe(idle.socket.OPEN);
+    idle.send({ type: "ping" });
+    await idle.next("pong");
+  });
+
+  it("lets an upgrade or a request sent slowly, but whole within the timeout, through", async () => {
+    const node = await startNode({ UPGRADE_TIMEOUT_MS: String(TIMEOUT_MS) });
+    const token = await mintToken({ sub: "alice" });
+    const upgrade = rawConnection(node.url);
+    upgrade.socket.write(`GET /ws?token=${token} HTT`);
+    await new Promise((resolve) => setTimeout(resolve, TIMEOUT_MS / 3));
+    upgrade.socket.write(
+      "P/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    await expect.poll(() => upgrade.answer()).toMatch(/^HTTP\/1\.1 101 Switching Protocols\r\n/);
+    // Upgraded, it is past every HTTP deadline.
+    await new Promise((resolve) => setTimeout(resolve, 2 * TIMEOUT_MS));
+    expect(upgrade.socket.destroyed).toBe(false);
+
+    const probe = rawConnection(node.url);
+    probe.socket.write("GET /health HTT");
+    await new Promise((resolve) => setTimeout(resolve, TIMEOUT_MS / 3));
+    probe.socket.write("P/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    await probe.closedAfterMs;
+    expect(probe.answer()).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+  });
+
+  it("is a configuration variable, validated at start-up", () => {
+    expect(loadConfig({}).upgradeTimeoutMs).toBe(10_000);
+    expect(loadConfig({ UPGRADE_TIMEOUT_MS: "2500" }).upgradeTimeoutMs).toBe(2500);
+    for (const bad of ["0", "99", "1.5", "ten", "600001"]) {
+      expect(() => loadConfig({ UPGRADE_TIMEOUT_MS: bad })).toThrow(ConfigError);
+      expect(() => loadConfig({ UPGRADE_TIMEOUT_MS: bad })).toThrow(
+        `UPGRADE_TIMEOUT_MS must be a whole number from 100 to 600000; got "${bad}".`,
+      );
+    }
+  });
+});
