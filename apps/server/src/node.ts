@@ -2,7 +2,7 @@ import type { Engine } from "@mrezhen/engine";
 import { type Logger as PinoLogger, pino } from "pino";
 import { TokenVerifier } from "./auth/token.js";
 import { ChatService } from "./chat/service.js";
-import type { Config } from "./config.js";
+import { type Config, DEV_JWT_SECRET } from "./config.js";
 import { createEngine } from "./engine.js";
 import { type App, buildApp } from "./http/app.js";
 import { Connections } from "./http/connections.js";
@@ -45,6 +45,14 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
       base: { nodeId: config.nodeId },
       redact: ["req.headers.authorization"],
     });
+  if (config.jwt.secret === DEV_JWT_SECRET) {
+    // Refused with NODE_ENV=production (config.ts); anywhere else it is allowed, for `pnpm start`
+    // out of the box, but a node reachable by others must not run with it unnoticed.
+    log.warn(
+      { jwtSecret: "development default" },
+      "JWT_SECRET is not set: this node uses the development secret printed in the README, so anyone who has read it can forge a token for any user. Set JWT_SECRET to a random secret of at least 32 characters (for example `openssl rand -base64 48`) before anyone else can reach this node.",
+    );
+  }
   const engine = options.engine ?? (await createEngine(config, log));
   const metrics = new NodeMetrics(config.nodeId, engine);
   const chat = new ChatService({

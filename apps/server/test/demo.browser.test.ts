@@ -99,7 +99,14 @@ describe.skipIf(!haveChromium && !underCi)("demo page in a real browser", () => 
         problems.push(`console: ${text}`);
       });
 
-      await page.goto(`${url}/`);
+      // The page runs under the node's Content-Security-Policy header (its own inline script and
+      // style by hash, nothing else), which the rest of this test shows it still works under.
+      const response = await page.goto(`${url}/`);
+      const headers = response?.headers() ?? {};
+      expect(headers["content-security-policy"]).toMatch(/script-src 'sha256-[^']+';/);
+      expect(headers["content-security-policy"]).toContain("frame-ancestors 'none'");
+      expect(headers["x-frame-options"]).toBe("DENY");
+      expect(headers["x-content-type-options"]).toBe("nosniff");
       expect(await page.title()).toBe("Mrezhen demo client");
       // The server URL defaults to the page's own host, ws because the page is http.
       expect(await page.getByLabel("Server URL").inputValue()).toBe(
@@ -190,6 +197,18 @@ describe.skipIf(!haveChromium && !underCi)("demo page in a real browser", () => 
       await page.screenshot({ path: NARROW_SCREENSHOT, fullPage: true });
       expect(await overflowsHorizontally(page)).toBe(false);
       expect(problems).toEqual([]);
+
+      // The header is enforced: an inline script that is not the page's own does not run (the
+      // page's meta tag alone would allow it), and the browser reports it as a violation.
+      const blocked = await page.evaluate(`new Promise((resolve) => {
+        document.addEventListener("securitypolicyviolation", (event) =>
+          resolve(event.violatedDirective), { once: true });
+        const script = document.createElement("script");
+        script.textContent = "window.__injected = 1";
+        document.body.append(script);
+      })`);
+      expect(blocked).toMatch(/^script-src/);
+      expect(await page.evaluate("typeof window.__injected")).toBe("undefined");
 
       // Disconnect is a normal closure; Connect again works.
       await page.getByRole("button", { name: "Disconnect" }).click();

@@ -1,6 +1,9 @@
+import { createHash } from "node:crypto";
 import { type Socket, connect as tcpConnect } from "node:net";
-import { ConfigError, loadConfig } from "@mrezhen/server";
+import { Writable } from "node:stream";
+import { ConfigError, createNode, loadConfig } from "@mrezhen/server";
 import { mintToken } from "@mrezhen/testkit";
+import { pino } from "pino";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { startNode } from "./helpers.js";
 
@@ -81,5 +84,85 @@ describe("connections that never complete a request (UPGRADE_TIMEOUT_MS)", () =>
         `UPGRADE_TIMEOUT_MS must be a whole number from 100 to 600000; got "${bad}".`,
       );
     }
+  });
+});
+
+describe("the demo page's security headers", () => {
+  it("sends a CSP that allows only the page's own inline script and style, no framing, and nosniff, on / and /demo", async () => {
+    const { url } = await startNode();
+    for (const path of ["/", "/demo"]) {
+      const response = await fetch(`${url}${path}`);
+      expect(response.status).toBe(200);
+      const html = await response.text();
+      const csp = response.headers.get("content-security-policy") ?? "";
+      const directives = new Map(
+        csp.split(";").map((part) => {
+          const [name = "", ...values] = part.trim().split(/\s+/);
+          return [name, values] as const;
+        }),
+      );
+      const hashOf = (tag: string) => {
+        const text = new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`).exec(html)?.[1] ?? "";
+        return `'sha256-${createHash("sha256").update(text).digest("base64")}'`;
+      };
+      expect(directives.get("default-src")).toEqual(["'none'"]);
+      expect(directives.get("script-src")).toEqual([hashOf("script")]);
+      expect(directives.get("style-src")).toEqual([hashOf("style")]);
+      expect(directives.get("connect-src")).toEqual(["'self'", "ws:", "wss:"]);
+      expect(directives.get("frame-ancestors")).toEqual(["'none'"]);
+      expect(csp).not.toContain("unsafe-inline");
+      expect(response.headers.get("x-frame-options")).toBe("DENY");
+      expect(response.headers.get("x-content-type-options")).toBe("nosniff");
+    }
+  });
+});
+
+describe("not found", () => {
+  it("answers an unknown route with a fixed body that does not echo the URL (it may hold a token)", async () => {
+    const { url } = await startNode();
+    const secret = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.dG9rZW4";
+    for (const [method, path] of [
+      ["GET", `/nope?token=${secret}`],
+      ["GET", `/ws/${secret}`],
+      ["POST", `/health?token=${secret}`],
+    ] as const) {
+      const response = await fetch(`${url}${path}`, { method });
+      expect(response.status).toBe(404);
+      const body = await response.text();
+      expect(JSON.parse(body)).toEqual({ error: "Not Found", message: "No such route." });
+      expect(body).not.toContain(secret);
+    }
+  });
+});
+
+describe("the development JWT secret", () => {
+  /** Creates (and closes) a node whose log lines are captured. */
+  async function startupLog(env: Record<string, string>): Promise<Record<string, unknown>[]> {
+    const lines: Record<string, unknown>[] = [];
+    const stream = new Writable({
+      write(chunk, _encoding, done) {
+        for (const line of chunk.toString().split("\n").filter(Boolean)) {
+          lines.push(JSON.parse(line) as Record<string, unknown>);
+        }
+        done();
+      },
+    });
+    const config = loadConfig({ WS_PORT: "0", HOST: "127.0.0.1", ...env });
+    const node = await createNode({ config, logger: pino({ level: "info" }, stream) });
+    await node.close();
+    return lines;
+  }
+
+  it("is announced at start-up with a loud warning that says how to set JWT_SECRET", async () => {
+    const lines = await startupLog({});
+    const warnings = lines.filter((line) => line["level"] === 40);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]?.["msg"]).toMatch(/anyone who has read it can forge a token for any user/);
+    expect(warnings[0]?.["msg"]).toMatch(/Set JWT_SECRET to a random secret/);
+  });
+
+  it("is not mentioned when JWT_SECRET is set", async () => {
+    const lines = await startupLog({ JWT_SECRET: "a-real-secret-of-at-least-32-characters!" });
+    expect(lines.filter((line) => line["level"] === 40)).toEqual([]);
   });
 });

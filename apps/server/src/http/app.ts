@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createServer, type ServerResponse } from "node:http";
 import websocket from "@fastify/websocket";
@@ -45,6 +46,7 @@ const MAX_TIMEOUT_CHECK_MS = 1000;
 const MAX_FRAGMENTS = 32;
 
 const demoPage = loadDemoPage();
+const demoPageHeaders = pageSecurityHeaders(demoPage);
 
 /**
  * The HTTP face of a node: the WebSocket endpoint (`/ws`, and `/` for older clients), which
@@ -176,14 +178,22 @@ export async function buildApp(options: AppOptions) {
         .send({ error: "Connect with a WebSocket client." }),
     wsHandler: onSocket,
   });
+  const sendDemoPage = (_request: FastifyRequest, reply: FastifyReply) =>
+    reply.headers(demoPageHeaders).type("text/html; charset=utf-8").send(demoPage);
   app.route({
     method: "GET",
     url: "/",
     preValidation: authenticate,
-    handler: (_request, reply) => reply.type("text/html; charset=utf-8").send(demoPage),
+    handler: sendDemoPage,
     wsHandler: onSocket,
   });
-  app.get("/demo", (_request, reply) => reply.type("text/html; charset=utf-8").send(demoPage));
+  app.get("/demo", sendDemoPage);
+
+  // Fastify's own 404 says "Route GET:/x?token=… not found": it would echo a token given in the
+  // URL of a mistyped path back to whoever sees the response (and into proxies' logs of bodies).
+  app.setNotFoundHandler((_request, reply) =>
+    reply.code(404).send({ error: "Not Found", message: "No such route." }),
+  );
 
   app.get("/health", async () => ({
     status: "ok",
@@ -238,6 +248,49 @@ function readConnectionOptions(query: unknown): ConnectionOptions | string {
         : undefined;
   if (presence === undefined) return "presence must be on, contacts or off.";
   return { since: rawSince === undefined ? undefined : Number(rawSince), presence };
+}
+
+/**
+ * The headers of the demo page. Its Content-Security-Policy lets it run only its own inline
+ * script and style, named by hash (so an injected script or style runs nowhere), and open
+ * WebSockets to any host: the page's "Server URL" field may name another node. It may be framed
+ * by nobody (clickjacking), by the CSP for current browsers and X-Frame-Options for old ones.
+ * The page carries the same policy, looser (inline allowed), in a meta tag for when it is opened
+ * from disk; a browser applies both, so the stricter header wins.
+ */
+function pageSecurityHeaders(html: string): Record<string, string> {
+  const scripts = inlineHashes(html, "script");
+  const styles = inlineHashes(html, "style");
+  const csp = [
+    "default-src 'none'",
+    `script-src ${scripts || "'none'"}`,
+    `style-src ${styles || "'none'"}`,
+    "img-src data:",
+    "connect-src 'self' ws: wss:",
+    "base-uri 'none'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+  ].join("; ");
+  return {
+    "content-security-policy": csp,
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+  };
+}
+
+/** CSP sources ('sha256-…') for the contents of every inline `<tag>` element of `html`. */
+function inlineHashes(html: string, tag: "script" | "style"): string {
+  const sources: string[] = [];
+  for (const match of html.matchAll(
+    new RegExp(`<${tag}(?:\\s[^>]*)?>([\\s\\S]*?)</${tag}>`, "g"),
+  )) {
+    // A browser hashes the element's text after the HTML parser turned CRLF into LF: a checkout
+    // with Windows line endings must get the same hash.
+    const text = (match[1] ?? "").replace(/\r\n?/g, "\n");
+    sources.push(`'sha256-${createHash("sha256").update(text, "utf8").digest("base64")}'`);
+  }
+  return sources.join(" ");
 }
 
 function loadDemoPage(): string {
