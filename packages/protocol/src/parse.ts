@@ -142,15 +142,16 @@ function parseGetOnlineUsers(frame: JsonObject): ParseResult {
     return fail(ErrorCode.INVALID_FORMAT, `"users" must be an array of 1 to ${max} user ids.`);
   }
   for (const user of users) {
-    if (
-      typeof user !== "string" ||
-      user.length < Limits.MIN_USER_ID_LENGTH ||
-      user.length > Limits.MAX_USER_ID_LENGTH
-    ) {
+    if (typeof user !== "string") {
       return fail(
         ErrorCode.INVALID_FORMAT,
         `"users" must hold user id strings of ${Limits.MIN_USER_ID_LENGTH} to ${Limits.MAX_USER_ID_LENGTH} characters.`,
       );
+    }
+    // The same rule as `to` and `with`: only ids a token can carry.
+    const problem = userIdProblem(user);
+    if (problem !== undefined) {
+      return fail(ErrorCode.INVALID_FORMAT, `"users" holds an invalid user id: it ${problem}.`);
     }
   }
   return { ok: true, command: { type: "get_online_users", users: [...new Set<string>(users)] } };

@@ -159,6 +159,7 @@ const USER_ID_FIELDS: [string, (id: string) => Record<string, unknown>][] = [
   ["typing.to", (id) => ({ type: "typing", to: id, state: "start" })],
   ["get_history.with", (id) => ({ type: "get_history", with: id })],
   ["mark_read.with", (id) => ({ type: "mark_read", with: id, upTo: 1 })],
+  ["get_online_users.users", (id) => ({ type: "get_online_users", users: ["bob", id] })],
 ];
 
 const directMessageWithKey = (clientMsgId: string) => ({
@@ -358,7 +359,7 @@ describe("encodeMessage", () => {
 });
 
 describe("get_online_users with users", () => {
-  const userId = fc.string({ minLength: 1, maxLength: Limits.MAX_USER_ID_LENGTH });
+  const userId = validUserId;
 
   it("accepts 1 to ONLINE_QUERY_MAX_USERS user ids, asked once each, in order", () => {
     fc.assert(
