@@ -63,6 +63,7 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     log,
     metrics,
     config.heartbeatIntervalMs,
+    config.limits,
   );
   let draining = false;
   const app = await buildApp({
@@ -72,6 +73,7 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     verifier: new TokenVerifier(config.jwt.secret, config.jwt.issuer),
     metrics,
     log,
+    limits: config.limits,
     isDraining: () => draining,
   });
   const tokenSweep = setInterval(() => chat.expireTokens(), TOKEN_SWEEP_MS);
