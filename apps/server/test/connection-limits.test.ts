@@ -2,7 +2,13 @@ import { request } from "node:http";
 import type { Socket } from "node:net";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
-import { eventually, mintToken, TestClient, UpgradeRefused } from "@mrezhen/testkit";
+import {
+  type CloseInfo,
+  eventually,
+  mintToken,
+  TestClient,
+  UpgradeRefused,
+} from "@mrezhen/testkit";
 import { describe, expect, it } from "vitest";
 import { startNode, type TestNode } from "./helpers.js";
 
@@ -161,20 +167,25 @@ async function slowReaderCloses(node: TestNode, trigger: "connection" | "node_bu
   return metric(node.url, `mrezhen_slow_reader_closes_total{trigger="${trigger}"}`);
 }
 
-/** Waits until the node closed a slow reader, then lets the clients read: they find the close. */
-async function resumeOnceClosed(
-  node: TestNode,
-  trigger: "connection" | "node_budget",
-  clients: TestClient[],
-) {
-  // Polled often: a client that reads within the grace gets the close frame; after it, a reset.
+/** Waits until the node has read `count` get_history frames (and so answered them, or closed). */
+async function historyRequestsRead(node: TestNode, count: number): Promise<void> {
   await eventually(
-    async () => expect(await slowReaderCloses(node, trigger)).toBeGreaterThan(0),
+    async () =>
+      expect(await metric(node.url, 'mrezhen_frames_in_total{type="get_history"}')).toBe(count),
     5000,
     5,
   );
-  for (const client of clients) client.socket.resume();
 }
+
+/** How `client` was closed, or undefined if it was still open after `ms`. */
+function closedWithin(client: TestClient, ms: number): Promise<CloseInfo | undefined> {
+  return Promise.race([
+    client.closed,
+    new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), ms)),
+  ]);
+}
+
+const SLOW_READER_CLOSE = { code: 1013, reason: "slow reader: too much unsent data" };
 
 describe("slow readers", () => {
   it("closes a client over its own 8 MiB of unsent bytes with 1013, not a reset", async () => {
@@ -184,8 +195,11 @@ describe("slow readers", () => {
     slow.socket.pause();
     // Three 3 MB answers are queued; the fourth finds more than 8 MiB unsent.
     for (let i = 0; i < 4; i++) slow.send({ type: "get_history", with: "bob", limit: 100 });
-    await resumeOnceClosed(node, "connection", [slow]);
-    expect(await slow.closed).toEqual({ code: 1013, reason: "slow reader: too much unsent data" });
+    await historyRequestsRead(node, 4);
+    // Read at once, within the grace: everything sent, then the close frame.
+    slow.socket.resume();
+    expect(await closedWithin(slow, 3000)).toEqual(SLOW_READER_CLOSE);
+    expect(await slowReaderCloses(node, "connection")).toBe(1);
   });
 
   it("closes the clients holding the most unsent bytes once the node is over MAX_UNSENT_BYTES, with 1013", async () => {
@@ -199,15 +213,14 @@ describe("slow readers", () => {
     small.socket.pause();
     large.socket.pause();
     small.send({ type: "get_history", with: "bob", limit: 60 });
-    await eventually(async () =>
-      expect(await metric(node.url, 'mrezhen_frames_in_total{type="get_history"}')).toBe(1),
-    );
+    await historyRequestsRead(node, 1);
     // 1.8 MB and then 6 MB, each under the per-connection limit, together over the node's
     // budget: the larger holder goes, the smaller stays.
     large.send({ type: "get_history", with: "bob", limit: 100 });
     large.send({ type: "get_history", with: "bob", limit: 100 });
-    await resumeOnceClosed(node, "node_budget", [large]);
-    expect(await large.closed).toEqual({ code: 1013, reason: "slow reader: too much unsent data" });
+    await historyRequestsRead(node, 3);
+    large.socket.resume();
+    expect(await closedWithin(large, 3000)).toEqual(SLOW_READER_CLOSE);
     small.socket.resume();
     expect((await small.next("message_history"))["messages"]).toHaveLength(60);
     expect(await slowReaderCloses(node, "node_budget")).toBe(1);
@@ -236,9 +249,7 @@ describe("slow readers", () => {
       client.send({ type: "get_history", with: "bob", limit: 100 });
       client.send({ type: "get_history", with: "bob", limit: 100 });
     }
-    await eventually(async () =>
-      expect(await slowReaderCloses(node, "node_budget")).toBeGreaterThan(0),
-    );
+    await historyRequestsRead(node, 16);
     // A reader on the same node keeps working.
     for (let i = 0; i < 3; i++) {
       carol.send({ type: "direct_message", to: "dave", content: `hello ${i}` });
