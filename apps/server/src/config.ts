@@ -28,6 +28,15 @@ export interface Config {
   readonly quotas: { readonly newConversationsPerDay: number; readonly bytesPerDay: number };
   /** get_history, get_conversations and get_online_users per second per user, on each node. */
   readonly readRateLimit: number;
+  /** What one node lets clients hold: connections, and bytes written to them but not yet sent. */
+  readonly limits: {
+    /** Concurrent connections of one user on this node (not cluster-wide). */
+    readonly connectionsPerUser: number;
+    /** Concurrent connections on this node. */
+    readonly connections: number;
+    /** Unsent bytes summed over this node's connections; past it the slowest readers are closed. */
+    readonly unsentBytes: number;
+  };
 }
 
 export const DEV_JWT_SECRET = "mrezhen-dev-secret-change-in-production";
@@ -60,6 +69,14 @@ export const defaults = {
   // A client opening a screen reads a few pages at once; 20 a second is a burst for any UI, and
   // bounds what one user's reads cost a node.
   READ_RATE_LIMIT: 20,
+  MAX_CONNECTIONS_PER_USER: 16,
+  // 100,000 idle connections at the measured 6.3 KiB each are about 615 MiB of RSS: with the
+  // unsent-bytes budget below, a node's connection state stays near 1 GiB. Raise it on bigger
+  // machines (and raise the open-files limit with it: one descriptor per connection).
+  MAX_CONNECTIONS: 100_000,
+  // 256 MiB: 32 clients at the 8 MiB per-connection slow-reader limit, or about 85 unread
+  // answers of get_history's largest (100 messages of 5,000 escaped characters, ~3 MB).
+  MAX_UNSENT_BYTES: 256 * 1024 * 1024,
 } as const;
 
 /** A configuration value that cannot be used; the message is the whole diagnosis. */
@@ -131,6 +148,12 @@ export function loadConfig(env: Env = process.env): Config {
       bytesPerDay: integer(read, "QUOTA_BYTES_PER_DAY", 65_536, 1_000_000_000_000_000),
     }),
     readRateLimit: integer(read, "READ_RATE_LIMIT", 1, 1_000_000),
+    limits: Object.freeze({
+      connectionsPerUser: integer(read, "MAX_CONNECTIONS_PER_USER", 1, 1_000_000),
+      connections: integer(read, "MAX_CONNECTIONS", 1, 10_000_000),
+      // At least 1 MiB: under that, a single history answer would close its connection.
+      unsentBytes: integer(read, "MAX_UNSENT_BYTES", 1024 * 1024, 2 ** 40),
+    }),
   });
 }
 

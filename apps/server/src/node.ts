@@ -71,6 +71,7 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     log,
     metrics,
     config.heartbeatIntervalMs,
+    config.limits,
   );
   let draining = false;
   const app = await buildApp({
@@ -80,6 +81,7 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     verifier: new TokenVerifier(config.jwt.secret, config.jwt.issuer),
     metrics,
     log,
+    limits: config.limits,
     isDraining: () => draining,
     upgradeTimeoutMs: config.upgradeTimeoutMs,
   });

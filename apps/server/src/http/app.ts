@@ -10,7 +10,7 @@ import type WebSocket from "ws";
 import { AuthError, extractToken, type Principal, type TokenVerifier } from "../auth/token.js";
 import type { ChatService } from "../chat/service.js";
 import type { PresenceMode } from "../chat/session.js";
-import type { ConnectionOptions, Connections } from "./connections.js";
+import type { ConnectionLimits, ConnectionOptions, Connections } from "./connections.js";
 import type { NodeMetrics } from "./metrics.js";
 
 declare module "fastify" {
@@ -31,6 +31,8 @@ export interface AppOptions {
   readonly verifier: TokenVerifier;
   readonly metrics: NodeMetrics;
   readonly log: PinoLogger;
+  /** The connection caps, for the refusals' text. */
+  readonly limits: ConnectionLimits;
   /** True once the node started draining: refuse upgrades, report not ready. */
   readonly isDraining: () => boolean;
   /** UPGRADE_TIMEOUT_MS: how long a connection may take to send a whole request. */
@@ -45,6 +47,9 @@ const MAX_TIMEOUT_CHECK_MS = 1000;
 /** Fragments per message: browsers send one; a flood of tiny fragments is an attack. */
 const MAX_FRAGMENTS = 32;
 
+/** Retry-After (seconds) of a 503 for a node at MAX_CONNECTIONS. */
+const NODE_FULL_RETRY_AFTER_S = 5;
+
 const demoPage = loadDemoPage();
 const demoPageHeaders = pageSecurityHeaders(demoPage);
 
@@ -53,8 +58,17 @@ const demoPageHeaders = pageSecurityHeaders(demoPage);
  * authenticates during the upgrade, the probes, and the demo page.
  */
 export async function buildApp(options: AppOptions) {
-  const { chat, engine, connections, verifier, metrics, log, isDraining, upgradeTimeoutMs } =
-    options;
+  const {
+    chat,
+    engine,
+    connections,
+    verifier,
+    metrics,
+    log,
+    limits,
+    isDraining,
+    upgradeTimeoutMs,
+  } = options;
   const app = Fastify({
     loggerInstance: log,
     // Per-request logs would double every upgrade and probe; connections are logged by the core.
@@ -111,10 +125,15 @@ export async function buildApp(options: AppOptions) {
     errorHandler: (error, _socket, request) => request.log.debug({ err: error }, "websocket error"),
   });
 
-  /** Authenticates an upgrade before the handshake: a bad token gets a plain 401 and no socket. */
+  /**
+   * Authenticates an upgrade before the handshake: a bad token gets a plain 401 and no socket.
+   * Then takes a connection slot: a user over MAX_CONNECTIONS_PER_USER gets 429, a node at
+   * MAX_CONNECTIONS 503; both before any WebSocket exists, so a refusal costs no socket state.
+   */
   const authenticate = async (request: FastifyRequest, reply: FastifyReply) => {
     if (!request.ws) return;
     if (isDraining()) {
+      metrics.refusedUpgrade("draining");
       return reply
         .code(503)
         .header("connection", "close")
@@ -123,6 +142,7 @@ export async function buildApp(options: AppOptions) {
     }
     const options = readConnectionOptions(request.query);
     if (typeof options === "string") {
+      metrics.refusedUpgrade("bad_request");
       return reply
         .code(400)
         .header("connection", "close")
@@ -138,11 +158,33 @@ export async function buildApp(options: AppOptions) {
     } catch (error) {
       if (!(error instanceof AuthError)) throw error;
       request.log.debug({ reason: error.reason }, "upgrade refused");
+      metrics.refusedUpgrade("unauthorized");
       return reply
         .code(401)
         .header("connection", "close")
         .type("text/plain")
         .send(`Unauthorized: ${error.reason}.`);
+    }
+    const admission = connections.admit(request.principal.userId, request.raw.socket);
+    if (admission === "user_limit") {
+      metrics.refusedUpgrade("user_limit");
+      // No Retry-After: waiting does not help, only closing another connection of this user.
+      return reply
+        .code(429)
+        .header("connection", "close")
+        .type("text/plain")
+        .send(`Too Many Requests: at most ${limits.connectionsPerUser} connections per user.`);
+    }
+    if (admission === "node_limit") {
+      metrics.refusedUpgrade("node_limit");
+      // Behind a load balancer the retry may reach another node; this one frees slots as
+      // clients leave.
+      return reply
+        .code(503)
+        .header("connection", "close")
+        .header("retry-after", String(NODE_FULL_RETRY_AFTER_S))
+        .type("text/plain")
+        .send("Service Unavailable: this node has too many connections; retry later.");
     }
   };
 

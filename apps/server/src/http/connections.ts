@@ -6,6 +6,7 @@ import type { Logger } from "../chat/ports.js";
 import type { ChatService } from "../chat/service.js";
 import { type PresenceMode, Session } from "../chat/session.js";
 import type { NodeMetrics } from "./metrics.js";
+import { UnsentBudget } from "./unsent-budget.js";
 import { WriteBatcher, WsTransport } from "./ws-transport.js";
 
 /**
@@ -30,6 +31,21 @@ function onPing(this: TaggedSocket, payload: Buffer): void {
 function onError(this: TaggedSocket, error: Error): void {
   this[kSession]?.log.debug({ err: error }, "socket error");
 }
+
+const kSlotUser = Symbol("mrezhen.slotUser");
+
+/** A TCP socket that holds one of its user's connection slots, until it closes. */
+type SlotSocket = Socket & { [kSlotUser]?: string | undefined };
+
+/** What one node lets its clients hold (see Config.limits). */
+export interface ConnectionLimits {
+  readonly connectionsPerUser: number;
+  readonly connections: number;
+  readonly unsentBytes: number;
+}
+
+/** Whether an authenticated upgrade may proceed, or which limit it hit. */
+export type Admission = "admitted" | "user_limit" | "node_limit";
 
 /** What a client chose in its connection URL. */
 export interface ConnectionOptions {
@@ -58,7 +74,7 @@ export class Connections {
   /** close() handlers still unregistering presence; drain waits for them. */
   private readonly closing = new Set<Promise<void>>();
   private sequence = 0;
-  private readonly batcher = new WriteBatcher();
+  private readonly batcher: WriteBatcher;
   private readonly heartbeat: NodeJS.Timeout;
   /** Ticks per heartbeat interval: each tick visits 1/slices of the connections. */
   private readonly heartbeatSlices: number;
@@ -67,6 +83,14 @@ export class Connections {
   /** The tick of the current pass (0 starts one), and connections to visit per tick in it. */
   private heartbeatTick = 0;
   private heartbeatQuota = 0;
+  /**
+   * Connection slots per user, and in all, held from admission until the TCP socket closes (see
+   * admit). Counted here, on this node, synchronously: a burst of upgrades cannot all slip in
+   * before the first one is counted, as they could against a count kept in Redis.
+   */
+  private readonly slotsPerUser = new Map<string, number>();
+  private slots = 0;
+  private readonly unsent: UnsentBudget;
 
   constructor(
     private readonly chat: ChatService,
@@ -74,7 +98,10 @@ export class Connections {
     private readonly log: Logger,
     private readonly metrics: NodeMetrics,
     heartbeatIntervalMs: number,
+    private readonly limits: ConnectionLimits,
   ) {
+    this.unsent = new UnsentBudget(limits.unsentBytes, metrics, log);
+    this.batcher = new WriteBatcher(this.unsent);
     this.heartbeatSlices = Math.max(1, Math.round(heartbeatIntervalMs / HEARTBEAT_TICK_MS));
     this.heartbeat = setInterval(() => this.beat(), heartbeatIntervalMs / this.heartbeatSlices);
     this.heartbeat.unref();
@@ -83,6 +110,37 @@ export class Connections {
   get size(): number {
     return this.open.size;
   }
+
+  /**
+   * Takes a connection slot for an authenticated upgrade, before the WebSocket handshake, or
+   * says which limit refuses it. The slot is tied to the TCP socket and given back when that
+   * closes, whatever happens: the handshake fails, the client goes away, or the WebSocket closes.
+   */
+  admit(userId: string, tcp: Socket): Admission {
+    if (this.slots >= this.limits.connections) return "node_limit";
+    const held = this.slotsPerUser.get(userId) ?? 0;
+    if (held >= this.limits.connectionsPerUser) return "user_limit";
+    this.slotsPerUser.set(userId, held + 1);
+    this.slots++;
+    const tagged = tcp as SlotSocket;
+    tagged[kSlotUser] = userId;
+    tcp.once("close", this.releaseSlot);
+    return "admitted";
+  }
+
+  // One function for every socket (no closure per connection): the user is on the socket.
+  private readonly releaseSlot = (() => {
+    const connections = this;
+    return function (this: SlotSocket): void {
+      const userId = this[kSlotUser];
+      if (userId === undefined) return;
+      this[kSlotUser] = undefined;
+      connections.slots--;
+      const held = connections.slotsPerUser.get(userId) ?? 0;
+      if (held <= 1) connections.slotsPerUser.delete(userId);
+      else connections.slotsPerUser.set(userId, held - 1);
+    };
+  })();
 
   /** Wires an authenticated socket to a new session; `since` opts it in to acknowledged delivery. */
   accept(
@@ -151,6 +209,7 @@ export class Connections {
       const transport = this[kTransport];
       if (session === undefined || transport === undefined) return;
       connections.open.delete(transport);
+      connections.unsent.forget(transport);
       transport.onClosed();
       const done = connections.chat
         .closed(session, code)
@@ -203,6 +262,7 @@ export class Connections {
       transport.close(CloseCode.SERVICE_RESTART, "service restart");
     await beforeDeadline(this.allClosed(), deadline);
     for (const transport of this.open) transport.terminate();
+    this.unsent.stop();
     await beforeDeadline(Promise.all(this.closing), deadline);
   }
 

@@ -16,6 +16,22 @@ const COMMAND_TYPES = [
   "invalid",
 ] as const;
 
+/** Why an upgrade was refused with an HTTP status instead of becoming a WebSocket. */
+export const REFUSAL_REASONS = [
+  "draining",
+  "bad_request",
+  "unauthorized",
+  "user_limit",
+  "node_limit",
+] as const;
+export type RefusalReason = (typeof REFUSAL_REASONS)[number];
+
+/**
+ * What closed a slow reader: its own unsent bytes over the per-connection limit, or the node's
+ * unsent bytes over MAX_UNSENT_BYTES (it was among the largest).
+ */
+export type SlowReaderTrigger = "connection" | "node_budget";
+
 /** Upper bounds (seconds) of the send-latency histogram's buckets. */
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 
@@ -44,6 +60,12 @@ export class NodeMetrics implements ChatMetrics {
   private latencyCount = 0;
   /** Reads the open connections at scrape time; set once the hub exists. */
   private connections: () => number = () => 0;
+  private readonly refusals = new Map<RefusalReason, { count: number }>(
+    REFUSAL_REASONS.map((reason) => [reason, { count: 0 }]),
+  );
+  private readonly slowReaders = { connection: 0, node_budget: 0 };
+  /** Reads the unsent bytes the last budget check found; set once the budget exists. */
+  private unsent: () => number = () => 0;
 
   constructor(nodeId: string, engine: Engine) {
     this.registry.setDefaultLabels({ node_id: nodeId });
@@ -91,6 +113,27 @@ export class NodeMetrics implements ChatMetrics {
       () => [{ value: this.delivered }],
     );
     this.expose(
+      "mrezhen_upgrades_refused_total",
+      "WebSocket upgrades refused with an HTTP status, by reason (user_limit: 429, node_limit and draining: 503, unauthorized: 401, bad_request: 400).",
+      "counter",
+      () => [...this.refusals].map(([reason, { count }]) => ({ value: count, labels: { reason } })),
+    );
+    this.expose(
+      "mrezhen_slow_reader_closes_total",
+      "Connections closed with 1013 for not reading, by trigger (connection: over its own limit; node_budget: among the largest when the node was over MAX_UNSENT_BYTES).",
+      "counter",
+      () => [
+        { value: this.slowReaders.connection, labels: { trigger: "connection" } },
+        { value: this.slowReaders.node_budget, labels: { trigger: "node_budget" } },
+      ],
+    );
+    this.expose(
+      "mrezhen_unsent_bytes",
+      "Bytes written to connections and not yet taken by the kernel, as the unsent-bytes budget counts them (recounted every 250 ms).",
+      "gauge",
+      () => [{ value: this.unsent() }],
+    );
+    this.expose(
       "mrezhen_send_latency_seconds",
       "From reading a direct_message to acking it: rate limit, store and route.",
       "histogram",
@@ -100,6 +143,19 @@ export class NodeMetrics implements ChatMetrics {
 
   countConnectionsWith(count: () => number): void {
     this.connections = count;
+  }
+
+  countUnsentWith(bytes: () => number): void {
+    this.unsent = bytes;
+  }
+
+  refusedUpgrade(reason: RefusalReason): void {
+    const counter = this.refusals.get(reason);
+    if (counter !== undefined) counter.count++;
+  }
+
+  slowReaderClosed(trigger: SlowReaderTrigger): void {
+    this.slowReaders[trigger]++;
   }
 
   frameIn(type: string): void {

@@ -1,7 +1,8 @@
 import type { Socket } from "node:net";
+import { CloseCode } from "@mrezhen/protocol";
 import WebSocket from "ws";
 import type { Transport } from "../chat/ports.js";
-import type { NodeMetrics } from "./metrics.js";
+import type { NodeMetrics, SlowReaderTrigger } from "./metrics.js";
 
 /** Bytes queued to a client that does not read, past which it is dropped (a slow consumer). */
 export const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
@@ -23,6 +24,35 @@ export const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 export const MAX_PONGS_WAITING = 256;
 
 /**
+ * How long a slow reader's 1013 close frame may wait behind its unsent bytes before the socket
+ * is destroyed. A client that is merely slow reads up to the close frame and learns why (1013:
+ * reconnect with backoff); one that stopped reading never will, and its buffers are freed now
+ * rather than after ws's 30 s closing handshake or the next missed heartbeat.
+ */
+export const SLOW_READER_GRACE_MS = 1000;
+export const SLOW_READER_REASON = "slow reader: too much unsent data";
+
+/**
+ * Frames longer than this (UTF-16 units) are handed to ws as a Buffer. Node copies a string that
+ * cannot be written at once into a buffer sized for the worst case of UTF-8, three bytes per
+ * character, and keeps all of it until the write completes: a 3 MB history answer a client does
+ * not read held 9 MB, three times what bufferedAmount (and so every limit here) counts. Encoded
+ * here, it holds its exact size. Small frames stay strings: Node writes those from the stack when
+ * the kernel takes them at once, the usual case, and a Buffer would cost an allocation each.
+ */
+const ENCODE_FRAMES_OVER = 16 * 1024;
+/** ws's send options for a text frame given as a Buffer (one object, not one per send). */
+const TEXT_FRAME = { binary: false };
+
+/** Where a batch reports connections' unsent bytes (the node's UnsentBudget). */
+export interface UnsentWatcher {
+  /** `transport` has `bytes` unsent after this batch (called when > 0, or when it was watched). */
+  observe(transport: WsTransport, bytes: number): void;
+  /** The batch is written: the watcher may act on what it observed. */
+  afterBatch(): void;
+}
+
+/**
  * Coalesces the frames written to one connection while the node handles one I/O event (a read
  * and the promise continuations it sets off) into one `writev`: the first write corks the TCP
  * socket, and one flush per batch uncorks every corked socket once that work is done. Frames for
@@ -38,6 +68,13 @@ export const MAX_PONGS_WAITING = 256;
 export class WriteBatcher {
   private corked: WsTransport[] = [];
 
+  /**
+   * `unsent` learns, after each batch is written, which connections the kernel did not take
+   * everything from: the only moment unsent bytes can grow, so the budget never has to look at
+   * the connections that have none (see UnsentBudget).
+   */
+  constructor(private readonly unsent?: UnsentWatcher) {}
+
   /** Holds `transport`'s writes until the end of this turn. */
   hold(transport: WsTransport): void {
     if (this.corked.length === 0) queueMicrotask(this.scheduleFlush);
@@ -51,7 +88,15 @@ export class WriteBatcher {
   private readonly flush = (): void => {
     const corked = this.corked;
     this.corked = [];
-    for (const transport of corked) transport.flush();
+    const unsent = this.unsent;
+    for (const transport of corked) {
+      transport.flush();
+      if (unsent === undefined) continue;
+      // uncork wrote synchronously what the kernel would take; what is left is unsent.
+      const bytes = transport.bufferedAmount;
+      if (bytes > 0 || transport.watched) unsent.observe(transport, bytes);
+    }
+    unsent?.afterBatch();
   };
 }
 
@@ -59,6 +104,10 @@ export class WriteBatcher {
 export class WsTransport implements Transport {
   /** Cleared at each heartbeat ping, set by the pong: false at the next beat means the peer is gone. */
   alive = true;
+  /** Set while the node's UnsentBudget counts this connection (it had unsent bytes). */
+  watched = false;
+  /** This connection's unsent bytes as the budget's running total last counted them. */
+  unsentCounted = 0;
   /** Whether this turn's writes are being held for one writev (see WriteBatcher). */
   private corked = false;
   /** The number carried by the last whenReceived() ping. */
@@ -69,6 +118,8 @@ export class WsTransport implements Transport {
     | undefined;
   /** Made at the first ping from the client: most clients never send one (browsers cannot). */
   private pongs: PongState | undefined;
+  /** Set once closed as a slow reader: destroys the socket if the close frame is still stuck. */
+  private slowReaderTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly socket: WebSocket,
@@ -87,7 +138,7 @@ export class WsTransport implements Transport {
     if (this.socket.bufferedAmount > MAX_BUFFERED_BYTES) {
       // Memory per connection stays bounded: a client that stopped reading loses its
       // connection, not the node its memory. It reconnects and resyncs like after any drop.
-      this.socket.terminate();
+      this.closeSlowReader("connection");
       return;
     }
     if (!this.corked) {
@@ -95,7 +146,8 @@ export class WsTransport implements Transport {
       this.tcp.cork();
       this.batcher.hold(this);
     }
-    this.socket.send(frame);
+    if (frame.length > ENCODE_FRAMES_OVER) this.socket.send(Buffer.from(frame, "utf8"), TEXT_FRAME);
+    else this.socket.send(frame);
     this.metrics.frameOut();
   }
 
@@ -146,6 +198,32 @@ export class WsTransport implements Transport {
     const waiters = this.receivedWaiters;
     this.receivedWaiters = undefined;
     if (waiters !== undefined) for (const waiter of waiters) waiter.resolve(false);
+    // And the slow-reader timer goes, so that nothing keeps this transport alive.
+    clearTimeout(this.slowReaderTimer);
+  }
+
+  /** Whether this connection is being closed as a slow reader (its bytes are about to be freed). */
+  get closingAsSlowReader(): boolean {
+    return this.slowReaderTimer !== undefined;
+  }
+
+  /**
+   * Closes a client that does not read: a 1013 close frame, queued behind what it has not read,
+   * then, if that frame is still not written after SLOW_READER_GRACE_MS, a terminate, which frees
+   * the unsent bytes (the client then sees 1006). Idempotent.
+   */
+  closeSlowReader(trigger: SlowReaderTrigger): void {
+    if (this.slowReaderTimer !== undefined || this.socket.readyState === WebSocket.CLOSED) return;
+    this.metrics.slowReaderClosed(trigger);
+    if (this.socket.readyState === WebSocket.OPEN)
+      this.socket.close(CloseCode.TRY_AGAIN_LATER, SLOW_READER_REASON);
+    this.slowReaderTimer = setTimeout(() => {
+      // Nothing left in our buffers means the close frame reached the kernel: ws's closing
+      // handshake finishes the job, and no memory is held meanwhile.
+      if (this.socket.readyState !== WebSocket.CLOSED && this.socket.bufferedAmount > 0)
+        this.socket.terminate();
+    }, SLOW_READER_GRACE_MS);
+    this.slowReaderTimer.unref();
   }
 
   pause(): void {
