@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 
 /**
  * The node's configuration, read once from the environment at start-up. Every variable has its
@@ -40,6 +41,19 @@ export interface Config {
 }
 
 export const DEV_JWT_SECRET = "mrezhen-dev-secret-change-in-production";
+
+/**
+ * Where a node listens while JWT_SECRET is the development default and HOST is unset: anyone who
+ * can reach the port could mint tokens with the published secret, so only this machine may.
+ */
+export const DEV_HOST = "127.0.0.1";
+
+/**
+ * NODE_ID's alphabet. Connection ids are `<NODE_ID>.<n>` and travel inside `|`-separated Redis
+ * payloads (engine-redis codec.ts), and NODE_ID names Redis keys and client names: a `|`, a
+ * space or a control character there would corrupt events or keys.
+ */
+const NODE_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
 
 export const defaults = {
   NODE_ENV: "development",
@@ -89,12 +103,13 @@ const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"
 type Env = Readonly<Record<string, string | undefined>>;
 
 export function loadConfig(env: Env = process.env): Config {
-  const read = (name: keyof typeof defaults | "REDIS_URL" | "NODE_ID"): string | undefined => {
+  const read = (name: keyof typeof defaults | ExtraVariable): string | undefined => {
     const value = env[name]?.trim();
     return value === "" ? undefined : value;
   };
   const nodeEnv = read("NODE_ENV") ?? defaults.NODE_ENV;
-  const secret = read("JWT_SECRET") ?? defaults.JWT_SECRET;
+  const secret =
+    read("JWT_SECRET") ?? readSecretFile(read("JWT_SECRET_FILE")) ?? defaults.JWT_SECRET;
   if (nodeEnv === "production") {
     if (secret === DEV_JWT_SECRET) {
       throw new ConfigError(
@@ -115,9 +130,15 @@ export function loadConfig(env: Env = process.env): Config {
   if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) {
     throw new ConfigError(`REDIS_URL must start with redis:// or rediss://; got "${redisUrl}".`);
   }
+  const nodeId = read("NODE_ID") ?? `node-${randomBytes(4).toString("hex")}`;
+  if (!NODE_ID_PATTERN.test(nodeId)) {
+    throw new ConfigError(
+      `NODE_ID must be 1 to 64 characters of A-Z, a-z, 0-9, ".", "_" and "-"; got ${JSON.stringify(nodeId)}.`,
+    );
+  }
   return Object.freeze({
     nodeEnv,
-    host: read("HOST") ?? defaults.HOST,
+    host: read("HOST") ?? (secret === DEV_JWT_SECRET ? DEV_HOST : defaults.HOST),
     port: integer(read, "WS_PORT", 0, 65_535),
     jwt: Object.freeze({ secret, issuer: read("JWT_ISSUER") ?? defaults.JWT_ISSUER }),
     rateLimit: Object.freeze({
@@ -132,7 +153,7 @@ export function loadConfig(env: Env = process.env): Config {
             url: redisUrl,
             keyPrefix: read("REDIS_KEY_PREFIX") ?? defaults.REDIS_KEY_PREFIX,
           }),
-    nodeId: read("NODE_ID") ?? `node-${randomBytes(4).toString("hex")}`,
+    nodeId,
     heartbeatIntervalMs: integer(read, "HEARTBEAT_INTERVAL_MS", 100, 3_600_000),
     shutdownTimeoutMs: integer(read, "SHUTDOWN_TIMEOUT_MS", 0, 600_000),
     upgradeTimeoutMs: integer(read, "UPGRADE_TIMEOUT_MS", 100, 600_000),
@@ -155,6 +176,32 @@ export function loadConfig(env: Env = process.env): Config {
       unsentBytes: integer(read, "MAX_UNSENT_BYTES", 1024 * 1024, 2 ** 40),
     }),
   });
+}
+
+/**
+ * Variables read besides those of `defaults`: they have no default value (REDIS_URL, NODE_ID,
+ * JWT_SECRET_FILE), so the README's table gives theirs in words.
+ */
+export const otherVariables = ["REDIS_URL", "NODE_ID", "JWT_SECRET_FILE"] as const;
+type ExtraVariable = (typeof otherVariables)[number];
+
+/**
+ * JWT_SECRET_FILE: the secret in a file (Docker's `*_FILE` convention; compose generates one on
+ * first start), so it never has to sit in the environment or in a committed file. Surrounding
+ * white space, a trailing newline above all, is not part of the secret.
+ */
+function readSecretFile(path: string | undefined): string | undefined {
+  if (path === undefined) return undefined;
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (error) {
+    const why = (error as NodeJS.ErrnoException).code ?? String(error);
+    throw new ConfigError(`JWT_SECRET_FILE ${JSON.stringify(path)} cannot be read (${why}).`);
+  }
+  const secret = text.trim();
+  if (secret === "") throw new ConfigError(`JWT_SECRET_FILE ${JSON.stringify(path)} is empty.`);
+  return secret;
 }
 
 function integer(

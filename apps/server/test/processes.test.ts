@@ -54,6 +54,14 @@ describe("the README's commands, as written", () => {
     expect(stdout.trim().split("\n")).toHaveLength(1);
   });
 
+  it("`pnpm run token --help` prints the usage and exits 0", async () => {
+    const { stdout } = await run("pnpm", ["--silent", "run", "token", "--help"], {
+      cwd: root,
+      env: env({}),
+    });
+    expect(stdout).toMatch(/^usage: pnpm run token <userId>/);
+  });
+
   it("`pnpm start` builds and serves the embedded node", async () => {
     const port = await freePort();
     const child = spawn("pnpm", ["start"], {
@@ -83,6 +91,7 @@ describe("start-up", () => {
     [{ NODE_ENV: "production", JWT_SECRET: "short" }, /needs at least 32/],
     [{ LOG_LEVEL: "loud" }, /LOG_LEVEL must be one of/],
     [{ REDIS_URL: "localhost:6379" }, /REDIS_URL must start with redis:\/\//],
+    [{ NODE_ID: "node|1" }, /NODE_ID must be 1 to 64 characters/],
   ])("refuses %o with one line and exit code 1", async (bad, message) => {
     const failure = (await run(process.execPath, [`${dist}main.js`], {
       env: env({ WS_PORT: "0", ...bad }),

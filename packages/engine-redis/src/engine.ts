@@ -418,6 +418,11 @@ function validate(options: RedisEngineOptions): void {
   }
   if (typeof options.nodeId !== "string" || options.nodeId === "") {
     problems.push("nodeId is empty: set NODE_ID or let the server generate one");
+  } else if (options.nodeId.includes("|")) {
+    // Connection ids start with the node id and are `|`-separated fields of events (codec.ts).
+    problems.push(
+      `nodeId ${JSON.stringify(options.nodeId)} contains "|", which events cannot carry`,
+    );
   }
   if (typeof options.keyPrefix !== "string") problems.push("keyPrefix must be a string");
   const { limit, windowMs } = options.rateLimit;

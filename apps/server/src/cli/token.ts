@@ -9,15 +9,26 @@ import { ConfigError, loadConfig } from "../config.js";
 
 const USAGE = `usage: pnpm run token <userId> [displayName] [--ttl 1h]
   --ttl   lifetime: a number with s, m, h or d (default 24h)
-The token is signed with JWT_SECRET and JWT_ISSUER from the environment, like the server.`;
+  --help  this text
+The token is signed with JWT_SECRET (or the file JWT_SECRET_FILE names) and JWT_ISSUER from the
+environment, like the server.`;
 
 function main(): void {
-  const { values, positionals } = parseArgs({
-    allowPositionals: true,
-    options: { ttl: { type: "string", default: "24h" }, help: { type: "boolean", short: "h" } },
-  });
+  let parsed: ReturnType<typeof parseArguments>;
+  try {
+    parsed = parseArguments();
+  } catch (error) {
+    // An unknown option or a missing value: one line and the usage, not a stack trace.
+    fail(`mrezhen token: ${error instanceof Error ? error.message : String(error)}\n${USAGE}`);
+  }
+  const { values, positionals } = parsed;
   const [userId, displayName] = positionals;
-  if (values.help || userId === undefined || positionals.length > 2) fail(USAGE);
+  // Asked for, the usage is the answer (stdout, exit 0); given instead of a bad call, an error.
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    process.exit(0);
+  }
+  if (userId === undefined || positionals.length > 2) fail(USAGE);
   if (userId.length < 1 || userId.length > 128)
     fail("mrezhen token: the user id must have 1 to 128 characters");
   const ttlSeconds = parseDuration(values.ttl);
@@ -40,6 +51,13 @@ function main(): void {
   });
   const token = sign(displayName === undefined ? {} : { name: displayName });
   process.stdout.write(`${token}\n`);
+}
+
+function parseArguments() {
+  return parseArgs({
+    allowPositionals: true,
+    options: { ttl: { type: "string", default: "24h" }, help: { type: "boolean", short: "h" } },
+  });
 }
 
 function parseDuration(text: string): number | undefined {
