@@ -3,7 +3,14 @@ import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { eventually, type Frame, freePort, redisForTests, type TestClient } from "@mrezhen/testkit";
+import {
+  eventually,
+  type Frame,
+  freePort,
+  mintToken,
+  redisForTests,
+  TestClient,
+} from "@mrezhen/testkit";
 import { afterAll, describe, expect, it, onTestFinished } from "vitest";
 import { connectTo, spawnNode, startNode } from "./helpers.js";
 
@@ -171,8 +178,49 @@ describe("Redis outage", () => {
   }, 60_000);
 });
 
+describe("Redis down at start", () => {
+  it("starts anyway, unready and refusing connections with 1013, and serves once Redis answers", async () => {
+    const server = await ownRedis({ running: false });
+    const node = await spawnNode({
+      REDIS_URL: server.url,
+      REDIS_KEY_PREFIX: "late:",
+      NODE_ID: "early",
+    });
+    const ready = await fetch(`${node.url}/ready`);
+    expect(ready.status).toBe(503);
+    expect(await ready.json()).toMatchObject({ status: "unavailable" });
+    expect((await fetch(`${node.url}/health`)).status).toBe(200);
+    // A client that comes now is told to come back later, as during an outage.
+    const early = await TestClient.connect(
+      `${node.wsUrl}?token=${await mintToken({ sub: "alice" })}`,
+    );
+    expect((await early.closed).code).toBe(1013);
+
+    const startedAt = Date.now();
+    server.start();
+    await server.answering();
+    await eventually(
+      async () => expect((await fetch(`${node.url}/ready`)).status).toBe(200),
+      10_000,
+    );
+    console.log(`[measure] Redis started after the node: ready ${Date.now() - startedAt} ms later`);
+    expect(node.child.exitCode).toBeNull();
+
+    const alice = await connectTo(node.wsUrl, "alice");
+    const bob = await connectTo(node.wsUrl, "bob");
+    alice.send({ type: "direct_message", to: "bob", content: "Redis came late" });
+    expect(await alice.next("message_ack")).toMatchObject({ status: "delivered" });
+    expect((await bob.next("direct_message"))["message"]).toMatchObject({
+      from: "alice",
+      content: "Redis came late",
+    });
+  }, 30_000);
+});
+
 /** A redis-server of this test's own, with AOF in a temp dir, that can be stopped and started. */
-async function ownRedis(): Promise<{ url: string; stop(): void; start(): void }> {
+async function ownRedis(
+  options: { running?: boolean } = {},
+): Promise<{ url: string; stop(): void; start(): void; answering(): Promise<void> }> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "mrezhen-redis-"));
   let child: ChildProcess | undefined;
@@ -199,22 +247,26 @@ async function ownRedis(): Promise<{ url: string; stop(): void; start(): void }>
     stop();
     rmSync(dir, { recursive: true, force: true });
   });
-  start();
   const url = `redis://127.0.0.1:${port}`;
   const { Redis } = await import("ioredis");
-  await eventually(async () => {
-    const probe = new Redis(url, {
-      lazyConnect: true,
-      retryStrategy: () => null,
-      maxRetriesPerRequest: 0,
-    });
-    probe.on("error", () => {}); // a refused connect is expected until redis-server listens
-    try {
-      await probe.connect();
-      await probe.ping();
-    } finally {
-      probe.disconnect();
-    }
-  }, 5000);
-  return { url, stop, start };
+  const answering = () =>
+    eventually(async () => {
+      const probe = new Redis(url, {
+        lazyConnect: true,
+        retryStrategy: () => null,
+        maxRetriesPerRequest: 0,
+      });
+      probe.on("error", () => {}); // a refused connect is expected until redis-server listens
+      try {
+        await probe.connect();
+        await probe.ping();
+      } finally {
+        probe.disconnect();
+      }
+    }, 5000);
+  if (options.running !== false) {
+    start();
+    await answering();
+  }
+  return { url, stop, start, answering };
 }

@@ -71,6 +71,15 @@ export interface RedisEngineOptions {
   readonly heartbeatIntervalMs?: number;
   /** A node whose liveness key is older than this is dead. Default 9000. */
   readonly nodeTtlMs?: number;
+  /**
+   * What createRedisEngine does when Redis cannot be reached at start. false (the default): it
+   * rejects with EngineUnavailableError. true: it resolves at once with an engine that behaves as
+   * during an outage (health() not ok, every call failing with EngineUnavailableError) and keeps
+   * trying in the background, with the reconnect backoff; once Redis answers, the engine starts
+   * as it would have (scripts, node registration, presence snapshot) and health() turns ok. A
+   * server process then comes up unready instead of exiting into a restart loop.
+   */
+  readonly waitForRedis?: boolean;
 }
 
 const DEFAULT_HEARTBEAT_INTERVAL_MS = 3000;
@@ -85,7 +94,8 @@ type Role = "command" | "subscriber";
 /**
  * Connects to Redis, loads the scripts, clears what a previous process with this node id left,
  * registers the node and starts its heartbeat. Rejects with EngineUnavailableError when Redis
- * cannot be reached (nothing is left running then).
+ * cannot be reached (nothing is left running then), unless `waitForRedis` is set: then it
+ * resolves at once and starts when Redis answers.
  *
  * @example
  * const engine = await createRedisEngine({
@@ -113,6 +123,7 @@ export function haltRedisEngineForTests(engine: Engine): void {
 const SILENT: Logger = { info() {}, warn() {}, error() {} };
 const HEALTHY: EngineHealth = { ok: true };
 const STARTING: EngineHealth = { ok: false, reason: "starting" };
+const WAITING: EngineHealth = { ok: false, reason: "redis unreachable since start" };
 const CLOSED: EngineHealth = { ok: false, reason: "engine closed" };
 const UNREACHABLE: EngineHealth = { ok: false, reason: "redis unreachable" };
 const SUBSCRIBER_DOWN: EngineHealth = { ok: false, reason: "redis subscriber connection down" };
@@ -143,6 +154,10 @@ class RedisEngine implements Engine {
   /** The latest connection error, for the message when the first connection fails. */
   private lastError: unknown;
   private tickTimer: NodeJS.Timeout | undefined;
+  /** The next start attempt while Redis has not answered yet (waitForRedis). */
+  private startTimer: NodeJS.Timeout | undefined;
+  /** A start attempt failed and the engine waits for Redis (waitForRedis). */
+  private waiting = false;
   private closing: Promise<void> | undefined;
   /** The broadcast channel was subscribed once (start): ioredis re-subscribes it from then on. */
   private broadcastSubscribed = false;
@@ -180,6 +195,41 @@ class RedisEngine implements Engine {
 
   async start(): Promise<void> {
     try {
+      await this.startOnce();
+    } catch (error) {
+      if (this.options.waitForRedis !== true || !(error instanceof EngineUnavailableError)) {
+        throw error;
+      }
+      this.logger.warn(
+        { err: error },
+        "redis cannot be reached at start; serving as during an outage until it answers",
+      );
+      this.waiting = true;
+      this.updateHealth();
+      this.retryStart(1);
+    }
+  }
+
+  /** One more start attempt after the reconnect backoff, until one succeeds or close(). */
+  private retryStart(attempt: number): void {
+    if (this.state !== "starting") return;
+    this.startTimer = setTimeout(() => {
+      this.startOnce().then(
+        () => this.logger.info({}, "redis answered; the engine has started"),
+        (error: unknown) => {
+          if (!(toEngineError(error) instanceof EngineUnavailableError)) {
+            this.logger.error({ err: error }, "redis engine start failed; retrying");
+          }
+          this.retryStart(attempt + 1);
+        },
+      );
+    }, reconnectDelay(attempt));
+    this.startTimer.unref();
+  }
+
+  /** Connects both connections and sets up the node; on failure leaves nothing connected. */
+  private async startOnce(): Promise<void> {
+    try {
       await Promise.all([this.command.connect(), this.subscriber.connect()]);
     } catch (error) {
       this.dropConnections();
@@ -210,6 +260,8 @@ class RedisEngine implements Engine {
       this.dropConnections();
       throw toEngineError(error);
     }
+    // close() came while this attempt was under way: shutdown() takes it from here.
+    if (this.state !== "starting") return;
     this.state = "running";
     this.updateHealth();
     this.scheduleTick();
@@ -229,6 +281,7 @@ class RedisEngine implements Engine {
   halt(): void {
     this.state = "closed";
     clearTimeout(this.tickTimer);
+    clearTimeout(this.startTimer);
     this.dropConnections();
     this.updateHealth();
     this.closing ??= Promise.resolve();
@@ -238,6 +291,7 @@ class RedisEngine implements Engine {
     const wasRunning = this.state === "running";
     this.state = "closed";
     clearTimeout(this.tickTimer);
+    clearTimeout(this.startTimer);
     this.updateHealth();
     if (wasRunning && this.commandReady) {
       try {
@@ -374,7 +428,9 @@ class RedisEngine implements Engine {
       this.state === "closed"
         ? CLOSED
         : this.state === "starting"
-          ? STARTING
+          ? this.waiting
+            ? WAITING
+            : STARTING
           : !this.commandReady
             ? UNREACHABLE
             : !this.subscriberReady
@@ -395,12 +451,16 @@ function clientOptions(nodeId: string, role: Role) {
     autoResendUnfulfilledCommands: false,
     maxRetriesPerRequest: 0,
     autoResubscribe: true,
-    retryStrategy: (attempt: number) => Math.min(attempt * 100, MAX_RECONNECT_DELAY_MS),
+    retryStrategy: reconnectDelay,
     connectTimeout: CONNECT_TIMEOUT_MS,
     socketTimeout: SOCKET_TIMEOUT_MS,
     // For CLIENT LIST; names cannot contain spaces.
     connectionName: `mrezhen:${nodeId}:${role}`.replace(/[^\w.:-]/g, "_"),
   } satisfies RedisOptions;
+}
+
+function reconnectDelay(attempt: number): number {
+  return Math.min(attempt * 100, MAX_RECONNECT_DELAY_MS);
 }
 
 async function quit(client: Redis): Promise<void> {

@@ -8,7 +8,7 @@
 import { randomUUID } from "node:crypto";
 import { EngineUnavailableError } from "@mrezhen/engine";
 import { Recorder } from "@mrezhen/engine/contract";
-import { eventually } from "@mrezhen/testkit";
+import { eventually, freePort } from "@mrezhen/testkit";
 import type { Redis } from "ioredis";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { APPEND } from "../src/scripts.js";
@@ -222,4 +222,44 @@ describe.skipIf(!haveRedisServer())("redis engine: outage and recovery", () => {
         `healthy ${since(healedAt)} ms after the link came back`,
     );
   }, 40_000);
+  it("with waitForRedis, starts without Redis, fails fast, and starts for real once Redis answers", async () => {
+    const port = await freePort();
+    const url = `redis://127.0.0.1:${port}`;
+    const warnings: (string | undefined)[] = [];
+    const engine = await startEngine({
+      url,
+      keyPrefix: "late-start:",
+      waitForRedis: true,
+      logger: { info() {}, warn: (_obj, msg) => warnings.push(msg), error() {} },
+    });
+    expect(engine.health()).toEqual({ ok: false, reason: "redis unreachable since start" });
+    expect(warnings).toContain(
+      "redis cannot be reached at start; serving as during an outage until it answers",
+    );
+    await expect(engine.presence.onlineUsers()).rejects.toBeInstanceOf(EngineUnavailableError);
+    await expect(engine.broker.subscribe("bob")).rejects.toBeInstanceOf(EngineUnavailableError);
+
+    const started = Date.now();
+    await startRedisServer(port);
+    await eventually(() => expect(engine.health()).toEqual({ ok: true }), 5000);
+    console.log(`[measure] started ${since(started)} ms after Redis came up`);
+    await goOnline(engine, "bob");
+    expect(await engine.presence.onlineUsers()).toEqual(["bob"]);
+  });
+
+  it("with waitForRedis, closes cleanly while still waiting for Redis", async () => {
+    const engine = await startEngine({
+      url: `redis://127.0.0.1:${await freePort()}`,
+      keyPrefix: "never:",
+      waitForRedis: true,
+    });
+    await engine.close();
+    expect(engine.health()).toEqual({ ok: false, reason: "engine closed" });
+  });
+
+  it("without waitForRedis, rejects when Redis cannot be reached", async () => {
+    await expect(
+      startEngine({ url: `redis://127.0.0.1:${await freePort()}`, keyPrefix: "never:" }),
+    ).rejects.toThrow(/cannot reach Redis at redis:\/\/127\.0\.0\.1:\d+/);
+  });
 });

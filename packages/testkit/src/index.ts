@@ -1,5 +1,13 @@
 /** Test helpers shared by every package: tokens, a WebSocket test client, Redis, ports. */
 export { type CloseInfo, type Frame, TestClient, UpgradeRefused } from "./client.js";
 export { eventually, freePort } from "./net.js";
-export { deletePrefix, redisForTests, type TestRedis } from "./redis.js";
+export {
+  deletePrefix,
+  findLocalRedis,
+  LOCAL_REDIS_URL,
+  type LocalRedis,
+  redisForTests,
+  SHARED_TEST_REDIS,
+  type TestRedis,
+} from "./redis.js";
 export { DEV_JWT_ISSUER, DEV_JWT_SECRET, mintToken, type TokenOptions } from "./tokens.js";

@@ -1,5 +1,7 @@
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { Redis } from "ioredis";
+import { freePort } from "./net.js";
 
 export interface TestRedis {
   /** A URL any client or node can use. */
@@ -11,9 +13,24 @@ export interface TestRedis {
 }
 
 /**
- * A Redis for tests: `REDIS_URL` when set (CI sets it), otherwise a throwaway container through
- * testcontainers. When neither can be had the caller should skip, and this says so loudly; but
- * under `CI=true` a missing Redis is an error, never a skip.
+ * The environment variable through which vitest's global setup hands its Redis to the test
+ * workers (they are separate processes, forked after the setup ran, with its environment).
+ */
+export const SHARED_TEST_REDIS = "MREZHEN_TEST_REDIS_URL";
+
+/** The Redis a developer most likely has running (Debian's redis-server service listens here). */
+export const LOCAL_REDIS_URL = "redis://127.0.0.1:6379";
+
+/**
+ * A Redis for tests, the first of:
+ * 1. `REDIS_URL` when set (CI sets it): it must answer;
+ * 2. the Redis vitest's global setup found or started for the whole run ({@link SHARED_TEST_REDIS});
+ * 3. a local Redis on 127.0.0.1:6379;
+ * 4. a private `redis-server` on a free port, when the binary is installed (killed when this
+ *    process exits);
+ * 5. a throwaway container through testcontainers.
+ * When none works the caller should skip, and this says so loudly; but under `CI=true` a missing
+ * Redis is an error, never a skip.
  *
  * @example
  * const redis = await redisForTests();
@@ -21,23 +38,111 @@ export interface TestRedis {
  */
 export async function redisForTests(): Promise<TestRedis | undefined> {
   const prefix = `mrezhen-test:${randomUUID().slice(0, 8)}:`;
-  const fromEnv = process.env["REDIS_URL"];
+  const fromEnv = process.env["REDIS_URL"] || process.env[SHARED_TEST_REDIS];
   if (fromEnv) {
     await assertReachable(fromEnv);
     return { url: fromEnv, prefix, close: () => deletePrefix(fromEnv, prefix) };
   }
+  const local = await findLocalRedis();
+  if (local !== undefined) {
+    return { url: local.url, prefix, close: () => deletePrefix(local.url, prefix) };
+  }
+  let containerError: unknown;
   try {
     const { GenericContainer } = await import("testcontainers");
     const container = await new GenericContainer("redis:7-alpine").withExposedPorts(6379).start();
     const url = `redis://${container.getHost()}:${container.getMappedPort(6379)}`;
     return { url, prefix, close: async () => void (await container.stop()) };
   } catch (error) {
-    const why = `no Redis for tests: REDIS_URL is not set and testcontainers failed (${String(error)})`;
-    if (process.env["CI"] === "true") throw new Error(`${why}; under CI=true this is a failure.`);
-    console.warn(
-      `\n⚠️  SKIPPING Redis tests: ${why}.\n   Set REDIS_URL=redis://127.0.0.1:6379 to run them.\n`,
-    );
+    containerError = error;
+  }
+  const why =
+    "no Redis for tests: REDIS_URL is not set, nothing answers on 127.0.0.1:6379, " +
+    `redis-server is not installed, and testcontainers failed (${String(containerError)})`;
+  if (process.env["CI"] === "true") throw new Error(`${why}; under CI=true this is a failure.`);
+  console.warn(
+    `\n⚠️  SKIPPING Redis tests: ${why}.\n   Install redis-server, or set REDIS_URL=redis://host:6379.\n`,
+  );
+  return undefined;
+}
+
+/** A Redis found on this machine without Docker; `stop` ends one this call started. */
+export interface LocalRedis {
+  readonly url: string;
+  /** How it was found, for a log line. */
+  readonly source: "local" | "private redis-server";
+  stop(): Promise<void>;
+}
+
+let privateServer: Promise<LocalRedis | undefined> | undefined;
+
+/**
+ * A Redis on 127.0.0.1:6379 (`localUrl`) if one answers, else a private `redis-server` (no
+ * persistence, on a free loopback port) if the binary is installed, else undefined. The private
+ * server is started once per process and killed when the process exits, or by `stop()`.
+ */
+export async function findLocalRedis(localUrl = LOCAL_REDIS_URL): Promise<LocalRedis | undefined> {
+  if (await answers(localUrl)) {
+    return { url: localUrl, source: "local", stop: async () => {} };
+  }
+  if (spawnSync("redis-server", ["--version"]).status !== 0) return undefined;
+  privateServer ??= startPrivateRedisServer().catch((error: unknown) => {
+    console.warn(`⚠️  a private redis-server did not start: ${String(error)}`);
     return undefined;
+  });
+  return privateServer;
+}
+
+async function startPrivateRedisServer(): Promise<LocalRedis> {
+  const port = await freePort();
+  const child: ChildProcess = spawn(
+    "redis-server",
+    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    { stdio: "ignore" },
+  );
+  // Never outlive the tests, even when they end without running their teardown.
+  const kill = () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  };
+  process.once("exit", kill);
+  const url = `redis://127.0.0.1:${port}`;
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const deadline = Date.now() + 5000;
+  while (!(await answers(url))) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      kill();
+      throw new Error(`redis-server on port ${port} did not answer`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return {
+    url,
+    source: "private redis-server",
+    stop: async () => {
+      privateServer = undefined;
+      process.removeListener("exit", kill);
+      kill();
+      await exited;
+    },
+  };
+}
+
+/** Whether a Redis at `url` answers PING, without retries or logged errors. */
+async function answers(url: string): Promise<boolean> {
+  const client = new Redis(url, {
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    connectTimeout: 1000,
+  });
+  client.on("error", () => {}); // a refused connection is an answer here, not an error
+  try {
+    await client.connect();
+    return (await client.ping()) === "PONG";
+  } catch {
+    return false;
+  } finally {
+    client.disconnect();
   }
 }
 
