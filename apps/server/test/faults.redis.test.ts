@@ -143,6 +143,12 @@ describe("Redis outage", () => {
     await alice.expectNone("message_ack", 200);
     alice.send({ type: "ping" });
     await alice.next("pong"); // the connection survived
+    // The failed commands are counted, for alerts on a Redis in trouble.
+    const scrape = await (await fetch(`${a.url}/metrics`)).text();
+    const failed =
+      /^mrezhen_redis_command_errors_total\{[^}]*kind="unavailable"[^}]*\} (\d+)$/m.exec(scrape);
+    expect(Number(failed?.[1])).toBeGreaterThan(0);
+    expect(scrape).toMatch(/^mrezhen_engine_up\{[^}]*\} 0$/m);
 
     const restartedAt = Date.now();
     server.start();

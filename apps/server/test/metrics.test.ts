@@ -28,7 +28,15 @@ describe("GET /metrics", () => {
     const before = await scrape();
     expect(before.get("mrezhen_connections")).toBe(0);
     expect(before.get("mrezhen_engine_up")).toBe(1);
-    expect(before.has("mrezhen_process_nodejs_eventloop_lag_seconds")).toBe(true);
+    // Node's process metrics under their usual names, as off-the-shelf dashboards query them.
+    expect(before.has("nodejs_eventloop_lag_seconds")).toBe(true);
+    expect(before.has("process_cpu_seconds_total")).toBe(true);
+    expect(before.has("process_resident_memory_bytes")).toBe(true);
+    expect([...before.keys()].some((name) => name.startsWith("mrezhen_process_"))).toBe(false);
+    expect(before.has("nodejs_active_handles_total")).toBe(false); // a gauge: see metrics.ts
+    expect(before.get("mrezhen_offline_flushed_total")).toBe(0);
+    // The memory engine has no backend commands to fail.
+    expect([...before.keys()].some((name) => name.startsWith("mrezhen_redis_"))).toBe(false);
 
     const bob = await connect("bob");
     const alice = await connect("alice");
@@ -51,5 +59,16 @@ describe("GET /metrics", () => {
     expect(after.get('mrezhen_errors_total{code="INVALID_JSON"}')).toBe(1);
     expect(after.get("mrezhen_send_latency_seconds_count")).toBe(2);
     expect(after.get("mrezhen_frames_out_total")).toBeGreaterThanOrEqual(8);
+
+    // Two messages for carol, who is away, then carol comes online and gets them.
+    const dave = await connect("dave");
+    dave.send({ type: "direct_message", to: "carol", content: "while you were out" });
+    dave.send({ type: "direct_message", to: "carol", content: "again" });
+    expect(await dave.next("message_ack")).toMatchObject({ status: "queued" });
+    expect(await dave.next("message_ack")).toMatchObject({ status: "queued" });
+    await connect("carol");
+    const later = await scrape();
+    expect(later.get('mrezhen_messages_acked_total{status="queued"}')).toBe(2);
+    expect(later.get("mrezhen_offline_flushed_total")).toBe(2);
   });
 });

@@ -39,7 +39,7 @@ import { Keys } from "./keys.js";
 import { RedisMessageStore } from "./messages.js";
 import { RedisPresenceStore } from "./presence.js";
 import { RedisRateLimiter } from "./rate-limiter.js";
-import { loadScripts, toEngineError } from "./script-runner.js";
+import { commandErrors, loadScripts, toEngineError } from "./script-runner.js";
 import { ALL_SCRIPTS } from "./scripts.js";
 
 /** pino-compatible. */
@@ -270,6 +270,10 @@ class RedisEngine implements Engine {
 
   health(): EngineHealth {
     return this.healthState;
+  }
+
+  commandErrors(): { readonly unavailable: number; readonly reply: number } {
+    return commandErrors;
   }
 
   close(): Promise<void> {

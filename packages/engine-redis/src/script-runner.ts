@@ -78,6 +78,13 @@ const RETRYABLE_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|TRYAGAIN|CLUSTERDOWN
 const NOT_WRITTEN = /enableOfflineQueue/;
 
 /**
+ * Failed commands, counted where every failure passes: here, in toEngineError. Per process, not
+ * per engine (the function has no engine at hand); a process runs one node, except in tests.
+ */
+export const commandErrors = { unavailable: 0, reply: 0 };
+const countedReplies = new WeakSet<Error>();
+
+/**
  * Maps a failure to what the ports promise: EngineUnavailableError when Redis cannot serve right
  * now (connection down, closed while the command was in flight, socket timeout, or a retryable
  * server reply), the error itself otherwise (a script error is a bug, not an outage).
@@ -93,7 +100,15 @@ export function toEngineError(error: unknown): Error {
   if (error instanceof EngineUnavailableError) return error;
   const message = error instanceof Error ? error.message : String(error);
   const refusedByServer = error instanceof Error && error.name === "ReplyError";
-  if (refusedByServer && !RETRYABLE_REPLY.test(message)) return error;
+  if (refusedByServer && !RETRYABLE_REPLY.test(message)) {
+    // Callers may map the same reply twice (a port, then start()): count it once.
+    if (!countedReplies.has(error)) {
+      countedReplies.add(error);
+      commandErrors.reply++;
+    }
+    return error;
+  }
+  commandErrors.unavailable++;
   return new EngineUnavailableError(`redis unavailable: ${message}`, {
     cause: error,
     mayHaveSucceeded: !refusedByServer && !NOT_WRITTEN.test(message),

@@ -358,6 +358,12 @@ export interface Engine {
   readonly rateLimiter: RateLimiter;
   /** Whether the backend can serve now. Cheap: reads a flag kept up to date in the background. */
   health(): EngineHealth;
+  /**
+   * Commands the backend failed so far, for metrics (read at scrape time): `unavailable` could
+   * not be served (connection down, timeout, a retryable reply such as LOADING or OOM), `reply`
+   * were refused as wrong (a bug). Absent when there is no backend to fail (the memory engine).
+   */
+  commandErrors?(): { readonly unavailable: number; readonly reply: number };
   /** Releases connections and timers. Idempotent. */
   close(): Promise<void>;
 }

@@ -48,6 +48,8 @@ export interface ChatMetrics {
   acked(status: "delivered" | "queued", seconds: number): void;
   /** A message was written live to one of its recipient's (or sender's other) connections. */
   deliveredLive(): void;
+  /** A connection coming online was sent `messages` from its offline queue (once per connection). */
+  queueFlushed(messages: number): void;
 }
 
 export const noMetrics: ChatMetrics = {
@@ -55,4 +57,5 @@ export const noMetrics: ChatMetrics = {
   error: () => {},
   acked: () => {},
   deliveredLive: () => {},
+  queueFlushed: () => {},
 };

@@ -153,6 +153,7 @@ export class ChatService {
         }
       } else {
         const flushed = await this.flushQueue(session);
+        this.metrics.queueFlushed(flushed);
         if (session.logs("info")) session.log.info({ queued: flushed }, "connected");
       }
       this.handleBacklog(session);

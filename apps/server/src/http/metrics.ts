@@ -32,6 +32,12 @@ export type RefusalReason = (typeof REFUSAL_REASONS)[number];
  */
 export type SlowReaderTrigger = "connection" | "node_budget";
 
+const NON_COUNTERS_NAMED_TOTAL = [
+  "nodejs_active_handles_total",
+  "nodejs_active_requests_total",
+  "nodejs_active_resources_total",
+];
+
 /** Upper bounds (seconds) of the send-latency histogram's buckets. */
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 
@@ -54,6 +60,7 @@ export class NodeMetrics implements ChatMetrics {
   private framesOut = 0;
   private readonly acks = { delivered: 0, queued: 0 };
   private delivered = 0;
+  private flushed = 0;
   private rateLimited = 0;
   private readonly latencyBuckets = new Float64Array(LATENCY_BUCKETS.length);
   private latencySum = 0;
@@ -69,7 +76,13 @@ export class NodeMetrics implements ChatMetrics {
 
   constructor(nodeId: string, engine: Engine) {
     this.registry.setDefaultLabels({ node_id: nodeId });
-    collectDefaultMetrics({ register: this.registry, prefix: "mrezhen_process_" });
+    // prom-client's own names (process_cpu_seconds_total, nodejs_eventloop_lag_seconds, ...), no
+    // prefix: they are what off-the-shelf Node.js dashboards and alerts query.
+    collectDefaultMetrics({ register: this.registry });
+    // Except three gauges named like counters, which `promtool check metrics` rejects (and
+    // Prometheus' rate() would misread): each is the sum of its labelled twin, e.g.
+    // sum(nodejs_active_handles) for nodejs_active_handles_total.
+    for (const name of NON_COUNTERS_NAMED_TOTAL) this.registry.removeSingleMetric(name);
     this.expose("mrezhen_connections", "Open WebSocket connections on this node.", "gauge", () => [
       { value: this.connections() },
     ]);
@@ -134,6 +147,31 @@ export class NodeMetrics implements ChatMetrics {
       () => [{ value: this.unsent() }],
     );
     this.expose(
+      "mrezhen_offline_flushed_total",
+      "Messages sent from offline queues to connections coming online on this node (a flush cut " +
+        "short sends its unconfirmed rest again). Against " +
+        'mrezhen_messages_acked_total{status="queued"} (messages put in), summed over nodes, ' +
+        "it tells whether the queues grow.",
+      "counter",
+      () => [{ value: this.flushed }],
+    );
+    const { commandErrors } = engine;
+    if (commandErrors !== undefined) {
+      this.expose(
+        "mrezhen_redis_command_errors_total",
+        "Redis commands that failed, by kind (unavailable: connection down, timeout or a " +
+          "retryable reply such as LOADING or OOM; reply: refused as wrong, a bug). Per process.",
+        "counter",
+        () => {
+          const { unavailable, reply } = commandErrors.call(engine);
+          return [
+            { value: unavailable, labels: { kind: "unavailable" } },
+            { value: reply, labels: { kind: "reply" } },
+          ];
+        },
+      );
+    }
+    this.expose(
       "mrezhen_send_latency_seconds",
       "From reading a direct_message to acking it: rate limit, store and route.",
       "histogram",
@@ -187,6 +225,10 @@ export class NodeMetrics implements ChatMetrics {
 
   deliveredLive(): void {
     this.delivered++;
+  }
+
+  queueFlushed(messages: number): void {
+    this.flushed += messages;
   }
 
   /** Cumulative buckets, +Inf, sum and count, as the Prometheus histogram type wants them. */
