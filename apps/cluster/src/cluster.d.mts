@@ -16,6 +16,9 @@ export declare const CLUSTER_DEFAULTS: Readonly<{
   readyTimeoutMs: number;
   stopTimeoutMs: number;
   keepDir: boolean;
+  limitConnPerAddr: number;
+  limitReqPerSecond: number;
+  limitReqBurst: number;
 }>;
 
 export interface ClusterOptions {
@@ -49,6 +52,12 @@ export interface ClusterOptions {
   readonly stopTimeoutMs?: number | undefined;
   /** Keep the run directory (configs, certificate, access log) after stop(). */
   readonly keepDir?: boolean | undefined;
+  /** nginx: open connections per client address (default 256; every local client is 127.0.0.1). */
+  readonly limitConnPerAddr?: number | undefined;
+  /** nginx: requests (handshakes included) per second per client address (default 20). */
+  readonly limitReqPerSecond?: number | undefined;
+  /** nginx: requests over that rate served at once (default 200). */
+  readonly limitReqBurst?: number | undefined;
   /** Every output line of every process; default: none (tails are kept for errors either way). */
   readonly log?: ((source: string, line: string) => void) | undefined;
   /** Aborting stops a start in progress. */

@@ -39,6 +39,11 @@ export const CLUSTER_DEFAULTS = Object.freeze({
   // never SIGKILLed; a node that hangs past it is.
   stopTimeoutMs: 20_000,
   keepDir: false,
+  // nginx's per-address limits (nginx/mrezhen.conf.template), as in docker-compose.yml. Every
+  // local client comes from 127.0.0.1, so a load test through the cluster raises them.
+  limitConnPerAddr: 256,
+  limitReqPerSecond: 20,
+  limitReqBurst: 200,
 });
 
 const MAX_NODES = 64;
@@ -177,6 +182,11 @@ function resolveOptions(options) {
     throw new RangeError(
       `port must be an integer 0..65535 (0 = any free port), got ${config.port} (CLUSTER_PORT)`,
     );
+  }
+  for (const name of ["limitConnPerAddr", "limitReqPerSecond", "limitReqBurst"]) {
+    if (!Number.isInteger(config[name]) || config[name] < 1) {
+      throw new RangeError(`${name} must be a whole number of at least 1, got ${config[name]}`);
+    }
   }
   if ((config.tlsCert === undefined) !== (config.tlsKey === undefined)) {
     throw new Error("give both tlsCert and tlsKey (CLUSTER_TLS_CERT, CLUSTER_TLS_KEY), or neither");
@@ -366,6 +376,9 @@ class LocalCluster {
       MREZHEN_TLS_CERT: tls.cert,
       MREZHEN_TLS_KEY: tls.key,
       MREZHEN_ACCESS_LOG: path.join(runtime, "access.log"),
+      MREZHEN_LIMIT_CONN_PER_ADDR: String(this.config.limitConnPerAddr),
+      MREZHEN_LIMIT_REQ_RATE: `${this.config.limitReqPerSecond}r/s`,
+      MREZHEN_LIMIT_REQ_BURST: String(this.config.limitReqBurst),
     };
     for (const [name, target] of [
       ["nginx.conf.template", main],

@@ -22,6 +22,10 @@ Environment:
   CLUSTER_QUIET=1    do not echo the processes' output
   NGINX_BIN          nginx binary (default ${CLUSTER_DEFAULTS.nginxBin})
   REDIS_SERVER_BIN   redis-server binary (default ${CLUSTER_DEFAULTS.redisServerBin}, from PATH)
+  CLUSTER_LIMIT_CONN_PER_ADDR   nginx: open connections per client address (default ${CLUSTER_DEFAULTS.limitConnPerAddr})
+  CLUSTER_LIMIT_REQ_PER_SECOND  nginx: requests per second per client address (default ${CLUSTER_DEFAULTS.limitReqPerSecond})
+  CLUSTER_LIMIT_REQ_BURST       nginx: requests over that rate served at once (default ${CLUSTER_DEFAULTS.limitReqBurst})
+                     Every local client is 127.0.0.1: raise these for a load test through nginx.
   Anything else (LOG_LEVEL, RATE_LIMIT_MESSAGES, SHUTDOWN_TIMEOUT_MS, ...) reaches the nodes as is.
 `;
 
@@ -81,6 +85,9 @@ async function main() {
       build: process.env.CLUSTER_BUILD !== "0",
       nginxBin: process.env.NGINX_BIN || undefined,
       redisServerBin: process.env.REDIS_SERVER_BIN || undefined,
+      limitConnPerAddr: intFromEnv("CLUSTER_LIMIT_CONN_PER_ADDR"),
+      limitReqPerSecond: intFromEnv("CLUSTER_LIMIT_REQ_PER_SECOND"),
+      limitReqBurst: intFromEnv("CLUSTER_LIMIT_REQ_BURST"),
       log,
       signal: abort.signal,
     });

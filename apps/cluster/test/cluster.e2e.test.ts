@@ -87,6 +87,8 @@ describe.skipIf(!redis)("cluster through nginx (wss, 3 nodes, Redis)", () => {
     expect(health.status).toBe(200);
     expect(health.headers["server"]).toBe("nginx");
     expect(health.body).toMatchObject({ status: "ok", connections: expect.any(Number) });
+    // HSTS on every answer of the TLS server.
+    expect(health.headers["strict-transport-security"]).toBe("max-age=63072000");
 
     const ready = await httpGet(`https://127.0.0.1:${cluster.port}/ready`, cluster.ca);
     expect(ready.status).toBe(200);
@@ -156,5 +158,62 @@ describe.skipIf(!redis)("cluster through nginx (wss, 3 nodes, Redis)", () => {
     }
     const ready = await httpGet(`https://127.0.0.1:${cluster.port}/ready`, cluster.ca);
     expect(ready.status).toBe(200);
+  });
+});
+
+describe.skipIf(!redis)("nginx's per-address limits", () => {
+  let cluster: Cluster;
+  const clients: TestClient[] = [];
+
+  beforeAll(async () => {
+    if (!redis) return;
+    cluster = await startCluster({
+      nodes: 1,
+      port: await freePort(),
+      redisUrl: redis.url,
+      keyPrefix: `${redis.prefix}limits:`,
+      jwtSecret: secret,
+      build: false,
+      env: { LOG_LEVEL: "warn", SHUTDOWN_TIMEOUT_MS: "2000" },
+      // Tiny limits, to see them: two sockets per address; one request a second, five at once.
+      limitConnPerAddr: 2,
+      limitReqPerSecond: 1,
+      limitReqBurst: 4,
+    });
+  }, 60_000);
+
+  afterAll(async () => {
+    await Promise.all(clients.map((client) => client.close()));
+    await cluster?.stop();
+  }, 60_000);
+
+  const connect = async (userId: string) => {
+    const client = await TestClient.connect(`${cluster.endpoint}?token=${await token(userId)}`, {
+      ca: cluster.ca,
+    });
+    clients.push(client);
+    return client;
+  };
+
+  it("refuses a third open WebSocket from one address with 429", async () => {
+    await connect("dora");
+    await connect("dora");
+    // Three requests so far: within the burst, so this refusal is the connection limit's.
+    const third = await connect("dora").then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(third).toBeInstanceOf(UpgradeRefused);
+    expect((third as UpgradeRefused).status).toBe(429);
+  });
+
+  it("refuses requests over the rate and its burst with 429", async () => {
+    const statuses = await Promise.all(
+      Array.from({ length: 10 }, () =>
+        httpGet(`https://127.0.0.1:${cluster.port}/health`, cluster.ca).then((r) => r.status),
+      ),
+    );
+    expect(statuses.filter((status) => status === 429).length).toBeGreaterThanOrEqual(4);
+    expect(statuses.every((status) => status === 200 || status === 429)).toBe(true);
   });
 });
