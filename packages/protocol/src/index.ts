@@ -2,6 +2,7 @@
  * The Mrezhen wire protocol: frame types, validation of client frames, encoders of server frames,
  * the error and close-code catalogues and the protocol limits. Shared by the server and clients.
  */
+export { CLIENT_COMMAND_TYPES } from "./catalogue.js";
 export { CloseCode, shouldReconnect } from "./close-codes.js";
 export {
   type AckFields,
