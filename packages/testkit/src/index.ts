@@ -6,6 +6,7 @@ export {
   findLocalRedis,
   LOCAL_REDIS_URL,
   type LocalRedis,
+  ownRedisServer,
   redisForTests,
   SHARED_TEST_REDIS,
   type TestRedis,

@@ -86,14 +86,31 @@ export async function findLocalRedis(localUrl = LOCAL_REDIS_URL): Promise<LocalR
     return { url: localUrl, source: "local", stop: async () => {} };
   }
   if (spawnSync("redis-server", ["--version"]).status !== 0) return undefined;
-  privateServer ??= startPrivateRedisServer().catch((error: unknown) => {
+  privateServer ??= startPrivateRedisServer(() => {
+    privateServer = undefined;
+  }).catch((error: unknown) => {
     console.warn(`⚠️  a private redis-server did not start: ${String(error)}`);
     return undefined;
   });
   return privateServer;
 }
 
-async function startPrivateRedisServer(): Promise<LocalRedis> {
+/**
+ * A `redis-server` of the caller's own, on a free loopback port, for a test that must see only
+ * its own traffic (MONITOR, SLOWLOG, INFO figures) while other test files share the usual Redis.
+ * Undefined when the binary is not installed; the caller skips loudly, or fails under CI.
+ */
+export async function ownRedisServer(): Promise<LocalRedis | undefined> {
+  if (spawnSync("redis-server", ["--version"]).status !== 0) {
+    const why = "redis-server is not installed";
+    if (process.env["CI"] === "true") throw new Error(`${why}; under CI=true this is a failure.`);
+    console.warn(`\n⚠️  SKIPPING a test that needs its own redis-server: ${why}.\n`);
+    return undefined;
+  }
+  return startPrivateRedisServer(() => {});
+}
+
+async function startPrivateRedisServer(onStop: () => void): Promise<LocalRedis> {
   const port = await freePort();
   const child: ChildProcess = spawn(
     "redis-server",
@@ -119,7 +136,7 @@ async function startPrivateRedisServer(): Promise<LocalRedis> {
     url,
     source: "private redis-server",
     stop: async () => {
-      privateServer = undefined;
+      onStop();
       process.removeListener("exit", kill);
       kill();
       await exited;
