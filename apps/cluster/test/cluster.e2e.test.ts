@@ -79,6 +79,10 @@ describe.skipIf(!redis)("cluster through nginx (wss, 3 nodes, Redis)", () => {
       if (grown.length !== 1) throw new Error(`connection counts ${before} -> ${after}`);
       return grown[0] as number;
     });
+    // The first answer comes only once the connection is online (registered, subscribed, queue
+    // flushed): before it, a message to this user may be queued rather than delivered.
+    client.send({ type: "ping" });
+    await client.next("pong");
     return { client, nodeId: cluster.nodes[index]?.id ?? "?" };
   }
 
