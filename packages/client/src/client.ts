@@ -101,6 +101,8 @@ export interface ClientEvents {
   outbox: readonly OutboxEntry[];
   /** A replay ended: everything up to `position` has been emitted. */
   synced: Synced;
+  /** A connection closed (1006 when it dropped or never opened); the client decides what next. */
+  close: { code: number; reason: string };
 }
 
 type Listener<T> = (value: T) => void;
@@ -389,6 +391,7 @@ export class MrezhenClient {
 
   private onClose(code: number, reason: string): void {
     this.dropped();
+    this.emit("close", { code, reason });
     if (!this.wanted) {
       this.setState("closed");
       return;
