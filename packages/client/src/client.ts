@@ -148,6 +148,8 @@ export class MrezhenClient {
   state: ConnectionState = "closed";
   /** The last inbox position the app processed (what the next connect asks to resume from). */
   cursor = 0;
+  /** This user's id, read from the token's `sub` at each connect (not verified: display only). */
+  userId: string | undefined;
   private readonly o: ClientOptions;
   private readonly key: string;
   private readonly Socket: WebSocketConstructor;
@@ -307,6 +309,7 @@ export class MrezhenClient {
    * client.markRead(message.from, message.seq);
    */
   markRead(user: string, upTo: number): void {
+    if (user === this.userId) return;
     if (!this.write({ type: "mark_read", with: user, upTo })) this.reads.set(user, upTo);
   }
 
@@ -317,7 +320,8 @@ export class MrezhenClient {
    * input.oninput = () => client.typing("bob", "start");
    */
   typing(user: string, state: "start" | "stop"): void {
-    this.write({ type: "typing", to: user, state });
+    // The server refuses these with an error that names no request: never send one.
+    if (user !== this.userId) this.write({ type: "typing", to: user, state });
   }
 
   // ---- Connection ----------------------------------------------------------------------------
@@ -354,6 +358,13 @@ export class MrezhenClient {
       return;
     }
     if (!this.wanted || this.ws !== undefined) return;
+    try {
+      const part = (token.split(".")[1] ?? "").replace(/-/g, "+").replace(/_/g, "/");
+      const bytes = Uint8Array.from(atob(part), (c) => c.charCodeAt(0));
+      this.userId = (JSON.parse(new TextDecoder().decode(bytes)) as { sub?: string }).sub;
+    } catch {
+      // Not a JWT we can read: the server decides.
+    }
     const base = typeof this.o.url === "string" ? this.o.url : this.o.url();
     const presence = this.o.presence === undefined ? "" : `&presence=${this.o.presence}`;
     const url = `${base}${base.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}&since=${this.cursor}${presence}`;
