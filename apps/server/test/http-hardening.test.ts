@@ -88,7 +88,7 @@ describe("connections that never complete a request (UPGRADE_TIMEOUT_MS)", () =>
 });
 
 describe("the demo page's security headers", () => {
-  it("sends a CSP that allows only the page's own inline script and style, no framing, and nosniff, on / and /demo", async () => {
+  it("sends a CSP that allows only the page's own inline script and style and scripts from its origin (the SDK), no framing, and nosniff, on / and /demo", async () => {
     const { url } = await startNode();
     for (const path of ["/", "/demo"]) {
       const response = await fetch(`${url}${path}`);
@@ -102,11 +102,11 @@ describe("the demo page's security headers", () => {
         }),
       );
       const hashOf = (tag: string) => {
-        const text = new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`).exec(html)?.[1] ?? "";
+        const text = new RegExp(`<${tag}(?:\\s[^>]*)?>([\\s\\S]*?)</${tag}>`).exec(html)?.[1] ?? "";
         return `'sha256-${createHash("sha256").update(text).digest("base64")}'`;
       };
       expect(directives.get("default-src")).toEqual(["'none'"]);
-      expect(directives.get("script-src")).toEqual([hashOf("script")]);
+      expect(directives.get("script-src")).toEqual(["'self'", hashOf("script")]);
       expect(directives.get("style-src")).toEqual([hashOf("style")]);
       expect(directives.get("connect-src")).toEqual(["'self'", "ws:", "wss:"]);
       expect(directives.get("frame-ancestors")).toEqual(["'none'"]);
@@ -114,6 +114,11 @@ describe("the demo page's security headers", () => {
       expect(response.headers.get("x-frame-options")).toBe("DENY");
       expect(response.headers.get("x-content-type-options")).toBe("nosniff");
     }
+    // The SDK the page imports, as JavaScript (nosniff would refuse any other type).
+    const sdk = await fetch(`${url}/sdk/client.js`);
+    expect(sdk.status).toBe(200);
+    expect(sdk.headers.get("content-type")).toBe("text/javascript; charset=utf-8");
+    expect(await sdk.text()).toContain("MrezhenClient");
   });
 });
 

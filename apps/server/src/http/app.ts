@@ -1,6 +1,8 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createServer, type ServerResponse } from "node:http";
+import { createRequire } from "node:module";
+import { pathToFileURL } from "node:url";
 import websocket from "@fastify/websocket";
 import type { Engine } from "@mrezhen/engine";
 import { Limits } from "@mrezhen/protocol";
@@ -52,6 +54,7 @@ const NODE_FULL_RETRY_AFTER_S = 5;
 
 const demoPage = loadDemoPage();
 const demoPageHeaders = pageSecurityHeaders(demoPage);
+const sdkBundle = loadSdkBundle();
 
 /**
  * The HTTP face of a node: the WebSocket endpoint (`/ws`, and `/` for older clients), which
@@ -230,6 +233,16 @@ export async function buildApp(options: AppOptions) {
     wsHandler: onSocket,
   });
   app.get("/demo", sendDemoPage);
+  // The client SDK, one ES module, which the demo page imports: the page runs on the same code
+  // an app would. Revalidated on every load (no-cache), so a restarted node's page is current.
+  app.get("/sdk/client.js", (_request, reply) =>
+    sdkBundle === undefined
+      ? reply.code(404).send({ error: "Not Found", message: "The SDK bundle is not built." })
+      : reply
+          .headers({ "cache-control": "no-cache", "x-content-type-options": "nosniff" })
+          .type("text/javascript; charset=utf-8")
+          .send(sdkBundle),
+  );
 
   // Fastify's own 404 says "Route GET:/x?token=… not found": it would echo a token given in the
   // URL of a mistyped path back to whoever sees the response (and into proxies' logs of bodies).
@@ -294,7 +307,8 @@ function readConnectionOptions(query: unknown): ConnectionOptions | string {
 
 /**
  * The headers of the demo page. Its Content-Security-Policy lets it run only its own inline
- * script and style, named by hash (so an injected script or style runs nowhere), and open
+ * script and style, named by hash (so an injected script or style runs nowhere), scripts from
+ * this origin (the SDK at /sdk/client.js, which the inline module imports), and open
  * WebSockets to any host: the page's "Server URL" field may name another node. It may be framed
  * by nobody (clickjacking), by the CSP for current browsers and X-Frame-Options for old ones.
  * The page carries the same policy, looser (inline allowed), in a meta tag for when it is opened
@@ -305,7 +319,7 @@ function pageSecurityHeaders(html: string): Record<string, string> {
   const styles = inlineHashes(html, "style");
   const csp = [
     "default-src 'none'",
-    `script-src ${scripts || "'none'"}`,
+    `script-src 'self' ${scripts}`.trimEnd(),
     `style-src ${styles || "'none'"}`,
     "img-src data:",
     "connect-src 'self' ws: wss:",
@@ -343,4 +357,17 @@ function loadDemoPage(): string {
     return "<!doctype html><title>Mrezhen</title><p>Mrezhen is running. The demo page is not installed.</p>";
   }
 }
+/**
+ * The SDK bundle (packages/client/dist/mrezhen-client.js, made by `pnpm build`), found through the
+ * @mrezhen/client package so that it resolves from a checkout and from a deployed copy alike.
+ */
+function loadSdkBundle(): string | undefined {
+  try {
+    const manifest = createRequire(import.meta.url).resolve("@mrezhen/client/package.json");
+    return readFileSync(new URL("dist/mrezhen-client.js", pathToFileURL(manifest)), "utf8");
+  } catch {
+    return undefined;
+  }
+}
+
 export type App = Awaited<ReturnType<typeof buildApp>>;

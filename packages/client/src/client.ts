@@ -1,0 +1,726 @@
+import { shouldReconnect } from "@mrezhen/protocol";
+import { backoffDelay } from "./backoff.js";
+import type { ClientStorage } from "./storage.js";
+import type {
+  Ack,
+  ChatMessage,
+  Conversation,
+  HistoryPage,
+  Presence,
+  Receipt,
+  Synced,
+  Typing,
+  WireError,
+  WireFrame,
+} from "./wire.js";
+
+/*
+ * `shouldReconnect` is the one runtime value taken from @mrezhen/protocol: a five-line function
+ * that the bundle inlines, so the published SDK still has no runtime dependency.
+ */
+
+/** The connection's life: `open` is a live socket; `closed` only after close() or a terminal code. */
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+
+/** The part of the WebSocket API the client uses: the browser's, or `ws`'s in Node. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface ClientOptions {
+  /** The node or load balancer, `wss://host/ws`; a function is asked again before every connect. */
+  readonly url: string | (() => string);
+  /** A fresh token: called before every connect, and when the server says it is about to expire. */
+  readonly getToken: () => string | Promise<string>;
+  /** The WebSocket class: the global one by default; in Node 20 pass `ws`'s. */
+  readonly WebSocket?: WebSocketConstructor;
+  /** Keeps the outbox and the inbox cursor; without it they live as long as the client. */
+  readonly storage?: ClientStorage;
+  /** Prefix of the storage keys: one per user if a device signs in as several. */
+  readonly storageKey?: string;
+  /** Presence frames wanted (`presence=` in the URL); `contacts` is the server's recommendation. */
+  readonly presence?: "on" | "contacts" | "off";
+  /** Idle time (ms) before the client pings to check the link (default 25 000). */
+  readonly pingIntervalMs?: number;
+  /** How long (ms) a ping may go unanswered before the link is declared dead (default 10 000). */
+  readonly pongTimeoutMs?: number;
+  /** Processed messages acked at once after this many (default 50)… */
+  readonly ackEvery?: number;
+  /** …or after this many ms (default 500). */
+  readonly ackDelayMs?: number;
+}
+
+/** A message waiting in the outbox for its ack. */
+export interface OutboxEntry {
+  readonly clientMsgId: string;
+  readonly to: string;
+  readonly content: string;
+  /** When the app sent it (ms since the epoch). */
+  readonly createdAt: number;
+}
+
+/**
+ * Why something failed. `code` is the server's error code, or one of the client's own:
+ * `CLOSED` (a close code that must not be retried; see `closeCode`), `OFFLINE` (a request needs
+ * an open connection), `DISCONNECTED` (the connection dropped before the answer), `TOKEN`
+ * (getToken failed).
+ */
+export class ClientError extends Error {
+  readonly code: string;
+  readonly closeCode: number | undefined;
+  readonly details: Partial<WireError>;
+  constructor(code: string, message: string, details: Partial<WireError> = {}, closeCode?: number) {
+    super(message);
+    this.name = "ClientError";
+    this.code = code;
+    this.details = details;
+    this.closeCode = closeCode;
+  }
+}
+
+/** The events and what each listener gets. */
+export interface ClientEvents {
+  /** A message for this user (or sent by this user from another device), once, in order. */
+  message: ChatMessage;
+  /** A message from the outbox is stored. */
+  ack: Ack;
+  presence: Presence;
+  receipt: Receipt;
+  typing: Typing;
+  state: ConnectionState;
+  error: ClientError;
+  /** The outbox changed (a send, an ack, a refusal): what is still waiting, oldest first. */
+  outbox: readonly OutboxEntry[];
+  /** A replay ended: everything up to `position` has been emitted. */
+  synced: Synced;
+  /** A connection closed (1006 when it dropped or never opened); the client decides what next. */
+  close: { code: number; reason: string };
+}
+
+type Listener<T> = (value: T) => void;
+
+/** An answer the client waits for: answers come back in request order on one connection. */
+interface Pending {
+  /** The answer's frame type. */
+  readonly t: string;
+  /** The outbox entry, for a send. */
+  readonly id?: string;
+  readonly ok?: (frame: WireFrame) => void;
+  readonly ko?: (error: ClientError) => void;
+}
+
+interface Entry extends OutboxEntry {
+  /** Written on the current connection and not yet answered. */
+  sent: boolean;
+}
+
+/** Errors after which resending the same message can only fail the same way. */
+const RETRYABLE = ["UNAVAILABLE", "INTERNAL_ERROR", "RATE_LIMITED"];
+/** Answers to reads: errors without a clientMsgId about reads are matched to these. */
+const READS = ["message_history", "conversations", "online_users"];
+/** Recent message ids kept to drop a replay's overlap: enough for any overlap, bounded. */
+const SEEN_MAX = 2000;
+const OPEN = 1;
+
+/**
+ * A Mrezhen connection that does not lose messages: sends wait in an outbox (persisted with
+ * `storage`) until acked and are resent with the same `clientMsgId` after any failure, so the
+ * server stores each once; received messages resume from a persisted cursor (`since`), are
+ * deduplicated by id, and acked as the app processes them; the link reconnects by itself with
+ * backoff, notices dead links with app-level pings, and renews the token.
+ *
+ * @example
+ * const client = new MrezhenClient({ url: "wss://chat.example/ws", getToken: fetchToken });
+ * client.on("message", (m) => show(m.from, m.content));
+ * await client.connect();
+ * await client.sendMessage({ to: "bob", content: "hi" }); // resolves once stored
+ */
+export class MrezhenClient {
+  /** The current state; `state` events report its changes. */
+  state: ConnectionState = "closed";
+  /** The last inbox position the app processed (what the next connect asks to resume from). */
+  cursor = 0;
+  /** This user's id, read from the token's `sub` at each connect (not verified: display only). */
+  userId: string | undefined;
+  private readonly o: ClientOptions;
+  private readonly key: string;
+  private readonly Socket: WebSocketConstructor;
+  /** False until storage is read: saving the outbox before that would overwrite the saved one. */
+  private ready = false;
+  private readonly listeners = new Map<string, Set<Listener<never>>>();
+  private readonly outboxMap = new Map<string, Entry>();
+  private readonly waiters = new Map<string, [(ack: Ack) => void, (error: ClientError) => void]>();
+  private readonly seen = new Set<string>();
+  /** Latest mark_read per peer made while offline, sent on the next open. */
+  private readonly reads = new Map<string, number>();
+  private inflight: Pending[] = [];
+  private ws: WebSocketLike | undefined;
+  private wanted = false;
+  private loaded: Promise<void> | undefined;
+  private attempt = 0;
+  private sendFailures = 0;
+  private ackedUpTo = 0;
+  private unacked = 0;
+  private lastRx = 0;
+  private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  private pingTimer: ReturnType<typeof setTimeout> | undefined;
+  private ackTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Set while sends wait for a retry time: new sends queue behind, so order is kept. */
+  private holdTimer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(options: ClientOptions) {
+    this.o = options;
+    this.key = options.storageKey ?? "mrezhen";
+    const Socket =
+      options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (Socket === undefined)
+      throw new Error("No global WebSocket: pass the WebSocket option (ws).");
+    this.Socket = Socket;
+  }
+
+  /**
+   * Subscribes to an event; returns the unsubscribe function.
+   *
+   * @example
+   * const off = client.on("state", (state) => console.log(state));
+   */
+  on<K extends keyof ClientEvents>(type: K, listener: Listener<ClientEvents[K]>): () => void {
+    const set = this.listeners.get(type) ?? new Set();
+    this.listeners.set(type, set);
+    set.add(listener as Listener<never>);
+    return () => set.delete(listener as Listener<never>);
+  }
+
+  /**
+   * Starts connecting and keeps connected until close(). Resolves once the outbox and cursor are
+   * loaded from storage (so pending() is complete); sends work before, and while offline.
+   */
+  connect(): Promise<void> {
+    this.wanted = true;
+    if (this.ws === undefined && this.reconnectTimer === undefined) {
+      void this.load().then(() => this.open());
+    }
+    return this.load();
+  }
+
+  /** Closes the connection and stops reconnecting. The outbox stays (and is resent on connect). */
+  close(): void {
+    this.wanted = false;
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    this.sendAck();
+    const ws = this.ws;
+    if (ws !== undefined) {
+      this.dropped();
+      ws.close(1000, "bye");
+    }
+    this.setState("closed");
+  }
+
+  /**
+   * Sends a direct message. It stays in the outbox until the server acks it, and is resent with
+   * the same clientMsgId after reconnects and retryable errors, so it is stored exactly once.
+   * Resolves with the ack; rejects when the server refuses it for good (CONTENT_TOO_LONG,
+   * SELF_MESSAGE, EMPTY_CONTENT, INVALID_FORMAT…), and then it leaves the outbox.
+   *
+   * @example
+   * const ack = await client.sendMessage({ to: "bob", content: "hello" });
+   * console.log(ack.status); // "delivered" or "queued"
+   */
+  sendMessage(message: { to: string; content: string }): Promise<Ack> {
+    const entry: Entry = {
+      clientMsgId: newId(),
+      to: message.to,
+      content: message.content,
+      createdAt: Date.now(),
+      sent: false,
+    };
+    const promise = new Promise<Ack>((resolve, reject) => {
+      this.waiters.set(entry.clientMsgId, [resolve, reject]);
+    });
+    // The refusal is also an `error` event: an app that only listens there has no unhandled rejection.
+    promise.catch(() => {});
+    this.outboxMap.set(entry.clientMsgId, entry);
+    this.outboxChanged();
+    this.flush();
+    return promise;
+  }
+
+  // Group messages (sendGroupMessage, group history) come here once the server has groups: an
+  // outbox entry will carry `group` instead of `to`, and everything else (ids, retries) is shared.
+
+  /** The messages still waiting for their ack, oldest first. */
+  pending(): OutboxEntry[] {
+    return [...this.outboxMap.values()].map(({ sent: _, ...entry }) => entry);
+  }
+
+  /**
+   * A page of the conversation with `user`, oldest first. Needs an open connection.
+   *
+   * @example
+   * const page = await client.history("bob", { limit: 50 });
+   * if (page.hasMore) await client.history("bob", { before: page.messages[0].seq });
+   */
+  history(user: string, options: { limit?: number; before?: number } = {}): Promise<HistoryPage> {
+    return this.request({ type: "get_history", with: user, ...options }, "message_history");
+  }
+
+  /**
+   * Your conversations, most recent first, with unread counts. Needs an open connection.
+   *
+   * @example
+   * for (const c of await client.conversations()) console.log(c.with, c.unread);
+   */
+  async conversations(limit?: number): Promise<Conversation[]> {
+    const frame = await this.request<{ items: Conversation[] }>(
+      limit === undefined ? { type: "get_conversations" } : { type: "get_conversations", limit },
+      "conversations",
+    );
+    return frame.items;
+  }
+
+  /**
+   * Which of `users` are online (all online users without it). Needs an open connection.
+   *
+   * @example
+   * const online = await client.onlineUsers(["bob", "carol"]);
+   */
+  async onlineUsers(users?: string[]): Promise<string[]> {
+    const frame = await this.request<{ users: string[] }>(
+      users === undefined ? { type: "get_online_users" } : { type: "get_online_users", users },
+      "online_users",
+    );
+    return frame.users;
+  }
+
+  /**
+   * Marks the conversation with `user` read up to its `seq` `upTo` (the other side gets a read
+   * receipt). Offline, the latest mark per user is sent on the next connect.
+   *
+   * @example
+   * client.markRead(message.from, message.seq);
+   */
+  markRead(user: string, upTo: number): void {
+    if (user === this.userId) return;
+    if (!this.write({ type: "mark_read", with: user, upTo })) this.reads.set(user, upTo);
+  }
+
+  /**
+   * Tells `user` you started or stopped typing. Dropped while offline: it is stale by then.
+   *
+   * @example
+   * input.oninput = () => client.typing("bob", "start");
+   */
+  typing(user: string, state: "start" | "stop"): void {
+    // The server refuses these with an error that names no request: never send one.
+    if (user !== this.userId) this.write({ type: "typing", to: user, state });
+  }
+
+  // ---- Connection ----------------------------------------------------------------------------
+
+  private load(): Promise<void> {
+    this.loaded ??= (async () => {
+      const storage = this.o.storage;
+      try {
+        this.cursor = Number(await storage?.get(`${this.key}.cursor`)) || 0;
+        const saved = JSON.parse((await storage?.get(`${this.key}.outbox`)) ?? "[]") as Entry[];
+        // Sends made before the load finished go after the saved ones, as they were made later.
+        const early = [...this.outboxMap.values()];
+        this.outboxMap.clear();
+        for (const entry of [...saved, ...early])
+          this.outboxMap.set(entry.clientMsgId, { ...entry, sent: false });
+      } catch (error) {
+        this.emit("error", new ClientError("STORAGE", String(error)));
+      }
+      this.ready = true;
+      this.outboxChanged();
+    })();
+    return this.loaded;
+  }
+
+  private async open(): Promise<void> {
+    if (!this.wanted || this.ws !== undefined) return;
+    this.setState(this.state === "closed" ? "connecting" : "reconnecting");
+    let token: string;
+    try {
+      token = await this.o.getToken();
+    } catch (error) {
+      this.emit("error", new ClientError("TOKEN", `getToken failed: ${String(error)}`));
+      this.retry(backoffDelay(this.attempt++));
+      return;
+    }
+    if (!this.wanted || this.ws !== undefined) return;
+    try {
+      const part = (token.split(".")[1] ?? "").replace(/-/g, "+").replace(/_/g, "/");
+      const bytes = Uint8Array.from(atob(part), (c) => c.charCodeAt(0));
+      this.userId = (JSON.parse(new TextDecoder().decode(bytes)) as { sub?: string }).sub;
+    } catch {
+      // Not a JWT we can read: the server decides.
+    }
+    const base = typeof this.o.url === "string" ? this.o.url : this.o.url();
+    const presence = this.o.presence === undefined ? "" : `&presence=${this.o.presence}`;
+    const url = `${base}${base.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}&since=${this.cursor}${presence}`;
+    let ws: WebSocketLike;
+    try {
+      ws = new this.Socket(url);
+    } catch (error) {
+      // A malformed URL: no retry can fix it.
+      this.wanted = false;
+      this.setState("closed");
+      return this.emit("error", new ClientError("URL", String(error)));
+    }
+    this.ws = ws;
+    this.lastRx = Date.now();
+    // A connect that hangs (a black-holed address) counts as a dead link too.
+    this.watch();
+    ws.onopen = () => {
+      if (ws !== this.ws) return;
+      this.lastRx = Date.now();
+      this.setState("open");
+      this.watch();
+      for (const [user, upTo] of this.reads) this.write({ type: "mark_read", with: user, upTo });
+      this.reads.clear();
+      this.flush();
+    };
+    ws.onmessage = (event) => {
+      if (ws === this.ws) this.onFrame(String(event.data));
+    };
+    ws.onclose = (event) => {
+      if (ws === this.ws) this.onClose(event.code, event.reason);
+    };
+    // Every error is followed by a close, which decides what to do.
+    ws.onerror = () => {};
+  }
+
+  private onClose(code: number, reason: string): void {
+    this.dropped();
+    this.emit("close", { code, reason });
+    if (!this.wanted) {
+      this.setState("closed");
+      return;
+    }
+    if (code === 4001 || code === 1012) {
+      // 4001: a fresh token (getToken runs before every connect); 1012: another node takes over.
+      // Jittered, so a drained node's clients do not all come back in the same millisecond.
+      this.retry(backoffDelay(0));
+    } else if (shouldReconnect(code)) {
+      this.retry(backoffDelay(this.attempt++));
+    } else {
+      this.wanted = false;
+      this.setState("closed");
+      this.emit(
+        "error",
+        new ClientError("CLOSED", `Closed with ${code}${reason ? `: ${reason}` : ""}`, {}, code),
+      );
+    }
+  }
+
+  /** The socket is gone: forget it, fail its unanswered requests, mark its sends for resending. */
+  private dropped(): void {
+    const ws = this.ws;
+    this.ws = undefined;
+    if (ws !== undefined) ws.onopen = ws.onmessage = ws.onclose = null;
+    clearTimeout(this.pingTimer);
+    const inflight = this.inflight;
+    this.inflight = [];
+    for (const request of inflight)
+      request.ko?.(new ClientError("DISCONNECTED", "The connection closed before the answer."));
+    for (const entry of this.outboxMap.values()) entry.sent = false;
+  }
+
+  private retry(delay: number): void {
+    this.setState("reconnecting");
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = undefined;
+      void this.open();
+    }, delay);
+  }
+
+  /**
+   * Notices a dead link: when nothing arrived for pingIntervalMs, sends an app-level ping
+   * (browsers cannot send WebSocket pings); when nothing at all arrives within pongTimeoutMs of it
+   * (or of starting to connect), drops the socket and reconnects, without waiting for a closing
+   * handshake that cannot arrive. `lastRx` is the last sign of life, or the last ping sent.
+   */
+  private watch(): void {
+    clearTimeout(this.pingTimer);
+    this.pingTimer = setTimeout(
+      () => {
+        const ws = this.ws;
+        if (ws === undefined) return;
+        if (Date.now() - this.lastRx < this.limit()) return this.watch();
+        if (this.waiting()) {
+          ws.close();
+          return this.onClose(1006, "no answer");
+        }
+        this.write({ type: "ping" }, { t: "pong" });
+        this.lastRx = Date.now();
+        this.watch();
+      },
+      this.limit() - (Date.now() - this.lastRx),
+    );
+  }
+
+  /** Whether an answer is due: the socket is still connecting, or a ping is unanswered. */
+  private waiting(): boolean {
+    return this.ws?.readyState !== OPEN || this.inflight.some((request) => request.t === "pong");
+  }
+
+  /** How long the link may stay silent. */
+  private limit(): number {
+    return this.waiting() ? (this.o.pongTimeoutMs ?? 10_000) : (this.o.pingIntervalMs ?? 25_000);
+  }
+
+  // ---- Frames --------------------------------------------------------------------------------
+
+  private onFrame(text: string): void {
+    this.lastRx = Date.now();
+    let frame: WireFrame;
+    try {
+      frame = JSON.parse(text) as WireFrame;
+    } catch {
+      return;
+    }
+    switch (frame.type) {
+      case "direct_message":
+        this.onMessage(frame["message"] as ChatMessage, frame["position"] as number);
+        return;
+      case "message_ack":
+        this.onAck(frame as unknown as Ack);
+        return;
+      case "synced": {
+        const synced = frame as unknown as Synced;
+        // The server's position, even if lower: it lost its inbox, and new messages start there.
+        this.cursor = synced.position;
+        this.attempt = 0;
+        this.saveCursor();
+        this.sendAck();
+        this.emit("synced", synced);
+        return;
+      }
+      case "presence":
+      case "receipt":
+      case "typing":
+        this.emit(frame.type, frame as never);
+        return;
+      case "token_expiring":
+        // The server renews tokens in place: no reconnect, nothing lost. A server without it
+        // closes with 4001 instead, and the reconnect asks getToken.
+        void this.refresh();
+        return;
+      case "error":
+        this.onError(frame as unknown as WireError);
+        return;
+      default: {
+        const index = this.inflight.findIndex((request) => request.t === frame.type);
+        if (index >= 0) this.inflight.splice(index, 1)[0]?.ok?.(frame);
+      }
+    }
+  }
+
+  private onMessage(message: ChatMessage, position: number | undefined): void {
+    const entry =
+      message.clientMsgId === undefined ? undefined : this.outboxMap.get(message.clientMsgId);
+    if (entry !== undefined && position !== undefined) {
+      // Our own unacked send, replayed: it was stored before the ack was lost. Settle it here.
+      this.onAck({
+        messageId: message.id,
+        to: message.to,
+        timestamp: message.timestamp,
+        status: "queued",
+        seq: message.seq,
+        position,
+        clientMsgId: entry.clientMsgId,
+      });
+    } else if (!this.seen.has(message.id) && (position === undefined || position > this.cursor)) {
+      this.remember(message.id);
+      this.emit("message", message);
+    }
+    // Advanced after the handlers ran: a crash inside one replays the message next time.
+    if (position !== undefined && position > this.cursor) {
+      this.cursor = position;
+      this.saveCursor();
+      if (++this.unacked >= (this.o.ackEvery ?? 50)) this.sendAck();
+      else this.ackTimer ??= setTimeout(() => this.sendAck(), this.o.ackDelayMs ?? 500);
+    }
+  }
+
+  private onAck(ack: Ack): void {
+    this.remember(ack.messageId);
+    this.take((request) => request.id === ack.clientMsgId);
+    const entry = this.outboxMap.get(ack.clientMsgId);
+    if (entry === undefined) return;
+    this.sendFailures = 0;
+    this.settle(entry)?.[0](ack);
+    this.emit("ack", ack);
+  }
+
+  private onError(frame: WireError): void {
+    const error = new ClientError(frame.code, frame.message, frame);
+    const { code, limit, clientMsgId } = frame;
+    // Answers come in request order, but only some errors name their request: the others are
+    // matched to the oldest request that can get that error.
+    const request =
+      clientMsgId !== undefined
+        ? this.take((r) => r.id === clientMsgId)
+        : code === "UNAUTHORIZED"
+          ? this.take((r) => r.t === "refreshed")
+          : code === "RATE_LIMITED"
+            ? this.take((r) =>
+                limit === "reads"
+                  ? READS.includes(r.t)
+                  : limit === "refresh"
+                    ? r.t === "refreshed"
+                    : r.id !== undefined,
+              )
+            : this.take((r) => r.t !== "pong");
+    const entry = this.outboxMap.get(request?.id ?? clientMsgId ?? "");
+    if (entry !== undefined) {
+      if (RETRYABLE.includes(code)) {
+        // Maybe stored (outcome "unknown") or certainly not: either way the same clientMsgId
+        // makes the resend safe. Later sends wait behind it, so order holds.
+        entry.sent = false;
+        this.hold(frame.retryAfterMs ?? backoffDelay(this.sendFailures++));
+      } else {
+        this.settle(entry)?.[1](error);
+      }
+    } else {
+      request?.ko?.(error);
+    }
+    this.emit("error", error);
+  }
+
+  private async refresh(): Promise<void> {
+    try {
+      const token = await this.o.getToken();
+      this.write({ type: "refresh", token }, { t: "refreshed" });
+    } catch (error) {
+      this.emit("error", new ClientError("TOKEN", `getToken failed: ${String(error)}`));
+    }
+  }
+
+  // ---- Outbox, cursor, acks ------------------------------------------------------------------
+
+  /** Writes every outbox entry not yet on this connection, oldest first, unless held. */
+  private flush(): void {
+    if (this.holdTimer !== undefined || this.ws?.readyState !== OPEN) return;
+    for (const entry of this.outboxMap.values()) {
+      if (entry.sent) continue;
+      entry.sent = true;
+      const { clientMsgId, to, content } = entry;
+      this.write(
+        { type: "direct_message", to, content, clientMsgId },
+        { t: "message_ack", id: clientMsgId },
+      );
+    }
+  }
+
+  private hold(delay: number): void {
+    clearTimeout(this.holdTimer);
+    this.holdTimer = setTimeout(() => {
+      this.holdTimer = undefined;
+      this.flush();
+    }, delay);
+  }
+
+  /** Takes an entry out of the outbox; returns its promise's resolve and reject, if it has one. */
+  private settle(entry: Entry): [(ack: Ack) => void, (error: ClientError) => void] | undefined {
+    const id = entry.clientMsgId;
+    const waiter = this.waiters.get(id);
+    this.waiters.delete(id);
+    this.outboxMap.delete(id);
+    this.outboxChanged();
+    return waiter;
+  }
+
+  private outboxChanged(): void {
+    const entries = this.pending();
+    if (this.ready) this.save("outbox", JSON.stringify(entries));
+    this.emit("outbox", entries);
+  }
+
+  private saveCursor(): void {
+    this.save("cursor", String(this.cursor));
+  }
+
+  private save(name: string, value: string): void {
+    try {
+      void Promise.resolve(this.o.storage?.set(`${this.key}.${name}`, value)).catch(() => {});
+    } catch {
+      // A storage that throws loses persistence, never the message.
+    }
+  }
+
+  /** Tells the server this device processed its inbox up to the cursor (batched). */
+  private sendAck(): void {
+    clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
+    this.unacked = 0;
+    if (this.cursor > this.ackedUpTo && this.write({ type: "ack", upTo: this.cursor }))
+      this.ackedUpTo = this.cursor;
+  }
+
+  private remember(id: string): void {
+    this.seen.add(id);
+    if (this.seen.size > SEEN_MAX) this.seen.delete(this.seen.values().next().value as string);
+  }
+
+  // ---- Plumbing ------------------------------------------------------------------------------
+
+  private request<T>(frame: object, answer: string): Promise<T> {
+    return new Promise((ok, ko) => {
+      if (!this.write(frame, { t: answer, ok: ok as (frame: WireFrame) => void, ko }))
+        ko(new ClientError("OFFLINE", "Not connected."));
+    });
+  }
+
+  /** Sends a frame if the socket is open; `answer` registers what the server will answer. */
+  private write(frame: object, answer?: Pending): boolean {
+    const ws = this.ws;
+    if (ws?.readyState !== OPEN) return false;
+    ws.send(JSON.stringify(frame));
+    if (answer !== undefined) this.inflight.push(answer);
+    return true;
+  }
+
+  /** Removes and returns the oldest pending request that `match` accepts. */
+  private take(match: (request: Pending) => boolean): Pending | undefined {
+    const index = this.inflight.findIndex(match);
+    return index < 0 ? undefined : this.inflight.splice(index, 1)[0];
+  }
+
+  private setState(state: ConnectionState): void {
+    if (state === this.state) return;
+    this.state = state;
+    this.emit("state", state);
+  }
+
+  private emit<K extends keyof ClientEvents>(type: K, value: ClientEvents[K]): void {
+    for (const listener of this.listeners.get(type) ?? []) {
+      try {
+        (listener as Listener<ClientEvents[K]>)(value);
+      } catch (error) {
+        // One app handler's bug must not stop the others, or the cursor.
+        if (type !== "error") this.emit("error", new ClientError("HANDLER", String(error)));
+      }
+    }
+  }
+}
+
+/** A clientMsgId: a UUID where the platform makes them (secure contexts, Node), else random hex. */
+function newId(): string {
+  const crypto = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
+  return (
+    crypto?.randomUUID?.() ??
+    `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`
+  );
+}

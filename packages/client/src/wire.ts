@@ -1,0 +1,89 @@
+/*
+ * The server frames the SDK reads, as they are on the wire today. @mrezhen/protocol's ServerFrame
+ * union predates acknowledged delivery (no `synced`, `receipt`, `typing`, `conversations`, and
+ * `message_ack` without `position` and `clientMsgId`), and the token refresh frames are being
+ * added there in parallel: until both land, the SDK names them here, built from the protocol's
+ * own types. Type-only imports: nothing of the protocol package ships in the bundle.
+ */
+import type {
+  ChatMessage,
+  DeliveryStatus,
+  ErrorCode,
+  LimitName,
+  PresenceStatus,
+  SendOutcome,
+} from "@mrezhen/protocol";
+
+export type { ChatMessage, DeliveryStatus, PresenceStatus };
+
+/** A stored message's acknowledgement: it is in history and in both inboxes, and never lost. */
+export interface Ack {
+  readonly messageId: string;
+  readonly to: string;
+  readonly timestamp: string;
+  /** `delivered`: the recipient had a connection open; `queued`: it gets it when it connects. */
+  readonly status: DeliveryStatus;
+  /** The message's sequence number in its conversation (from 1, no gaps). */
+  readonly seq: number;
+  /** The sender's inbox position of the message. */
+  readonly position: number;
+  readonly clientMsgId: string;
+}
+
+/** A user came online or went offline (`onlineUsers` only with `presence: "on"`). */
+export interface Presence {
+  readonly userId: string;
+  readonly status: PresenceStatus;
+  readonly onlineUsers?: readonly string[];
+}
+
+/** `from` received (`delivered`) or read (`read`) your conversation up to `seq` `upTo`. */
+export interface Receipt {
+  readonly kind: "delivered" | "read";
+  readonly from: string;
+  readonly upTo: number;
+}
+
+/** `from` started or stopped typing to you. */
+export interface Typing {
+  readonly from: string;
+  readonly state: "start" | "stop";
+}
+
+/** One conversation of `conversations()`, most recent first. */
+export interface Conversation {
+  readonly with: string;
+  readonly lastMessage: ChatMessage;
+  /** Messages from `with` after your read watermark. */
+  readonly unread: number;
+}
+
+/** A page of history, oldest first; `hasMore` when older messages exist (ask with `before`). */
+export interface HistoryPage {
+  readonly with: string;
+  readonly messages: readonly ChatMessage[];
+  readonly hasMore: boolean;
+}
+
+/** The end of a replay: this device has everything up to `position`. */
+export interface Synced {
+  readonly position: number;
+  /** Positions retention deleted before this device synced: those messages are gone. */
+  readonly trimmed?: { readonly from: number; readonly to: number };
+}
+
+/** Every server frame, loosely: the SDK reads only the fields its `type` promises. */
+export interface WireFrame {
+  readonly type: string;
+  readonly [field: string]: unknown;
+}
+
+/** An `error` frame's fields. */
+export interface WireError {
+  readonly code: ErrorCode;
+  readonly message: string;
+  readonly limit?: LimitName | "refresh";
+  readonly retryAfterMs?: number;
+  readonly outcome?: SendOutcome;
+  readonly clientMsgId?: string;
+}
