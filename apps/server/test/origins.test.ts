@@ -28,7 +28,7 @@ describe("ALLOWED_ORIGINS, through the real upgrade", () => {
     ["another port", "https://app.example.com:8443"],
     ["a sandboxed or file: page", "null"],
   ])("refuses %s with 403, before looking at the token", async (_name, origin) => {
-    const { wsUrl } = await startNode({ ALLOWED_ORIGINS: ALLOWED });
+    const { wsUrl, url } = await startNode({ ALLOWED_ORIGINS: ALLOWED });
     const token = await mintToken({ sub: "alice" });
     expect(await upgrade(wsUrl, { token, origin })).toEqual({
       status: 403,
@@ -36,6 +36,10 @@ describe("ALLOWED_ORIGINS, through the real upgrade", () => {
     });
     // Even without a valid token: a foreign page learns nothing about the one it sent.
     expect((await upgrade(wsUrl, { token: "forged", origin })).status).toBe(403);
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    expect(metrics).toMatch(
+      /mrezhen_upgrades_refused_total\{[^}]*reason="forbidden_origin"[^}]*\} 2\b/,
+    );
   });
 
   it("allows an upgrade without Origin (not a browser): the token decides", async () => {

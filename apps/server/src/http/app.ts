@@ -157,6 +157,7 @@ export async function buildApp(options: AppOptions) {
     // Before the token: a page from a foreign origin learns nothing about the token it sent.
     if (origins !== undefined && !origins.allows(request.headers.origin, request.headers.host)) {
       request.log.debug({ origin: request.headers.origin }, "upgrade refused: origin");
+      metrics.refusedUpgrade("forbidden_origin");
       return reply
         .code(403)
         .header("connection", "close")
