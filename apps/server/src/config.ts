@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { createPublicKey, type KeyObject, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 
 /**
@@ -11,7 +11,16 @@ export interface Config {
   readonly host: string;
   /** 0 picks a free port (tests). */
   readonly port: number;
-  readonly jwt: { readonly secret: string; readonly issuer: string };
+  readonly jwt: JwtConfig;
+  /** A connection is sent `token_expiring` this long before its token's `exp` (see ChatService). */
+  readonly tokenExpiringNoticeMs: number;
+  /** How often open connections are checked for a token about to expire, or expired. */
+  readonly tokenSweepIntervalMs: number;
+  /**
+   * ALLOWED_ORIGINS: the browser origins that may open a WebSocket (besides the node's own);
+   * undefined allows every origin.
+   */
+  readonly allowedOrigins: readonly string[] | undefined;
   readonly rateLimit: { readonly limit: number; readonly windowMs: number };
   readonly logLevel: string;
   /** Set → Redis engine; absent → the embedded memory engine (one node). */
@@ -40,6 +49,30 @@ export interface Config {
   };
 }
 
+/** Where tokens' keys come from, and what a token must claim. See auth/token.ts. */
+export interface JwtConfig {
+  /**
+   * The HS256 key: JWT_SECRET, or the development default when no key source is set at all.
+   * Undefined when only JWT_PUBLIC_KEY or JWT_JWKS_URL is set: HS256 is then refused.
+   */
+  readonly secret: string | undefined;
+  /** JWT_PUBLIC_KEY, parsed. */
+  readonly publicKey: KeyObject | undefined;
+  /** JWT_JWKS_URL. */
+  readonly jwksUrl: URL | undefined;
+  readonly issuer: string;
+  /** JWT_AUDIENCE: checked (one of `aud`) when set. */
+  readonly audience: string | undefined;
+  /** JWT_ALGORITHMS, or derived from the key sources; never empty, never `none`. */
+  readonly algorithms: readonly string[];
+  /** JWT_MAX_AGE in seconds: a token older than this (by `iat`) is refused. */
+  readonly maxAgeSeconds: number | undefined;
+  /** At most one request to the JWKS URL per this many milliseconds. */
+  readonly jwksCooldownMs: number;
+  /** The key set is fetched again in the background once it is this old. */
+  readonly jwksCacheMaxAgeMs: number;
+}
+
 export const DEV_JWT_SECRET = "mrezhen-dev-secret-change-in-production";
 
 /**
@@ -55,12 +88,47 @@ export const DEV_HOST = "127.0.0.1";
  */
 const NODE_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
 
+/** The algorithms a public key can verify, by key type; the first is the default. */
+const ALGORITHMS_BY_KEY: Readonly<Record<string, readonly string[]>> = {
+  rsa: ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"],
+  "rsa-pss": ["PS256", "PS384", "PS512"],
+  "ec:prime256v1": ["ES256"],
+  "ec:secp384r1": ["ES384"],
+  "ec:secp521r1": ["ES512"],
+  ed25519: ["EdDSA", "Ed25519"],
+};
+
+/**
+ * Every algorithm a token may be signed with: HS256 (JWT_SECRET) and the asymmetric ones. `none`
+ * never; HS384/HS512 are not offered, since JWT_SECRET is an HS256 key.
+ */
+export const SUPPORTED_ALGORITHMS: readonly string[] = [
+  "HS256",
+  ...new Set(Object.values(ALGORITHMS_BY_KEY).flat()),
+];
+
+/** The algorithms a public key of this type can verify (empty: a type we do not support). */
+export function algorithmsForKey(key: KeyObject): readonly string[] {
+  const type = key.asymmetricKeyType ?? "";
+  const curve = key.asymmetricKeyDetails?.namedCurve;
+  return ALGORITHMS_BY_KEY[type === "ec" ? `ec:${curve}` : type] ?? [];
+}
+
 export const defaults = {
   NODE_ENV: "development",
   HOST: "0.0.0.0",
   WS_PORT: 3001,
   JWT_SECRET: DEV_JWT_SECRET,
   JWT_ISSUER: "mrezhen",
+  // jose's defaults for createRemoteJWKSet: a provider that rotates keys publishes the new one
+  // well before signing with it, so a 30 s wait for an unknown kid is rare and short, and at most
+  // one request per 30 s is nothing to the provider however many bad tokens arrive.
+  JWT_JWKS_COOLDOWN_MS: 30_000,
+  JWT_JWKS_CACHE_MAX_AGE_MS: 600_000,
+  // A client needs one round trip to its identity provider and one to the node: 30 s is ample,
+  // and short next to the usual token lifetimes (5 min to 1 h).
+  TOKEN_EXPIRING_NOTICE_MS: 30_000,
+  TOKEN_SWEEP_INTERVAL_MS: 1000,
   RATE_LIMIT_MESSAGES: 30,
   RATE_LIMIT_WINDOW_MS: 60_000,
   LOG_LEVEL: "info",
@@ -103,25 +171,12 @@ const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"
 type Env = Readonly<Record<string, string | undefined>>;
 
 export function loadConfig(env: Env = process.env): Config {
-  const read = (name: keyof typeof defaults | ExtraVariable): string | undefined => {
+  const read: Read = (name) => {
     const value = env[name]?.trim();
     return value === "" ? undefined : value;
   };
   const nodeEnv = read("NODE_ENV") ?? defaults.NODE_ENV;
-  const secret =
-    read("JWT_SECRET") ?? readSecretFile(read("JWT_SECRET_FILE")) ?? defaults.JWT_SECRET;
-  if (nodeEnv === "production") {
-    if (secret === DEV_JWT_SECRET) {
-      throw new ConfigError(
-        "JWT_SECRET is the development default, which is refused with NODE_ENV=production: set JWT_SECRET to a random secret of at least 32 characters (e.g. `openssl rand -base64 48`).",
-      );
-    }
-    if (secret.length < 32) {
-      throw new ConfigError(
-        `JWT_SECRET has ${secret.length} characters; with NODE_ENV=production it needs at least 32 (e.g. \`openssl rand -base64 48\`).`,
-      );
-    }
-  }
+  const jwt = readJwt(read, nodeEnv);
   const logLevel = read("LOG_LEVEL") ?? defaults.LOG_LEVEL;
   if (!LOG_LEVELS.includes(logLevel)) {
     throw new ConfigError(`LOG_LEVEL must be one of ${LOG_LEVELS.join(", ")}; got "${logLevel}".`);
@@ -138,9 +193,12 @@ export function loadConfig(env: Env = process.env): Config {
   }
   return Object.freeze({
     nodeEnv,
-    host: read("HOST") ?? (secret === DEV_JWT_SECRET ? DEV_HOST : defaults.HOST),
+    host: read("HOST") ?? (jwt.secret === DEV_JWT_SECRET ? DEV_HOST : defaults.HOST),
     port: integer(read, "WS_PORT", 0, 65_535),
-    jwt: Object.freeze({ secret, issuer: read("JWT_ISSUER") ?? defaults.JWT_ISSUER }),
+    jwt,
+    tokenExpiringNoticeMs: integer(read, "TOKEN_EXPIRING_NOTICE_MS", 0, 86_400_000),
+    tokenSweepIntervalMs: integer(read, "TOKEN_SWEEP_INTERVAL_MS", 10, 60_000),
+    allowedOrigins: readOrigins(read("ALLOWED_ORIGINS")),
     rateLimit: Object.freeze({
       limit: integer(read, "RATE_LIMIT_MESSAGES", 1, 1_000_000_000),
       windowMs: integer(read, "RATE_LIMIT_WINDOW_MS", 1, 86_400_000),
@@ -179,11 +237,22 @@ export function loadConfig(env: Env = process.env): Config {
 }
 
 /**
- * Variables read besides those of `defaults`: they have no default value (REDIS_URL, NODE_ID,
- * JWT_SECRET_FILE), so the README's table gives theirs in words.
+ * Variables read besides those of `defaults`: they have no default value (unset means off, or a
+ * value derived from others), so the README's table gives theirs in words.
  */
-export const otherVariables = ["REDIS_URL", "NODE_ID", "JWT_SECRET_FILE"] as const;
+export const otherVariables = [
+  "REDIS_URL",
+  "NODE_ID",
+  "JWT_SECRET_FILE",
+  "JWT_PUBLIC_KEY",
+  "JWT_JWKS_URL",
+  "JWT_AUDIENCE",
+  "JWT_ALGORITHMS",
+  "JWT_MAX_AGE",
+  "ALLOWED_ORIGINS",
+] as const;
 type ExtraVariable = (typeof otherVariables)[number];
+type Read = (name: keyof typeof defaults | ExtraVariable) => string | undefined;
 
 /**
  * JWT_SECRET_FILE: the secret in a file (Docker's `*_FILE` convention; compose generates one on
@@ -204,12 +273,161 @@ function readSecretFile(path: string | undefined): string | undefined {
   return secret;
 }
 
-function integer(
-  read: (name: keyof typeof defaults) => string | undefined,
-  name: keyof typeof defaults,
-  min: number,
-  max: number,
-): number {
+/**
+ * The token settings. Three key sources, any combination: JWT_SECRET (HS256), JWT_PUBLIC_KEY (a
+ * PEM public key) and JWT_JWKS_URL (an identity provider's key set). The development secret is
+ * the default only when none is set: a deployment that gets its tokens from an identity provider
+ * must not also accept tokens signed with a secret printed in the README.
+ */
+function readJwt(read: Read, nodeEnv: string): JwtConfig {
+  const publicKey = readPublicKey(read("JWT_PUBLIC_KEY"));
+  const jwksUrl = readJwksUrl(read("JWT_JWKS_URL"));
+  const explicitSecret = read("JWT_SECRET") ?? readSecretFile(read("JWT_SECRET_FILE"));
+  const secret =
+    explicitSecret ??
+    (publicKey === undefined && jwksUrl === undefined ? defaults.JWT_SECRET : undefined);
+  if (nodeEnv === "production" && secret !== undefined) {
+    if (secret === DEV_JWT_SECRET) {
+      throw new ConfigError(
+        "JWT_SECRET is the development default, which is refused with NODE_ENV=production: set JWT_SECRET to a random secret of at least 32 characters (e.g. `openssl rand -base64 48`).",
+      );
+    }
+    if (secret.length < 32) {
+      throw new ConfigError(
+        `JWT_SECRET has ${secret.length} characters; with NODE_ENV=production it needs at least 32 (e.g. \`openssl rand -base64 48\`).`,
+      );
+    }
+  }
+  // Everything the configured keys can verify, unless pinned: HS256 for the secret, the public
+  // key's own algorithms, and every asymmetric one for a JWKS (each of its keys is used only
+  // for the algorithms of its type, and its `alg` when it names one).
+  const available = new Set<string>([
+    ...(secret === undefined ? [] : ["HS256"]),
+    ...(publicKey === undefined ? [] : algorithmsForKey(publicKey)),
+    ...(jwksUrl === undefined ? [] : SUPPORTED_ALGORITHMS.filter((alg) => alg !== "HS256")),
+  ]);
+  const pinned = read("JWT_ALGORITHMS");
+  let algorithms: readonly string[];
+  if (pinned === undefined) {
+    // A PEM key's default is the first algorithm of its type (RS256, ES256, ...), not all of them.
+    const pemDefault = publicKey === undefined ? [] : algorithmsForKey(publicKey).slice(0, 1);
+    algorithms =
+      jwksUrl === undefined
+        ? [...(secret === undefined ? [] : ["HS256"]), ...pemDefault]
+        : [...available];
+  } else {
+    algorithms = [...new Set(pinned.split(",").map((alg) => alg.trim()))];
+    for (const alg of algorithms) {
+      if (!SUPPORTED_ALGORITHMS.includes(alg)) {
+        throw new ConfigError(
+          `JWT_ALGORITHMS: "${alg}" is not supported; use some of ${SUPPORTED_ALGORITHMS.join(", ")}.`,
+        );
+      }
+      if (!available.has(alg)) {
+        throw new ConfigError(
+          `JWT_ALGORITHMS: no configured key verifies ${alg} (${alg === "HS256" ? "set JWT_SECRET" : "set JWT_PUBLIC_KEY of a matching type, or JWT_JWKS_URL"}).`,
+        );
+      }
+    }
+  }
+  const audience = read("JWT_AUDIENCE");
+  const maxAge = read("JWT_MAX_AGE");
+  const jwksCooldownMs = integer(read, "JWT_JWKS_COOLDOWN_MS", 0, 86_400_000);
+  return Object.freeze({
+    secret,
+    publicKey,
+    jwksUrl,
+    issuer: read("JWT_ISSUER") ?? defaults.JWT_ISSUER,
+    audience,
+    algorithms: Object.freeze(algorithms),
+    maxAgeSeconds: maxAge === undefined ? undefined : readDuration("JWT_MAX_AGE", maxAge),
+    jwksCooldownMs,
+    // Never below the cooldown: a refresh is a request, and the cooldown bounds them all.
+    jwksCacheMaxAgeMs: Math.max(
+      jwksCooldownMs,
+      integer(read, "JWT_JWKS_CACHE_MAX_AGE_MS", 1000, 86_400_000 * 30),
+    ),
+  });
+}
+
+/**
+ * JWT_PUBLIC_KEY: a PEM public key (SPKI "PUBLIC KEY", or PKCS#1 "RSA PUBLIC KEY"). Environment
+ * files often hold it on one line with literal "\n"s, which are turned into newlines.
+ */
+function readPublicKey(pem: string | undefined): KeyObject | undefined {
+  if (pem === undefined) return undefined;
+  const text = pem.replace(/\\n/g, "\n");
+  if (/PRIVATE KEY-----/.test(text)) {
+    throw new ConfigError(
+      "JWT_PUBLIC_KEY holds a private key: give the node the public key only (`openssl pkey -in key.pem -pubout`).",
+    );
+  }
+  let key: KeyObject;
+  try {
+    key = createPublicKey(text);
+  } catch {
+    throw new ConfigError(
+      'JWT_PUBLIC_KEY is not a PEM public key (it must start with "-----BEGIN PUBLIC KEY-----").',
+    );
+  }
+  if (algorithmsForKey(key).length === 0) {
+    throw new ConfigError(
+      `JWT_PUBLIC_KEY is a ${key.asymmetricKeyType ?? "unknown"} key${key.asymmetricKeyDetails?.namedCurve === undefined ? "" : ` on ${key.asymmetricKeyDetails.namedCurve}`}; supported are RSA (RS256), EC P-256 (ES256), P-384 (ES384), P-521 (ES512) and Ed25519 (EdDSA).`,
+    );
+  }
+  return key;
+}
+
+function readJwksUrl(text: string | undefined): URL | undefined {
+  if (text === undefined) return undefined;
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new ConfigError(`JWT_JWKS_URL must be an http:// or https:// URL; got "${text}".`);
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") {
+    throw new ConfigError(`JWT_JWKS_URL must be an http:// or https:// URL; got "${text}".`);
+  }
+  return url;
+}
+
+/** A duration in whole seconds: `3600`, or with a unit, `90s`, `30m`, `24h`, `7d`. */
+function readDuration(name: string, text: string): number {
+  const match = /^(\d{1,9})([smhd]?)$/.exec(text);
+  const unit = { "": 1, s: 1, m: 60, h: 3600, d: 86_400 }[(match?.[2] ?? "") as "" | "s"];
+  const seconds = Number(match?.[1]) * unit;
+  if (match === null || seconds < 1) {
+    throw new ConfigError(
+      `${name} must be a duration of at least one second, like 3600, 90s, 30m, 24h or 7d; got "${text}".`,
+    );
+  }
+  return seconds;
+}
+
+/**
+ * ALLOWED_ORIGINS: comma-separated origins, each exact (`https://app.example.com`, with a port
+ * when not the default one) or with a wildcard for any subdomain (`https://*.example.com`, which
+ * does not match `https://example.com` itself). Kept lower-case, as browsers send them.
+ */
+function readOrigins(text: string | undefined): readonly string[] | undefined {
+  if (text === undefined) return undefined;
+  const origins = text
+    .split(",")
+    .map((entry) => entry.trim().toLowerCase())
+    .filter((entry) => entry !== "");
+  for (const origin of origins) {
+    if (!/^https?:\/\/(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*(:\d{1,5})?$/.test(origin)) {
+      throw new ConfigError(
+        `ALLOWED_ORIGINS: "${origin}" is not an origin like https://app.example.com or https://*.example.com (scheme, host and optional port; no path, no trailing slash).`,
+      );
+    }
+  }
+  if (origins.length === 0) throw new ConfigError("ALLOWED_ORIGINS is set but names no origin.");
+  return Object.freeze(origins);
+}
+
+function integer(read: Read, name: keyof typeof defaults, min: number, max: number): number {
   const raw = read(name);
   if (raw === undefined) return defaults[name] as number;
   const value = Number(raw);

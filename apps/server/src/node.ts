@@ -32,9 +32,6 @@ export interface MrezhenNode {
   close(): Promise<void>;
 }
 
-/** Token expiry is checked this often on open connections. */
-const TOKEN_SWEEP_MS = 1000;
-
 /** Composes a node: config → engine → chat core → HTTP. */
 export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
   const { config } = options;
@@ -45,6 +42,8 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
       base: { nodeId: config.nodeId },
       redact: ["req.headers.authorization"],
     });
+  const verifier = await TokenVerifier.create(config.jwt, log);
+  log.info(verifier.describeKeys(), "token keys");
   if (config.jwt.secret === DEV_JWT_SECRET) {
     // Refused with NODE_ENV=production (config.ts); anywhere else it is allowed, for `pnpm start`
     // out of the box, but a node reachable by others must not run with it unnoticed.
@@ -63,6 +62,8 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     readRateLimit: config.readRateLimit,
     metrics,
     presenceCoalesceMs: config.presenceCoalesceMs,
+    tokens: verifier,
+    tokenExpiringNoticeMs: config.tokenExpiringNoticeMs,
   });
   metrics.countConnectionsWith(() => chat.hub.connections);
   const connections = new Connections(
@@ -78,14 +79,15 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     chat,
     engine,
     connections,
-    verifier: new TokenVerifier(config.jwt.secret, config.jwt.issuer),
+    verifier,
     metrics,
     log,
     limits: config.limits,
     isDraining: () => draining,
     upgradeTimeoutMs: config.upgradeTimeoutMs,
+    allowedOrigins: config.allowedOrigins,
   });
-  const tokenSweep = setInterval(() => chat.expireTokens(), TOKEN_SWEEP_MS);
+  const tokenSweep = setInterval(() => chat.expireTokens(), config.tokenSweepIntervalMs);
   tokenSweep.unref();
 
   let closing: Promise<void> | undefined;
@@ -93,6 +95,7 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     closing ??= (async () => {
       draining = true;
       clearInterval(tokenSweep);
+      verifier.close();
       const deadline = Date.now() + config.shutdownTimeoutMs;
       log.info({ connections: connections.size }, "draining");
       await connections.drain(deadline);

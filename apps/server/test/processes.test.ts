@@ -1,8 +1,13 @@
 import { execFile, spawn } from "node:child_process";
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { TokenVerifier } from "@mrezhen/server";
+import { loadConfig, TokenVerifier } from "@mrezhen/server";
 import { freePort, TestClient } from "@mrezhen/testkit";
+import { decodeProtectedHeader } from "jose";
 import { describe, expect, it, onTestFinished } from "vitest";
 
 const run = promisify(execFile);
@@ -25,7 +30,9 @@ describe("pnpm token", () => {
     );
     expect(stderr).toBe("");
     expect(stdout).toMatch(/^[\w-]+\.[\w-]+\.[\w-]+\n$/);
-    const principal = await new TokenVerifier(SECRET, "mrezhen").verify(stdout.trim());
+    const principal = await (
+      await TokenVerifier.create(loadConfig({ JWT_SECRET: SECRET }).jwt)
+    ).verify(stdout.trim());
     expect(principal.userId).toBe("user_alice");
     expect(principal.name).toBe("Alice");
     expect(principal.expiresAt - Date.now()).toBeGreaterThan(7_000_000);
@@ -39,6 +46,37 @@ describe("pnpm token", () => {
     expect(failure).toMatchObject({ code: 2, stdout: "" });
     expect((failure as { stderr: string }).stderr).toMatch(/usage: pnpm run token/);
   });
+
+  it.each([
+    ["an RSA", "rsa", "RS256"],
+    ["an EC P-256", "ec", "ES256"],
+    ["an Ed25519", "ed25519", "EdDSA"],
+  ] as const)(
+    "signs with %s private key (--key), the algorithm from its type, and --kid",
+    async (_name, type, alg) => {
+      const { privateKey, publicKey } =
+        type === "rsa"
+          ? generateKeyPairSync("rsa", { modulusLength: 2048 })
+          : type === "ec"
+            ? generateKeyPairSync("ec", { namedCurve: "P-256" })
+            : generateKeyPairSync("ed25519");
+      const dir = mkdtempSync(join(tmpdir(), "mrezhen-token-"));
+      onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+      const keyFile = join(dir, "private.pem");
+      writeFileSync(keyFile, privateKey.export({ type: "pkcs8", format: "pem" }));
+      const pem = publicKey.export({ type: "spki", format: "pem" }).toString();
+      const serverEnv = { JWT_PUBLIC_KEY: pem, JWT_AUDIENCE: "mrezhen-chat" };
+      const { stdout } = await run(
+        process.execPath,
+        [`${dist}cli/token.js`, "alice", "--key", keyFile, "--kid", "key-1"],
+        { env: env(serverEnv) },
+      );
+      const token = stdout.trim();
+      expect(decodeProtectedHeader(token)).toEqual({ alg, typ: "JWT", kid: "key-1" });
+      const verifier = await TokenVerifier.create(loadConfig(serverEnv).jwt);
+      expect(await verifier.verify(token)).toMatchObject({ userId: "alice" });
+    },
+  );
 });
 
 describe("the README's commands, as written", () => {
@@ -49,7 +87,9 @@ describe("the README's commands, as written", () => {
       cwd: root,
       env: env({ JWT_SECRET: SECRET }),
     });
-    const principal = await new TokenVerifier(SECRET, "mrezhen").verify(stdout.trim());
+    const principal = await (
+      await TokenVerifier.create(loadConfig({ JWT_SECRET: SECRET }).jwt)
+    ).verify(stdout.trim());
     expect(principal).toMatchObject({ userId: "alice", name: "Alice" });
     expect(stdout.trim().split("\n")).toHaveLength(1);
   });

@@ -48,8 +48,8 @@ if (process.env.REDIS_URL) {
   io.adapter(createAdapter(pub, sub, { key: required("SIO_REDIS_KEY") }));
 }
 
-io.use((socket, next) => {
-  const userId = verifyToken(socket.handshake.auth?.token);
+io.use(async (socket, next) => {
+  const userId = await verifyToken(socket.handshake.auth?.token);
   if (userId === undefined) return next(new Error("unauthorized"));
   socket.data.userId = userId;
   next();

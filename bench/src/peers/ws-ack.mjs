@@ -36,12 +36,15 @@ server.on("upgrade", (req, socket, head) => {
     return;
   }
   const bearer = req.headers.authorization?.match(/^Bearer (.+)$/)?.[1];
-  const userId = verifyToken(url.searchParams.get("token") ?? bearer);
-  if (userId === undefined) {
-    socket.end("HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n\r\n");
-    return;
-  }
-  wss.handleUpgrade(req, socket, head, (ws) => attach(ws, userId));
+  verifyToken(url.searchParams.get("token") ?? bearer).then((userId) => {
+    if (userId === undefined) {
+      socket.end("HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n\r\n");
+      return;
+    }
+    // The client may have gone while the token was checked (verification is asynchronous).
+    if (socket.destroyed) return;
+    wss.handleUpgrade(req, socket, head, (ws) => attach(ws, userId));
+  });
 });
 
 function attach(ws, userId) {

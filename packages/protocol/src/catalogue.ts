@@ -15,6 +15,7 @@ export const CLIENT_COMMAND_TYPES = [
   "mark_read",
   "typing",
   "get_conversations",
+  "refresh",
 ] as const satisfies readonly ClientCommandType[];
 
 type Listed = (typeof CLIENT_COMMAND_TYPES)[number];

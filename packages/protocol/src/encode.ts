@@ -130,6 +130,16 @@ export function pongFrame(timestamp: string): string {
   return `{"type":"pong","timestamp":"${timestamp}"}`;
 }
 
+/** The token expires at `exp` (seconds since the epoch): refresh it before then. */
+export function tokenExpiringFrame(exp: number): string {
+  return `{"type":"token_expiring","exp":${exp}}`;
+}
+
+/** A refresh was accepted: the connection lives until `exp` (seconds since the epoch). */
+export function refreshedFrame(exp: number): string {
+  return `{"type":"refreshed","exp":${exp}}`;
+}
+
 export function errorFrame(code: ErrorCode, message: string, details?: ErrorDetails): string {
   return JSON.stringify(
     details === undefined

@@ -79,7 +79,19 @@ export interface GetConversationsCommand {
   readonly limit: number;
 }
 
+/**
+ * Replaces the connection's token with a fresh one for the same user (`sub`), so that the
+ * connection outlives the first token's `exp`. Answered with `refreshed` or an error; on an error
+ * the connection keeps its current token and deadline.
+ */
+export interface RefreshCommand {
+  readonly type: "refresh";
+  /** A JWT, as at connect time (at most Limits.MAX_TOKEN_LENGTH characters). */
+  readonly token: string;
+}
+
 export type ClientCommand =
+  | RefreshCommand
   | DirectMessageCommand
   | GetHistoryCommand
   | GetOnlineUsersCommand
@@ -168,6 +180,23 @@ export interface ErrorFrame {
   readonly clientMsgId?: string;
 }
 
+/**
+ * The connection's token expires soon: send `refresh` with a fresh token before `exp`, or the
+ * connection is closed with 4001 at `exp`. Sent once per token.
+ */
+export interface TokenExpiringFrame {
+  readonly type: "token_expiring";
+  /** The current token's `exp`: seconds since the epoch, as in the JWT. */
+  readonly exp: number;
+}
+
+/** A `refresh` was accepted: the connection now lives until the new token's `exp`. */
+export interface RefreshedFrame {
+  readonly type: "refreshed";
+  /** The new token's `exp`: seconds since the epoch, as in the JWT. */
+  readonly exp: number;
+}
+
 /** The optional fields an error frame may carry beside its code and message. */
 export type ErrorDetails = Partial<
   Pick<ErrorFrame, "limit" | "retryAfterMs" | "outcome" | "clientMsgId">
@@ -179,9 +208,15 @@ export type SendOutcome = "not_stored" | "unknown";
 /**
  * The limits behind a RATE_LIMITED error: the send rate (`messages`), the daily quotas of a
  * sender (`new_conversations_per_day`, `bytes_per_day`, per UTC day) and the read rate of
- * get_history, get_conversations and get_online_users (`reads`).
+ * get_history, get_conversations and get_online_users (`reads`), and `refresh` frames (one a
+ * second per connection: each costs a signature check).
  */
-export type LimitName = "messages" | "new_conversations_per_day" | "bytes_per_day" | "reads";
+export type LimitName =
+  | "messages"
+  | "new_conversations_per_day"
+  | "bytes_per_day"
+  | "reads"
+  | "refresh";
 
 export type ServerFrame =
   | DirectMessageFrame
@@ -191,4 +226,6 @@ export type ServerFrame =
   | OnlineUsersFrame
   | MessageHistoryFrame
   | PongFrame
+  | TokenExpiringFrame
+  | RefreshedFrame
   | ErrorFrame;

@@ -20,7 +20,9 @@ export {
   presenceFrame,
   type ReceiptKind,
   receiptFrame,
+  refreshedFrame,
   syncedFrame,
+  tokenExpiringFrame,
   typingFrame,
 } from "./encode.js";
 export { ErrorCode, type ProtocolError, retryableErrors } from "./errors.js";

@@ -6,7 +6,8 @@ export const Limits = {
   MAX_CONTENT_CHARS: 5000,
   /**
    * User ids (a token's `sub`, a frame's `to` and `with`) are strings of this many characters
-   * (Unicode code points), well-formed, with no control character, and not only whitespace.
+   * (Unicode code points), well-formed, with no control, bidirectional formatting or zero-width
+   * character, and not only whitespace.
    */
   MIN_USER_ID_LENGTH: 1,
   MAX_USER_ID_LENGTH: 128,
@@ -20,6 +21,11 @@ export const Limits = {
   /** `get_conversations.limit`: default and clamp range. */
   CONVERSATIONS_DEFAULT_LIMIT: 50,
   CONVERSATIONS_MAX_LIMIT: 100,
+  /**
+   * Longest token accepted, in characters (during the upgrade and in `refresh`): refused unread,
+   * no legitimate token comes close (an RS256 token with ordinary claims has under 1,000).
+   */
+  MAX_TOKEN_LENGTH: 4096,
   /** `get_online_users.users`: at most this many ids per question. */
   ONLINE_QUERY_MAX_USERS: 100,
 } as const;

@@ -55,6 +55,8 @@ export function parseClientFrame(text: string): ParseResult {
       return parseTyping(frame);
     case "get_conversations":
       return parseGetConversations(frame);
+    case "refresh":
+      return parseRefresh(frame);
     default:
       return fail(ErrorCode.UNKNOWN_TYPE, `Unknown frame type ${quote(type)}.`);
   }
@@ -198,6 +200,21 @@ function parseGetConversations(frame: JsonObject): ParseResult {
     : limit;
 }
 
+/**
+ * `refresh { token }`: a JWT to replace the connection's. Only its shape is checked here (a
+ * non-empty string of at most MAX_TOKEN_LENGTH characters); the server verifies it.
+ */
+function parseRefresh(frame: JsonObject): ParseResult {
+  const token = frame["token"];
+  if (typeof token !== "string" || token === "" || token.length > Limits.MAX_TOKEN_LENGTH) {
+    return fail(
+      ErrorCode.INVALID_FORMAT,
+      `"token" must be a JWT string of 1 to ${Limits.MAX_TOKEN_LENGTH} characters.`,
+    );
+  }
+  return { ok: true, command: { type: "refresh", token } };
+}
+
 /** An optional `limit`: absent or null gives the default; a number is floored and clamped. */
 function readLimit(
   frame: JsonObject,
@@ -253,11 +270,24 @@ function readUserId(frame: JsonObject, field: "to" | "with"): string | ParseResu
 const NON_WHITESPACE = /\S/;
 /** C0 and C1 controls (NUL, newline, ESC, DEL, …): invisible in a list, and they break logs. */
 const CONTROL_CHARACTER = /\p{Cc}/u;
+/**
+ * Bidirectional formatting characters: the embeddings and overrides (U+202A-U+202E), the isolates
+ * (U+2066-U+2069) and the marks (U+200E LRM, U+200F RLM, U+061C ALM). Invisible, and they
+ * reorder what is displayed around them: "alice\u202Eecila" shows as another name (a spoofed
+ * sender in a list or a log line, as in CVE-2021-42574 for source code).
+ */
+const BIDI_CONTROL = /[\u202A-\u202E\u2066-\u2069\u200E\u200F\u061C]/;
+/**
+ * Zero-width characters (U+200B ZWSP, U+200C ZWNJ, U+200D ZWJ, U+2060 WJ, U+FEFF BOM): invisible,
+ * so "bob" and "b\u200Bob" would be two users who look the same. (This also refuses emoji joined
+ * by ZWJ, such as family emoji, as user ids: a user id is an identifier, not a display name.)
+ */
+const ZERO_WIDTH = /[\u200B-\u200D\u2060\uFEFF]/;
 
 /**
  * What makes `id` unusable as a user id, as the end of a sentence ("is empty"), or undefined when
  * it is one: 1 to {@link Limits.MAX_USER_ID_LENGTH} code points, well-formed Unicode, no control
- * character, not only whitespace. The server applies it to a token's `sub` and to every user id
+ * character, no bidirectional formatting or zero-width character, not only whitespace. The server applies it to a token's `sub` and to every user id
  * in a frame, so a frame can name exactly the users a token can be issued for.
  *
  * Well-formed matters most: a lone surrogate ("vic\ud800") cannot be encoded as UTF-8 and
@@ -272,6 +302,8 @@ export function userIdProblem(id: string): string | undefined {
     return `is longer than ${Limits.MAX_USER_ID_LENGTH} characters`;
   }
   if (CONTROL_CHARACTER.test(id)) return "contains a control character";
+  if (BIDI_CONTROL.test(id)) return "contains a bidirectional formatting character";
+  if (ZERO_WIDTH.test(id)) return "contains a zero-width character";
   if (!NON_WHITESPACE.test(id)) return "is only whitespace";
   return undefined;
 }

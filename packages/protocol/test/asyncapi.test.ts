@@ -62,6 +62,8 @@ const SAMPLE_FRAMES: Record<string, () => string> = {
   conversationsFrame: () =>
     protocol.conversationsFrame([{ with: "bob", lastMessageJson: ENCODED_MESSAGE, unread: 2 }]),
   pongFrame: () => protocol.pongFrame("2026-11-26T03:00:00.000Z"),
+  tokenExpiringFrame: () => protocol.tokenExpiringFrame(1_795_000_000),
+  refreshedFrame: () => protocol.refreshedFrame(1_795_003_600),
   errorFrame: () =>
     protocol.errorFrame(ErrorCode.UNAVAILABLE, "Try again.", {
       outcome: "unknown",

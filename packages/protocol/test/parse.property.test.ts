@@ -5,6 +5,7 @@ import {
   Limits,
   messageAckFrame,
   parseClientFrame,
+  userIdProblem,
 } from "@mrezhen/protocol";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
@@ -123,7 +124,33 @@ describe("parseClientFrame (properties)", () => {
  */
 const validUserId = fc
   .string({ unit: "binary", minLength: 1, maxLength: Limits.MAX_USER_ID_LENGTH })
-  .filter((id) => /\S/.test(id) && !/\p{Cc}/u.test(id));
+  .filter(
+    (id) =>
+      /\S/.test(id) &&
+      !/\p{Cc}/u.test(id) &&
+      !/[\u202A-\u202E\u2066-\u2069\u200E\u200F\u061C\u200B-\u200D\u2060\uFEFF]/.test(id),
+  );
+
+/**
+ * Invisible characters that change what a user id looks like: the bidirectional embeddings,
+ * overrides, isolates and marks, and the zero-width characters. Listed one by one (not as the
+ * parser's ranges), so a range mistake in the parser shows.
+ */
+const BIDI_CONTROLS = [
+  "\u202A",
+  "\u202B",
+  "\u202C",
+  "\u202D",
+  "\u202E",
+  "\u2066",
+  "\u2067",
+  "\u2068",
+  "\u2069",
+  "\u200E",
+  "\u200F",
+  "\u061C",
+];
+const ZERO_WIDTH = ["\u200B", "\u200C", "\u200D", "\u2060", "\uFEFF"];
 
 /** A lone surrogate, high (D800-DBFF) or low (DC00-DFFF). */
 const loneSurrogate = fc
@@ -248,6 +275,42 @@ describe("ids in frames (properties)", () => {
     }
   });
 
+  it.each(USER_ID_FIELDS)(
+    "refuses a user id with a bidi control or a zero-width character anywhere as %s",
+    (_field, frameFor) => {
+      fc.assert(
+        fc.property(
+          validUserId.filter((id) => [...id].length < Limits.MAX_USER_ID_LENGTH),
+          fc.constantFrom(...BIDI_CONTROLS, ...ZERO_WIDTH),
+          fc.nat(),
+          (id, invisible, at) => {
+            const chars = [...id];
+            const index = at % (chars.length + 1);
+            const bad = [...chars.slice(0, index), invisible, ...chars.slice(index)].join("");
+            const result = parseClientFrame(JSON.stringify(frameFor(bad)));
+            expect(result.ok ? "ok" : result.error.code).toBe("INVALID_FORMAT");
+          },
+        ),
+        { numRuns: 300 },
+      );
+    },
+  );
+
+  it("names what is wrong: a bidi control, or a zero-width character", () => {
+    for (const invisible of BIDI_CONTROLS) {
+      expect(userIdProblem(`alice${invisible}ecila`)).toBe(
+        "contains a bidirectional formatting character",
+      );
+    }
+    for (const invisible of ZERO_WIDTH) {
+      expect(userIdProblem(`b${invisible}ob`)).toBe("contains a zero-width character");
+    }
+    // Neighbours of the ranges stay valid: other format characters, and visible ones.
+    for (const fine of ["\u2029x", "a\u206Ab", "\u2061x", "x\u2070", "\u061Bx", "\u200Ax"]) {
+      expect(userIdProblem(fine)).toBeUndefined();
+    }
+  });
+
   it("refuses a clientMsgId with a lone surrogate, so two such keys never count as one", () => {
     fc.assert(
       fc.property(
@@ -298,6 +361,11 @@ describe("parseClientFrame (examples)", () => {
     ['{"type":null}', "MISSING_TYPE"],
     ['{"type":["ping"]}', "INVALID_FORMAT"],
     ["", "INVALID_JSON"],
+    ['{"type":"refresh","token":"eyJ.eyJ.sig"}', true],
+    ['{"type":"refresh"}', "INVALID_FORMAT"],
+    ['{"type":"refresh","token":""}', "INVALID_FORMAT"],
+    ['{"type":"refresh","token":42}', "INVALID_FORMAT"],
+    [`{"type":"refresh","token":"${"x".repeat(4097)}"}`, "INVALID_FORMAT"],
   ])("%s → %s", (text, expected) => {
     const result = parseClientFrame(text);
     if (expected === true) expect(result.ok).toBe(true);

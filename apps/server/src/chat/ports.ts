@@ -59,3 +59,20 @@ export const noMetrics: ChatMetrics = {
   deliveredLive: () => {},
   queueFlushed: () => {},
 };
+
+/**
+ * Verifies the token of a `refresh` frame (the edge's TokenVerifier). Resolves to whom it is for
+ * and when it expires; rejects with a {@link TokenRefused} when the token is not valid.
+ */
+export interface TokenCheck {
+  verify(token: string): Promise<{ readonly userId: string; readonly expiresAt: number }>;
+}
+
+/** A token refused by a TokenCheck: `reason` is safe to show the client. */
+export interface TokenRefused extends Error {
+  readonly reason: string;
+}
+
+export function isTokenRefused(error: unknown): error is TokenRefused {
+  return error instanceof Error && typeof (error as Partial<TokenRefused>).reason === "string";
+}

@@ -22,12 +22,20 @@ import {
   type ProtocolError,
   parseClientFrame,
   pongFrame,
+  refreshedFrame,
   syncedFrame,
   type TypingCommand,
+  tokenExpiringFrame,
   typingFrame,
 } from "@mrezhen/protocol";
 import { Hub } from "./hub.js";
-import { type ChatMetrics, type Logger, noMetrics } from "./ports.js";
+import {
+  type ChatMetrics,
+  isTokenRefused,
+  type Logger,
+  noMetrics,
+  type TokenCheck,
+} from "./ports.js";
 import { ReceiptWindow } from "./receipt-window.js";
 import type { Session } from "./session.js";
 
@@ -44,7 +52,19 @@ export interface ChatOptions {
   readonly metrics?: ChatMetrics;
   /** See HubOptions; default DEFAULT_PRESENCE_COALESCE_MS. */
   readonly presenceCoalesceMs?: number;
+  /** Verifies `refresh` tokens; without it a refresh fails with INTERNAL_ERROR. */
+  readonly tokens?: TokenCheck;
+  /** TOKEN_EXPIRING_NOTICE_MS; default DEFAULT_TOKEN_EXPIRING_NOTICE_MS. */
+  readonly tokenExpiringNoticeMs?: number;
 }
+
+/** The default TOKEN_EXPIRING_NOTICE_MS (see config.ts). */
+export const DEFAULT_TOKEN_EXPIRING_NOTICE_MS = 30_000;
+/**
+ * One `refresh` per second per connection: a client needs one per token lifetime, and each costs
+ * a signature check (tens of µs, an RSA one more), which a flood must not turn into a CPU sink.
+ */
+export const REFRESH_INTERVAL_MS = 1000;
 
 /**
  * One second: a user's presence reaches each listener at most once a second, instead of once
@@ -90,6 +110,8 @@ export class ChatService {
   private readonly metrics: ChatMetrics;
   private readonly limitTexts: Readonly<Record<LimitName, string>>;
   private readonly readRateLimit: number;
+  private readonly tokens: TokenCheck | undefined;
+  private readonly noticeMs: number;
   /** Handlers still running (for drain). */
   private inFlight = 0;
   /** Set when the node drains: new frames are refused, so every client gets an answer. */
@@ -113,12 +135,15 @@ export class ChatService {
     );
     const { limit, windowMs } = options.rateLimit;
     this.readRateLimit = options.readRateLimit ?? READS_PER_SECOND;
+    this.tokens = options.tokens;
+    this.noticeMs = options.tokenExpiringNoticeMs ?? DEFAULT_TOKEN_EXPIRING_NOTICE_MS;
     const quotas = options.quotas;
     this.limitTexts = {
       messages: `Rate limit exceeded (at most ${limit} messages per ${windowMs} ms)`,
       new_conversations_per_day: `Daily quota exceeded (at most ${quotas?.newConversationsPerDay ?? "a set number of"} new conversations per UTC day; messages to people you already talk with still go through)`,
       bytes_per_day: `Daily quota exceeded (at most ${quotas?.bytesPerDay ?? "a set number of"} bytes of stored messages per UTC day)`,
       reads: `Too many reads (at most ${this.readRateLimit} get_history, get_conversations and get_online_users per second)`,
+      refresh: `Too many refreshes (at most one per ${REFRESH_INTERVAL_MS} ms per connection)`,
     };
   }
 
@@ -130,6 +155,7 @@ export class ChatService {
    * online (engine unavailable) is closed with 1013 so that the client retries.
    */
   open(session: Session): Promise<void> {
+    session.setToken(session.expiresAt, this.now(), this.noticeMs);
     session.opened = this.bringOnline(session).finally(() => {
       session.opened = OPENED; // a settled promise per idle connection is memory for nothing
     });
@@ -274,17 +300,29 @@ export class ChatService {
     return syncedTo;
   }
 
-  /** Closes sessions whose token expired (`UNAUTHORIZED`, then 4001). Run periodically. */
+  /**
+   * Run periodically (TOKEN_SWEEP_INTERVAL_MS): tells sessions whose token expires soon
+   * (`token_expiring`, once per token, so that the client can `refresh`), and closes those whose
+   * token expired (`UNAUTHORIZED`, then 4001). One pass over the sessions, comparing two numbers
+   * each: a timer per connection would cost memory on every idle one.
+   */
   expireTokens(): void {
     const now = this.now();
     for (const session of this.hub.sessions()) {
-      if (session.expiresAt > now || session.isClosed) continue;
-      this.sendError(
-        session,
-        ErrorCode.UNAUTHORIZED,
-        "The token expired; reconnect with a fresh one.",
-      );
-      session.close(CloseCode.UNAUTHORIZED, "token expired");
+      if (session.isClosed) continue;
+      if (session.expiresAt <= now) {
+        this.sendError(
+          session,
+          ErrorCode.UNAUTHORIZED,
+          "The token expired; reconnect with a fresh one.",
+        );
+        session.close(CloseCode.UNAUTHORIZED, "token expired");
+        continue;
+      }
+      if (session.expiringNoticeAt !== 0 && session.expiringNoticeAt <= now) {
+        session.expiringNoticeAt = 0;
+        session.send(tokenExpiringFrame(Math.floor(session.expiresAt / 1000)));
+      }
     }
   }
 
@@ -392,6 +430,18 @@ export class ChatService {
         return this.engine.messages
           .conversations(session.userId, command.limit)
           .then((items) => session.send(conversationsFrame(items)));
+      case "refresh": {
+        const now = this.now();
+        const wait = session.lastRefreshAt + REFRESH_INTERVAL_MS - now;
+        if (wait > 0) {
+          this.rateLimited(session, wait, "refresh");
+          return undefined;
+        }
+        session.lastRefreshAt = now;
+        // A promise like an engine call (with JWKS it may wait for the provider): the frames
+        // after it wait in the backlog, so a message sent after a refresh is handled after it.
+        return this.refresh(session, command.token);
+      }
       default:
         return assertNever(command);
     }
@@ -502,6 +552,42 @@ export class ChatService {
     await this.engine.broker.publishFrame(command.to, typingFrame(session.userId, command.state));
   }
 
+  /**
+   * Replaces the session's token with `token` when it is valid and for the same user: the
+   * connection then lives until the new `exp` (`refreshed`). Otherwise an error, and the old
+   * deadline stands: UNAUTHORIZED for a token that is not valid, FORBIDDEN for another user's
+   * (a connection never changes user: its subscriptions, presence and limits are the user's).
+   */
+  private async refresh(session: Session, token: string): Promise<void> {
+    if (this.tokens === undefined) throw new Error("no token verifier configured");
+    const keeps = () =>
+      `This connection keeps its current token, which expires at ${new Date(session.expiresAt).toISOString()}.`;
+    let principal: { readonly userId: string; readonly expiresAt: number };
+    try {
+      principal = await this.tokens.verify(token);
+    } catch (error) {
+      if (!isTokenRefused(error)) throw error;
+      if (session.logs("debug")) session.log.debug({ reason: error.reason }, "refresh refused");
+      this.sendError(
+        session,
+        ErrorCode.UNAUTHORIZED,
+        `The refresh token was refused: ${error.reason}. ${keeps()}`,
+      );
+      return;
+    }
+    if (principal.userId !== session.userId) {
+      session.log.warn({ tokenFor: principal.userId }, "refresh with another user's token refused");
+      this.sendError(
+        session,
+        ErrorCode.FORBIDDEN,
+        `The refresh token is for another user; a connection cannot change user. ${keeps()}`,
+      );
+      return;
+    }
+    session.setToken(principal.expiresAt, this.now(), this.noticeMs);
+    session.send(refreshedFrame(Math.floor(principal.expiresAt / 1000)));
+  }
+
   // ---- Errors -------------------------------------------------------------------------------
 
   /** Sends an error frame (and counts it). */
@@ -540,7 +626,12 @@ export class ChatService {
   /** RATE_LIMITED for `limit`, with when to retry, in the text and as fields (additions). */
   private rateLimited(session: Session, retryAfterMs: number, limit: LimitName): void {
     const retry = Math.max(1, Math.ceil(retryAfterMs));
-    const what = limit === "reads" ? "Nothing was read." : "The message was not sent.";
+    const what =
+      limit === "reads"
+        ? "Nothing was read."
+        : limit === "refresh"
+          ? "The token was not checked; the connection keeps its current one."
+          : "The message was not sent.";
     this.metrics.error(ErrorCode.RATE_LIMITED);
     session.send(
       errorFrame(

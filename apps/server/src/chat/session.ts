@@ -68,14 +68,22 @@ export class Session {
   /** The user's budgets on this node: set by Hub.add to the object all its sessions share. */
   limits: UserLimits = { readTokens: 0, readRefilledAt: 0, typingBudget: 0, typingSecond: 0 };
 
+  /**
+   * When to send `token_expiring` (ms since the epoch), 0 once sent; set with the token (see
+   * setToken). A number per connection, read by the one periodic sweep: no timer per connection.
+   */
+  expiringNoticeAt = 0;
+  /** When the last `refresh` frame was read (ms since the epoch): one a second is allowed. */
+  lastRefreshAt = Number.NEGATIVE_INFINITY;
+
   private held: HeldFrame[] | undefined;
 
   constructor(
     readonly connId: string,
     readonly userId: string,
     readonly displayName: string | undefined,
-    /** Token expiry, ms since the epoch. */
-    readonly expiresAt: number,
+    /** Token expiry, ms since the epoch; a `refresh` moves it (see setToken). */
+    public expiresAt: number,
     /**
      * Set when the connection opted in to acknowledged delivery (`?since=N`): it gets its inbox
      * after N instead of the offline queue, and live frames carry positions it acks.
@@ -99,6 +107,16 @@ export class Session {
   /** Whether routine per-connection lines at `level` would be written at all. */
   logs(level: "debug" | "info"): boolean {
     return this.nodeLog.isLevelEnabled(level);
+  }
+
+  /**
+   * Takes a (new) token's expiry. `token_expiring` is due `noticeMs` before it, or halfway
+   * through what is left when that is shorter: a client given short-lived tokens is not told
+   * to refresh the moment it connects (or refreshes), which would make it refresh in a loop.
+   */
+  setToken(expiresAt: number, now: number, noticeMs: number): void {
+    this.expiresAt = expiresAt;
+    this.expiringNoticeAt = expiresAt - Math.min(noticeMs, Math.max(0, expiresAt - now) / 2);
   }
 
   /** Whether the transport closed (read through a getter: it changes across awaits). */

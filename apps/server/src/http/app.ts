@@ -14,6 +14,7 @@ import type { ChatService } from "../chat/service.js";
 import type { PresenceMode } from "../chat/session.js";
 import type { ConnectionLimits, ConnectionOptions, Connections } from "./connections.js";
 import type { NodeMetrics } from "./metrics.js";
+import { OriginPolicy } from "./origins.js";
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -39,6 +40,8 @@ export interface AppOptions {
   readonly isDraining: () => boolean;
   /** UPGRADE_TIMEOUT_MS: how long a connection may take to send a whole request. */
   readonly upgradeTimeoutMs: number;
+  /** ALLOWED_ORIGINS; undefined allows any origin. */
+  readonly allowedOrigins?: readonly string[] | undefined;
 }
 
 /** Header limits well under Node's defaults: a WebSocket upgrade needs few, short headers. */
@@ -72,6 +75,8 @@ export async function buildApp(options: AppOptions) {
     isDraining,
     upgradeTimeoutMs,
   } = options;
+  const origins =
+    options.allowedOrigins === undefined ? undefined : new OriginPolicy(options.allowedOrigins);
   const app = Fastify({
     loggerInstance: log,
     // Per-request logs would double every upgrade and probe; connections are logged by the core.
@@ -152,10 +157,20 @@ export async function buildApp(options: AppOptions) {
         .type("text/plain")
         .send(`Bad Request: ${options}`);
     }
+    // Before the token: a page from a foreign origin learns nothing about the token it sent.
+    if (origins !== undefined && !origins.allows(request.headers.origin, request.headers.host)) {
+      request.log.debug({ origin: request.headers.origin }, "upgrade refused: origin");
+      metrics.refusedUpgrade("forbidden_origin");
+      return reply
+        .code(403)
+        .header("connection", "close")
+        .type("text/plain")
+        .send("Forbidden: origin not allowed.");
+    }
     request.connectionOptions = options;
     request.upgradeResponse = reply.raw;
     try {
-      request.principal = verifier.verify(
+      request.principal = await verifier.verify(
         extractToken(request.query, request.headers.authorization),
       );
     } catch (error) {
@@ -264,6 +279,16 @@ export async function buildApp(options: AppOptions) {
       return reply
         .code(503)
         .send({ status: "unavailable", reason: health.reason ?? "engine unavailable" });
+    const jwks = verifier.jwksStatus;
+    if (jwks !== undefined && !jwks.fetched) {
+      const reason = `jwks: the identity provider's keys have not been fetched yet${jwks.lastError === undefined ? "" : ` (${jwks.lastError})`}`;
+      // With other keys (JWT_SECRET, JWT_PUBLIC_KEY) the node serves their tokens: ready, but
+      // say what is missing. With the JWKS alone it can authenticate nobody: not ready, so a
+      // balancer sends new connections to a node that can (a node cut off from the provider
+      // while the others reach it). See the README's "Connecting".
+      if (verifier.jwksOnly) return reply.code(503).send({ status: "unavailable", reason });
+      return { status: "degraded", reason };
+    }
     return { status: "ready" };
   });
 

@@ -13,6 +13,7 @@ const COMMAND_TYPES = [
   "mark_read",
   "typing",
   "get_conversations",
+  "refresh",
   "invalid",
 ] as const;
 
@@ -21,6 +22,7 @@ export const REFUSAL_REASONS = [
   "draining",
   "bad_request",
   "unauthorized",
+  "forbidden_origin",
   "user_limit",
   "node_limit",
 ] as const;
@@ -127,7 +129,7 @@ export class NodeMetrics implements ChatMetrics {
     );
     this.expose(
       "mrezhen_upgrades_refused_total",
-      "WebSocket upgrades refused with an HTTP status, by reason (user_limit: 429, node_limit and draining: 503, unauthorized: 401, bad_request: 400).",
+      "WebSocket upgrades refused with an HTTP status, by reason (user_limit: 429, node_limit and draining: 503, unauthorized: 401, forbidden_origin: 403, bad_request: 400).",
       "counter",
       () => [...this.refusals].map(([reason, { count }]) => ({ value: count, labels: { reason } })),
     );
