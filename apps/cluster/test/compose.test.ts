@@ -7,7 +7,7 @@ import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
 import { eventually, freePort, TestClient } from "../../../packages/testkit/src/index.js";
-import { defaults } from "../../server/src/config.js";
+import { defaults, otherVariables } from "../../server/src/config.js";
 import { NGINX_TEMPLATE_DIR, REPO_ROOT, renderTemplate } from "../src/cluster.mjs";
 
 const composeFile = path.join(REPO_ROOT, "docker-compose.yml");
@@ -121,8 +121,14 @@ describe.skipIf(!compose)("docker-compose.yml", () => {
       "NODE_ENV",
       "SHUTDOWN_TIMEOUT_MS",
       "HEARTBEAT_INTERVAL_MS",
+      // Fixed by this file: the Redis service, the generated secret's path, one id per node.
+      "REDIS_URL",
+      "JWT_SECRET_FILE",
+      "NODE_ID",
     ]);
-    const names = Object.keys(defaults).filter((name) => !notPassed.has(name));
+    const names = [...Object.keys(defaults), ...otherVariables].filter(
+      (name) => !notPassed.has(name),
+    );
     const unset = resolved().services["node1"]?.environment ?? {};
     const set = resolved(Object.fromEntries(names.map((name) => [name, `${name}-value`])));
     for (const name of names) {
