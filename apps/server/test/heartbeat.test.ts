@@ -116,6 +116,24 @@ describe("heartbeat", () => {
     await slow.next("pong");
   });
 
+  it("keeps a client that missed one ping (saturated for a whole interval) and then answers", async () => {
+    const { wsUrl } = await startNode({ HEARTBEAT_INTERVAL_MS: "300" });
+    const late = await TestClient.connect(`${wsUrl}?token=${await mintToken({ sub: "late" })}`, {
+      autoPong: false,
+    });
+    onTestFinished(() => void late.close());
+    let pings = 0;
+    late.socket.on("ping", (data) => {
+      pings++;
+      // The first pong comes more than an interval late, the others at once.
+      setTimeout(() => late.socket.pong(data), pings === 1 ? 450 : 0);
+    });
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    expect(pings).toBeGreaterThanOrEqual(3);
+    late.send({ type: "ping" });
+    await late.next("pong");
+  });
+
   it("logs the connections it terminates as one warning with a count, not a line each", async () => {
     const { logger, lines } = capturedLog("warn");
     const { wsUrl } = await startNode({ HEARTBEAT_INTERVAL_MS: "100" }, { logger });

@@ -107,6 +107,8 @@ export class WsTransport implements Transport {
    * (the flow-control pings' pongs prove the peer alive too). See Connections.beat.
    */
   pingedAt = 0;
+  /** The previous heartbeat ping went unanswered for a whole interval too (see Connections.beat). */
+  missedPing = false;
   /** Set while the node's UnsentBudget counts this connection (it had unsent bytes). */
   watched = false;
   /** This connection's unsent bytes as the budget's running total last counted them. */
@@ -188,6 +190,7 @@ export class WsTransport implements Transport {
    */
   onPong(payload: Buffer): void {
     this.pingedAt = 0;
+    this.missedPing = false;
     const waiters = this.receivedWaiters;
     if (waiters === undefined || payload.length !== 4) return;
     const number = payload.readUInt32BE(0);
