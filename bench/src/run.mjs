@@ -177,7 +177,10 @@ async function main() {
   const params = parameters(opts);
   const storm = opts.scenarios.includes("storm");
   ensureOpenFiles(
-    Math.max(params.idleConnections, 6 * params.pairs, storm ? stormOpenFiles(params) : 0) + 1024,
+    Math.max(
+      Math.max(params.idleConnections, 6 * params.pairs) + 1024,
+      storm ? stormOpenFiles(params) : 0,
+    ),
   );
 
   const needsRedis = opts.scenarios.includes("cluster") || storm;

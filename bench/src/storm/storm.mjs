@@ -16,9 +16,12 @@ const WORKER = fileURLToPath(new URL("./worker.mjs", import.meta.url));
 export const PER_WORKER = 10_000;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Descriptors a storm needs in one process: a node's share of the clients, plus some. */
+/**
+ * Descriptors a storm needs in one process: a node's share of the clients, plus a few for Redis,
+ * the listener and logs (a client process holds at most PER_WORKER).
+ */
 export function stormOpenFiles(p) {
-  return Math.ceil(p.stormConnections / p.stormNodes) + 1024;
+  return Math.max(Math.ceil(p.stormConnections / p.stormNodes), PER_WORKER) + 256;
 }
 
 function lines(path) {
