@@ -1,8 +1,10 @@
 // What a bench run measures: the scenarios, their parameters and the systems under test.
 import { fileURLToPath } from "node:url";
 
-/** Every scenario, in the order the load generator runs them. */
-export const SCENARIOS = ["idle", "connect", "single-node", "latency", "cluster"];
+/** Every scenario, in the order the load generator runs them (storm last, by itself). */
+export const SCENARIOS = ["idle", "connect", "single-node", "latency", "cluster", "storm"];
+/** What runs without --scenarios: the storm has nodes and clients of its own, so only on request. */
+export const DEFAULT_SCENARIOS = SCENARIOS.filter((s) => s !== "storm");
 
 /** Which systems a scenario compares. */
 export const TOPOLOGY = {
@@ -11,13 +13,23 @@ export const TOPOLOGY = {
   "single-node": "single",
   latency: "single",
   cluster: "cluster",
+  storm: "storm",
 };
 
 export const SYSTEMS = ["mrezhen", "ws-ack", "socket.io"];
 
 /** Scenario parameters; `--quick` trades cycles, slice length and idle count for time. */
-export function parameters({ quick, cycles }) {
+export function parameters({ quick, cycles, storm = {} }) {
   return {
+    // storm: N connections over K nodes on Redis, from client processes of at most 10,000 each
+    // (at least stormWorkers), each from its own loopback address; stormConcurrency connects in
+    // flight per client process; held stormHoldMs (two heartbeat passes) before all leave.
+    stormConnections: storm.connections ?? (quick ? 2000 : 10_000),
+    stormNodes: storm.nodes ?? 2,
+    stormWorkers: storm.workers ?? 2,
+    stormConcurrency: storm.concurrency ?? 500,
+    stormHeartbeatMs: storm.heartbeatMs ?? 5000,
+    stormHoldMs: storm.holdMs ?? 2 * (storm.heartbeatMs ?? 5000),
     // Measured cycles per scenario (plus one warm-up cycle that is dropped).
     cycles: cycles ?? (quick ? 3 : 5),
     // Each slice: load for warmMs unmeasured, then measureMs measured, then drain.

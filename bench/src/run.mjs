@@ -6,6 +6,8 @@
 //   node bench/src/run.mjs [--quick] [--json FILE] [--cycles N] [--scenarios a,b]
 //                          [--systems mrezhen,ws-ack,socket.io] [--server-cpus 0] [--load-cpus 1]
 //                          [--redis redis://127.0.0.1:6379]
+//                          [--storm-connections N] [--storm-nodes K] [--storm-workers W]
+//                          [--storm-concurrency C] [--storm-heartbeat-ms MS] [--storm-hold-ms MS]
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -15,6 +17,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import {
+  DEFAULT_SCENARIOS,
   MREZHEN_MAIN,
   parameters,
   SCENARIOS,
@@ -25,6 +28,7 @@ import {
 import { openFilesLimit, parseCpuList } from "./proc.mjs";
 import { buildRows, formatReport } from "./report.mjs";
 import { pinned, startServer, stopServer } from "./servers.mjs";
+import { formatStorm, runStorm, stormOpenFiles } from "./storm/storm.mjs";
 
 const DRIVER = fileURLToPath(new URL("./load/driver.mjs", import.meta.url));
 
@@ -36,7 +40,13 @@ function options() {
       quick: { type: "boolean", default: false },
       json: { type: "string" },
       cycles: { type: "string" },
-      scenarios: { type: "string", default: SCENARIOS.join(",") },
+      scenarios: { type: "string", default: DEFAULT_SCENARIOS.join(",") },
+      "storm-connections": { type: "string" },
+      "storm-nodes": { type: "string" },
+      "storm-workers": { type: "string" },
+      "storm-concurrency": { type: "string" },
+      "storm-heartbeat-ms": { type: "string" },
+      "storm-hold-ms": { type: "string" },
       systems: { type: "string", default: SYSTEMS.join(",") },
       "server-cpus": { type: "string", default: "0" },
       "load-cpus": { type: "string", default: "1" },
@@ -65,6 +75,18 @@ function options() {
     serverCpus: pin ? values["server-cpus"] : undefined,
     loadCpus: pin ? values["load-cpus"] : undefined,
     redisUrl: values.redis,
+    storm: Object.fromEntries(
+      [
+        ["connections", "storm-connections"],
+        ["nodes", "storm-nodes"],
+        ["workers", "storm-workers"],
+        ["concurrency", "storm-concurrency"],
+        ["heartbeatMs", "storm-heartbeat-ms"],
+        ["holdMs", "storm-hold-ms"],
+      ]
+        .filter(([, flag]) => values[flag] !== undefined)
+        .map(([name, flag]) => [name, positiveInteger(values[flag], `--${flag}`)]),
+    ),
   };
 }
 
@@ -106,7 +128,7 @@ async function redisProcess(url) {
     };
   } catch (error) {
     console.error(
-      `warning: Redis at ${url} unreachable (${error.message}): the cluster scenario is skipped`,
+      `warning: Redis at ${url} unreachable (${error.message}): the cluster and storm scenarios are skipped`,
     );
     return undefined;
   } finally {
@@ -153,9 +175,20 @@ async function main() {
   const opts = options();
   const runId = `${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`;
   const params = parameters(opts);
-  ensureOpenFiles(Math.max(params.idleConnections, 6 * params.pairs) + 1024);
+  const storm = opts.scenarios.includes("storm");
+  ensureOpenFiles(
+    Math.max(
+      Math.max(params.idleConnections, 6 * params.pairs) + 1024,
+      storm ? stormOpenFiles(params) : 0,
+    ),
+  );
 
-  const redis = opts.scenarios.includes("cluster") ? await redisProcess(opts.redisUrl) : undefined;
+  const needsRedis = opts.scenarios.includes("cluster") || storm;
+  const redis = needsRedis ? await redisProcess(opts.redisUrl) : undefined;
+  if (storm && redis === undefined) throw new Error("the storm scenario needs Redis (--redis)");
+  if (storm && !existsSync(MREZHEN_MAIN))
+    throw new Error(`${MREZHEN_MAIN} is missing: run \`pnpm build\``);
+  const stormWorkers = [];
   const wantedTopologies = new Set(opts.scenarios.map((s) => TOPOLOGY[s]));
   if (redis === undefined) wantedTopologies.delete("cluster");
   const specs = systemsUnderTest({ runId, redisUrl: opts.redisUrl }).filter(
@@ -175,8 +208,9 @@ async function main() {
   const stopEverything = () => {
     stopping ??= (async () => {
       loadGenerator?.kill("SIGKILL");
+      for (const worker of stormWorkers) worker.kill("SIGKILL");
       await Promise.all(servers.map(stopServer));
-      if (specs.some((s) => s.engine === "redis" && s.system === "mrezhen")) {
+      if (storm || specs.some((s) => s.engine === "redis" && s.system === "mrezhen")) {
         const prefix = `mrezhen-bench-${runId}:`;
         try {
           const { deleted, remaining } = await deleteKeys(opts.redisUrl, prefix);
@@ -200,21 +234,47 @@ async function main() {
     });
   }
 
-  try {
-    const jwtSecret = randomBytes(32).toString("hex");
-    // Production mode, loopback only (Mrezhen binds HOST, 0.0.0.0 by default), warnings only.
-    const serverEnv = {
-      ...process.env,
-      NODE_ENV: "production",
-      HOST: "127.0.0.1",
-      JWT_SECRET: jwtSecret,
-      JWT_ISSUER: "mrezhen",
-      LOG_LEVEL: "warn",
-    };
-    // Only the bench decides which server uses Redis.
-    for (const name of ["REDIS_URL", "REDIS_KEY_PREFIX", "NODE_ID", "WS_PORT"])
-      delete serverEnv[name];
+  const jwtSecret = randomBytes(32).toString("hex");
+  // Production mode, loopback only (Mrezhen binds HOST, 0.0.0.0 by default), warnings only.
+  const serverEnv = {
+    ...process.env,
+    NODE_ENV: "production",
+    HOST: "127.0.0.1",
+    JWT_SECRET: jwtSecret,
+    JWT_ISSUER: "mrezhen",
+    LOG_LEVEL: "warn",
+  };
+  // Only the bench decides which server uses Redis.
+  for (const name of ["REDIS_URL", "REDIS_KEY_PREFIX", "NODE_ID", "WS_PORT"])
+    delete serverEnv[name];
 
+  try {
+    const regular = opts.scenarios.filter((s) => s !== "storm");
+    if (regular.length > 0) await runRegular();
+    if (storm) {
+      const row = await runStorm({
+        p: params,
+        runId,
+        redisUrl: opts.redisUrl,
+        serverEnv,
+        serverCpus: opts.serverCpus,
+        loadCpus: opts.loadCpus,
+        logDir,
+        track: { server: (server) => servers.push(server), worker: (w) => stormWorkers.push(w) },
+      });
+      console.log(formatStorm(row));
+      if (opts.json !== undefined) {
+        const path =
+          regular.length > 0 ? opts.json.replace(/(\.json)?$/, ".storm.json") : opts.json;
+        writeFileSync(path, `${JSON.stringify([row], null, 2)}\n`);
+        console.error(`storm row written to ${path}`);
+      }
+    }
+  } finally {
+    await stopEverything();
+  }
+
+  async function runRegular() {
     console.error(
       `starting ${specs.flatMap((s) => s.nodes).length} servers on CPU ${opts.serverCpus ?? "any"}`,
     );
@@ -261,8 +321,8 @@ async function main() {
       writeFileSync(opts.json, `${JSON.stringify(rows, null, 2)}\n`);
       console.error(`rows written to ${opts.json}`);
     }
-  } finally {
-    await stopEverything();
+    // The regular servers go before the storm starts its own: it must have the cores to itself.
+    await Promise.all(servers.splice(0).map(stopServer));
   }
 }
 

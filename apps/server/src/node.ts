@@ -99,6 +99,8 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
       const deadline = Date.now() + config.shutdownTimeoutMs;
       log.info({ connections: connections.size }, "draining");
       await connections.drain(deadline);
+      connections.flushWarnings();
+      chat.flushWarnings();
       await app.close();
       chat.hub.close();
       await engine.close();

@@ -1,8 +1,16 @@
 import { type ChildProcess, spawn } from "node:child_process";
+import { Writable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import type { Engine } from "@mrezhen/engine";
-import { type Config, createNode, loadConfig, type MrezhenNode } from "@mrezhen/server";
+import {
+  type Config,
+  createNode,
+  loadConfig,
+  type MrezhenNode,
+  type NodeOptions,
+} from "@mrezhen/server";
 import { eventually, freePort, mintToken, TestClient, type TokenOptions } from "@mrezhen/testkit";
+import { pino } from "pino";
 import { onTestFinished } from "vitest";
 
 export interface TestNode {
@@ -24,7 +32,7 @@ export interface TestNode {
  */
 export async function startNode(
   env: Record<string, string> = {},
-  options: { engine?: Engine; closeWithTest?: boolean } = {},
+  options: { engine?: Engine; closeWithTest?: boolean; logger?: NodeOptions["logger"] } = {},
 ): Promise<TestNode> {
   const config: Config = loadConfig({
     WS_PORT: "0",
@@ -33,9 +41,11 @@ export async function startNode(
     SHUTDOWN_TIMEOUT_MS: "2000",
     ...env,
   });
-  const node = await createNode(
-    options.engine === undefined ? { config } : { config, engine: options.engine },
-  );
+  const node = await createNode({
+    config,
+    ...(options.engine === undefined ? {} : { engine: options.engine }),
+    ...(options.logger === undefined ? {} : { logger: options.logger }),
+  });
   const url = await node.listen();
   if (options.closeWithTest !== false) onTestFinished(() => node.close());
   const wsUrl = `${url.replace(/^http/, "ws")}/ws`;
@@ -89,4 +99,21 @@ export async function connectTo(wsUrl: string, userId: string): Promise<TestClie
   client.send({ type: "ping" });
   await client.next("pong");
   return client;
+}
+
+/** A pino logger at `level` whose lines are kept, parsed, in `lines`. */
+export function capturedLog(level = "warn"): {
+  logger: NonNullable<NodeOptions["logger"]>;
+  lines: Record<string, unknown>[];
+} {
+  const lines: Record<string, unknown>[] = [];
+  const stream = new Writable({
+    write(chunk, _encoding, done) {
+      for (const line of chunk.toString().split("\n").filter(Boolean)) {
+        lines.push(JSON.parse(line) as Record<string, unknown>);
+      }
+      done();
+    },
+  });
+  return { logger: pino({ level }, stream), lines };
 }

@@ -26,7 +26,7 @@ import { decodePresenceDelta, decodeUserEvent, encodeFrameEvent } from "./codec.
 import type { Logger } from "./engine.js";
 import type { Keys } from "./keys.js";
 import { PresenceMirror } from "./presence-mirror.js";
-import { toEngineError } from "./script-runner.js";
+import { coalesceWrites, toEngineError } from "./script-runner.js";
 
 export class RedisBroker implements Broker {
   private handler: BrokerHandler | undefined;
@@ -59,6 +59,7 @@ export class RedisBroker implements Broker {
 
   async subscribe(userId: string): Promise<void> {
     this.staleUsers.delete(userId);
+    coalesceWrites(this.subscriber); // the subscriptions of one tick leave in one write
     try {
       await this.subscriber.subscribe(this.keys.userChannel(userId));
     } catch (error) {
@@ -67,6 +68,7 @@ export class RedisBroker implements Broker {
   }
 
   async unsubscribe(userId: string): Promise<void> {
+    coalesceWrites(this.subscriber);
     try {
       await this.subscriber.unsubscribe(this.keys.userChannel(userId));
     } catch (error) {

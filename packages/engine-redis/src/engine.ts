@@ -12,8 +12,20 @@
  *   after a reconnect (autoResubscribe). Presence deltas published while it was down are lost:
  *   once its re-subscriptions are confirmed, the node takes a new presence snapshot
  *   (presence-mirror.ts), and announces what changed meanwhile.
- * Both reconnect forever with a capped backoff (min(attempt × 100, 2000) ms), and both have a
- * socket timeout, so a connection that stops answering is replaced rather than waited on.
+ * Both reconnect forever with a capped backoff (min(attempt × 100, 2000) ms).
+ *
+ * Slow is not down. A connection that stops answering is replaced rather than waited on, but
+ * "stops answering" is judged by the engine's own watchdog, not by any command's socket timeout:
+ * every WATCHDOG_MS it looks at each connection, and declares it dead only when commands have
+ * been waiting and no byte at all has come back for LIVENESS_TIMEOUT_MS — not counting the time
+ * the watchdog itself ran late, during which replies may have sat unread in the socket because
+ * this node's event loop was busy. A Redis working through a burst keeps sending replies, so
+ * it is never mistaken for a dead one; a blackholed link sends nothing and is replaced within
+ * about LIVENESS_TIMEOUT_MS. (ioredis' socketTimeout, which this replaces, fires on a timer
+ * armed at a write: when 100,000 clients left within 3 s, a node's event loop was busy for
+ * longer than it, the timer fired before the replies waiting in the socket were read, and the
+ * node declared Redis lost in the middle of the storm.) ioredis' socketTimeout stays as a
+ * backstop far above it (BACKSTOP_SOCKET_TIMEOUT_MS).
  *
  * health() reads a flag: ok only while both connections are ready (for the subscriber: its
  * re-subscriptions confirmed and the presence snapshot tried; for the command connection:
@@ -84,8 +96,16 @@ export interface RedisEngineOptions {
 
 const DEFAULT_HEARTBEAT_INTERVAL_MS = 3000;
 const DEFAULT_NODE_TTL_MS = 9000;
-/** A connection with a command unanswered this long is presumed dead and replaced. */
-const SOCKET_TIMEOUT_MS = 5000;
+/**
+ * A connection with commands waiting and nothing received for this long (this node's own lag
+ * not counted) is presumed dead and replaced. A live Redis answers something within it even when
+ * busy: a script running longer than Redis' lua-time-limit (5 s) gets BUSY replies.
+ */
+export const LIVENESS_TIMEOUT_MS = 5000;
+/** How often the watchdog looks at the connections. */
+const WATCHDOG_MS = 500;
+/** ioredis' own socket timeout, only for a node whose event loop never gets to the watchdog. */
+const BACKSTOP_SOCKET_TIMEOUT_MS = 60_000;
 const CONNECT_TIMEOUT_MS = 5000;
 const MAX_RECONNECT_DELAY_MS = 2000;
 
@@ -151,6 +171,15 @@ class RedisEngine implements Engine {
     subscriber: undefined,
   };
   private readonly errorLogged: Record<Role, boolean> = { command: false, subscriber: false };
+  /** When each connection last received bytes (performance.now()). */
+  private readonly lastDataAt: Record<Role, number> = { command: 0, subscriber: 0 };
+  /** Since when the watchdog has seen commands waiting on each connection, if it has. */
+  private readonly waitingSince: Record<Role, number | undefined> = {
+    command: undefined,
+    subscriber: undefined,
+  };
+  private watchdogTimer: NodeJS.Timeout | undefined;
+  private watchdogAt = 0;
   /** The latest connection error, for the message when the first connection fails. */
   private lastError: unknown;
   private tickTimer: NodeJS.Timeout | undefined;
@@ -265,6 +294,9 @@ class RedisEngine implements Engine {
     this.state = "running";
     this.updateHealth();
     this.scheduleTick();
+    this.watchdogAt = performance.now();
+    this.watchdogTimer = setInterval(() => this.watchdog(), WATCHDOG_MS);
+    this.watchdogTimer.unref();
     this.logger.info({ nodeId: this.options.nodeId }, "redis engine started");
   }
 
@@ -286,6 +318,7 @@ class RedisEngine implements Engine {
     this.state = "closed";
     clearTimeout(this.tickTimer);
     clearTimeout(this.startTimer);
+    clearInterval(this.watchdogTimer);
     this.dropConnections();
     this.updateHealth();
     this.closing ??= Promise.resolve();
@@ -296,6 +329,7 @@ class RedisEngine implements Engine {
     this.state = "closed";
     clearTimeout(this.tickTimer);
     clearTimeout(this.startTimer);
+    clearInterval(this.watchdogTimer);
     this.updateHealth();
     if (wasRunning && this.commandReady) {
       try {
@@ -312,6 +346,41 @@ class RedisEngine implements Engine {
     client.on("error", (error: unknown) => this.connectionError(role, error));
     client.on("close", () => this.connectionLost(role));
     client.on("ready", () => this.connectionReady(role));
+    // Every new socket: any byte from Redis proves the link alive (see the watchdog).
+    client.on("connect", () => {
+      this.lastDataAt[role] = performance.now();
+      this.waitingSince[role] = undefined;
+      client.stream.on("data", () => {
+        this.lastDataAt[role] = performance.now();
+      });
+    });
+  }
+
+  /**
+   * Replaces a connection that has had commands waiting with no byte back for
+   * LIVENESS_TIMEOUT_MS. The time this timer ran late is taken off the silence: while the event
+   * loop was busy elsewhere, replies may have arrived and not been read yet.
+   */
+  private watchdog(): void {
+    const now = performance.now();
+    const late = Math.max(0, now - this.watchdogAt - WATCHDOG_MS);
+    this.watchdogAt = now;
+    for (const role of ["command", "subscriber"] as const) {
+      const client = role === "command" ? this.command : this.subscriber;
+      if (client.status !== "ready" || client.commandQueue.length === 0) {
+        this.waitingSince[role] = undefined;
+        continue;
+      }
+      const waitingSince = this.waitingSince[role] ?? now;
+      this.waitingSince[role] = waitingSince;
+      const silentMs = now - Math.max(this.lastDataAt[role], waitingSince) - late;
+      if (silentMs < LIVENESS_TIMEOUT_MS) continue;
+      this.waitingSince[role] = undefined;
+      // ioredis rejects what was waiting, emits close, and reconnects: an outage as any other.
+      client.stream.destroy(
+        new Error(`no reply from Redis for ${Math.round(silentMs)} ms while commands were waiting`),
+      );
+    }
   }
 
   /** Logged once until the connection is ready again: an outage must not log every retry. */
@@ -415,7 +484,7 @@ class RedisEngine implements Engine {
         }
         await this.resyncIfNeeded();
       }
-      // Keeps the subscriber connection's socket timeout armed: a half-open socket is noticed.
+      // Gives the watchdog a command to wait for on the subscriber: a half-open socket is noticed.
       if (this.subscriberReady) await this.subscriber.ping();
     } catch (error) {
       // Outages are logged by the connection listeners; anything else is a bug worth seeing.
@@ -457,7 +526,7 @@ function clientOptions(nodeId: string, role: Role) {
     autoResubscribe: true,
     retryStrategy: reconnectDelay,
     connectTimeout: CONNECT_TIMEOUT_MS,
-    socketTimeout: SOCKET_TIMEOUT_MS,
+    socketTimeout: BACKSTOP_SOCKET_TIMEOUT_MS,
     // For CLIENT LIST; names cannot contain spaces.
     connectionName: `mrezhen:${nodeId}:${role}`.replace(/[^\w.:-]/g, "_"),
   } satisfies RedisOptions;

@@ -3,10 +3,21 @@
  *
  * Each node counts its own connections per user in `<p>presence:node:<nodeId>`; the cluster-wide
  * totals live in `<p>presence:count` and the online users in `<p>presence:online`. connect and
- * disconnect are one script each (CONNECT, DISCONNECT: one round trip, O(1) however many users
- * are online), which also publishes a presence delta on `<p>broadcast` when a user's total goes
- * 0→1 or 1→0 (numbered by `<p>presence:version`). Each node builds the online set from those
- * deltas itself (presence-mirror.ts): no script sends the set.
+ * disconnect cost O(1) each however many users are online, and publish a presence delta on
+ * `<p>broadcast` when a user's total goes 0→1 or 1→0 (numbered by `<p>presence:version`). Each
+ * node builds the online set from those deltas itself (presence-mirror.ts): no script sends the set.
+ *
+ * Batching: the calls are queued and sent together, one PRESENCE_BATCH script for up to
+ * MAX_BATCH of them, in the order they were made. A batch leaves as soon as the event loop has
+ * finished its current phase (setImmediate: every call made by the same burst of I/O callbacks
+ * rides along), while fewer than MAX_IN_FLIGHT batches wait for Redis; otherwise calls wait for
+ * one to come back. An idle node thus sends each call at once, and a node in a connect or
+ * disconnect storm sends a few hundred per round trip instead of one: when 100,000 clients
+ * arrived or left within seconds, one script per connection kept Redis busy long enough that
+ * nodes' command connections timed out. Each call's promise settles with its batch: resolved once
+ * the script ran, rejected with the batch's error. Calls keep their order on the connection, so
+ * every guarantee of a lone call holds (ports.ts): a connect resolves only once the user is
+ * registered and announced.
  *
  * Liveness: a node refreshes `<p>node-alive:<nodeId>` (PX nodeTtlMs) every heartbeatIntervalMs,
  * and in the same script (TICK) drops the registrations of every node whose key expired, so the
@@ -21,7 +32,9 @@
  * restarted empty), when the heartbeat finds the node's key had expired, and after a failed
  * connect/disconnect (whose effect on Redis is unknown: the reply may have been lost).
  * The local count moves when a call is issued, not when it answers: commands on the connection
- * run in order, so a REASSERT sent after a CONNECT carries that connection too.
+ * run in order, so a REASSERT sent after a batch carries that batch's connections too. Calls still
+ * queued when a REASSERT (or the node's unregister) is sent leave first, in the same write: the
+ * REASSERT already counts them, and sent after it they would count twice.
  */
 import type { PresenceStore } from "@mrezhen/engine";
 import type { Redis } from "ioredis";
@@ -33,7 +46,26 @@ import {
   strings,
   toEngineError,
 } from "./script-runner.js";
-import { CONNECT, DISCONNECT, DROP_NODE, REASSERT, TICK } from "./scripts.js";
+import { DROP_NODE, PRESENCE_BATCH, REASSERT, TICK } from "./scripts.js";
+
+/**
+ * Calls per PRESENCE_BATCH script. A call costs Redis about 10–20 µs (more with many subscribers
+ * to the broadcast channel): 256 keep one script to a few milliseconds, so a storm never holds up
+ * other clients' commands (messages) for long.
+ */
+export const MAX_BATCH = 256;
+/**
+ * Batches waiting for Redis at once. More than one keeps Redis busy while the node reads a reply
+ * and sends the next batch; a few bound how much a slow Redis has queued from one node.
+ */
+const MAX_IN_FLIGHT = 4;
+
+/** One queued connect (`+<userId>`) or disconnect (`-<userId>`) and its caller's promise. */
+interface QueuedCall {
+  readonly call: string;
+  readonly resolve: () => void;
+  readonly reject: (error: unknown) => void;
+}
 
 export interface TickResult {
   /**
@@ -50,6 +82,10 @@ export class RedisPresenceStore implements PresenceStore {
   private readonly local = new Map<string, number>();
   /** Set when Redis may disagree with the local truth; the next heartbeat re-asserts. */
   needsReassert = false;
+  /** Calls not sent yet, oldest first. */
+  private queue: QueuedCall[] = [];
+  private inFlight = 0;
+  private flushScheduled = false;
 
   constructor(
     private readonly client: Redis,
@@ -66,16 +102,7 @@ export class RedisPresenceStore implements PresenceStore {
   async connect(userId: string): Promise<void> {
     this.local.set(userId, (this.local.get(userId) ?? 0) + 1);
     try {
-      await runScript(this.client, CONNECT, [
-        this.keys.presenceThisNode,
-        this.keys.presenceCount,
-        this.keys.presenceOnline,
-        this.keys.nodes,
-        this.keys.presenceVersion,
-        userId,
-        this.nodeId,
-        this.keys.broadcastChannel,
-      ]);
+      await this.enqueue(`+${userId}`);
     } catch (error) {
       // The caller treats this connection as not registered; Redis may have it anyway.
       this.forget(userId);
@@ -87,18 +114,67 @@ export class RedisPresenceStore implements PresenceStore {
   async disconnect(userId: string): Promise<void> {
     if (!this.forget(userId)) return;
     try {
-      await runScript(this.client, DISCONNECT, [
-        this.keys.presenceThisNode,
-        this.keys.presenceCount,
-        this.keys.presenceOnline,
-        this.keys.presenceVersion,
-        userId,
-        this.keys.broadcastChannel,
-      ]);
+      await this.enqueue(`-${userId}`);
     } catch (error) {
-      // The connection is gone whatever Redis says: the re-assert will remove it there.
+      // The connection is gone whatever Redis says: the next re-assert removes it there (the
+      // heartbeat's, or the reconnect's). It is never dropped, even when the caller gives up.
       this.needsReassert = true;
       throw error;
+    }
+  }
+
+  /** Calls queued and not yet sent (for tests and metrics). */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  private enqueue(call: string): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ call, resolve, reject });
+      if (!this.flushScheduled && this.inFlight < MAX_IN_FLIGHT) {
+        this.flushScheduled = true;
+        setImmediate(this.flushSoon);
+      }
+    });
+  }
+
+  private readonly flushSoon = (): void => {
+    this.flushScheduled = false;
+    while (this.queue.length > 0 && this.inFlight < MAX_IN_FLIGHT) this.sendBatch();
+  };
+
+  /** Sends every queued call now, whatever is in flight (before a REASSERT or DROP_NODE). */
+  private sendQueued(): void {
+    while (this.queue.length > 0) this.sendBatch();
+  }
+
+  private sendBatch(): void {
+    const calls = this.queue.length <= MAX_BATCH ? this.queue : this.queue.slice(0, MAX_BATCH);
+    this.queue = calls === this.queue ? [] : this.queue.slice(MAX_BATCH);
+    const args: ScriptArgument[] = [
+      this.keys.presenceThisNode,
+      this.keys.presenceCount,
+      this.keys.presenceOnline,
+      this.keys.nodes,
+      this.keys.presenceVersion,
+      this.nodeId,
+      this.keys.broadcastChannel,
+    ];
+    for (const queued of calls) args.push(queued.call);
+    this.inFlight++;
+    runScript(this.client, PRESENCE_BATCH, args).then(
+      () => this.settle(calls, undefined),
+      (error: unknown) => this.settle(calls, error ?? new Error("presence batch failed")),
+    );
+  }
+
+  private settle(calls: readonly QueuedCall[], error: unknown): void {
+    this.inFlight--;
+    if (error === undefined) for (const queued of calls) queued.resolve();
+    else for (const queued of calls) queued.reject(error);
+    if (this.queue.length > 0 && !this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushSoon);
     }
   }
 
@@ -113,6 +189,7 @@ export class RedisPresenceStore implements PresenceStore {
   /** Replaces this node's registrations in Redis by the local truth and registers the node. */
   async reassert(): Promise<number> {
     this.needsReassert = false;
+    this.sendQueued();
     const args: ScriptArgument[] = [
       this.keys.presenceThisNode,
       this.keys.presenceCount,
@@ -154,6 +231,7 @@ export class RedisPresenceStore implements PresenceStore {
 
   /** Removes this node and its registrations (close): its users go offline now, not at expiry. */
   async unregister(): Promise<void> {
+    this.sendQueued();
     await runScript(this.client, DROP_NODE, [
       this.keys.presenceThisNode,
       this.keys.aliveThisNode,

@@ -39,9 +39,11 @@ export async function runScript(
  * at once, a syscall each; under load one batch of replies resumes dozens of handlers in the same
  * tick, each issuing its next script (an append after its rate-limit check). The socket is
  * corked until the tick's callbacks and promise continuations are done, then the commands leave
- * together, in the order they were issued: the same bytes, in one writev.
+ * together, in the order they were issued: the same bytes, in one writev. The broker does the
+ * same for SUBSCRIBE and UNSUBSCRIBE: in a connect storm, one write per subscription was the
+ * node's largest single cost after the upgrade itself (its CPU profile: 7 % of the storm).
  */
-function coalesceWrites(client: Redis): void {
+export function coalesceWrites(client: Redis): void {
   const { stream } = client;
   if (stream === undefined || corked.has(stream)) return;
   corked.add(stream);

@@ -21,7 +21,7 @@
  *   dead texts) or all at once (TTL);
  * - `seq`, positions and watermarks only go up.
  *
- * Costs: connect and disconnect are O(1); the heartbeat (TICK) is O(nodes) when no node is dead;
+ * Costs: connect and disconnect are O(1) each (PRESENCE_BATCH: many per round trip); the heartbeat (TICK) is O(nodes) when no node is dead;
  * dropping a node (sweep, close, re-assert) is O(its users), one O(1) delta per user whose status
  * changed. No script reads the whole online set except SNAPSHOT, which a node runs at start and
  * when it lost deltas (after a reconnect, or on a version gap).
@@ -133,43 +133,44 @@ end
 // Presence
 
 /**
- * One more connection of a user on this node. O(1).
+ * Registers and unregisters connections of this node, many in one script: a batch of the calls
+ * a node issued within a few milliseconds (presence.ts), applied in the order they were issued,
+ * each exactly as a lone call would be. O(1) per call, one delta per user whose membership
+ * changed; a connect storm costs one round trip per batch instead of one per connection.
  * KEYS: presence:node:<self>, presence:count, presence:online, nodes, presence:version
- * ARGV: userId, nodeId, broadcast channel
- * Returns the user's new total.
+ * ARGV: nodeId, broadcast channel, then one per call: `+<userId>` (one more connection of the
+ * user on this node) or `-<userId>` (one fewer; a no-op when this node has none)
+ * Returns how many calls it applied.
  */
-export const CONNECT = script(
-  "connect",
+export const PRESENCE_BATCH = script(
+  "presence_batch",
   5,
   PRESENCE,
   `
-local p = { count = KEYS[2], online = KEYS[3], version = KEYS[5], channel = ARGV[3] }
-redis.call('SADD', KEYS[4], ARGV[2])
-redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-return adjust_total(p, ARGV[1], 1)
-`,
-);
-
-/**
- * One connection fewer of a user on this node; a no-op (returns -1) when this node has none. O(1).
- * KEYS: presence:node:<self>, presence:count, presence:online, presence:version
- * ARGV: userId, broadcast channel
- * Returns the user's new total.
- */
-export const DISCONNECT = script(
-  "disconnect",
-  4,
-  PRESENCE,
-  `
-local p = { count = KEYS[2], online = KEYS[3], version = KEYS[4], channel = ARGV[2] }
-local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if mine <= 0 then return -1 end
-if mine == 1 then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-else
-  redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+local p = { count = KEYS[2], online = KEYS[3], version = KEYS[5], channel = ARGV[2] }
+local registered = false
+for i = 3, #ARGV do
+  local call = ARGV[i]
+  local user = string.sub(call, 2)
+  if string.byte(call, 1) == 43 then -- '+'
+    if not registered then
+      redis.call('SADD', KEYS[4], ARGV[1])
+      registered = true
+    end
+    redis.call('HINCRBY', KEYS[1], user, 1)
+    adjust_total(p, user, 1)
+  else
+    local mine = tonumber(redis.call('HGET', KEYS[1], user) or '0')
+    if mine == 1 then
+      redis.call('HDEL', KEYS[1], user)
+      adjust_total(p, user, -1)
+    elseif mine > 1 then
+      redis.call('HINCRBY', KEYS[1], user, -1)
+      adjust_total(p, user, -1)
+    end
+  end
 end
-return adjust_total(p, ARGV[1], -1)
+return #ARGV - 2
 `,
 );
 
@@ -1033,8 +1034,7 @@ return { allowed, retry_after_ms }
 );
 
 export const ALL_SCRIPTS: readonly LuaScript[] = [
-  CONNECT,
-  DISCONNECT,
+  PRESENCE_BATCH,
   REASSERT,
   TICK,
   DROP_NODE,

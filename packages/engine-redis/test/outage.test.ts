@@ -193,7 +193,7 @@ describe.skipIf(!haveRedisServer())("redis engine: outage and recovery", () => {
     );
   }, 30_000);
 
-  it("does not hang on a silent partition: the socket timeout turns it into an outage", async () => {
+  it("does not hang on a silent partition: the watchdog turns it into an outage", async () => {
     const server = await startRedisServer();
     const proxy = await startProxy(server.port);
     proxies.push(proxy);
@@ -218,7 +218,7 @@ describe.skipIf(!haveRedisServer())("redis engine: outage and recovery", () => {
     const healedAt = Date.now();
     await eventually(() => expect(engine.health()).toEqual({ ok: true }), 20_000, 10);
     console.log(
-      `[silent partition] append rejected after ${failMs} ms (socket timeout 5 s); ` +
+      `[silent partition] append rejected after ${failMs} ms (liveness timeout 5 s); ` +
         `healthy ${since(healedAt)} ms after the link came back`,
     );
   }, 40_000);

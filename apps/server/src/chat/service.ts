@@ -38,6 +38,7 @@ import {
 } from "./ports.js";
 import { ReceiptWindow } from "./receipt-window.js";
 import type { Session } from "./session.js";
+import { WarningSummary } from "./warning-summary.js";
 
 export interface ChatOptions {
   readonly engine: Engine;
@@ -119,12 +120,27 @@ export class ChatService {
   /** When a frame was last read during a drain (performance.now()). */
   private lastFrameAt = 0;
   private idle: (() => void) | undefined;
+  /**
+   * Engine failures while bringing connections online or unregistering them come in storms (a
+   * Redis outage fails every connection at once): one summary line a second, not one each. The
+   * unregisters themselves are not lost: the engine reconciles presence when Redis is back.
+   */
+  private readonly onlineFailures: WarningSummary;
+  private readonly unregisterFailures: WarningSummary;
 
   constructor(options: ChatOptions) {
     this.engine = options.engine;
     this.log = options.log;
     this.now = options.now ?? Date.now;
     this.metrics = options.metrics ?? noMetrics;
+    this.onlineFailures = new WarningSummary(
+      this.log,
+      "could not bring connections online (closed with 1013: clients retry)",
+    );
+    this.unregisterFailures = new WarningSummary(
+      this.log,
+      "could not unregister connections now (presence is reconciled when Redis is back)",
+    );
     this.hub = new Hub(
       this.engine.broker,
       this.engine.messages,
@@ -184,7 +200,9 @@ export class ChatService {
       }
       this.handleBacklog(session);
     } catch (error) {
-      session.log.warn({ err: error }, "could not bring the connection online");
+      if (session.logs("debug"))
+        session.log.debug({ err: error }, "could not bring the connection online");
+      this.onlineFailures.note(error);
       session.close(CloseCode.TRY_AGAIN_LATER, "service unavailable, retry");
     }
   }
@@ -198,7 +216,9 @@ export class ChatService {
       if (session.registered) await this.engine.presence.disconnect(session.userId);
       await this.hub.release(session.userId);
     } catch (error) {
-      session.log.warn({ err: error }, "could not unregister the connection");
+      if (session.logs("debug"))
+        session.log.debug({ err: error }, "could not unregister the connection");
+      this.unregisterFailures.note(error);
     }
     if (session.logs("info")) session.log.info({ code }, "disconnected");
   }
@@ -331,6 +351,12 @@ export class ChatService {
    * drain every frame read gets an answer: handled and acked, or refused. Handlers already
    * running finish (see whenIdle).
    */
+  /** Writes the pending summary lines now (at shutdown). */
+  flushWarnings(): void {
+    this.onlineFailures.flush();
+    this.unregisterFailures.flush();
+  }
+
   startDraining(): void {
     this.draining = true;
     this.lastFrameAt = performance.now();

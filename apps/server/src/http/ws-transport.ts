@@ -102,8 +102,13 @@ export class WriteBatcher {
 
 /** Adapts a ws socket to the core's Transport, and carries its heartbeat state. */
 export class WsTransport implements Transport {
-  /** Cleared at each heartbeat ping, set by the pong: false at the next beat means the peer is gone. */
-  alive = true;
+  /**
+   * When the heartbeat last pinged (performance.now()) with no pong since; 0 once any pong came
+   * (the flow-control pings' pongs prove the peer alive too). See Connections.beat.
+   */
+  pingedAt = 0;
+  /** The previous heartbeat ping went unanswered for a whole interval too (see Connections.beat). */
+  missedPing = false;
   /** Set while the node's UnsentBudget counts this connection (it had unsent bytes). */
   watched = false;
   /** This connection's unsent bytes as the budget's running total last counted them. */
@@ -184,7 +189,8 @@ export class WsTransport implements Transport {
    * pings left unanswered before it were received too. Heartbeat pongs carry no payload.
    */
   onPong(payload: Buffer): void {
-    this.alive = true;
+    this.pingedAt = 0;
+    this.missedPing = false;
     const waiters = this.receivedWaiters;
     if (waiters === undefined || payload.length !== 4) return;
     const number = payload.readUInt32BE(0);
