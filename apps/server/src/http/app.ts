@@ -92,7 +92,7 @@ export async function buildApp(options: AppOptions) {
     trustProxy: true,
     // A path parameter of the server API may be a user id: 128 characters, each up to 12 once
     // percent-encoded (4 UTF-8 bytes). Fastify's default (100) answered 414 to valid ids.
-    maxParamLength: 1600,
+    routerOptions: { maxParamLength: 1600 },
     // Every TCP connection must send a whole request (for a WebSocket, its upgrade request)
     // within upgradeTimeoutMs of connecting, or of starting its next request on a kept-alive
     // connection; otherwise it gets a 408 and is closed, so silent or trickling sockets cannot
