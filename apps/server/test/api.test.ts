@@ -172,6 +172,18 @@ for (const engine of ["memory", "redis"] as const) {
       await carolClient.close();
     });
 
+    it("copies an API send once to each of the sender's connections, however many", async () => {
+      const node = await startNode(env());
+      const [alice, bob] = [user("alice"), user("bob")];
+      const devices = [await node.connect(alice), await node.connect(alice)];
+      const answer = await send(node, { from: alice, to: bob, content: "two devices" });
+      for (const device of devices) {
+        const copy = await device.next("direct_message");
+        expect((copy["message"] as { id: string }).id).toBe(answer.body["messageId"]);
+        await device.expectNone("direct_message");
+      }
+    });
+
     it("validates each field of a send with the WebSocket's codes", async () => {
       const node = await startNode(env());
       const [alice, bob] = [user("alice"), user("bob")];
