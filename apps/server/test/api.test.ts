@@ -318,9 +318,14 @@ for (const engine of ["memory", "redis"] as const) {
         new UpgradeRefused(401),
       );
       expect(await upgradeRefusal(node, oldToken)).toBe("Unauthorized: token revoked.");
-      // A token issued from `before` on is accepted.
+      // A token issued from `before` on is accepted; a refresh with a revoked one is refused.
       await new Promise((resolve) => setTimeout(resolve, Math.max(0, before - Date.now())));
-      await node.connect(alice);
+      const fresh = await node.connect(alice);
+      fresh.send({ type: "refresh", token: oldToken });
+      expect(await fresh.next("error")).toMatchObject({
+        code: "UNAUTHORIZED",
+        message: expect.stringContaining("token revoked"),
+      });
 
       for (const body of [{ before: "yesterday-ish" }, { before: -1 }, { before: true }]) {
         const bad = await call(node, "POST", `/api/v1/users/${alice}/revoke`, body);
