@@ -47,6 +47,20 @@ export interface Config {
     /** Unsent bytes summed over this node's connections; past it the slowest readers are closed. */
     readonly unsentBytes: number;
   };
+  /** API_KEY: the server API's keys (any of them is accepted); undefined: no API (404). */
+  readonly api: { readonly keys: readonly string[] } | undefined;
+  /** WEBHOOK_URL and its settings; undefined: no events are queued or sent. */
+  readonly webhooks:
+    | {
+        readonly url: string;
+        readonly secret: string;
+        readonly maxAgeMs: number;
+        readonly retryBaseMs: number;
+        readonly retryMaxMs: number;
+        readonly timeoutMs: number;
+        readonly claimIdleMs: number;
+      }
+    | undefined;
 }
 
 /** Where tokens' keys come from, and what a token must claim. See auth/token.ts. */
@@ -72,6 +86,9 @@ export interface JwtConfig {
   /** The key set is fetched again in the background once it is this old. */
   readonly jwksCacheMaxAgeMs: number;
 }
+
+/** An API key shorter than this is refused: a key is a bearer secret, not a password. */
+const MIN_API_KEY_LENGTH = 16;
 
 export const DEV_JWT_SECRET = "mrezhen-dev-secret-change-in-production";
 
@@ -159,6 +176,15 @@ export const defaults = {
   // 256 MiB: 32 clients at the 8 MiB per-connection slow-reader limit, or about 85 unread
   // answers of get_history's largest (100 messages of 5,000 escaped characters, ~3 MB).
   MAX_UNSENT_BYTES: 256 * 1024 * 1024,
+  // A day: a receiver down for a night still gets everything; older events are rarely useful.
+  WEBHOOK_MAX_AGE: 86_400,
+  WEBHOOK_RETRY_BASE_MS: 1000,
+  // Five minutes between attempts at most: a receiver back from an outage hears again soon.
+  WEBHOOK_RETRY_MAX_MS: 300_000,
+  WEBHOOK_TIMEOUT_MS: 10_000,
+  // How long events a node holds may stay unacknowledged before another node takes them over
+  // (a live node renews its hold every third of it): the delay after a node dies.
+  WEBHOOK_CLAIM_IDLE_MS: 30_000,
 } as const;
 
 /** A configuration value that cannot be used; the message is the whole diagnosis. */
@@ -186,6 +212,31 @@ export function loadConfig(env: Env = process.env): Config {
     throw new ConfigError(`REDIS_URL must start with redis:// or rediss://; got "${redisUrl}".`);
   }
   const nodeId = read("NODE_ID") ?? `node-${randomBytes(4).toString("hex")}`;
+  const apiKeys = read("API_KEY")
+    ?.split(",")
+    .map((key) => key.trim())
+    .filter((key) => key !== "");
+  if (apiKeys?.some((key) => key.length < MIN_API_KEY_LENGTH)) {
+    throw new ConfigError(
+      `API_KEY: every key (comma-separated) needs at least ${MIN_API_KEY_LENGTH} characters (e.g. \`openssl rand -hex 32\`).`,
+    );
+  }
+  const webhookUrl = read("WEBHOOK_URL");
+  const webhookSecret = read("WEBHOOK_SECRET");
+  if (webhookUrl !== undefined) {
+    let protocol = "";
+    try {
+      protocol = new URL(webhookUrl).protocol;
+    } catch {}
+    if (protocol !== "http:" && protocol !== "https:") {
+      throw new ConfigError(`WEBHOOK_URL must be an http:// or https:// URL; got "${webhookUrl}".`);
+    }
+    if (webhookSecret === undefined || webhookSecret.length < MIN_API_KEY_LENGTH) {
+      throw new ConfigError(
+        `WEBHOOK_SECRET must be set, with at least ${MIN_API_KEY_LENGTH} characters, when WEBHOOK_URL is (e.g. whsec_ and \`openssl rand -base64 32\`).`,
+      );
+    }
+  }
   if (!NODE_ID_PATTERN.test(nodeId)) {
     throw new ConfigError(
       `NODE_ID must be 1 to 64 characters of A-Z, a-z, 0-9, ".", "_" and "-"; got ${JSON.stringify(nodeId)}.`,
@@ -233,6 +284,22 @@ export function loadConfig(env: Env = process.env): Config {
       // At least 1 MiB: under that, a single history answer would close its connection.
       unsentBytes: integer(read, "MAX_UNSENT_BYTES", 1024 * 1024, 2 ** 40),
     }),
+    api:
+      apiKeys === undefined || apiKeys.length === 0
+        ? undefined
+        : Object.freeze({ keys: Object.freeze(apiKeys) }),
+    webhooks:
+      webhookUrl === undefined || webhookSecret === undefined
+        ? undefined
+        : Object.freeze({
+            url: webhookUrl,
+            secret: webhookSecret,
+            maxAgeMs: integer(read, "WEBHOOK_MAX_AGE", 1, 30 * 86_400) * 1000,
+            retryBaseMs: integer(read, "WEBHOOK_RETRY_BASE_MS", 1, 3_600_000),
+            retryMaxMs: integer(read, "WEBHOOK_RETRY_MAX_MS", 1, 86_400_000),
+            timeoutMs: integer(read, "WEBHOOK_TIMEOUT_MS", 100, 600_000),
+            claimIdleMs: integer(read, "WEBHOOK_CLAIM_IDLE_MS", 150, 3_600_000),
+          }),
   });
 }
 
@@ -250,6 +317,9 @@ export const otherVariables = [
   "JWT_ALGORITHMS",
   "JWT_MAX_AGE",
   "ALLOWED_ORIGINS",
+  "API_KEY",
+  "WEBHOOK_URL",
+  "WEBHOOK_SECRET",
 ] as const;
 type ExtraVariable = (typeof otherVariables)[number];
 type Read = (name: keyof typeof defaults | ExtraVariable) => string | undefined;

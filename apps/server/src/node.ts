@@ -7,6 +7,8 @@ import { createEngine } from "./engine.js";
 import { type App, buildApp } from "./http/app.js";
 import { Connections } from "./http/connections.js";
 import { NodeMetrics } from "./http/metrics.js";
+import { WebhookEmitter } from "./webhooks/emitter.js";
+import { WebhookWorker } from "./webhooks/worker.js";
 
 export interface NodeOptions {
   readonly config: Config;
@@ -54,6 +56,19 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
   }
   const engine = options.engine ?? (await createEngine(config, log));
   const metrics = new NodeMetrics(config.nodeId, engine);
+  // Webhooks off: the core gets no events sink, and does nothing extra per message.
+  const webhooks =
+    config.webhooks === undefined
+      ? undefined
+      : {
+          emitter: new WebhookEmitter(engine.events, log),
+          worker: new WebhookWorker(
+            engine.events,
+            config.webhooks,
+            log.child({ component: "webhooks" }),
+          ),
+        };
+  webhooks?.worker.registerMetrics(metrics);
   const chat = new ChatService({
     engine,
     log,
@@ -64,6 +79,7 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     presenceCoalesceMs: config.presenceCoalesceMs,
     tokens: verifier,
     tokenExpiringNoticeMs: config.tokenExpiringNoticeMs,
+    ...(webhooks === undefined ? {} : { events: webhooks.emitter }),
   });
   metrics.countConnectionsWith(() => chat.hub.connections);
   const connections = new Connections(
@@ -86,7 +102,9 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     isDraining: () => draining,
     upgradeTimeoutMs: config.upgradeTimeoutMs,
     allowedOrigins: config.allowedOrigins,
+    apiKeys: config.api?.keys,
   });
+  webhooks?.worker.start();
   const tokenSweep = setInterval(() => chat.expireTokens(), config.tokenSweepIntervalMs);
   tokenSweep.unref();
 
@@ -102,6 +120,8 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
       connections.flushWarnings();
       chat.flushWarnings();
       await app.close();
+      // Events in hand stay pending in the queue: another node's worker takes them over.
+      await webhooks?.worker.stop();
       chat.hub.close();
       await engine.close();
       log.info("stopped");

@@ -20,9 +20,14 @@
  * publishFrame is one PUBLISH on the command connection (a connection in subscriber mode cannot
  * publish): at most once, to whichever nodes hold the user at that moment, nothing stored.
  */
-import type { Broker, BrokerHandler } from "@mrezhen/engine";
+import type { Broker, BrokerHandler, ControlEvent } from "@mrezhen/engine";
 import type { Redis } from "ioredis";
-import { decodePresenceDelta, decodeUserEvent, encodeFrameEvent } from "./codec.js";
+import {
+  decodePresenceDelta,
+  decodeUserEvent,
+  encodeControlEvent,
+  encodeFrameEvent,
+} from "./codec.js";
 import type { Logger } from "./engine.js";
 import type { Keys } from "./keys.js";
 import { PresenceMirror } from "./presence-mirror.js";
@@ -80,6 +85,14 @@ export class RedisBroker implements Broker {
   async publishFrame(userId: string, frame: string): Promise<void> {
     try {
       await this.command.publish(this.keys.userChannel(userId), encodeFrameEvent(frame));
+    } catch (error) {
+      throw toEngineError(error);
+    }
+  }
+
+  async publishControl(userId: string, event: ControlEvent): Promise<void> {
+    try {
+      await this.command.publish(this.keys.userChannel(userId), encodeControlEvent(event));
     } catch (error) {
       throw toEngineError(error);
     }

@@ -9,6 +9,7 @@
  *
  *     m|<position>|<excludeConnId or empty>|<messageId>|<messageJson>   a stored message
  *     f|<frame>                                                         a ready-to-send frame
+ *     c|<JSON of a ControlEvent without its kind>                       a control order
  *
  * The first four fields of a message event never contain `|` (positions are integers, ids are
  * node-generated UUIDs and connection ids), so four `indexOf` calls split it, and the message
@@ -28,7 +29,7 @@
  * online users: nodes keep the set themselves (presence-mirror.ts) and build the protocol's
  * presence frame, which lists every online user, only when a connection of theirs wants one.
  */
-import type { UserEvent } from "@mrezhen/engine";
+import type { ControlEvent, UserEvent } from "@mrezhen/engine";
 
 /** A change of the online set, as the presence scripts announce it. */
 export interface PresenceDelta {
@@ -46,10 +47,41 @@ export function encodeFrameEvent(frame: string): string {
   return FRAME_TAG + frame;
 }
 
+/**
+ * Tag of a control event (the server API's disconnect and revoke). Rare, so plain JSON: an older
+ * node that does not know the tag skips it (and logs once), as for any unknown kind.
+ */
+export const CONTROL_TAG = "c|";
+
+export function encodeControlEvent(event: ControlEvent): string {
+  const { kind: _kind, ...fields } = event;
+  return CONTROL_TAG + JSON.stringify(fields);
+}
+
+function decodeControlEvent(json: string): ControlEvent | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(json);
+  } catch {
+    return undefined;
+  }
+  if (typeof value !== "object" || value === null) return undefined;
+  const { action, code, reason, before } = value as Record<string, unknown>;
+  if (action !== "disconnect" && action !== "revoke") return undefined;
+  return {
+    kind: "control",
+    action,
+    ...(typeof code === "number" ? { code } : {}),
+    ...(typeof reason === "string" ? { reason } : {}),
+    ...(typeof before === "number" ? { before } : {}),
+  };
+}
+
 /** Decodes a user-channel payload; undefined when it is not one this version understands. */
 export function decodeUserEvent(payload: string): UserEvent | undefined {
   if (payload.startsWith(FRAME_TAG))
     return { kind: "frame", frame: payload.slice(FRAME_TAG.length) };
+  if (payload.startsWith(CONTROL_TAG)) return decodeControlEvent(payload.slice(CONTROL_TAG.length));
   if (!payload.startsWith("m|")) return undefined;
   const afterPosition = payload.indexOf("|", 2);
   const afterExclude = afterPosition < 0 ? -1 : payload.indexOf("|", afterPosition + 1);

@@ -46,11 +46,15 @@ import {
   type RetentionOptions,
 } from "@mrezhen/engine";
 import { Redis, type RedisOptions } from "ioredis";
+import { BackendKeys } from "./backend-keys.js";
+import { BACKEND_SCRIPTS } from "./backend-scripts.js";
 import { RedisBroker } from "./broker.js";
+import { RedisEventQueue } from "./event-queue.js";
 import { Keys } from "./keys.js";
 import { RedisMessageStore } from "./messages.js";
 import { RedisPresenceStore } from "./presence.js";
 import { RedisRateLimiter } from "./rate-limiter.js";
+import { RedisRevocationStore } from "./revocations.js";
 import { commandErrors, loadScripts, toEngineError } from "./script-runner.js";
 import { ALL_SCRIPTS } from "./scripts.js";
 
@@ -154,7 +158,10 @@ class RedisEngine implements Engine {
   readonly presence: RedisPresenceStore;
   readonly messages: RedisMessageStore;
   readonly rateLimiter: RedisRateLimiter;
+  readonly revocations: RedisRevocationStore;
+  readonly events: RedisEventQueue;
 
+  private readonly backendKeys: BackendKeys;
   private readonly command: Redis;
   private readonly subscriber: Redis;
   private readonly keys: Keys;
@@ -220,6 +227,13 @@ class RedisEngine implements Engine {
       options.quotas ?? NO_QUOTAS,
     );
     this.rateLimiter = new RedisRateLimiter(this.command, this.keys, options.rateLimit);
+    this.backendKeys = new BackendKeys(options.keyPrefix);
+    this.revocations = new RedisRevocationStore(this.command, this.backendKeys);
+    this.events = new RedisEventQueue(this.command, this.backendKeys, options.nodeId);
+    const revocationChannel = this.backendKeys.revocationChannel;
+    this.subscriber.on("message", (channel: string, payload: string) => {
+      if (channel === revocationChannel) this.revocations.receive(payload);
+    });
   }
 
   async start(): Promise<void> {
@@ -271,8 +285,11 @@ class RedisEngine implements Engine {
       );
     }
     try {
-      await loadScripts(this.command, ALL_SCRIPTS);
-      await this.subscriber.subscribe(this.keys.broadcastChannel);
+      await loadScripts(this.command, [...ALL_SCRIPTS, ...BACKEND_SCRIPTS]);
+      await this.subscriber.subscribe(
+        this.keys.broadcastChannel,
+        this.backendKeys.revocationChannel,
+      );
       this.broadcastSubscribed = true;
       this.broadcastLive = this.subscriber.status === "ready";
       // Clears registrations a previous process with this node id left, then registers the node.
@@ -285,6 +302,8 @@ class RedisEngine implements Engine {
       }
       // The online set, read once the subscription is confirmed: every later change is a delta.
       await this.broker.mirror.resync();
+      // Likewise the revocations: every later one reaches this node on their channel.
+      await this.revocations.load();
     } catch (error) {
       this.dropConnections();
       throw toEngineError(error);
@@ -319,6 +338,7 @@ class RedisEngine implements Engine {
     clearTimeout(this.tickTimer);
     clearTimeout(this.startTimer);
     clearInterval(this.watchdogTimer);
+    this.events.close();
     this.dropConnections();
     this.updateHealth();
     this.closing ??= Promise.resolve();
@@ -339,6 +359,7 @@ class RedisEngine implements Engine {
         this.logger.warn({ err: error }, "could not unregister this node from Redis");
       }
     }
+    this.events.close();
     await Promise.all([quit(this.command), quit(this.subscriber)]);
   }
 
@@ -442,7 +463,8 @@ class RedisEngine implements Engine {
   private async resubscribed(): Promise<void> {
     if (!this.broadcastSubscribed || this.state === "closed") return;
     this.broadcastLive = true;
-    await this.broker.mirror.resync();
+    // Revocations published while the subscriber was away are in the hash.
+    await Promise.all([this.broker.mirror.resync(), this.revocations.load()]);
   }
 
   /** Retries a presence snapshot that an outage prevented (only while the broadcast is live). */

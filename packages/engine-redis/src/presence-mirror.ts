@@ -193,12 +193,17 @@ export class PresenceMirror {
     this.version = delta.version;
     if (delta.status === "online") this.online.add(delta.userId);
     else this.online.delete(delta.userId);
-    this.emit(delta.userId, delta.status);
+    this.emit(delta.userId, delta.status, delta.version);
   }
 
-  private emit(userId: string, status: "online" | "offline"): void {
+  /** `version` only for a real delta: a change inferred from a new snapshot has none. */
+  private emit(userId: string, status: "online" | "offline", version?: number): void {
     try {
-      this.announce({ userId, status, online: this.online });
+      this.announce(
+        version === undefined
+          ? { userId, status, online: this.online }
+          : { userId, status, online: this.online, version },
+      );
     } catch (error) {
       this.logger.error({ err: error, userId }, "presence handler threw");
     }

@@ -186,6 +186,16 @@ export class RedisPresenceStore implements PresenceStore {
     }
   }
 
+  async connectionCounts(users: readonly string[]): Promise<number[]> {
+    if (users.length === 0) return [];
+    try {
+      const counts = await this.client.hmget(this.keys.presenceCount, ...users);
+      return counts.map((count) => (count === null ? 0 : Math.max(0, Number(count))));
+    } catch (error) {
+      throw toEngineError(error);
+    }
+  }
+
   /** Replaces this node's registrations in Redis by the local truth and registers the node. */
   async reassert(): Promise<number> {
     this.needsReassert = false;

@@ -30,7 +30,24 @@ export class EngineUnavailableError extends Error {
 // Broker: routes events to a user's connections on whichever nodes hold them.
 
 /** An event for one user's connections on this node. */
-export type UserEvent = MessageEvent | FrameEvent;
+export type UserEvent = MessageEvent | FrameEvent | ControlEvent;
+
+/**
+ * An order from the service's backend (the server API) about a user's connections, handled by
+ * every node that holds some: never stored, never queued (a user with no connection has nothing
+ * to close; a revocation is also kept in {@link RevocationStore} for later upgrades).
+ * - `disconnect`: close every connection of the user with `code` and `reason`;
+ * - `revoke`: close (4001) the connections whose token was issued before `before`.
+ */
+export interface ControlEvent {
+  readonly kind: "control";
+  readonly action: "disconnect" | "revoke";
+  /** The close code (disconnect), 4000 to 4999. */
+  readonly code?: number;
+  readonly reason?: string;
+  /** revoke: tokens issued before this time (ms since the epoch) are refused. */
+  readonly before?: number;
+}
 
 /** A ready-to-send frame for a user's connections (receipts, typing): never stored, never queued. */
 export interface FrameEvent {
@@ -60,6 +77,13 @@ export interface PresenceChange {
    * so a node does it only when one of its connections wants presence frames.
    */
   readonly online: ReadonlySet<string>;
+  /**
+   * The change's number in the engine's total order of changes, when the engine numbers them
+   * (both engines do for the changes they announce as they happen; not for the changes a node
+   * infers after it lost track, which other nodes announced with their number). Consecutive
+   * changes have increasing numbers, so a receiver can order events about one user by it.
+   */
+  readonly version?: number;
 }
 
 /** Receives what the broker routes to this node. Called synchronously; must not throw. */
@@ -89,6 +113,11 @@ export interface Broker {
    * once: nothing is stored, and a user with no connection simply does not get it.
    */
   publishFrame(userId: string, frame: string): Promise<void>;
+  /**
+   * Routes a {@link ControlEvent} to `userId`'s connections on every node, at most once, like
+   * publishFrame (the server API's disconnect and revoke).
+   */
+  publishControl(userId: string, event: ControlEvent): Promise<void>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -114,6 +143,77 @@ export interface PresenceStore {
    * with the changes the handler gets afterwards: nothing falls between the two.
    */
   readonly view: ReadonlySet<string>;
+  /**
+   * Each asked user's connections on all nodes (0 when offline), in the order asked: one read
+   * of the store, O(asked), for the server API.
+   */
+  connectionCounts(users: readonly string[]): Promise<number[]>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocations: tokens a backend revoked (the server API's revoke), enforced at every upgrade.
+
+export interface RevocationStore {
+  /**
+   * From now on, `userId`'s tokens issued before `before` (ms since the epoch) are refused, on
+   * every node. Never moves an earlier revocation back: the latest `before` wins only if later.
+   * Resolves once stored; each node's {@link revokedBefore} sees it within the broadcast's
+   * latency (a few milliseconds on Redis).
+   */
+  revoke(userId: string, before: number): Promise<void>;
+  /**
+   * The time before which `userId`'s tokens are refused, if any: read synchronously from this
+   * node's copy, so that checking it costs an upgrade no round trip.
+   */
+  revokedBefore(userId: string): number | undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Service events: a durable queue of events for the backend's webhook (at least once).
+
+/** An event taken from the queue by this node's worker. */
+export interface QueuedEvent {
+  /** The queue's id of the entry (for ack); not the event's own id, which is in the payload. */
+  readonly entryId: string;
+  /** The event as published (JSON text). */
+  readonly payload: string;
+  /** When it was published, ms since the epoch. */
+  readonly publishedAt: number;
+  /** True when it was taken over from another worker that held it too long (a dead node). */
+  readonly claimed: boolean;
+}
+
+export interface EventQueueStats {
+  /** Events published and not yet acknowledged. */
+  readonly depth: number;
+  /** Age (ms) of the oldest of them; 0 when there is none. */
+  readonly oldestAgeMs: number;
+}
+
+/**
+ * A durable queue of service events for the webhook workers of every node. An event is handed
+ * to one worker at a time, and stays in the queue until that worker acknowledges it; one that a
+ * worker holds unacknowledged for longer than the claim timeout (the node died) is handed to
+ * another. So every published event is delivered at least once, even when nodes die.
+ */
+export interface EventQueue {
+  /**
+   * Adds an event. With `presenceVersion` (a PresenceChange's version), it is added once for
+   * the whole cluster however many nodes publish it, and only if no later version was: every
+   * node sees every change and may publish it, exactly one of them is stored. Resolves once
+   * stored.
+   */
+  publish(payload: string, presenceVersion?: number): Promise<void>;
+  /**
+   * Up to `count` events for this node's worker: ones another worker held for longer than
+   * `claimIdleMs` first, then new ones, waiting up to `waitMs` when there are none.
+   */
+  take(count: number, waitMs: number, claimIdleMs: number): Promise<QueuedEvent[]>;
+  /** Keeps events this worker holds (retrying them later) from being taken by another. */
+  keep(entryIds: readonly string[]): Promise<void>;
+  /** Removes delivered (or given up) events. */
+  acknowledge(entryIds: readonly string[]): Promise<void>;
+  stats(): Promise<EventQueueStats>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -356,6 +456,8 @@ export interface Engine {
   readonly presence: PresenceStore;
   readonly messages: MessageStore;
   readonly rateLimiter: RateLimiter;
+  readonly revocations: RevocationStore;
+  readonly events: EventQueue;
   /** Whether the backend can serve now. Cheap: reads a flag kept up to date in the background. */
   health(): EngineHealth;
   /**

@@ -22,6 +22,8 @@ export interface Principal {
   readonly name: string | undefined;
   /** When the token expires (`exp`), in milliseconds since the epoch. */
   readonly expiresAt: number;
+  /** When the token was issued (`iat`), ms since the epoch, if it says (for revocations). */
+  readonly issuedAt: number | undefined;
 }
 
 /** Tokens longer than this are refused unread: no legitimate token comes close. */
@@ -177,6 +179,7 @@ export class TokenVerifier {
       userId: sub,
       name: typeof name === "string" ? name : undefined,
       expiresAt: (exp as number) * 1000,
+      issuedAt: typeof iat === "number" ? iat * 1000 : undefined,
     };
   }
 

@@ -1,6 +1,7 @@
 import type {
   Broker,
   BrokerHandler,
+  ControlEvent,
   MessageEvent,
   MessageStore,
   PresenceChange,
@@ -8,12 +9,15 @@ import type {
   UserEvent,
 } from "@mrezhen/engine";
 import {
+  CloseCode,
   directMessageFrame,
+  ErrorCode,
+  errorFrame,
   type PresenceStatus,
   presenceDeltaFrame,
   presenceFrame,
 } from "@mrezhen/protocol";
-import type { ChatMetrics, Logger } from "./ports.js";
+import type { ChatEvents, ChatMetrics, Logger } from "./ports.js";
 import type { Session, UserLimits } from "./session.js";
 
 /** The sessions of one user on this node, and the broker subscription that feeds them. */
@@ -53,7 +57,16 @@ export interface HubOptions {
    * at once); see Hub.onPresence.
    */
   readonly presenceCoalesceMs: number;
+  /** Told of every presence change this node hears (webhooks); absent: nothing is done. */
+  readonly events?: ChatEvents | undefined;
 }
+
+/**
+ * The close code of the server API's disconnect when the backend gives none: in the range of
+ * application codes (4000-4999), which clients do not retry blindly (shouldReconnect).
+ */
+export const DISCONNECTED_BY_SERVICE = 4003;
+export const DISCONNECTED_REASON = "disconnected by the service";
 
 /**
  * The node's local socket map (user → open sessions) and the receiving end of the broker. A
@@ -89,6 +102,7 @@ export class Hub implements BrokerHandler {
   private ticks = 0;
   private ticker: NodeJS.Timeout | undefined;
   private readonly coalesceMs: number;
+  private readonly events: ChatEvents | undefined;
   private closed = false;
 
   constructor(
@@ -101,6 +115,7 @@ export class Hub implements BrokerHandler {
   ) {
     this.online = presence.view;
     this.coalesceMs = options.presenceCoalesceMs;
+    this.events = options.events;
     broker.setHandler(this);
   }
 
@@ -187,6 +202,10 @@ export class Hub implements BrokerHandler {
 
   onUserEvent(userId: string, event: UserEvent): void {
     const sessions = this.users.get(userId)?.sessions;
+    if (event.kind === "control") {
+      if (sessions !== undefined) this.control(userId, sessions, event);
+      return;
+    }
     if (event.kind === "frame") {
       // Receipts and typing: ephemeral, never held or requeued.
       if (sessions !== undefined) for (const session of sessions) session.send(event.frame);
@@ -224,6 +243,7 @@ export class Hub implements BrokerHandler {
    */
   onPresence(change: PresenceChange): void {
     const { userId, status } = change;
+    this.events?.presenceChanged(userId, status, change.version);
     if (this.fullListeners === 0 && !this.watchers.has(userId)) return;
     if (this.coalesceMs === 0 || this.closed) {
       this.announce(userId, status);
@@ -347,6 +367,38 @@ export class Hub implements BrokerHandler {
     }
     user.contacts = undefined;
     user.deltaListeners = undefined;
+  }
+
+  /**
+   * An order of the server API for this user's sessions here: `disconnect` closes them all,
+   * `revoke` those whose token was issued before the revocation (or does not say when), with
+   * UNAUTHORIZED and 4001, as an expired token.
+   */
+  private control(userId: string, sessions: ReadonlySet<Session>, event: ControlEvent): void {
+    let closed = 0;
+    for (const session of [...sessions]) {
+      if (session.isClosed) continue;
+      if (event.action === "disconnect") {
+        session.close(
+          (event.code ?? DISCONNECTED_BY_SERVICE) as CloseCode,
+          event.reason ?? DISCONNECTED_REASON,
+        );
+        closed++;
+        continue;
+      }
+      const before = event.before ?? Number.POSITIVE_INFINITY;
+      if (session.issuedAt !== undefined && session.issuedAt >= before) continue;
+      this.metrics.error(ErrorCode.UNAUTHORIZED);
+      session.send(
+        errorFrame(ErrorCode.UNAUTHORIZED, "The token was revoked; reconnect with a fresh one."),
+      );
+      session.close(CloseCode.UNAUTHORIZED, "token revoked");
+      closed++;
+    }
+    this.log.info(
+      { userId, action: event.action, closed },
+      "closed connections by order of the API",
+    );
   }
 
   private requeue(userId: string, event: MessageEvent): void {

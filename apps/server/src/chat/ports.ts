@@ -52,6 +52,33 @@ export interface ChatMetrics {
   queueFlushed(messages: number): void;
 }
 
+/** A message the core stored (not a retried duplicate), for the service's events. */
+export interface StoredMessage {
+  readonly id: string;
+  readonly from: string;
+  readonly to: string;
+  readonly content: string;
+  readonly timestamp: string;
+  readonly seq: number;
+  readonly status: "delivered" | "queued";
+  readonly clientMsgId: string | undefined;
+}
+
+/**
+ * Where the core reports what the service's backend may want to hear of (webhooks). Optional:
+ * without it the core does nothing extra per message. Called synchronously on the hot path;
+ * implementations queue the work and never throw.
+ */
+export interface ChatEvents {
+  /** A message was stored (by a WebSocket or an API send), right after its ack. */
+  messageStored(message: StoredMessage): void;
+  /**
+   * A user came online or went offline, cluster-wide, as this node heard it (every node hears
+   * every change); `version` is the engine's number of the change, when it has one.
+   */
+  presenceChanged(userId: string, status: "online" | "offline", version: number | undefined): void;
+}
+
 export const noMetrics: ChatMetrics = {
   frameIn: () => {},
   error: () => {},
@@ -65,7 +92,12 @@ export const noMetrics: ChatMetrics = {
  * and when it expires; rejects with a {@link TokenRefused} when the token is not valid.
  */
 export interface TokenCheck {
-  verify(token: string): Promise<{ readonly userId: string; readonly expiresAt: number }>;
+  verify(token: string): Promise<{
+    readonly userId: string;
+    readonly expiresAt: number;
+    /** `iat` in ms, when the token has one (the server API's revocations compare it). */
+    readonly issuedAt?: number | undefined;
+  }>;
 }
 
 /** A token refused by a TokenCheck: `reason` is safe to show the client. */

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import {
+  type AppendResult,
   type Engine,
   EngineUnavailableError,
   type QueuedMessage,
@@ -13,6 +14,7 @@ import {
   directMessageFrame,
   ErrorCode,
   type ErrorDetails,
+  encodeMessage,
   errorFrame,
   type GetHistoryCommand,
   type LimitName,
@@ -27,9 +29,11 @@ import {
   type TypingCommand,
   tokenExpiringFrame,
   typingFrame,
+  userIdProblem,
 } from "@mrezhen/protocol";
 import { Hub } from "./hub.js";
 import {
+  type ChatEvents,
   type ChatMetrics,
   isTokenRefused,
   type Logger,
@@ -57,6 +61,8 @@ export interface ChatOptions {
   readonly tokens?: TokenCheck;
   /** TOKEN_EXPIRING_NOTICE_MS; default DEFAULT_TOKEN_EXPIRING_NOTICE_MS. */
   readonly tokenExpiringNoticeMs?: number;
+  /** Told of stored messages and presence changes (webhooks); absent: nothing extra is done. */
+  readonly events?: ChatEvents;
 }
 
 /** The default TOKEN_EXPIRING_NOTICE_MS (see config.ts). */
@@ -66,6 +72,47 @@ export const DEFAULT_TOKEN_EXPIRING_NOTICE_MS = 30_000;
  * a signature check (tens of µs, an RSA one more), which a flood must not turn into a CPU sink.
  */
 export const REFRESH_INTERVAL_MS = 1000;
+
+/** A send of the server API: as `from`, with every guarantee of a WebSocket send. */
+export interface SendAsInput {
+  readonly from: string;
+  readonly to: string;
+  readonly content: string;
+  readonly clientMsgId?: string | undefined;
+  /**
+   * Count the send against the sender's rate limit and daily quotas, as a WebSocket send is.
+   * Off by default: the backend is trusted, and its bots and notices must not be refused (nor
+   * eat the user's own budget).
+   */
+  readonly applyLimits?: boolean | undefined;
+}
+
+/** The answer to an API send: the ack's fields, or the error a WebSocket send would have got. */
+export type SendAsResult =
+  | {
+      readonly ok: true;
+      readonly ack: {
+        readonly messageId: string;
+        readonly to: string;
+        readonly timestamp: string;
+        readonly status: "delivered" | "queued";
+        readonly seq: number;
+        readonly position: number;
+        readonly clientMsgId?: string;
+        readonly duplicate: boolean;
+      };
+    }
+  | {
+      readonly ok: false;
+      readonly error: ProtocolError;
+      readonly details?: ErrorDetails;
+    };
+
+/**
+ * The sending connection of an API send: no connection has it (connection ids are
+ * `<NODE_ID>.<n>`), so every open connection of the sender gets a copy, as other devices do.
+ */
+export const API_CONNECTION_ID = "api";
 
 /**
  * One second: a user's presence reaches each listener at most once a second, instead of once
@@ -113,6 +160,7 @@ export class ChatService {
   private readonly readRateLimit: number;
   private readonly tokens: TokenCheck | undefined;
   private readonly noticeMs: number;
+  private readonly events: ChatEvents | undefined;
   /** Handlers still running (for drain). */
   private inFlight = 0;
   /** Set when the node drains: new frames are refused, so every client gets an answer. */
@@ -141,13 +189,17 @@ export class ChatService {
       this.log,
       "could not unregister connections now (presence is reconciled when Redis is back)",
     );
+    this.events = options.events;
     this.hub = new Hub(
       this.engine.broker,
       this.engine.messages,
       this.engine.presence,
       this.log,
       this.metrics,
-      { presenceCoalesceMs: options.presenceCoalesceMs ?? DEFAULT_PRESENCE_COALESCE_MS },
+      {
+        presenceCoalesceMs: options.presenceCoalesceMs ?? DEFAULT_PRESENCE_COALESCE_MS,
+        events: options.events,
+      },
     );
     const { limit, windowMs } = options.rateLimit;
     this.readRateLimit = options.readRateLimit ?? READS_PER_SECOND;
@@ -171,7 +223,7 @@ export class ChatService {
    * online (engine unavailable) is closed with 1013 so that the client retries.
    */
   open(session: Session): Promise<void> {
-    session.setToken(session.expiresAt, this.now(), this.noticeMs);
+    session.setToken(session.expiresAt, this.now(), this.noticeMs, session.issuedAt);
     session.opened = this.bringOnline(session).finally(() => {
       session.opened = OPENED; // a settled promise per idle connection is memory for nothing
     });
@@ -510,8 +562,7 @@ export class ChatService {
     const id = randomUUID();
     const timestamp = new Date(this.now()).toISOString();
     const started = performance.now();
-    // The rate limit is counted in the same step as the store: one round trip on Redis.
-    const result = await this.engine.messages.appendIfAllowed({
+    const input = {
       id,
       from: session.userId,
       to: command.to,
@@ -519,7 +570,9 @@ export class ChatService {
       timestamp,
       senderConnId: session.connId,
       ...(command.clientMsgId === undefined ? {} : { clientMsgId: command.clientMsgId }),
-    });
+    };
+    // The rate limit is counted in the same step as the store: one round trip on Redis.
+    const result = await this.engine.messages.appendIfAllowed(input);
     if ("refused" in result) {
       if (result.limit !== "rate") {
         // A quota refuses this message, not every one: messages to known peers, or smaller
@@ -546,6 +599,120 @@ export class ChatService {
       }),
     );
     this.metrics.acked(result.status, (performance.now() - started) / 1000);
+    if (this.events !== undefined) this.reportStored(input, result);
+  }
+
+  /** Tells the events sink of a newly stored message (after its ack: the ack never waits). */
+  private reportStored(
+    input: { id: string; from: string; to: string; content: string; clientMsgId?: string },
+    result: AppendResult,
+  ): void {
+    if (result.duplicate || this.events === undefined) return;
+    this.events.messageStored({
+      id: result.messageId,
+      from: input.from,
+      to: input.to,
+      content: input.content,
+      timestamp: result.timestamp,
+      seq: result.seq,
+      status: result.status,
+      clientMsgId: input.clientMsgId,
+    });
+  }
+
+  /**
+   * Sends a message as `input.from` for the server API, through the same checks and the same
+   * engine call as a WebSocket send: the frame's validation (so the same error codes), one
+   * atomic append (stored before this resolves, idempotent on clientMsgId, delivered live or
+   * queued, copied to every connection of the sender). Rejects as a WebSocket send fails (the
+   * engine's EngineUnavailableError says whether it may have been stored).
+   */
+  async sendAs(send: SendAsInput): Promise<SendAsResult> {
+    const fromProblem = userIdProblem(send.from);
+    if (fromProblem !== undefined) {
+      return refused(ErrorCode.INVALID_FORMAT, `"from" is not a valid user id: it ${fromProblem}.`);
+    }
+    // The WebSocket frame's own parser: every rule, message and code of a direct_message.
+    const parsed = parseClientFrame(
+      JSON.stringify({
+        type: "direct_message",
+        to: send.to,
+        content: send.content,
+        clientMsgId: send.clientMsgId,
+      }),
+    );
+    if (!parsed.ok) return { ok: false, error: parsed.error };
+    const command = parsed.command as DirectMessageCommand;
+    if (command.to === send.from) {
+      return refused(ErrorCode.SELF_MESSAGE, "You cannot send a message to yourself.");
+    }
+    const started = performance.now();
+    const input = {
+      id: randomUUID(),
+      from: send.from,
+      to: command.to,
+      content: command.content,
+      timestamp: new Date(this.now()).toISOString(),
+      senderConnId: API_CONNECTION_ID,
+      ...(command.clientMsgId === undefined ? {} : { clientMsgId: command.clientMsgId }),
+    };
+    // The engine copies a message to the sender's other connections when the sender has more
+    // than one (the sending one gets an ack): an API send has no sending connection, so a
+    // sender with exactly one gets its copy from here. The count is read in the same tick as
+    // the append, so both leave in one write and cost no extra round trip; a device that
+    // connects or leaves in between may get the copy twice (same id) or only through its inbox.
+    const [senderCount, result] = await Promise.all([
+      this.engine.presence.connectionCounts([send.from]).then(
+        (counts) => counts[0] ?? 0,
+        () => 0,
+      ),
+      send.applyLimits === true
+        ? this.engine.messages.appendIfAllowed(input)
+        : this.engine.messages.append(input),
+    ]);
+    if ("refused" in result) {
+      const limit: LimitName = result.limit === "rate" ? "messages" : result.limit;
+      const retry = Math.max(1, Math.ceil(result.retryAfterMs));
+      return {
+        ok: false,
+        error: {
+          code: ErrorCode.RATE_LIMITED,
+          message: `${this.limitTexts[limit]}; retry in ${retry} ms. The message was not sent.`,
+        },
+        details: { limit, retryAfterMs: retry },
+      };
+    }
+    this.metrics.acked(result.status, (performance.now() - started) / 1000);
+    this.reportStored(input, result);
+    if (senderCount === 1 && !result.duplicate) {
+      const messageJson = encodeMessage({
+        id: result.messageId,
+        from: input.from,
+        to: input.to,
+        content: input.content,
+        timestamp: result.timestamp,
+        seq: result.seq,
+        ...(input.clientMsgId === undefined ? {} : { clientMsgId: input.clientMsgId }),
+      });
+      this.engine.broker
+        .publishFrame(input.from, directMessageFrame(messageJson, result.senderPosition, false))
+        .catch((error: unknown) =>
+          this.log.warn({ err: error }, "could not copy an API send to the sender's connection"),
+        );
+    }
+    return {
+      ok: true,
+      ack: {
+        messageId: result.messageId,
+        to: command.to,
+        timestamp: result.timestamp,
+        status: result.status,
+        seq: result.seq,
+        position: result.senderPosition,
+        ...(command.clientMsgId === undefined ? {} : { clientMsgId: command.clientMsgId }),
+        duplicate: result.duplicate,
+      },
+    };
   }
 
   private async history(session: Session, command: GetHistoryCommand): Promise<void> {
@@ -588,7 +755,7 @@ export class ChatService {
     if (this.tokens === undefined) throw new Error("no token verifier configured");
     const keeps = () =>
       `This connection keeps its current token, which expires at ${new Date(session.expiresAt).toISOString()}.`;
-    let principal: { readonly userId: string; readonly expiresAt: number };
+    let principal: Awaited<ReturnType<TokenCheck["verify"]>>;
     try {
       principal = await this.tokens.verify(token);
     } catch (error) {
@@ -610,7 +777,20 @@ export class ChatService {
       );
       return;
     }
-    session.setToken(principal.expiresAt, this.now(), this.noticeMs);
+    // A token the server API revoked is refused here as at the upgrade.
+    const revokedBefore = this.engine.revocations.revokedBefore(session.userId);
+    if (
+      revokedBefore !== undefined &&
+      (principal.issuedAt === undefined || principal.issuedAt < revokedBefore)
+    ) {
+      this.sendError(
+        session,
+        ErrorCode.UNAUTHORIZED,
+        `The refresh token was refused: token revoked. ${keeps()}`,
+      );
+      return;
+    }
+    session.setToken(principal.expiresAt, this.now(), this.noticeMs, principal.issuedAt);
     session.send(refreshedFrame(Math.floor(principal.expiresAt / 1000)));
   }
 
@@ -721,6 +901,10 @@ export class ChatService {
 }
 
 const OPENED = Promise.resolve();
+
+function refused(code: ErrorCode, message: string): SendAsResult {
+  return { ok: false, error: { code, message } };
+}
 
 /** The text of an UNAVAILABLE error, by what is known of the failed request. */
 function unavailableText(details: ErrorDetails | undefined): string {

@@ -94,6 +94,11 @@ export class Session {
     readonly transport: Transport,
     /** The node's logger; this session's child of it is made on first use (see `log`). */
     private readonly nodeLog: Logger,
+    /**
+     * The token's `iat` (ms since the epoch), if it had one: a revocation closes older ones. A
+     * `refresh` moves it (see setToken).
+     */
+    public issuedAt?: number,
   ) {}
 
   /**
@@ -114,8 +119,9 @@ export class Session {
    * through what is left when that is shorter: a client given short-lived tokens is not told
    * to refresh the moment it connects (or refreshes), which would make it refresh in a loop.
    */
-  setToken(expiresAt: number, now: number, noticeMs: number): void {
+  setToken(expiresAt: number, now: number, noticeMs: number, issuedAt?: number): void {
     this.expiresAt = expiresAt;
+    this.issuedAt = issuedAt;
     this.expiringNoticeAt = expiresAt - Math.min(noticeMs, Math.max(0, expiresAt - now) / 2);
   }
 

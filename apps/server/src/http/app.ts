@@ -12,6 +12,7 @@ import type WebSocket from "ws";
 import { AuthError, extractToken, type Principal, type TokenVerifier } from "../auth/token.js";
 import type { ChatService } from "../chat/service.js";
 import type { PresenceMode } from "../chat/session.js";
+import { apiPlugin } from "./api.js";
 import type { ConnectionLimits, ConnectionOptions, Connections } from "./connections.js";
 import type { NodeMetrics } from "./metrics.js";
 import { OriginPolicy } from "./origins.js";
@@ -42,6 +43,8 @@ export interface AppOptions {
   readonly upgradeTimeoutMs: number;
   /** ALLOWED_ORIGINS; undefined allows any origin. */
   readonly allowedOrigins?: readonly string[] | undefined;
+  /** API_KEY's keys: the server API is served under /api/v1 when set (see api.ts). */
+  readonly apiKeys?: readonly string[] | undefined;
 }
 
 /** Header limits well under Node's defaults: a WebSocket upgrade needs few, short headers. */
@@ -74,6 +77,7 @@ export async function buildApp(options: AppOptions) {
     limits,
     isDraining,
     upgradeTimeoutMs,
+    apiKeys,
   } = options;
   const origins =
     options.allowedOrigins === undefined ? undefined : new OriginPolicy(options.allowedOrigins);
@@ -86,6 +90,9 @@ export async function buildApp(options: AppOptions) {
     childLoggerFactory: (logger) => logger,
     // Behind nginx the client address comes from X-Forwarded-For; it is used for logs only.
     trustProxy: true,
+    // A path parameter of the server API may be a user id: 128 characters, each up to 12 once
+    // percent-encoded (4 UTF-8 bytes). Fastify's default (100) answered 414 to valid ids.
+    routerOptions: { maxParamLength: 1600 },
     // Every TCP connection must send a whole request (for a WebSocket, its upgrade request)
     // within upgradeTimeoutMs of connecting, or of starting its next request on a kept-alive
     // connection; otherwise it gets a 408 and is closed, so silent or trickling sockets cannot
@@ -182,6 +189,19 @@ export async function buildApp(options: AppOptions) {
         .header("connection", "close")
         .type("text/plain")
         .send(`Unauthorized: ${error.reason}.`);
+    }
+    // A revocation of the server API: a map lookup in this node's copy, no round trip.
+    const revokedBefore = engine.revocations.revokedBefore(request.principal.userId);
+    if (
+      revokedBefore !== undefined &&
+      (request.principal.issuedAt === undefined || request.principal.issuedAt < revokedBefore)
+    ) {
+      metrics.refusedUpgrade("unauthorized");
+      return reply
+        .code(401)
+        .header("connection", "close")
+        .type("text/plain")
+        .send("Unauthorized: token revoked.");
     }
     const admission = connections.admit(request.principal.userId, request.raw.socket);
     if (admission === "user_limit") {
@@ -295,6 +315,9 @@ export async function buildApp(options: AppOptions) {
   app.get("/metrics", async (_request, reply) =>
     reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),
   );
+
+  if (apiKeys !== undefined && apiKeys.length > 0)
+    await app.register(apiPlugin, { chat, engine, keys: apiKeys, log });
 
   return app;
 }

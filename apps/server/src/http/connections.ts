@@ -184,6 +184,7 @@ export class Connections {
       options.presence,
       transport,
       this.log,
+      principal.issuedAt,
     );
     this.open.add(transport);
     if (session.logs("debug")) session.log.debug({ ip: clientIp() }, "upgrade accepted");

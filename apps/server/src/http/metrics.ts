@@ -43,7 +43,11 @@ const NON_COUNTERS_NAMED_TOTAL = [
 /** Upper bounds (seconds) of the send-latency histogram's buckets. */
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 
-type Sample = { value: number; labels?: Record<string, string | number>; metricName?: string };
+export type Sample = {
+  value: number;
+  labels?: Record<string, string | number>;
+  metricName?: string;
+};
 
 /**
  * The node's Prometheus metrics, in a registry of its own (several nodes can share a process in
@@ -252,19 +256,22 @@ export class NodeMetrics implements ChatMetrics {
     return samples;
   }
 
-  /** Registers a metric whose samples are read from plain fields at scrape time. */
-  private expose(
+  /**
+   * Registers a metric whose samples are read from plain fields at scrape time (or, for the
+   * webhook queue's depth, from the engine).
+   */
+  expose(
     name: string,
     help: string,
     type: "counter" | "gauge" | "histogram",
-    samples: () => Sample[],
+    samples: () => Sample[] | Promise<Sample[]>,
   ): void {
     const metric = {
       name,
       help,
       type,
       aggregator: "sum",
-      get: async () => ({ name, help, type, aggregator: "sum", values: samples() }),
+      get: async () => ({ name, help, type, aggregator: "sum", values: await samples() }),
       reset: () => {},
     };
     // prom-client types registerMetric() with its own Metric class, but its registry needs only

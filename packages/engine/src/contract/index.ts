@@ -3,6 +3,7 @@
  * @mrezhen/engine-redis). Call {@link engineContract} inside a test file with a factory.
  */
 import { describe } from "vitest";
+import { backendApiContract } from "./backend-api.js";
 import type { BackendFactory } from "./harness.js";
 import { messageStoreContract } from "./message-store.js";
 import { presenceContract } from "./presence.js";
@@ -19,5 +20,6 @@ export function engineContract(name: string, factory: BackendFactory): void {
     presenceContract(factory);
     rateLimiterContract(factory);
     quotaContract(factory);
+    backendApiContract(factory);
   });
 }

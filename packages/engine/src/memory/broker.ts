@@ -1,4 +1,4 @@
-import type { Broker, BrokerHandler, PresenceChange, UserEvent } from "../ports.js";
+import type { Broker, BrokerHandler, ControlEvent, PresenceChange, UserEvent } from "../ports.js";
 
 /**
  * The broker of a single node: "publishing" is a direct call into this node's handler, for the
@@ -29,6 +29,10 @@ export class MemoryBroker implements Broker {
 
   async publishFrame(userId: string, frame: string): Promise<void> {
     this.publish(userId, { kind: "frame", frame });
+  }
+
+  async publishControl(userId: string, event: ControlEvent): Promise<void> {
+    this.publish(userId, event);
   }
 
   announce(change: PresenceChange): void {

@@ -7,9 +7,11 @@ import {
   type RetentionOptions,
 } from "../ports.js";
 import { MemoryBroker } from "./broker.js";
+import { MemoryEventQueue } from "./event-queue.js";
 import { MemoryMessageStore } from "./messages.js";
 import { MemoryPresenceStore } from "./presence.js";
 import { MemoryRateLimiter } from "./rate-limiter.js";
+import { MemoryRevocationStore } from "./revocations.js";
 
 export interface MemoryEngineOptions {
   readonly rateLimit: RateLimitOptions;
@@ -46,6 +48,8 @@ export function createMemoryEngine(options: MemoryEngineOptions): Engine {
     presence,
     messages,
     rateLimiter,
+    revocations: new MemoryRevocationStore(),
+    events: new MemoryEventQueue(now),
     health: () => HEALTHY,
     close: async () => {
       clearInterval(sweep);

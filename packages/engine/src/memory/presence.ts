@@ -9,6 +9,9 @@ export class MemoryPresenceStore implements PresenceStore {
   /** One node: its view is the store itself, changed in the same step as it announces. */
   readonly view: ReadonlySet<string> = this.online;
 
+  /** Changes announced so far: each change's version (PresenceChange.version). */
+  private version = 0;
+
   constructor(private readonly broker: MemoryBroker) {}
 
   async connect(userId: string): Promise<void> {
@@ -16,7 +19,12 @@ export class MemoryPresenceStore implements PresenceStore {
     this.connections.set(userId, count + 1);
     if (count > 0) return;
     this.online.add(userId);
-    this.broker.announce({ userId, status: "online", online: this.online });
+    this.broker.announce({
+      userId,
+      status: "online",
+      online: this.online,
+      version: ++this.version,
+    });
   }
 
   async disconnect(userId: string): Promise<void> {
@@ -28,11 +36,20 @@ export class MemoryPresenceStore implements PresenceStore {
     }
     this.connections.delete(userId);
     this.online.delete(userId);
-    this.broker.announce({ userId, status: "offline", online: this.online });
+    this.broker.announce({
+      userId,
+      status: "offline",
+      online: this.online,
+      version: ++this.version,
+    });
   }
 
   async onlineUsers(): Promise<string[]> {
     return [...this.online];
+  }
+
+  async connectionCounts(users: readonly string[]): Promise<number[]> {
+    return users.map((userId) => this.connections.get(userId) ?? 0);
   }
 
   /** Synchronous view for the message store, which decides "queued" against it. */
