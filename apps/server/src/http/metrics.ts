@@ -1,21 +1,10 @@
 import type { Engine } from "@mrezhen/engine";
-import { ErrorCode } from "@mrezhen/protocol";
+import { CLIENT_COMMAND_TYPES, ErrorCode } from "@mrezhen/protocol";
 import { collectDefaultMetrics, type Metric, Registry } from "prom-client";
 import type { ChatMetrics } from "../chat/ports.js";
 
-const COMMAND_TYPES = [
-  "direct_message",
-  "get_history",
-  "get_online_users",
-  "ping",
-  "ack",
-  "sync",
-  "mark_read",
-  "typing",
-  "get_conversations",
-  "refresh",
-  "invalid",
-] as const;
+/** Frames counted by type: every command a client may send, and the ones that do not parse. */
+const COMMAND_TYPES = [...CLIENT_COMMAND_TYPES, "invalid"] as const;
 
 /** Why an upgrade was refused with an HTTP status instead of becoming a WebSocket. */
 export const REFUSAL_REASONS = [
