@@ -24,10 +24,15 @@ export class BackendKeys {
   readonly presenceVersionQueued: string;
   readonly group = "webhooks";
 
-  constructor(prefix: string) {
-    this.revoked = `${prefix}revoked`;
-    this.revocationChannel = `${prefix}revocations`;
-    this.events = `${prefix}webhook-events`;
-    this.presenceVersionQueued = `${prefix}webhook-presence-version`;
+  constructor(prefix: string, cluster = false) {
+    // Redis Cluster: what one script touches in one slot. REVOKE writes `revoked` and publishes
+    // on `revocations` (a sharded channel, which Redis checks like a key): tag `{r}`;
+    // QUEUE_PRESENCE_EVENT writes the stream and its version: tag `{w}`.
+    const r = cluster ? `${prefix}{r}` : prefix;
+    const w = cluster ? `${prefix}{w}` : prefix;
+    this.revoked = `${r}revoked`;
+    this.revocationChannel = `${r}revocations`;
+    this.events = `${w}webhook-events`;
+    this.presenceVersionQueued = `${w}webhook-presence-version`;
   }
 }

@@ -19,9 +19,17 @@
  *
  * publishFrame is one PUBLISH on the command connection (a connection in subscriber mode cannot
  * publish): at most once, to whichever nodes hold the user at that moment, nothing stored.
+ *
+ * On Redis Cluster every channel is a sharded one (SSUBSCRIBE, SPUBLISH, `smessage`): a user's
+ * channel lives in the user's slot (keys.ts), so an event goes to the one shard that owns it and
+ * to the nodes subscribed there, never to every node of the cluster as a classic PUBLISH does
+ * (Redis Cluster copies those over its bus to every node). The presence broadcast channel is in
+ * the `{p}` slot: each presence delta is one SPUBLISH on that shard, sent to each app node once.
+ * ioredis (shardedSubscribers) keeps one subscriber connection per shard and subscribes again
+ * where a slot moves (failover, resharding).
  */
 import type { Broker, BrokerHandler, ControlEvent } from "@mrezhen/engine";
-import type { Redis } from "ioredis";
+import { Cluster } from "ioredis";
 import {
   decodePresenceDelta,
   decodeUserEvent,
@@ -31,7 +39,7 @@ import {
 import type { Logger } from "./engine.js";
 import type { Keys } from "./keys.js";
 import { PresenceMirror } from "./presence-mirror.js";
-import { coalesceWrites, toEngineError } from "./script-runner.js";
+import { coalesceWrites, type RedisClient, toEngineError } from "./script-runner.js";
 
 export class RedisBroker implements Broker {
   private handler: BrokerHandler | undefined;
@@ -46,9 +54,9 @@ export class RedisBroker implements Broker {
   readonly mirror: PresenceMirror;
 
   constructor(
-    private readonly subscriber: Redis,
+    private readonly subscriber: RedisClient,
     /** The engine's command connection, for publishFrame and presence snapshots. */
-    private readonly command: Redis,
+    private readonly command: RedisClient,
     private readonly keys: Keys,
     private readonly logger: Logger,
   ) {
@@ -56,6 +64,26 @@ export class RedisBroker implements Broker {
     this.mirror = new PresenceMirror(command, keys, logger, (change) =>
       this.handler?.onPresence(change),
     );
+  }
+
+  /** Subscribes a channel: sharded on Redis Cluster (resolves on Redis' confirmation). */
+  async listen(channel: string): Promise<void> {
+    const { subscriber } = this;
+    if (subscriber instanceof Cluster) await subscriber.ssubscribe(channel);
+    else await subscriber.subscribe(channel);
+  }
+
+  /** PUBLISH, or SPUBLISH on Redis Cluster (the channel's shard only). */
+  private async publish(channel: string, payload: string): Promise<void> {
+    const { command } = this;
+    if (command instanceof Cluster) await command.spublish(channel, payload);
+    else await command.publish(channel, payload);
+  }
+
+  private async unlisten(channel: string): Promise<void> {
+    const { subscriber } = this;
+    if (subscriber instanceof Cluster) await subscriber.sunsubscribe(channel);
+    else await subscriber.unsubscribe(channel);
   }
 
   setHandler(handler: BrokerHandler): void {
@@ -66,7 +94,7 @@ export class RedisBroker implements Broker {
     this.staleUsers.delete(userId);
     coalesceWrites(this.subscriber); // the subscriptions of one tick leave in one write
     try {
-      await this.subscriber.subscribe(this.keys.userChannel(userId));
+      await this.listen(this.keys.userChannel(userId));
     } catch (error) {
       throw toEngineError(error);
     }
@@ -75,7 +103,7 @@ export class RedisBroker implements Broker {
   async unsubscribe(userId: string): Promise<void> {
     coalesceWrites(this.subscriber);
     try {
-      await this.subscriber.unsubscribe(this.keys.userChannel(userId));
+      await this.unlisten(this.keys.userChannel(userId));
     } catch (error) {
       this.staleUsers.add(userId);
       throw toEngineError(error);
@@ -84,7 +112,7 @@ export class RedisBroker implements Broker {
 
   async publishFrame(userId: string, frame: string): Promise<void> {
     try {
-      await this.command.publish(this.keys.userChannel(userId), encodeFrameEvent(frame));
+      await this.publish(this.keys.userChannel(userId), encodeFrameEvent(frame));
     } catch (error) {
       throw toEngineError(error);
     }
@@ -92,7 +120,7 @@ export class RedisBroker implements Broker {
 
   async publishControl(userId: string, event: ControlEvent): Promise<void> {
     try {
-      await this.command.publish(this.keys.userChannel(userId), encodeControlEvent(event));
+      await this.publish(this.keys.userChannel(userId), encodeControlEvent(event));
     } catch (error) {
       throw toEngineError(error);
     }

@@ -35,6 +35,18 @@
  * Every heartbeatIntervalMs one script (TICK) refreshes this node's liveness key and sweeps dead
  * nodes; see presence.ts for the liveness design. The heartbeat also retries what an outage left
  * undone: a presence re-assert, a presence snapshot.
+ *
+ * Redis Cluster (`clusterNodes`, REDIS_CLUSTER_NODES): the two connections become two ioredis
+ * `Cluster` clients with the same options per node connection. The command client routes each
+ * script by its keys' slot and follows MOVED and ASK (resharding) and a failover (it refreshes
+ * the slot map when a node stops answering or answers MOVED/CLUSTERDOWN, and sends later calls
+ * to the promoted replica; a call in flight to the lost master fails like any outage, and the
+ * client retries it). The subscriber client uses sharded pub/sub (broker.ts). Keys are hash-
+ * tagged (keys.ts); operations that span slots are split into idempotent steps
+ * (cluster-messages.ts, cluster-scripts.ts).
+ *
+ * `waitReplicas` (REDIS_WAIT_REPLICAS): each step of a direct message is followed, on the same
+ * node, by WAIT for that many replicas, before the message is acked (script-runner.ts).
  */
 import {
   DEFAULT_RETENTION,
@@ -45,17 +57,25 @@ import {
   type QuotaOptions,
   type RetentionOptions,
 } from "@mrezhen/engine";
-import { Redis, type RedisOptions } from "ioredis";
+import { Cluster, type ClusterOptions, Redis, type RedisOptions } from "ioredis";
 import { BackendKeys } from "./backend-keys.js";
 import { BACKEND_SCRIPTS } from "./backend-scripts.js";
 import { RedisBroker } from "./broker.js";
+import { type AppendStep, ClusterMessageStore } from "./cluster-messages.js";
+import { CLUSTER_SCRIPTS } from "./cluster-scripts.js";
 import { RedisEventQueue } from "./event-queue.js";
 import { Keys } from "./keys.js";
 import { RedisMessageStore } from "./messages.js";
 import { RedisPresenceStore } from "./presence.js";
 import { RedisRateLimiter } from "./rate-limiter.js";
 import { RedisRevocationStore } from "./revocations.js";
-import { commandErrors, loadScripts, toEngineError } from "./script-runner.js";
+import {
+  commandErrors,
+  loadScripts,
+  type RedisClient,
+  setWaitReplicas,
+  toEngineError,
+} from "./script-runner.js";
 import { ALL_SCRIPTS } from "./scripts.js";
 
 /** pino-compatible. */
@@ -66,8 +86,21 @@ export interface Logger {
 }
 
 export interface RedisEngineOptions {
-  /** REDIS_URL, e.g. `redis://:password@redis:6379/0`. */
+  /** REDIS_URL, e.g. `redis://:password@redis:6379/0` (ignored with clusterNodes). */
   readonly url: string;
+  /**
+   * REDIS_CLUSTER_NODES: seed nodes (`host:port`) of a Redis Cluster. Set, the engine runs in
+   * cluster mode (hash-tagged keys, sharded pub/sub, direct messages in steps); any few nodes
+   * of the cluster will do, the client discovers the rest.
+   */
+  readonly clusterNodes?: readonly string[];
+  /**
+   * REDIS_WAIT_REPLICAS: replicas that must have each step of a direct message (WAIT) before
+   * it is acked. Default 0: acked once the master has it (see the README for the loss window).
+   */
+  readonly waitReplicas?: number;
+  /** Cluster mode: how long a DM may stay half-done before the next send repairs it. Default 10 s. */
+  readonly repairAfterMs?: number;
   /** REDIS_KEY_PREFIX (the server's default is `mrezhen:`): prefixes every key and channel. */
   readonly keyPrefix: string;
   /** NODE_ID: this node's identity for presence liveness. Must be unique among live nodes. */
@@ -144,6 +177,20 @@ export function haltRedisEngineForTests(engine: Engine): void {
   engine.halt();
 }
 
+/**
+ * Cluster mode, for tests only: `fault` is called after each step of every append, and an error
+ * it throws interrupts the append there (as a node dying between steps would). undefined: none.
+ */
+export function injectClusterFaultForTests(
+  engine: Engine,
+  fault: ((step: AppendStep) => void) | undefined,
+): void {
+  if (!(engine instanceof RedisEngine) || !(engine.messages instanceof ClusterMessageStore)) {
+    throw new TypeError("not a Redis Cluster engine");
+  }
+  engine.messages.faultForTests = fault;
+}
+
 const SILENT: Logger = { info() {}, warn() {}, error() {} };
 const HEALTHY: EngineHealth = { ok: true };
 const STARTING: EngineHealth = { ok: false, reason: "starting" };
@@ -162,8 +209,8 @@ class RedisEngine implements Engine {
   readonly events: RedisEventQueue;
 
   private readonly backendKeys: BackendKeys;
-  private readonly command: Redis;
-  private readonly subscriber: Redis;
+  private readonly command: RedisClient;
+  private readonly subscriber: RedisClient;
   private readonly keys: Keys;
   private readonly logger: Logger;
   private readonly heartbeatIntervalMs: number;
@@ -204,14 +251,22 @@ class RedisEngine implements Engine {
     validate(options);
     this.logger = options.logger ?? SILENT;
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS;
-    this.keys = new Keys(options.keyPrefix, options.nodeId);
-    this.command = new Redis(options.url, clientOptions(options.nodeId, "command"));
-    this.subscriber = new Redis(options.url, clientOptions(options.nodeId, "subscriber"));
+    const seeds = options.clusterNodes;
+    this.keys = new Keys(options.keyPrefix, options.nodeId, seeds !== undefined);
+    if (seeds === undefined) {
+      this.command = new Redis(options.url, clientOptions(options.nodeId, "command"));
+      this.subscriber = new Redis(options.url, clientOptions(options.nodeId, "subscriber"));
+    } else {
+      const nodes = seeds.map(seedNode);
+      this.command = new Cluster(nodes, clusterOptions(options.nodeId, "command"));
+      this.subscriber = new Cluster(nodes, clusterOptions(options.nodeId, "subscriber"));
+    }
+    setWaitReplicas(this.command, options.waitReplicas ?? 0);
     this.watch(this.command, "command");
     this.watch(this.subscriber, "subscriber");
 
     this.broker = new RedisBroker(this.subscriber, this.command, this.keys, this.logger);
-    this.subscriber.on("message", this.broker.dispatch);
+    this.subscriber.on(seeds === undefined ? "message" : "smessage", this.broker.dispatch);
     this.presence = new RedisPresenceStore(
       this.command,
       this.keys,
@@ -219,21 +274,32 @@ class RedisEngine implements Engine {
       options.nodeTtlMs ?? DEFAULT_NODE_TTL_MS,
       this.broker.mirror.online,
     );
-    this.messages = new RedisMessageStore(
+    const storeArguments = [
       this.command,
       this.keys,
       options.retention ?? DEFAULT_RETENTION,
       options.rateLimit,
       options.quotas ?? NO_QUOTAS,
-    );
+    ] as const;
+    if (seeds === undefined) {
+      this.messages = new RedisMessageStore(...storeArguments);
+    } else {
+      const store = new ClusterMessageStore(...storeArguments);
+      store.logger = this.logger;
+      store.repairAfterMs = options.repairAfterMs ?? store.repairAfterMs;
+      this.messages = store;
+    }
     this.rateLimiter = new RedisRateLimiter(this.command, this.keys, options.rateLimit);
-    this.backendKeys = new BackendKeys(options.keyPrefix);
+    this.backendKeys = new BackendKeys(options.keyPrefix, seeds !== undefined);
     this.revocations = new RedisRevocationStore(this.command, this.backendKeys);
     this.events = new RedisEventQueue(this.command, this.backendKeys, options.nodeId);
     const revocationChannel = this.backendKeys.revocationChannel;
-    this.subscriber.on("message", (channel: string, payload: string) => {
-      if (channel === revocationChannel) this.revocations.receive(payload);
-    });
+    this.subscriber.on(
+      seeds === undefined ? "message" : "smessage",
+      (channel: string, payload: string) => {
+        if (channel === revocationChannel) this.revocations.receive(payload);
+      },
+    );
   }
 
   async start(): Promise<void> {
@@ -279,17 +345,23 @@ class RedisEngine implements Engine {
       // connect() only says "Connection is closed."; the 'error' event said why.
       const cause = this.lastError ?? error;
       const message = cause instanceof Error ? cause.message : String(cause);
+      const seeds = this.options.clusterNodes;
       throw new EngineUnavailableError(
-        `cannot reach Redis at ${redactUrl(this.options.url)} (${message}): check REDIS_URL and that Redis is running`,
+        seeds === undefined
+          ? `cannot reach Redis at ${redactUrl(this.options.url)} (${message}): check REDIS_URL and that Redis is running`
+          : `cannot reach the Redis Cluster at ${seeds.join(",")} (${message}): check REDIS_CLUSTER_NODES and that the cluster is up (cluster_state:ok)`,
         { cause },
       );
     }
     try {
-      await loadScripts(this.command, [...ALL_SCRIPTS, ...BACKEND_SCRIPTS]);
-      await this.subscriber.subscribe(
-        this.keys.broadcastChannel,
-        this.backendKeys.revocationChannel,
+      await loadScripts(
+        this.command,
+        this.keys.cluster
+          ? [...ALL_SCRIPTS, ...BACKEND_SCRIPTS, ...CLUSTER_SCRIPTS]
+          : [...ALL_SCRIPTS, ...BACKEND_SCRIPTS],
       );
+      await this.broker.listen(this.keys.broadcastChannel);
+      await this.broker.listen(this.backendKeys.revocationChannel);
       this.broadcastSubscribed = true;
       this.broadcastLive = this.subscriber.status === "ready";
       // Clears registrations a previous process with this node id left, then registers the node.
@@ -363,7 +435,7 @@ class RedisEngine implements Engine {
     await Promise.all([quit(this.command), quit(this.subscriber)]);
   }
 
-  private watch(client: Redis, role: Role): void {
+  private watch(client: RedisClient, role: Role): void {
     client.on("error", (error: unknown) => this.connectionError(role, error));
     client.on("close", () => this.connectionLost(role));
     client.on("ready", () => this.connectionReady(role));
@@ -371,6 +443,8 @@ class RedisEngine implements Engine {
     client.on("connect", () => {
       this.lastDataAt[role] = performance.now();
       this.waitingSince[role] = undefined;
+      // (A cluster client has no one socket: the watchdog leaves it to its nodes' timeouts.)
+      if (client instanceof Cluster) return;
       client.stream.on("data", () => {
         this.lastDataAt[role] = performance.now();
       });
@@ -388,6 +462,9 @@ class RedisEngine implements Engine {
     this.watchdogAt = now;
     for (const role of ["command", "subscriber"] as const) {
       const client = role === "command" ? this.command : this.subscriber;
+      // A cluster client has a connection per node, each with its own socket timeout; ioredis
+      // replaces the one that times out and refreshes the slot map.
+      if (client instanceof Cluster) continue;
       if (client.status !== "ready" || client.commandQueue.length === 0) {
         this.waitingSince[role] = undefined;
         continue;
@@ -558,7 +635,35 @@ function reconnectDelay(attempt: number): number {
   return Math.min(attempt * 100, MAX_RECONNECT_DELAY_MS);
 }
 
-async function quit(client: Redis): Promise<void> {
+/**
+ * The same per-connection behaviour as standalone mode (no offline queue, no resend, timeouts)
+ * for every node connection, and the cluster's own reconnect and redirection settings: a
+ * failover's CLUSTERDOWN or TRYAGAIN is retried shortly, MOVED/ASK are followed.
+ */
+function clusterOptions(nodeId: string, role: Role) {
+  const { lazyConnect, retryStrategy, ...perNode } = clientOptions(nodeId, role);
+  return {
+    lazyConnect,
+    enableOfflineQueue: false,
+    shardedSubscribers: role === "subscriber",
+    clusterRetryStrategy: retryStrategy,
+    // A failover (a replica promoted) makes slots unserved for about cluster-node-timeout.
+    retryDelayOnFailover: 100,
+    retryDelayOnClusterDown: 100,
+    retryDelayOnTryAgain: 100,
+    maxRedirections: 16,
+    slotsRefreshTimeout: CONNECT_TIMEOUT_MS,
+    redisOptions: perNode,
+  } satisfies ClusterOptions;
+}
+
+/** `host:port` of REDIS_CLUSTER_NODES as ioredis wants it. */
+function seedNode(seed: string): { host: string; port: number } {
+  const at = seed.lastIndexOf(":");
+  return { host: seed.slice(0, at), port: Number(seed.slice(at + 1)) };
+}
+
+async function quit(client: RedisClient): Promise<void> {
   try {
     await client.quit();
   } catch {
@@ -568,8 +673,30 @@ async function quit(client: Redis): Promise<void> {
 
 function validate(options: RedisEngineOptions): void {
   const problems: string[] = [];
-  if (typeof options.url !== "string" || options.url === "") {
+  const seeds = options.clusterNodes;
+  if (seeds === undefined && (typeof options.url !== "string" || options.url === "")) {
     problems.push("url is empty: set REDIS_URL, e.g. redis://127.0.0.1:6379");
+  }
+  if (seeds !== undefined) {
+    if (seeds.length === 0) problems.push("clusterNodes is empty: give at least one host:port");
+    for (const seed of seeds) {
+      const port = Number(seed.slice(seed.lastIndexOf(":") + 1));
+      if (!/^[^:]+:\d+$/.test(seed) && !/^\[.+\]:\d+$/.test(seed)) {
+        problems.push(`clusterNodes: "${seed}" is not host:port`);
+      } else if (!Number.isInteger(port) || port < 1 || port > 65_535) {
+        problems.push(`clusterNodes: "${seed}" has no valid port`);
+      }
+    }
+    if (typeof options.keyPrefix === "string" && /[{}]/.test(options.keyPrefix)) {
+      // A brace in the prefix would become (part of) every key's hash tag.
+      problems.push(
+        `keyPrefix must not contain { or } in cluster mode (got "${options.keyPrefix}")`,
+      );
+    }
+  }
+  const replicas = options.waitReplicas ?? 0;
+  if (!Number.isSafeInteger(replicas) || replicas < 0) {
+    problems.push(`waitReplicas must be a whole number ≥ 0 (got ${replicas})`);
   }
   if (typeof options.nodeId !== "string" || options.nodeId === "") {
     problems.push("nodeId is empty: set NODE_ID or let the server generate one");

@@ -15,20 +15,20 @@
  * entries again once they are idle for the claim timeout.
  */
 import type { EventQueue, EventQueueStats, QueuedEvent } from "@mrezhen/engine";
-import type { Redis } from "ioredis";
+import { Cluster } from "ioredis";
 import type { BackendKeys } from "./backend-keys.js";
 import { QUEUE_PRESENCE_EVENT } from "./backend-scripts.js";
-import { runScript, toEngineError } from "./script-runner.js";
+import { type RedisClient, runScript, toEngineError } from "./script-runner.js";
 
 export class RedisEventQueue implements EventQueue {
-  private blocking: Redis | undefined;
+  private blocking: RedisClient | undefined;
   private groupReady = false;
   /** Where the XAUTOCLAIM scan stands ("0-0": from the start). */
   private claimCursor = "0-0";
   private closed = false;
 
   constructor(
-    private readonly client: Redis,
+    private readonly client: RedisClient,
     private readonly keys: BackendKeys,
     private readonly consumer: string,
   ) {}
@@ -161,11 +161,16 @@ export class RedisEventQueue implements EventQueue {
     return taken;
   }
 
-  private async reader(): Promise<Redis> {
+  private async reader(): Promise<RedisClient> {
     if (this.closed) throw new Error("event queue closed");
     if (this.blocking === undefined) {
       const name = `mrezhen:${this.consumer}:webhooks`.replace(/[^\w.:-]/g, "_");
-      this.blocking = this.client.duplicate({ connectionName: name, enableOfflineQueue: true });
+      const { client } = this;
+      // On Redis Cluster a client of its own too: it routes XREADGROUP to the stream's slot.
+      this.blocking =
+        client instanceof Cluster
+          ? client.duplicate(undefined, { enableOfflineQueue: true })
+          : client.duplicate({ connectionName: name, enableOfflineQueue: true });
       this.blocking.on("error", () => {}); // outages are reported by the engine's connections
     }
     if (this.blocking.status === "wait") await this.blocking.connect();

@@ -73,8 +73,44 @@
  * Scripts that reach keys named by data they read (other nodes' hashes in the sweep, message
  * texts by id in history and queue reads, the receipts and channel of a sender read from a
  * message body in acknowledge) get the key heads from here as arguments, so the names
- * live in this file only. Such keys are not declared in KEYS: the layout assumes a standalone
- * Redis (or a primary with replicas), not Redis Cluster.
+ * live in this file only.
+ *
+ * ## Redis Cluster (REDIS_CLUSTER_NODES)
+ *
+ * In cluster mode every name carries a hash tag, so that what one script touches is in one
+ * slot (Redis refuses a script whose keys are in several slots, and a script may only reach
+ * keys of its own slot). The tags:
+ *
+ * | tag              | keys                                                 | why together          |
+ * |------------------|------------------------------------------------------|-----------------------|
+ * | `{u:<userId>}`   | inbox-pos, inbox-log, queue, convs, conv-last,       | a user's own state:   |
+ * |                  | unread, acked, delivered, read, receipts, rate-log,  | every per-user script |
+ * |                  | quota, idem (of the sender), the user's text copies  | (inbox, queue, ack,   |
+ * |                  | `msg:{u:<userId>}<id>`, step markers `done-in:` /    | limits, one side of a |
+ * |                  | `done-out:`; channel `user:{u:<userId>}`             | DM) is one slot       |
+ * | `{c:<conv>}`     | conv-seq, conv-log, the conversation's text copies   | seq and history of a  |
+ * |                  | `msg:{c:<conv>}<id>`, `pending:` (DMs not confirmed  | conversation change   |
+ * |                  | complete on both users' sides), `read-marks:`        | together              |
+ * | `{p}`            | every presence key (online, count, version, nodes,   | presence scripts are  |
+ * |                  | node hashes, liveness keys) and the broadcast channel| global by nature      |
+ *
+ * The names are `<p><kind>:{u:<id>}` (the id last, in the tag): a user id may contain `}`, and
+ * then the tag is only the part before it, so two users may share a slot; that is harmless (a
+ * slot may hold many users), and the name stays unambiguous because the kind comes first and
+ * the only variable part after the tag is a message id (node-made UUIDs, no `}`). The
+ * idempotency key is `idem:<n>:{u:<from>}<clientMsgId>`, n = length of `from`, for the same
+ * reason as in standalone mode. The prefix must not contain `{` or `}` (checked at start).
+ *
+ * Message texts are kept once per slot that reads them: in the conversation's slot (history,
+ * mark-read) and in each user's slot (inbox, queue, conversations, acknowledge). A script
+ * reads texts by id it found in an index of its own slot; those keys cannot be declared in
+ * KEYS ahead (the ids are only known inside), but they are in the slot of the declared index by
+ * construction (the same tag), which is what Redis Cluster checks. Three copies are the price
+ * of one slot per read: a cluster stores each text three times (about 3× the text bytes of
+ * standalone mode).
+ *
+ * Standalone mode keeps the names of the first table (no tags), so an existing deployment
+ * keeps its data across the upgrade, and keeps one text per message.
  */
 import { conversationKey } from "@mrezhen/engine";
 
@@ -87,9 +123,9 @@ export class Keys {
   /** This node's presence hash and liveness key. */
   readonly presenceThisNode: string;
   readonly aliveThisNode: string;
-  /** `<p>user:`; a user channel is this plus the user id. */
+  /** `<p>user:`; a user channel is this plus the user id (plus the tag in cluster mode). */
   readonly userChannelHead: string;
-  /** Key heads for scripts that append an id read from Redis. */
+  /** Key head of message texts in standalone mode (cluster mode: textHeadOf*). */
   readonly messageHead: string;
   /** `<p>receipts:`, for the acknowledge script (the receipts key of a sender read from a body). */
   readonly receiptsHead: string;
@@ -99,23 +135,50 @@ export class Keys {
   constructor(
     readonly prefix: string,
     nodeId: string,
+    /** Redis Cluster: hash-tagged names (see the table above). */
+    readonly cluster = false,
   ) {
-    this.presenceOnline = `${prefix}presence:online`;
-    this.presenceCount = `${prefix}presence:count`;
-    this.presenceVersion = `${prefix}presence:version`;
-    this.nodes = `${prefix}nodes`;
-    this.broadcastChannel = `${prefix}broadcast`;
+    // Every presence key in one slot: `{p}` right after the prefix (nothing in cluster mode).
+    const p = cluster ? `${prefix}{p}` : prefix;
+    this.presenceOnline = `${p}presence:online`;
+    this.presenceCount = `${p}presence:count`;
+    this.presenceVersion = `${p}presence:version`;
+    this.nodes = `${p}nodes`;
+    this.broadcastChannel = `${p}broadcast`;
     this.messageHead = `${prefix}msg:`;
     this.receiptsHead = `${prefix}receipts:`;
-    this.presenceNodeHead = `${prefix}presence:node:`;
-    this.aliveHead = `${prefix}node-alive:`;
+    this.presenceNodeHead = `${p}presence:node:`;
+    this.aliveHead = `${p}node-alive:`;
     this.presenceThisNode = this.presenceNode(nodeId);
     this.aliveThisNode = this.alive(nodeId);
     this.userChannelHead = `${prefix}user:`;
   }
 
+  /** `<p><kind>:<userId>`, or `<p><kind>:{u:<userId>}` in cluster mode. */
+  private user(kind: string, userId: string): string {
+    return this.cluster ? `${this.prefix}${kind}:{u:${userId}}` : `${this.prefix}${kind}:${userId}`;
+  }
+
+  /** `<p><kind>:<conversation>`, or `<p><kind>:{c:<conversation>}` in cluster mode. */
+  private conv(kind: string, conversation: string): string {
+    return this.cluster
+      ? `${this.prefix}${kind}:{c:${conversation}}`
+      : `${this.prefix}${kind}:${conversation}`;
+  }
+
+  /** The text of a message (standalone mode: the only copy). */
   message(messageId: string): string {
     return this.messageHead + messageId;
+  }
+
+  /** Head of the texts a user's scripts read (standalone: the one copy; cluster: the user's). */
+  textHeadOfUser(userId: string): string {
+    return this.cluster ? `${this.prefix}msg:{u:${userId}}` : this.messageHead;
+  }
+
+  /** Head of the texts a conversation's scripts read. */
+  textHeadOfConversation(conversation: string): string {
+    return this.cluster ? `${this.prefix}msg:{c:${conversation}}` : this.messageHead;
   }
 
   /** The conversation part of the conversation keys: one per unordered pair of users. */
@@ -124,56 +187,78 @@ export class Keys {
   }
 
   conversationSeq(conversation: string): string {
-    return `${this.prefix}conv-seq:${conversation}`;
+    return this.conv("conv-seq", conversation);
   }
 
   conversationLog(conversation: string): string {
-    return `${this.prefix}conv-log:${conversation}`;
+    return this.conv("conv-log", conversation);
+  }
+
+  /** Cluster mode: DMs of the conversation not yet confirmed done on both users' sides. */
+  pending(conversation: string): string {
+    return this.conv("pending", conversation);
+  }
+
+  /** Cluster mode: user → read watermark in the conversation (mark-read runs in its slot). */
+  readMarks(conversation: string): string {
+    return this.conv("read-marks", conversation);
+  }
+
+  /** Cluster mode: the recipient step of a DM is done (its result), keyed by the message. */
+  doneIn(userId: string, messageId: string): string {
+    return `${this.prefix}done-in:{u:${userId}}${messageId}`;
+  }
+
+  /** Cluster mode: the sender step of a DM is done (its result), keyed by the message. */
+  doneOut(userId: string, messageId: string): string {
+    return `${this.prefix}done-out:{u:${userId}}${messageId}`;
   }
 
   inboxPosition(userId: string): string {
-    return `${this.prefix}inbox-pos:${userId}`;
+    return this.user("inbox-pos", userId);
   }
 
   inboxLog(userId: string): string {
-    return `${this.prefix}inbox-log:${userId}`;
+    return this.user("inbox-log", userId);
   }
 
   queue(userId: string): string {
-    return `${this.prefix}queue:${userId}`;
+    return this.user("queue", userId);
   }
 
   /** The length prefix makes (from, clientMsgId) unambiguous for any ids (as the memory engine). */
   idempotency(from: string, clientMsgId: string): string {
-    return `${this.prefix}idem:${from.length}:${from}${clientMsgId}`;
+    return this.cluster
+      ? `${this.prefix}idem:${from.length}:{u:${from}}${clientMsgId}`
+      : `${this.prefix}idem:${from.length}:${from}${clientMsgId}`;
   }
 
   conversations(userId: string): string {
-    return `${this.prefix}convs:${userId}`;
+    return this.user("convs", userId);
   }
 
   conversationLast(userId: string): string {
-    return `${this.prefix}conv-last:${userId}`;
+    return this.user("conv-last", userId);
   }
 
   unread(userId: string): string {
-    return `${this.prefix}unread:${userId}`;
+    return this.user("unread", userId);
   }
 
   acked(userId: string): string {
-    return `${this.prefix}acked:${userId}`;
+    return this.user("acked", userId);
   }
 
   delivered(userId: string): string {
-    return `${this.prefix}delivered:${userId}`;
+    return this.user("delivered", userId);
   }
 
   read(userId: string): string {
-    return `${this.prefix}read:${userId}`;
+    return this.user("read", userId);
   }
 
   receipts(userId: string): string {
-    return this.receiptsHead + userId;
+    return this.user("receipts", userId);
   }
 
   presenceNode(nodeId: string): string {
@@ -186,21 +271,23 @@ export class Keys {
 
   /** A list (earlier versions kept a sorted set under `rate:`, left to expire by itself). */
   rate(key: string): string {
-    return `${this.prefix}rate-log:${key}`;
+    return this.user("rate-log", key);
   }
 
   quota(userId: string): string {
-    return `${this.prefix}quota:${userId}`;
+    return this.user("quota", userId);
   }
 
   userChannel(userId: string): string {
-    return this.userChannelHead + userId;
+    return this.cluster ? `${this.userChannelHead}{u:${userId}}` : this.userChannelHead + userId;
   }
 
   /** The user of a user channel, or undefined for any other channel. */
   userOfChannel(channel: string): string | undefined {
-    return channel.startsWith(this.userChannelHead)
-      ? channel.slice(this.userChannelHead.length)
-      : undefined;
+    if (!channel.startsWith(this.userChannelHead)) return undefined;
+    if (!this.cluster) return channel.slice(this.userChannelHead.length);
+    const open = this.userChannelHead.length;
+    if (!channel.startsWith("{u:", open) || !channel.endsWith("}")) return undefined;
+    return channel.slice(open + 3, -1);
   }
 }

@@ -38,9 +38,14 @@ import {
   type RetentionOptions,
 } from "@mrezhen/engine";
 import { encodeMessageWithoutSeq, type ReceiptKind, receiptFrame } from "@mrezhen/protocol";
-import type { Redis } from "ioredis";
 import type { Keys } from "./keys.js";
-import { runScript, type ScriptArgument, strings, toEngineError } from "./script-runner.js";
+import {
+  type RedisClient,
+  runScript,
+  type ScriptArgument,
+  strings,
+  toEngineError,
+} from "./script-runner.js";
 import {
   ACKNOWLEDGE,
   APPEND,
@@ -60,11 +65,11 @@ const MAX_COUNT = 2_147_483_646;
 
 export class RedisMessageStore implements MessageStore {
   constructor(
-    private readonly client: Redis,
-    private readonly keys: Keys,
-    private readonly retention: RetentionOptions,
-    private readonly rateLimit: RateLimitOptions,
-    private readonly quotas: QuotaOptions,
+    protected readonly client: RedisClient,
+    protected readonly keys: Keys,
+    protected readonly retention: RetentionOptions,
+    protected readonly rateLimit: RateLimitOptions,
+    protected readonly quotas: QuotaOptions,
   ) {}
 
   async append(input: AppendInput): Promise<AppendResult> {
@@ -147,7 +152,7 @@ export class RedisMessageStore implements MessageStore {
         : limited
           ? APPEND_IDEMPOTENT_LIMITED
           : APPEND_IDEMPOTENT;
-    return runScript(this.client, script, args);
+    return runScript(this.client, script, args, true);
   }
 
   async history(
@@ -163,11 +168,12 @@ export class RedisMessageStore implements MessageStore {
       before === undefined || Number.isNaN(before) || before === Number.POSITIVE_INFINITY
         ? "+inf"
         : Math.min(Math.ceil(before) - 1, Number.MAX_SAFE_INTEGER);
+    const conversation = this.keys.conversationOf(userA, userB);
     const reply = await runScript(this.client, HISTORY, [
-      this.keys.conversationLog(this.keys.conversationOf(userA, userB)),
+      this.keys.conversationLog(conversation),
       count(limit),
       highest,
-      this.keys.messageHead,
+      this.keys.textHeadOfConversation(conversation),
     ]);
     if (!Array.isArray(reply) || (reply[0] !== 0 && reply[0] !== 1)) unexpected("history", reply);
     return { messages: strings(reply.slice(1), "history"), hasMore: reply[0] === 1 };
@@ -184,7 +190,7 @@ export class RedisMessageStore implements MessageStore {
       this.keys.inboxPosition(userId),
       positionsAfter(after),
       count(limit),
-      this.keys.messageHead,
+      this.keys.textHeadOfUser(userId),
       maxBytes,
     ]);
     const flat = strings(reply, "readInbox");
@@ -253,7 +259,7 @@ export class RedisMessageStore implements MessageStore {
       this.keys.conversationLast(userId),
       this.keys.unread(userId),
       wanted,
-      this.keys.messageHead,
+      this.keys.textHeadOfUser(userId),
     ]);
     const flat = strings(reply, "conversations");
     const summaries: ConversationSummary[] = [];
@@ -298,7 +304,7 @@ export class RedisMessageStore implements MessageStore {
       positionsAfter(after),
       wanted,
       maxBytes,
-      this.keys.messageHead,
+      this.keys.textHeadOfUser(userId),
     ]);
     return queuedMessages(strings(reply, "readQueued"), 0);
   }
@@ -333,14 +339,14 @@ export class RedisMessageStore implements MessageStore {
 }
 
 /** The limit named by a refusing APPEND reply's fifth element. */
-const REFUSED_LIMITS: Readonly<Record<number, RefusedLimit>> = {
+export const REFUSED_LIMITS: Readonly<Record<number, RefusedLimit>> = {
   2: "rate",
   3: "new_conversations_per_day",
   4: "bytes_per_day",
 };
 
 /** APPEND's reply: `{ seq, delivered, senderPos, recipientPos, 0 }` or, for a duplicate, `{ …, 1, id, timestamp }`. */
-function appendResult(reply: unknown, input: AppendInput): AppendResult {
+export function appendResult(reply: unknown, input: AppendInput): AppendResult {
   if (
     !Array.isArray(reply) ||
     !(reply.length === 5 || reply.length === 7) ||
@@ -363,7 +369,7 @@ function appendResult(reply: unknown, input: AppendInput): AppendResult {
 }
 
 /** The `id, position, text` triples of a READ_INBOX or READ_QUEUED reply, from index `from`. */
-function queuedMessages(flat: string[], from: number): QueuedMessage[] {
+export function queuedMessages(flat: string[], from: number): QueuedMessage[] {
   const messages: QueuedMessage[] = [];
   for (let i = from; i + 2 < flat.length; i += 3) {
     messages.push({
@@ -376,19 +382,19 @@ function queuedMessages(flat: string[], from: number): QueuedMessage[] {
 }
 
 /** A limit as a script count: a whole number from 0 to MAX_COUNT. */
-function count(limit: number): number {
+export function count(limit: number): number {
   if (!(limit > 0)) return 0;
   return Math.min(Math.floor(limit), MAX_COUNT);
 }
 
 /** `after` as the whole position that entries must be above (positions start at 1). */
-function positionsAfter(after: number): number {
+export function positionsAfter(after: number): number {
   if (Number.isNaN(after) || after < 0) return 0;
   return Math.min(Math.floor(after), Number.MAX_SAFE_INTEGER);
 }
 
 /** A position or seq as a whole number for a script; undefined for NaN. */
-function integer(value: number): number | undefined {
+export function integer(value: number): number | undefined {
   if (Number.isNaN(value)) return undefined;
   return Math.max(-Number.MAX_SAFE_INTEGER, Math.min(Math.floor(value), Number.MAX_SAFE_INTEGER));
 }
@@ -399,12 +405,12 @@ const UP_TO_PROBE = 987_654_321;
  * protocol receiptFrame split around its `upTo`: a script writes head + seq + tail, so the frame
  * is byte-identical to receiptFrame's whatever the user id holds (JSON escaping included).
  */
-function receiptFrameParts(kind: ReceiptKind, from: string): [string, string] {
+export function receiptFrameParts(kind: ReceiptKind, from: string): [string, string] {
   const frame = receiptFrame(kind, from, UP_TO_PROBE);
   const at = frame.lastIndexOf(String(UP_TO_PROBE));
   return [frame.slice(0, at), frame.slice(at + String(UP_TO_PROBE).length)];
 }
 
-function unexpected(what: string, reply: unknown): never {
+export function unexpected(what: string, reply: unknown): never {
   throw new Error(`unexpected reply from the ${what} script: ${JSON.stringify(reply)}`);
 }

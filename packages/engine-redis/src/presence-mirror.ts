@@ -36,11 +36,10 @@
  * start and after a loss.
  */
 import type { PresenceChange } from "@mrezhen/engine";
-import type { Redis } from "ioredis";
 import type { PresenceDelta } from "./codec.js";
 import type { Logger } from "./engine.js";
 import type { Keys } from "./keys.js";
-import { runScript } from "./script-runner.js";
+import { type RedisClient, runScript } from "./script-runner.js";
 import { SNAPSHOT } from "./scripts.js";
 
 /** Deltas held while a snapshot is awaited, at most (the oldest go first; see hold()). */
@@ -69,7 +68,7 @@ export class PresenceMirror {
   private snapshots = 0;
 
   constructor(
-    private readonly client: Redis,
+    private readonly client: RedisClient,
     private readonly keys: Keys,
     private readonly logger: Logger,
     /** Called for every change, in order; the engine's broker passes it to its handler. */

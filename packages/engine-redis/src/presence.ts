@@ -37,10 +37,10 @@
  * REASSERT already counts them, and sent after it they would count twice.
  */
 import type { PresenceStore } from "@mrezhen/engine";
-import type { Redis } from "ioredis";
 import type { Keys } from "./keys.js";
 import {
   integers,
+  type RedisClient,
   runScript,
   type ScriptArgument,
   strings,
@@ -88,7 +88,7 @@ export class RedisPresenceStore implements PresenceStore {
   private flushScheduled = false;
 
   constructor(
-    private readonly client: Redis,
+    private readonly client: RedisClient,
     private readonly keys: Keys,
     private readonly nodeId: string,
     private readonly nodeTtlMs: number,

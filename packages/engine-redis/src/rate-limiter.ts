@@ -6,14 +6,13 @@
  * action.
  */
 import type { RateDecision, RateLimiter, RateLimitOptions } from "@mrezhen/engine";
-import type { Redis } from "ioredis";
 import type { Keys } from "./keys.js";
-import { integers, runScript } from "./script-runner.js";
+import { integers, type RedisClient, runScript } from "./script-runner.js";
 import { CONSUME } from "./scripts.js";
 
 export class RedisRateLimiter implements RateLimiter {
   constructor(
-    private readonly client: Redis,
+    private readonly client: RedisClient,
     private readonly keys: Keys,
     private readonly options: RateLimitOptions,
   ) {}

@@ -6,16 +6,15 @@
  * have been published while it was away) it is loaded again.
  */
 import type { RevocationStore } from "@mrezhen/engine";
-import type { Redis } from "ioredis";
 import type { BackendKeys } from "./backend-keys.js";
 import { REVOKE } from "./backend-scripts.js";
-import { runScript, toEngineError } from "./script-runner.js";
+import { type RedisClient, runScript, toEngineError } from "./script-runner.js";
 
 export class RedisRevocationStore implements RevocationStore {
   private readonly before = new Map<string, number>();
 
   constructor(
-    private readonly client: Redis,
+    private readonly client: RedisClient,
     private readonly keys: BackendKeys,
   ) {}
 

@@ -10,17 +10,46 @@
  * gives untyped methods; this is a few lines and keeps the hot path exactly one EVALSHA.)
  */
 import { EngineUnavailableError } from "@mrezhen/engine";
-import type { Redis } from "ioredis";
+import { Cluster, type Redis } from "ioredis";
+import { clusterVariant } from "./cluster-scripts.js";
 import type { LuaScript } from "./scripts.js";
 
 export type ScriptArgument = string | number;
 
-/** Runs `script` with `args` = its keys followed by its other arguments. Rejects with toEngineError. */
+/** A standalone Redis connection, or a Redis Cluster client (REDIS_CLUSTER_NODES). */
+export type RedisClient = Redis | Cluster;
+
+/**
+ * REDIS_WAIT_REPLICAS per client: scripts that write wait for that many replicas (WAIT) before
+ * they resolve. Set once by the engine; a WeakMap keeps the runner's signature unchanged.
+ */
+const waitReplicasOf = new WeakMap<RedisClient, number>();
+/** How long a write waits for its replicas before the call fails (the client then retries). */
+const WAIT_TIMEOUT_MS = 2000;
+
+export function setWaitReplicas(client: RedisClient, replicas: number): void {
+  if (replicas > 0) waitReplicasOf.set(client, replicas);
+}
+
+/**
+ * Runs `script` with `args` = its keys followed by its other arguments. Rejects with
+ * toEngineError. On a Redis Cluster client the script's cluster variant runs (cluster-scripts.ts)
+ * and ioredis routes it by its keys (following MOVED and ASK). With REDIS_WAIT_REPLICAS = N,
+ * the steps of a direct message (`durable`: what the client's ack promises) are pipelined
+ * with `WAIT N` on the same node:
+ * still one round trip, answered once N replicas have the write. Fewer within WAIT_TIMEOUT_MS
+ * is an EngineUnavailableError that may have succeeded: the caller does not ack, and the
+ * client's retry (same clientMsgId) is answered by the idempotency record.
+ */
 export async function runScript(
-  client: Redis,
-  script: LuaScript,
+  client: RedisClient,
+  standalone: LuaScript,
   args: readonly ScriptArgument[],
+  durable = false,
 ): Promise<unknown> {
+  const script = client instanceof Cluster ? clusterVariant(standalone) : standalone;
+  const replicas = durable ? waitReplicasOf.get(client) : undefined;
+  if (replicas !== undefined) return runAndWait(client, script, args, replicas);
   coalesceWrites(client);
   try {
     return await client.evalsha(script.sha, script.numberOfKeys, ...args);
@@ -34,6 +63,43 @@ export async function runScript(
   }
 }
 
+async function runAndWait(
+  client: RedisClient,
+  script: LuaScript,
+  args: readonly ScriptArgument[],
+  replicas: number,
+): Promise<unknown> {
+  let reply: unknown;
+  for (const body of [undefined, script.lua]) {
+    // One pipeline, so that WAIT goes to the node that ran the script (its keys' slot).
+    const pipeline = client.pipeline();
+    if (body === undefined) pipeline.evalsha(script.sha, script.numberOfKeys, ...args);
+    else pipeline.eval(body, script.numberOfKeys, ...args);
+    pipeline.call("WAIT", replicas, WAIT_TIMEOUT_MS);
+    let results: [Error | null, unknown][] | null;
+    try {
+      results = await pipeline.exec();
+    } catch (error) {
+      throw toEngineError(error);
+    }
+    const [scriptResult, waitResult] = results ?? [];
+    const scriptError = scriptResult?.[0];
+    if (scriptError && body === undefined && isNoScript(scriptError)) continue;
+    if (scriptError) throw toEngineError(scriptError);
+    if (waitResult?.[0]) throw toEngineError(waitResult[0]);
+    reply = scriptResult?.[1];
+    const acknowledged = waitResult?.[1];
+    if (typeof acknowledged !== "number" || acknowledged < replicas) {
+      throw new EngineUnavailableError(
+        `redis unavailable: ${String(acknowledged)} of ${replicas} replicas acknowledged a write within ${WAIT_TIMEOUT_MS} ms`,
+        { mayHaveSucceeded: true },
+      );
+    }
+    return reply;
+  }
+  return reply;
+}
+
 /**
  * Sends the commands issued in one tick in one write. ioredis writes each command to its socket
  * at once, a syscall each; under load one batch of replies resumes dozens of handlers in the same
@@ -43,7 +109,9 @@ export async function runScript(
  * same for SUBSCRIBE and UNSUBSCRIBE: in a connect storm, one write per subscription was the
  * node's largest single cost after the upgrade itself (its CPU profile: 7 % of the storm).
  */
-export function coalesceWrites(client: Redis): void {
+export function coalesceWrites(client: RedisClient): void {
+  // A cluster client has one connection per node, behind its own queueing.
+  if (client instanceof Cluster) return;
   const { stream } = client;
   if (stream === undefined || corked.has(stream)) return;
   corked.add(stream);
@@ -59,7 +127,21 @@ function uncork(stream: Redis["stream"]): void {
 }
 
 /** Loads every script, so that the first call of each is already a hit. */
-export async function loadScripts(client: Redis, scripts: readonly LuaScript[]): Promise<void> {
+export async function loadScripts(
+  client: RedisClient,
+  scripts: readonly LuaScript[],
+): Promise<void> {
+  if (client instanceof Cluster) {
+    // Every master: a script runs on the node of its keys. A master promoted later gets them
+    // from the NOSCRIPT fallback.
+    const bodies = scripts.map((script) => clusterVariant(script).lua);
+    await Promise.all(
+      client
+        .nodes("master")
+        .flatMap((node) => bodies.map((lua) => node.script("LOAD", lua) as Promise<unknown>)),
+    );
+    return;
+  }
   await Promise.all(scripts.map((script) => client.script("LOAD", script.lua)));
 }
 

@@ -46,7 +46,7 @@ export interface LuaScript {
   readonly numberOfKeys: number;
 }
 
-function script(name: string, numberOfKeys: number, ...parts: string[]): LuaScript {
+export function script(name: string, numberOfKeys: number, ...parts: string[]): LuaScript {
   const lua = parts.join("\n");
   return { name, lua, numberOfKeys, sha: createHash("sha1").update(lua).digest("hex") };
 }
@@ -54,7 +54,7 @@ function script(name: string, numberOfKeys: number, ...parts: string[]): LuaScri
 // -------------------------------------------------------------------------------------------
 // Shared helpers, prepended to the scripts that use them (scripts cannot define globals).
 
-const RATE_WINDOW = `
+export const RATE_WINDOW = `
 -- The sliding window of CONSUME (see there): counts one action of the list at key if
 -- limit_text (a count) and window_text (ms) allow it. Returns 1, 0 or 0, retry after (ms).
 local function consume_rate(key, limit_text, window_text)
@@ -117,7 +117,7 @@ local function drop_node(p, node_id, node_key, alive_key, nodes_key)
 end
 `;
 
-const MGET_ALL = `
+export const MGET_ALL = `
 -- MGET of any number of keys (unpack() is limited by the Lua C stack, so go in batches).
 local function mget_all(keys)
   local values = {}
@@ -288,7 +288,7 @@ return { redis.call('GET', KEYS[1]) or '0', redis.call('SMEMBERS', KEYS[2]) }
 // -------------------------------------------------------------------------------------------
 // Messages
 
-const INDEX = `
+export const INDEX = `
 -- ZREM / HDEL of any number of members (in batches, like mget_all).
 local function zrem_all(key, members)
   for first = 1, #members, 1000 do
@@ -312,7 +312,7 @@ local function cap_index(key, cap, ttl, size_bound)
 end
 `;
 
-const LOG = `
+export const LOG = `
 -- A log is a list of '<position>|<message id>' entries, oldest first, with increasing positions
 -- (seq for conv-log, inbox position for inbox-log). APPEND pushes every position it hands out, so
 -- a log has no holes unless something else took positions (an older version of the engine that
@@ -413,7 +413,7 @@ local function log_walk_down(key, from, head, batch, visit)
 end
 `;
 
-const MESSAGE_TEXT = String.raw`
+export const MESSAGE_TEXT = String.raw`
 -- Stored texts are protocol encodeMessage's, {"id":<string>,"from":<string>,...,"seq":N}: the
 -- fixed key order lets a script read the fields it needs without decoding the whole text
 -- (cjson would also refuse the lone surrogates JSON.stringify writes as \udxxx escapes).

@@ -1,0 +1,349 @@
+/**
+ * MessageStore on Redis Cluster (REDIS_CLUSTER_NODES). What keeps to one user's or one
+ * conversation's slot (history, readInbox, conversations, contacts, readQueued, removeQueued,
+ * receipts) is the standalone store's, on the cluster's key layout (keys.ts). What spans slots
+ * is split into steps here, each one script in one slot (cluster-scripts.ts):
+ *
+ * - append / appendIfAllowed: SEND_CHECK (only with a clientMsgId or limits), CONV_STEP, then
+ *   RECIPIENT_STEP and SENDER_STEP together: 3 round trips (2 without a clientMsgId and limits).
+ *   Every step is idempotent per message, so a retry (same clientMsgId, any node) runs them all
+ *   again and finishes whatever the first attempt left undone; the result is acked only after
+ *   every step. DMs left half-done without a retry are repaired by the next send in their
+ *   conversation (see cluster-scripts.ts).
+ * - acknowledge: ACKNOWLEDGE_CLUSTER in the user's slot, then one RECEIPT per sender in the
+ *   senders' slots (together): 2 round trips.
+ * - markRead: MARK_READ_CONV in the conversation's slot, then SET_UNREAD in the reader's and
+ *   RECEIPT in the other's (together): 2 round trips.
+ * - requeueIfOffline: HGET of the presence count, then REQUEUE_CLUSTER: 2 round trips. Unlike
+ *   standalone mode the check and the queueing are not atomic: a user who connects in between
+ *   finds the message in the queue at the next connect rather than at this one.
+ *
+ * What a crash between steps can leave (no retry): a message in the history but not yet in an
+ * inbox (repaired by the next send in the conversation); a delivered watermark raised without
+ * its receipt (the receipt is lost; the next ack sends a later one); a read mark raised without
+ * the unread count or the receipt updated (the next mark-read writes both).
+ */
+import {
+  type AppendInput,
+  type AppendResult,
+  IDEMPOTENCY_TTL_MS,
+  type QueuedMessage,
+  type RateRefusal,
+} from "@mrezhen/engine";
+import { encodeMessageWithoutSeq } from "@mrezhen/protocol";
+import {
+  ACKNOWLEDGE_CLUSTER,
+  CONV_STEP,
+  MARK_READ_CONV,
+  RECEIPT,
+  RECIPIENT_STEP,
+  REQUEUE_CLUSTER,
+  SEND_CHECK,
+  SENDER_STEP,
+  SET_UNREAD,
+} from "./cluster-scripts.js";
+import type { Logger } from "./engine.js";
+import {
+  integer,
+  REFUSED_LIMITS,
+  RedisMessageStore,
+  receiptFrameParts,
+  unexpected,
+} from "./messages.js";
+import { runScript, type ScriptArgument, strings, toEngineError } from "./script-runner.js";
+
+/** The steps after which a test may interrupt an append (injectClusterFaultForTests). */
+export type AppendStep = "checked" | "conversation";
+
+/** A DM's text, as far as the steps need it. */
+interface StoredMessage {
+  readonly id: string;
+  readonly from: string;
+  readonly to: string;
+  readonly json: string;
+}
+
+export class ClusterMessageStore extends RedisMessageStore {
+  /** Test-only: called after each step of an append; throwing there interrupts the append. */
+  faultForTests: ((step: AppendStep) => void) | undefined;
+  /** How long a DM may stay pending before a later send in its conversation repairs it. */
+  repairAfterMs = 10_000;
+  logger: Logger | undefined;
+
+  override async append(input: AppendInput): Promise<AppendResult> {
+    return (await this.send(input, false)) as AppendResult;
+  }
+
+  override appendIfAllowed(input: AppendInput): Promise<AppendResult | RateRefusal> {
+    return this.send(input, true);
+  }
+
+  private async send(input: AppendInput, limited: boolean): Promise<AppendResult | RateRefusal> {
+    const { keys } = this;
+    const { from, to, clientMsgId } = input;
+    let id = input.id;
+    let timestamp = input.timestamp;
+    // protocol encodeMessage without `,"seq":N}`, which CONV_STEP appends once it knows N.
+    let head = encodeMessageWithoutSeq({
+      id,
+      from,
+      to,
+      content: input.content,
+      timestamp,
+      ...(clientMsgId === undefined ? {} : { clientMsgId }),
+    }).slice(0, -1);
+    let duplicate = false;
+
+    if (clientMsgId !== undefined || limited) {
+      const args: ScriptArgument[] = [keys.conversations(from)];
+      if (clientMsgId !== undefined) args.push(keys.idempotency(from, clientMsgId));
+      if (limited) args.push(keys.rate(from), keys.quota(from));
+      args.push(
+        to,
+        id,
+        timestamp,
+        head,
+        IDEMPOTENCY_TTL_MS,
+        clientMsgId === undefined ? "" : "1",
+        limited ? "1" : "",
+        this.rateLimit.limit,
+        this.rateLimit.windowMs,
+        this.quotas.newConversationsPerDay,
+        this.quotas.bytesPerDay,
+        // The stored text's bytes with a one-digit seq (see SEND_CHECK).
+        Buffer.byteLength(head) + ',"seq":1}'.length,
+      );
+      const reply = await runScript(this.client, SEND_CHECK, args, true);
+      if (!Array.isArray(reply) || typeof reply[0] !== "number") unexpected("send check", reply);
+      if (reply[0] === 1) {
+        // A retry: finish the original message (its id, timestamp and text), whatever this one says.
+        const record = String(reply[1]);
+        const afterId = record.indexOf("|");
+        const afterTimestamp = record.indexOf("|", afterId + 1);
+        id = record.slice(0, afterId);
+        timestamp = record.slice(afterId + 1, afterTimestamp);
+        head = record.slice(afterTimestamp + 1);
+        duplicate = true;
+      } else if (reply[0] !== 0) {
+        const limit = REFUSED_LIMITS[reply[0]];
+        const retryAfterMs = reply[1];
+        if (limit === undefined || typeof retryAfterMs !== "number") unexpected("send", reply);
+        return { refused: true, retryAfterMs, limit };
+      }
+    }
+    this.faultForTests?.("checked");
+
+    const conversation = keys.conversationOf(from, to);
+    const conv = await runScript(
+      this.client,
+      CONV_STEP,
+      [
+        keys.conversationSeq(conversation),
+        keys.conversationLog(conversation),
+        keys.textHeadOfConversation(conversation) + id,
+        keys.pending(conversation),
+        id,
+        head,
+        this.retention.messageTtlMs,
+        this.retention.maxEntries,
+        this.repairAfterMs,
+        keys.textHeadOfConversation(conversation),
+      ],
+      true,
+    );
+    if (!Array.isArray(conv) || typeof conv[0] !== "number" || typeof conv[1] !== "string") {
+      unexpected("conversation step", conv);
+    }
+    const seq = conv[0];
+    const json = conv[1];
+    const repairs = strings(conv.slice(3), "conversation step");
+    this.faultForTests?.("conversation");
+
+    const message = { id, from, to, json };
+    const [recipient, senderPosition] = await Promise.all([
+      this.recipientStep(message),
+      this.senderStep(message, input.senderConnId),
+    ]);
+    // Both sides are done: the DM leaves the pending set (after the ack; a failure leaves it
+    // there, and a later repair finds both sides done).
+    this.confirm(conversation, id);
+    for (let i = 0; i + 1 < repairs.length; i += 2) {
+      void this.repair(conversation, repairs[i] as string, repairs[i + 1] as string);
+    }
+    return {
+      messageId: id,
+      timestamp,
+      duplicate,
+      seq,
+      status: recipient.delivered ? "delivered" : "queued",
+      senderPosition,
+      recipientPosition: recipient.position,
+    };
+  }
+
+  private async recipientStep(
+    message: StoredMessage,
+  ): Promise<{ position: number; delivered: boolean }> {
+    const { keys } = this;
+    const { id, from, to, json } = message;
+    const reply = await runScript(
+      this.client,
+      RECIPIENT_STEP,
+      [
+        keys.inboxPosition(to),
+        keys.inboxLog(to),
+        keys.textHeadOfUser(to) + id,
+        keys.queue(to),
+        keys.conversations(to),
+        keys.conversationLast(to),
+        keys.unread(to),
+        keys.doneIn(to, id),
+        id,
+        from,
+        json,
+        keys.userChannel(to),
+        this.retention.messageTtlMs,
+        this.retention.maxEntries,
+        IDEMPOTENCY_TTL_MS,
+      ],
+      true,
+    );
+    if (!Array.isArray(reply) || typeof reply[0] !== "number") unexpected("recipient step", reply);
+    return { position: reply[0], delivered: reply[1] === 1 };
+  }
+
+  private async senderStep(message: StoredMessage, senderConnId: string): Promise<number> {
+    const { keys } = this;
+    const { id, from, to, json } = message;
+    const reply = await runScript(
+      this.client,
+      SENDER_STEP,
+      [
+        keys.inboxPosition(from),
+        keys.inboxLog(from),
+        keys.textHeadOfUser(from) + id,
+        keys.conversations(from),
+        keys.conversationLast(from),
+        keys.doneOut(from, id),
+        id,
+        to,
+        json,
+        keys.userChannel(from),
+        senderConnId,
+        this.retention.messageTtlMs,
+        this.retention.maxEntries,
+        IDEMPOTENCY_TTL_MS,
+      ],
+      true,
+    );
+    if (!Array.isArray(reply) || typeof reply[0] !== "number") unexpected("sender step", reply);
+    return reply[0];
+  }
+
+  private confirm(conversation: string, id: string): void {
+    this.client.zrem(this.keys.pending(conversation), id).catch(() => {});
+  }
+
+  /** Runs both user-side steps of a DM left pending (each is a no-op where it was done). */
+  private async repair(conversation: string, id: string, json: string): Promise<void> {
+    try {
+      const { from, to } = JSON.parse(json) as { from: unknown; to: unknown };
+      if (typeof from !== "string" || typeof to !== "string") return;
+      const message = { id, from, to, json };
+      const [recipient, sender] = await Promise.all([
+        this.recipientStep(message),
+        this.senderStep(message, ""),
+      ]);
+      this.confirm(conversation, id);
+      this.logger?.info(
+        { messageId: id, recipientPosition: recipient.position, senderPosition: sender },
+        "repaired a direct message left half-done",
+      );
+    } catch (error) {
+      // Still pending: a later send in the conversation tries again.
+      this.logger?.warn({ err: error, messageId: id }, "could not repair a direct message");
+    }
+  }
+
+  override async acknowledge(userId: string, upTo: number): Promise<void> {
+    const position = integer(upTo);
+    if (position === undefined) return;
+    const { keys } = this;
+    const reply = await runScript(this.client, ACKNOWLEDGE_CLUSTER, [
+      keys.inboxLog(userId),
+      keys.inboxPosition(userId),
+      keys.acked(userId),
+      keys.delivered(userId),
+      position,
+      JSON.stringify(userId),
+      keys.textHeadOfUser(userId),
+    ]);
+    const flat = strings(reply, "acknowledge");
+    const [frameHead, frameTail] = receiptFrameParts("delivered", userId);
+    const sends: Promise<unknown>[] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      const other = flat[i] as string;
+      sends.push(
+        runScript(this.client, RECEIPT, [
+          keys.receipts(other),
+          `delivered|${userId}`,
+          frameHead + flat[i + 1] + frameTail,
+          keys.userChannel(other),
+        ]),
+      );
+    }
+    await Promise.all(sends);
+  }
+
+  override async markRead(userId: string, other: string, upTo: number): Promise<void> {
+    const seq = integer(upTo);
+    if (seq === undefined) return;
+    const { keys } = this;
+    const conversation = keys.conversationOf(userId, other);
+    const reply = await runScript(this.client, MARK_READ_CONV, [
+      keys.conversationSeq(conversation),
+      keys.conversationLog(conversation),
+      keys.readMarks(conversation),
+      userId,
+      seq,
+      JSON.stringify(other),
+      keys.textHeadOfConversation(conversation),
+    ]);
+    if (!Array.isArray(reply) || reply[0] !== 1) return;
+    const [, mark, unread] = reply as [number, number, number];
+    const [frameHead, frameTail] = receiptFrameParts("read", userId);
+    await Promise.all([
+      runScript(this.client, SET_UNREAD, [
+        keys.read(userId),
+        keys.unread(userId),
+        other,
+        mark,
+        unread,
+      ]),
+      runScript(this.client, RECEIPT, [
+        keys.receipts(other),
+        `read|${userId}`,
+        frameHead + mark + frameTail,
+        keys.userChannel(other),
+      ]),
+    ]);
+  }
+
+  override async requeueIfOffline(userId: string, message: QueuedMessage): Promise<boolean> {
+    try {
+      const connections = await this.client.hget(this.keys.presenceCount, userId);
+      if (Number(connections ?? "0") > 0) return false;
+    } catch (error) {
+      throw toEngineError(error);
+    }
+    const reply = await runScript(this.client, REQUEUE_CLUSTER, [
+      this.keys.queue(userId),
+      this.keys.textHeadOfUser(userId) + message.messageId,
+      message.position,
+      message.messageId,
+      this.retention.maxEntries,
+      this.retention.messageTtlMs,
+    ]);
+    return reply === 1;
+  }
+}

@@ -1,0 +1,417 @@
+/**
+ * The Lua of Redis Cluster mode (REDIS_CLUSTER_NODES). Every script here touches the keys of one
+ * slot only (keys.ts: `{u:<user>}`, `{c:<conversation>}`, `{p}`), which is all Redis Cluster
+ * lets a script do. The standalone scripts (scripts.ts) are reused where they already keep to one
+ * slot, in their cluster variant (see clusterVariant): their user-channel and presence
+ * PUBLISHes become SPUBLISHes, so an event goes to the one shard of its channel's slot instead of
+ * being copied to every node of the cluster.
+ *
+ * ## A direct message across slots
+ *
+ * The sender's keys, the recipient's and the conversation's are in three slots, so a DM is a few
+ * scripts (messages in cluster-messages.ts), each idempotent, keyed by the message:
+ *
+ * 1. SEND_CHECK (sender's slot), only with a clientMsgId or behind the limits: the idempotency
+ *    record answers a retry (it holds the original's id, timestamp and message head, so a retry
+ *    finishes the original message, whatever it carries itself); else the rate window and the
+ *    daily quotas count the message and the record is written.
+ * 2. CONV_STEP (conversation's slot): unless the conversation's copy of the text exists (then
+ *    the step was done: its seq is read back from the text), takes the next seq, stores the
+ *    text and the history entry, and adds the message to the conversation's `pending` set.
+ * 3. RECIPIENT_STEP (recipient's slot) and SENDER_STEP (sender's slot), sent together: each
+ *    one, unless its `done-in:` / `done-out:` marker exists (then it answers the marker), takes
+ *    the user's next inbox position, stores the user's copy of the text, the inbox entry and the
+ *    conversation-list entry, publishes the event, and writes its marker.
+ * The node acks after the last step. The pending entry is then removed (after the ack, not
+ * waited for). A message whose steps stopped half-way (a node died, Redis failed over between
+ * them) stays in `pending`; a later CONV_STEP of the same conversation, on any node, hands out
+ * the entries older than the repair delay (marking them taken for another delay), and the node
+ * runs steps 3 for them again: done sides answer their markers, the missing side is completed.
+ * So history and inboxes agree again at the next message of the conversation.
+ *
+ * Delivered or queued: the recipient step cannot read the presence keys (another slot). It
+ * publishes first, and SPUBLISH answers how many subscribers got the event: a node subscribes
+ * to a user's channel before registering the user's connection and unsubscribes after the last
+ * one closed, so 0 means nobody holds the user, and the message is queued. That is decided
+ * atomically with the store, like the standalone script's presence check.
+ */
+import {
+  INDEX,
+  LOG,
+  type LuaScript,
+  MESSAGE_TEXT,
+  MGET_ALL,
+  RATE_WINDOW,
+  script,
+} from "./scripts.js";
+
+/** Cluster variants by the standalone script's SHA1 (the APPEND variants share one body). */
+const variants = new Map<string, { readonly lua: string; readonly sha: string }>();
+
+/**
+ * The script as it runs on Redis Cluster: every PUBLISH becomes SPUBLISH (sharded pub/sub;
+ * Redis ≥ 7.0). The standalone scripts' channels are all user channels or the presence
+ * broadcast channel, which the cluster engine subscribes with SSUBSCRIBE. Text substitution
+ * keeps one source for both modes (the presence scripts in particular).
+ */
+export function clusterVariant(standalone: LuaScript): LuaScript {
+  let variant = variants.get(standalone.sha);
+  if (variant === undefined) {
+    const lua = standalone.lua.replaceAll("redis.call('PUBLISH',", "redis.call('SPUBLISH',");
+    const { sha } = script(standalone.name, 0, lua);
+    variant = { lua, sha };
+    variants.set(standalone.sha, variant);
+  }
+  return variant.sha === standalone.sha
+    ? standalone
+    : { ...standalone, lua: variant.lua, sha: variant.sha };
+}
+
+/**
+ * Step 1 of a DM: the sender's idempotency record and limits.
+ * KEYS: 1 convs:<from>, [2 idem:<from, clientMsgId>], [last two: rate-log:<from>, quota:<from>]
+ * ARGV: 1 to, 2 id, 3 timestamp, 4 message head, 5 idempotency TTL (ms), 6 "1" with an idem
+ *       key, 7 "1" behind the limits, 8 rate limit, 9 window (ms), 10 new conversations per
+ *       day, 11 bytes per day, 12 the text's bytes
+ * Returns { 0 } go on; { 1, record } a retry (record: `<id>|<timestamp>|<head>`);
+ * { 2, retryAfterMs } rate-limited; { 3, ms } / { 4, ms } over a daily quota.
+ *
+ * A new conversation is one whose other user is not in the sender's conversation list (every
+ * DM adds each user to the other's list): the seq is in another slot. The list is capped
+ * (maxEntries) and forgets a conversation whose last text expired, so a pair dropped from it
+ * counts again. The bytes are those of the text with a one-digit seq (the seq is not known yet):
+ * up to 15 bytes fewer than stored for long conversations.
+ */
+export const SEND_CHECK = script(
+  "cluster_send_check",
+  1,
+  RATE_WINDOW,
+  `
+local idem = ARGV[6] == '1' and KEYS[2] or nil
+if idem then
+  local earlier = redis.call('GET', idem)
+  if earlier then return { 1, earlier } end
+end
+if ARGV[7] == '1' then
+  local rate_key, quota_key = KEYS[#KEYS - 1], KEYS[#KEYS]
+  local starts = not redis.call('ZSCORE', KEYS[1], ARGV[1])
+  local bytes = tonumber(ARGV[12])
+  local time = redis.call('TIME')
+  local seconds = tonumber(time[1])
+  local today = math.floor(seconds / 86400)
+  local day_left_ms = (today + 1) * 86400000 - seconds * 1000 - math.floor(tonumber(time[2]) / 1000)
+  local used = redis.call('HMGET', quota_key, 'day', 'conversations', 'bytes')
+  if tonumber(used[1]) ~= today then used = nil end
+  if starts and (used and tonumber(used[2]) or 0) + 1 > tonumber(ARGV[10]) then
+    return { 3, day_left_ms }
+  end
+  if (used and tonumber(used[3]) or 0) + bytes > tonumber(ARGV[11]) then
+    return { 4, day_left_ms }
+  end
+  local allowed, retry_after_ms = consume_rate(rate_key, ARGV[8], ARGV[9])
+  if allowed == 0 then return { 2, retry_after_ms } end
+  if used then
+    redis.call('HINCRBY', quota_key, 'bytes', bytes)
+    if starts then redis.call('HINCRBY', quota_key, 'conversations', 1) end
+  else
+    redis.call('HSET', quota_key, 'day', string.format('%d', today),
+      'conversations', starts and '1' or '0', 'bytes', string.format('%d', bytes))
+    redis.call('PEXPIRE', quota_key, string.format('%d', day_left_ms))
+  end
+end
+if idem then
+  redis.call('SET', idem, ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4], 'PX', ARGV[5])
+end
+return { 0 }
+`,
+);
+
+/**
+ * Step 2 of a DM: seq, text and history in the conversation's slot; idempotent per message.
+ * Also hands out pending DMs older than the repair delay (see the top of this file).
+ * KEYS: 1 conv-seq:<c>, 2 conv-log:<c>, 3 msg:{c}<id>, 4 pending:<c>
+ * ARGV: 1 id, 2 message head (encodeMessageWithoutSeq without its closing brace),
+ *       3 messageTtlMs, 4 maxEntries, 5 repair delay (ms), 6 conversation text head
+ * Returns { seq, text, 1 if it was already done else 0, id, text, ... (DMs to repair) }.
+ */
+export const CONV_STEP = script(
+  "cluster_conv_step",
+  4,
+  MGET_ALL,
+  MESSAGE_TEXT,
+  `
+local id, ttl, cap = ARGV[1], ARGV[3], tonumber(ARGV[4])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now_text = string.format('%d', now)
+local out
+local existing = redis.call('GET', KEYS[3])
+if existing then
+  out = { seq_of(existing), existing, 1 }
+else
+  local seq = redis.call('INCR', KEYS[1])
+  local seq_text = string.format('%d', seq)
+  local json = ARGV[2] .. ',"seq":' .. seq_text .. '}'
+  redis.call('SET', KEYS[3], json, 'PX', ttl)
+  if redis.call('RPUSH', KEYS[2], seq_text .. '|' .. id) > cap then
+    redis.call('LTRIM', KEYS[2], '-' .. ARGV[4], '-1')
+  end
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('ZADD', KEYS[4], now_text, id)
+  redis.call('PEXPIRE', KEYS[4], ttl)
+  out = { seq, json, 0 }
+end
+local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf',
+  string.format('%d', now - tonumber(ARGV[5])), 'LIMIT', 0, 16)
+if #stale > 0 then
+  local keys = {}
+  for i = 1, #stale do keys[i] = ARGV[6] .. stale[i] end
+  local texts = mget_all(keys)
+  for i = 1, #stale do
+    if texts[i] then
+      -- Taken: another node's CONV_STEP hands it out again only after another delay.
+      redis.call('ZADD', KEYS[4], now_text, stale[i])
+      out[#out + 1] = stale[i]
+      out[#out + 1] = texts[i]
+    else
+      redis.call('ZREM', KEYS[4], stale[i])
+    end
+  end
+end
+return out
+`,
+);
+
+const ADD_CONVERSATION = `
+-- As in APPEND (scripts.ts): the conversation list, capped with its conv-last fields.
+local function add_conversation(list_key, last_key, position, position_text, other, id, cap)
+  local added = redis.call('ZADD', list_key, position_text, other)
+  redis.call('HSET', last_key, other, id)
+  if added == 0 or position <= cap then return end
+  local excess = redis.call('ZCARD', list_key) - cap
+  if excess > 0 then
+    local gone = redis.call('ZRANGE', list_key, 0, excess - 1)
+    redis.call('ZREMRANGEBYRANK', list_key, 0, excess - 1)
+    hdel_all(last_key, gone)
+  end
+end
+
+-- Pushes a log entry, keeps the log to cap entries and renews its TTL.
+local function log_push(key, entry, cap, ttl)
+  if redis.call('RPUSH', key, entry) > cap then
+    redis.call('LTRIM', key, string.format('-%d', cap), '-1')
+  end
+  redis.call('PEXPIRE', key, ttl)
+end
+`;
+
+/**
+ * Step 3a of a DM: the recipient's side; idempotent per message (marker `done-in:`).
+ * KEYS: 1 inbox-pos:<to>, 2 inbox-log:<to>, 3 msg:{u:to}<id>, 4 queue:<to>, 5 convs:<to>,
+ *       6 conv-last:<to>, 7 unread:<to>, 8 done-in:<to, id>
+ * ARGV: 1 id, 2 from, 3 text, 4 recipient channel, 5 messageTtlMs, 6 maxEntries,
+ *       7 marker TTL (ms)
+ * Returns { position, 1 delivered / 0 queued, 1 if it was already done else 0 }.
+ */
+export const RECIPIENT_STEP = script(
+  "cluster_recipient_step",
+  8,
+  INDEX,
+  ADD_CONVERSATION,
+  `
+local done = redis.call('GET', KEYS[8])
+if done then
+  local position, delivered = string.match(done, '^(%d+)|(%d+)$')
+  return { tonumber(position), tonumber(delivered), 1 }
+end
+local id, ttl, cap = ARGV[1], ARGV[5], tonumber(ARGV[6])
+local position = redis.call('INCR', KEYS[1])
+local position_text = string.format('%d', position)
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ttl)
+log_push(KEYS[2], position_text .. '|' .. id, cap, ttl)
+add_conversation(KEYS[5], KEYS[6], position, position_text, ARGV[2], id, cap)
+redis.call('HINCRBY', KEYS[7], ARGV[2], '1')
+-- Event payload, see codec.ts: m|<position>|<excludeConnId>|<messageId>|<messageJson>
+local delivered = 0
+if redis.call('SPUBLISH', ARGV[4], 'm|' .. position_text .. '||' .. id .. '|' .. ARGV[3]) > 0 then
+  delivered = 1
+else
+  redis.call('ZADD', KEYS[4], position_text, id)
+  cap_index(KEYS[4], cap, ttl, position)
+end
+redis.call('SET', KEYS[8], position_text .. '|' .. delivered, 'PX', ARGV[7])
+return { position, delivered, 0 }
+`,
+);
+
+/**
+ * Step 3b of a DM: the sender's side; idempotent per message (marker `done-out:`). The copy to
+ * the sender's other connections is published whenever the step runs (this slot cannot see
+ * presence): the sending node gets it too, and drops it (the sending connection is excluded).
+ * KEYS: 1 inbox-pos:<from>, 2 inbox-log:<from>, 3 msg:{u:from}<id>, 4 convs:<from>,
+ *       5 conv-last:<from>, 6 done-out:<from, id>
+ * ARGV: 1 id, 2 to, 3 text, 4 sender channel, 5 sender connection id, 6 messageTtlMs,
+ *       7 maxEntries, 8 marker TTL (ms)
+ * Returns { position, 1 if it was already done else 0 }.
+ */
+export const SENDER_STEP = script(
+  "cluster_sender_step",
+  6,
+  INDEX,
+  ADD_CONVERSATION,
+  `
+local done = redis.call('GET', KEYS[6])
+if done then return { tonumber(done), 1 } end
+local id, ttl, cap = ARGV[1], ARGV[6], tonumber(ARGV[7])
+local position = redis.call('INCR', KEYS[1])
+local position_text = string.format('%d', position)
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ttl)
+log_push(KEYS[2], position_text .. '|' .. id, cap, ttl)
+add_conversation(KEYS[4], KEYS[5], position, position_text, ARGV[2], id, cap)
+redis.call('SPUBLISH', ARGV[4], 'm|' .. position_text .. '|' .. ARGV[5] .. '|' .. id .. '|' .. ARGV[3])
+redis.call('SET', KEYS[6], position_text, 'PX', ARGV[8])
+return { position, 0 }
+`,
+);
+
+/**
+ * ACKNOWLEDGE (scripts.ts) in the user's slot: raises the acked and delivered watermarks, and
+ * answers the receipts to send instead of writing them (they go to the senders' slots, RECEIPT).
+ * KEYS: inbox-log:<user>, inbox-pos:<user>, acked:<user>, delivered:<user>
+ * ARGV: 1 upTo (integer), 2 the user's JSON literal, 3 the user's text head
+ * Returns { sender, seq, sender, seq, ... }.
+ */
+export const ACKNOWLEDGE_CLUSTER = script(
+  "cluster_acknowledge",
+  4,
+  MGET_ALL,
+  LOG,
+  MESSAGE_TEXT,
+  `
+local acked = redis.call('GET', KEYS[3]) or '0'
+local up_to = tonumber(ARGV[1])
+if up_to <= tonumber(acked) then return {} end
+local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
+local covered, senders = {}, {}
+local from = log_seek(KEYS[1], redis.call('LLEN', KEYS[1]), tonumber(acked))
+log_walk_up(KEYS[1], from, ARGV[3], 256, function(_, position, text)
+  if tonumber(position) > up_to then return true end
+  local literal = sender_literal(text)
+  local seq = seq_of(text)
+  if literal and seq and literal ~= ARGV[2] then
+    local other = json_unliteral(literal)
+    local had = covered[other]
+    if not had then senders[#senders + 1] = other end
+    if not had or seq > had then covered[other] = seq end
+  end
+  return false
+end)
+if math.min(up_to, newest) > tonumber(acked) then
+  redis.call('SET', KEYS[3], string.format('%d', math.min(up_to, newest)))
+end
+local out = {}
+for _, other in ipairs(senders) do
+  local seq = covered[other]
+  if seq > tonumber(redis.call('HGET', KEYS[4], other) or '0') then
+    redis.call('HSET', KEYS[4], other, string.format('%d', seq))
+    out[#out + 1] = other
+    out[#out + 1] = string.format('%d', seq)
+  end
+end
+return out
+`,
+);
+
+/**
+ * A receipt for a user, in that user's slot: stored for sync and published.
+ * KEYS: receipts:<user>
+ * ARGV: 1 field (`<kind>|<from>`), 2 frame, 3 the user's channel
+ */
+export const RECEIPT = script(
+  "cluster_receipt",
+  1,
+  `
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SPUBLISH', ARGV[3], 'f|' .. ARGV[2])
+return 1
+`,
+);
+
+/**
+ * MARK_READ's first half, in the conversation's slot: the read watermark (kept there, per user,
+ * in `read-marks`) and the recount of unread messages from the other user above it.
+ * KEYS: conv-seq:<c>, conv-log:<c>, read-marks:<c>
+ * ARGV: 1 user, 2 upTo (integer), 3 other's JSON literal, 4 the conversation's text head
+ * Returns { 0 } when the mark did not rise, else { 1, mark, unread }.
+ */
+export const MARK_READ_CONV = script(
+  "cluster_mark_read",
+  3,
+  MGET_ALL,
+  LOG,
+  MESSAGE_TEXT,
+  `
+local last = redis.call('GET', KEYS[1])
+if not last then return { 0 } end
+local up_to = math.min(tonumber(ARGV[2]), tonumber(last))
+if up_to <= tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0') then return { 0 } end
+redis.call('HSET', KEYS[3], ARGV[1], string.format('%d', up_to))
+local unread = 0
+local from = log_seek(KEYS[2], redis.call('LLEN', KEYS[2]), up_to)
+log_walk_up(KEYS[2], from, ARGV[4], 256, function(_, _, text)
+  if sender_literal(text) == ARGV[3] then unread = unread + 1 end
+  return false
+end)
+return { 1, up_to, unread }
+`,
+);
+
+/**
+ * MARK_READ's second half, in the reader's slot: the unread count for the other user, unless a
+ * later mark-read already wrote one (the `read` hash keeps the mark each count belongs to).
+ * KEYS: read:<user>, unread:<user>
+ * ARGV: 1 other, 2 mark, 3 unread
+ */
+export const SET_UNREAD = script(
+  "cluster_set_unread",
+  2,
+  `
+if tonumber(ARGV[2]) <= tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+else
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return 1
+`,
+);
+
+/**
+ * REQUEUE_IF_OFFLINE without the presence check (another slot: the node checks first).
+ * KEYS: queue:<user>, msg:{u:user}<id>
+ * ARGV: 1 position, 2 messageId, 3 maxEntries, 4 messageTtlMs
+ */
+export const REQUEUE_CLUSTER = script(
+  "cluster_requeue",
+  2,
+  INDEX,
+  `
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
+cap_index(KEYS[1], tonumber(ARGV[3]), ARGV[4])
+return 1
+`,
+);
+
+export const CLUSTER_SCRIPTS: readonly LuaScript[] = [
+  SEND_CHECK,
+  CONV_STEP,
+  RECIPIENT_STEP,
+  SENDER_STEP,
+  ACKNOWLEDGE_CLUSTER,
+  RECEIPT,
+  MARK_READ_CONV,
+  SET_UNREAD,
+  REQUEUE_CLUSTER,
+];
