@@ -113,7 +113,8 @@ export class ClusterMessageStore extends RedisMessageStore {
         // The stored text's bytes with a one-digit seq (see SEND_CHECK).
         Buffer.byteLength(head) + ',"seq":1}'.length,
       );
-      const reply = await runScript(this.client, SEND_CHECK, args, true);
+      const numberOfKeys = 1 + (clientMsgId === undefined ? 0 : 1) + (limited ? 2 : 0);
+      const reply = await runScript(this.client, { ...SEND_CHECK, numberOfKeys }, args, true);
       if (!Array.isArray(reply) || typeof reply[0] !== "number") unexpected("send check", reply);
       if (reply[0] === 1) {
         // A retry: finish the original message (its id, timestamp and text), whatever this one says.

@@ -1,4 +1,4 @@
-/** Test helpers shared by every package: tokens, a WebSocket test client, Redis, ports. */
+/** Test helpers shared by every package: tokens, a WebSocket test client, Redis (and Redis Cluster), ports. */
 export { type CloseInfo, type Frame, TestClient, UpgradeRefused } from "./client.js";
 export { eventually, freePort } from "./net.js";
 export {
@@ -11,4 +11,5 @@ export {
   SHARED_TEST_REDIS,
   type TestRedis,
 } from "./redis.js";
+export { redisClusterForTests, type TestRedisCluster } from "./redis-cluster.js";
 export { DEV_JWT_ISSUER, DEV_JWT_SECRET, mintToken, type TokenOptions } from "./tokens.js";
