@@ -20,7 +20,15 @@ export interface TestRedisCluster {
   masterOf(key: string): Promise<number>;
   /** SIGKILL of one node this process started (a crash); resolves once it is gone. */
   kill(port: number): Promise<void>;
-  /** Resolves once every live node says cluster_state:ok and agrees on who serves each slot. */
+  /**
+   * Starts a killed node again with its cluster config: it rejoins, as a replica of whoever
+   * took its slots over (so a shard has a replica again after a failover test).
+   */
+  restart(port: number): Promise<void>;
+  /**
+   * Resolves once every live node says cluster_state:ok, agrees on who serves each slot, and
+   * every replica is in sync with its master.
+   */
   waitForOk(timeoutMs?: number): Promise<void>;
   /** Deletes this prefix's keys and stops the nodes it started. */
   close(): Promise<void>;
@@ -49,7 +57,9 @@ export async function redisClusterForTests(): Promise<TestRedisCluster | undefin
   const fromEnv = process.env["REDIS_CLUSTER_NODES"]?.trim();
   if (fromEnv) {
     const nodes = fromEnv.split(",").map((node) => node.trim());
-    const cluster = new TestCluster(nodes, prefix, new Map());
+    const cluster = new TestCluster(nodes, prefix, new Map(), () => {
+      throw new Error("REDIS_CLUSTER_NODES names a cluster this process did not start");
+    });
     await cluster.waitForOk();
     return cluster;
   }
@@ -69,6 +79,7 @@ async function startCluster(prefix: string): Promise<TestRedisCluster> {
   }
   const dir = mkdtempSync(join(tmpdir(), "mrezhen-cluster-"));
   const children = new Map<number, ChildProcess>();
+  const busPorts = new Map<number, number>();
   const cleanup = () => {
     for (const child of children.values()) child.kill("SIGKILL");
   };
@@ -81,6 +92,7 @@ async function startCluster(prefix: string): Promise<TestRedisCluster> {
       // The cluster bus port is port + 10,000 by default, which may be taken or above 65,535.
       const busPort = await freePort();
       children.set(port, await startNode(port, busPort, dir));
+      busPorts.set(port, busPort);
       ports.push(port);
     }
     const nodes = ports.map((port) => `127.0.0.1:${port}`);
@@ -92,7 +104,12 @@ async function startCluster(prefix: string): Promise<TestRedisCluster> {
     if (created.status !== 0) {
       throw new Error(`redis-cli --cluster create failed: ${created.stdout}${created.stderr}`);
     }
-    const cluster = new TestCluster(nodes, prefix, children, () => {
+    const restart = async (port: number) => {
+      const busPort = busPorts.get(port);
+      if (busPort === undefined) throw new Error(`node ${port} was not started by this process`);
+      children.set(port, await startNode(port, busPort, dir));
+    };
+    const cluster = new TestCluster(nodes, prefix, children, restart, () => {
       process.removeListener("exit", cleanup);
       rmSync(dir, { recursive: true, force: true });
     });
@@ -122,6 +139,10 @@ function startNode(port: number, busPort: number, dir: string): Promise<ChildPro
       `nodes-${port}.conf`,
       "--cluster-node-timeout",
       "1000",
+      // A replica's first sync right away (default: 5 s later), so a test can kill a master
+      // soon after the start and find its replica ready to take over.
+      "--repl-diskless-sync-delay",
+      "0",
       "--save",
       "",
       "--appendonly",
@@ -170,6 +191,7 @@ class TestCluster implements TestRedisCluster {
     readonly nodes: readonly string[],
     readonly prefix: string,
     private readonly children: Map<number, ChildProcess>,
+    readonly restart: (port: number) => Promise<void>,
     private readonly afterClose: () => void = () => {},
   ) {
     this.seeds = nodes.join(",");
@@ -244,7 +266,11 @@ class TestCluster implements TestRedisCluster {
           .map(([low, high, master]) => `${low}-${high}@${master[1]}`)
           .sort()
           .join(",");
-        return { ok: info.includes("cluster_state:ok"), owners };
+        // A replica that never synced refuses to be promoted: wait for every link to be up.
+        const replication = String(await client.call("INFO", "replication"));
+        const synced =
+          !replication.includes("role:slave") || replication.includes("master_link_status:up");
+        return { ok: info.includes("cluster_state:ok") && synced, owners };
       });
       const owners = new Set(views.map((view) => view.owners));
       if (views.length > 0 && views.every((view) => view.ok) && owners.size === 1) return;
