@@ -23,8 +23,20 @@ export interface Config {
   readonly allowedOrigins: readonly string[] | undefined;
   readonly rateLimit: { readonly limit: number; readonly windowMs: number };
   readonly logLevel: string;
-  /** Set → Redis engine; absent → the embedded memory engine (one node). */
-  readonly redis: { readonly url: string; readonly keyPrefix: string } | undefined;
+  /**
+   * Set → Redis engine: one standalone Redis (`url`, REDIS_URL) or a Redis Cluster
+   * (`clusterNodes`, REDIS_CLUSTER_NODES); absent → the embedded memory engine (one node).
+   */
+  readonly redis:
+    | {
+        readonly url: string;
+        /** Seed nodes (`host:port`) of a Redis Cluster; when set, `url` is not used. */
+        readonly clusterNodes: readonly string[] | undefined;
+        readonly keyPrefix: string;
+        /** Replicas that must have each step of a direct message before it is acked (WAIT). */
+        readonly waitReplicas: number;
+      }
+    | undefined;
   readonly nodeId: string;
   readonly heartbeatIntervalMs: number;
   readonly shutdownTimeoutMs: number;
@@ -150,6 +162,10 @@ export const defaults = {
   RATE_LIMIT_WINDOW_MS: 60_000,
   LOG_LEVEL: "info",
   REDIS_KEY_PREFIX: "mrezhen:",
+  // 0: a message is acked once its master has it (replication is asynchronous; see the README
+  // for what a master's crash can lose then). N: once N replicas have it too, at a round trip's
+  // worth of latency per step.
+  REDIS_WAIT_REPLICAS: 0,
   HEARTBEAT_INTERVAL_MS: 30_000,
   SHUTDOWN_TIMEOUT_MS: 10_000,
   UPGRADE_TIMEOUT_MS: 10_000,
@@ -242,6 +258,31 @@ export function loadConfig(env: Env = process.env): Config {
       `NODE_ID must be 1 to 64 characters of A-Z, a-z, 0-9, ".", "_" and "-"; got ${JSON.stringify(nodeId)}.`,
     );
   }
+  const clusterNodes = read("REDIS_CLUSTER_NODES")
+    ?.split(",")
+    .map((node) => node.trim())
+    .filter((node) => node !== "");
+  if (clusterNodes !== undefined) {
+    for (const node of clusterNodes) {
+      const port = Number(node.slice(node.lastIndexOf(":") + 1));
+      if (!/^[^\s,]+:\d+$/.test(node) || !Number.isInteger(port) || port < 1 || port > 65_535) {
+        throw new ConfigError(
+          `REDIS_CLUSTER_NODES must be a comma-separated list of host:port seed nodes; got "${node}".`,
+        );
+      }
+    }
+    if (redisUrl !== undefined) {
+      throw new ConfigError(
+        "REDIS_URL and REDIS_CLUSTER_NODES are both set: set REDIS_URL for one standalone Redis, or REDIS_CLUSTER_NODES for a Redis Cluster, not both.",
+      );
+    }
+  }
+  const keyPrefix = read("REDIS_KEY_PREFIX") ?? defaults.REDIS_KEY_PREFIX;
+  if (clusterNodes !== undefined && /[{}]/.test(keyPrefix)) {
+    throw new ConfigError(
+      `REDIS_KEY_PREFIX must not contain { or } with REDIS_CLUSTER_NODES (they would become part of every key's hash tag); got "${keyPrefix}".`,
+    );
+  }
   return Object.freeze({
     nodeEnv,
     host: read("HOST") ?? (jwt.secret === DEV_JWT_SECRET ? DEV_HOST : defaults.HOST),
@@ -256,11 +297,14 @@ export function loadConfig(env: Env = process.env): Config {
     }),
     logLevel,
     redis:
-      redisUrl === undefined
+      redisUrl === undefined && clusterNodes === undefined
         ? undefined
         : Object.freeze({
-            url: redisUrl,
-            keyPrefix: read("REDIS_KEY_PREFIX") ?? defaults.REDIS_KEY_PREFIX,
+            url: redisUrl ?? "",
+            clusterNodes: clusterNodes === undefined ? undefined : Object.freeze(clusterNodes),
+            keyPrefix,
+            // Up to 16: more replicas per master than that is not a deployment this serves.
+            waitReplicas: integer(read, "REDIS_WAIT_REPLICAS", 0, 16),
           }),
     nodeId,
     heartbeatIntervalMs: integer(read, "HEARTBEAT_INTERVAL_MS", 100, 3_600_000),
@@ -309,6 +353,7 @@ export function loadConfig(env: Env = process.env): Config {
  */
 export const otherVariables = [
   "REDIS_URL",
+  "REDIS_CLUSTER_NODES",
   "NODE_ID",
   "JWT_SECRET_FILE",
   "JWT_PUBLIC_KEY",

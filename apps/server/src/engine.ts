@@ -2,7 +2,10 @@ import { createMemoryEngine, type Engine } from "@mrezhen/engine";
 import type { Logger } from "./chat/ports.js";
 import type { Config } from "./config.js";
 
-/** The engine the config asks for: Redis when REDIS_URL is set, else the embedded memory engine. */
+/**
+ * The engine the config asks for: Redis when REDIS_URL (one Redis) or REDIS_CLUSTER_NODES (a
+ * Redis Cluster) is set, else the embedded memory engine.
+ */
 export async function createEngine(config: Config, log: Logger): Promise<Engine> {
   if (config.redis === undefined) {
     return createMemoryEngine({
@@ -14,6 +17,8 @@ export async function createEngine(config: Config, log: Logger): Promise<Engine>
   const { createRedisEngine } = await import("@mrezhen/engine-redis");
   return createRedisEngine({
     url: config.redis.url,
+    ...(config.redis.clusterNodes === undefined ? {} : { clusterNodes: config.redis.clusterNodes }),
+    waitReplicas: config.redis.waitReplicas,
     keyPrefix: config.redis.keyPrefix,
     nodeId: config.nodeId,
     rateLimit: config.rateLimit,

@@ -5,13 +5,14 @@
  * nothing stored twice, and every conversation must arrive in order.
  */
 import { randomUUID } from "node:crypto";
-import { mintToken, redisForTests } from "@mrezhen/testkit";
+import { mintToken, redisClusterForTests, redisForTests } from "@mrezhen/testkit";
 import { afterAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { startNode, type TestNode } from "./helpers.js";
 
 const redis = await redisForTests();
-afterAll(() => redis?.close());
+const redisCluster = await redisClusterForTests();
+afterAll(() => Promise.all([redis?.close(), redisCluster?.close()]));
 
 const PAIRS = 6;
 const MESSAGES_PER_SENDER = 500;
@@ -212,6 +213,19 @@ if (redis !== undefined) {
       const env = {
         REDIS_URL: redis.url,
         REDIS_KEY_PREFIX: `${redis.prefix}${randomUUID().slice(0, 6)}:`,
+        RATE_LIMIT_MESSAGES: "1000000",
+      };
+      return [await startNode({ ...env, NODE_ID: "a" }), await startNode({ ...env, NODE_ID: "b" })];
+    },
+  ]);
+}
+if (redisCluster !== undefined) {
+  backends.push([
+    "redis engine on a Redis Cluster (3 masters, 3 replicas), two nodes",
+    async () => {
+      const env = {
+        REDIS_CLUSTER_NODES: redisCluster.seeds,
+        REDIS_KEY_PREFIX: `${redisCluster.prefix}${randomUUID().slice(0, 6)}:`,
         RATE_LIMIT_MESSAGES: "1000000",
       };
       return [await startNode({ ...env, NODE_ID: "a" }), await startNode({ ...env, NODE_ID: "b" })];
