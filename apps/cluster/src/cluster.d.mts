@@ -28,6 +28,12 @@ export interface ClusterOptions {
   readonly port?: number | undefined;
   /** A running Redis to use; when absent a throwaway redis-server is started. */
   readonly redisUrl?: string | undefined;
+  /**
+   * Start a throwaway Redis Cluster (6 redis-servers: 3 masters, 3 replicas) and give the nodes
+   * REDIS_CLUSTER_NODES instead of REDIS_URL (`pnpm cluster --redis-cluster`).
+   */
+  readonly redisCluster?: boolean | undefined;
+  readonly redisCliBin?: string | undefined;
   /** REDIS_KEY_PREFIX of every node (default "mrezhen:"). */
   readonly keyPrefix?: string | undefined;
   /** NODE_ID of node i is `${nodeIdPrefix}${i}` (default "node"). */
@@ -91,6 +97,8 @@ export interface Cluster {
   readonly nodes: readonly ClusterNode[];
   readonly nginx: { readonly pid: number | undefined; readonly accessLog: string };
   readonly redisUrl: string;
+  /** REDIS_CLUSTER_NODES of the nodes, with redisCluster; undefined otherwise. */
+  readonly redisClusterNodes: string | undefined;
   /** Whether the cluster started its own redis-server. */
   readonly redisStarted: boolean;
   readonly keyPrefix: string;

@@ -30,6 +30,9 @@ export const CLUSTER_DEFAULTS = Object.freeze({
   nodeIdPrefix: "node",
   nginxBin: "/usr/sbin/nginx",
   redisServerBin: "redis-server",
+  redisCliBin: "redis-cli",
+  // Start a local Redis Cluster (3 masters, 3 replicas) instead of one redis-server.
+  redisCluster: false,
   opensslBin: "openssl",
   build: true,
   // What each node runs (relative to the repository root), as in the Dockerfile's CMD.
@@ -103,6 +106,8 @@ const INSTALL_HINTS = {
   "redis-server":
     "install Redis (Debian/Ubuntu: `apt-get install -y redis-server`), or point REDIS_URL at a " +
     "running Redis, or set REDIS_SERVER_BIN",
+  "redis-cli":
+    "install redis-cli (Debian/Ubuntu: `apt-get install -y redis-tools`), or set REDIS_CLI_BIN",
   openssl:
     "install openssl (Debian/Ubuntu: `apt-get install -y openssl`), or bring a certificate with " +
     "CLUSTER_TLS_CERT and CLUSTER_TLS_KEY",
@@ -234,6 +239,7 @@ class LocalCluster {
     const c = this.config;
     await requireBinary(c.nginxBin, "nginx");
     if (!c.redisUrl) await requireBinary(c.redisServerBin, "redis-server");
+    if (c.redisCluster) await requireBinary(c.redisCliBin, "redis-cli");
     if (!c.tlsCert) await requireBinary(c.opensslBin, "openssl");
 
     this.dir = await mkdtemp(path.join(os.tmpdir(), "mrezhen-cluster-"));
@@ -252,7 +258,9 @@ class LocalCluster {
     const tls = await this.prepareTls();
     this.tls = tls;
 
-    if (c.redisUrl) {
+    if (c.redisCluster) {
+      await this.startRedisCluster();
+    } else if (c.redisUrl) {
       this.redisUrl = c.redisUrl;
       this.redisStarted = false;
       await this.guard(this.waitFor(() => redisPing(c.redisUrl), 5_000, `Redis at ${c.redisUrl}`));
@@ -292,7 +300,9 @@ class LocalCluster {
         // Loopback only: nginx is the one entry point.
         HOST: "127.0.0.1",
         NODE_ID: id,
-        REDIS_URL: this.redisUrl,
+        ...(this.redisClusterNodes
+          ? { REDIS_CLUSTER_NODES: this.redisClusterNodes, REDIS_URL: "" }
+          : { REDIS_URL: this.redisUrl }),
         REDIS_KEY_PREFIX: c.keyPrefix,
       };
       if (c.jwtSecret !== undefined) env.JWT_SECRET = c.jwtSecret;
@@ -495,6 +505,65 @@ class LocalCluster {
     ]);
   }
 
+  /**
+   * Six redis-servers in cluster mode (throwaway: no persistence), joined by `redis-cli --cluster
+   * create` into 3 masters with a replica each, ready once every node says cluster_state:ok.
+   * The nodes get REDIS_CLUSTER_NODES (all six) instead of REDIS_URL.
+   */
+  async startRedisCluster() {
+    const c = this.config;
+    const ports = await distinctFreePorts(12, [this.port]);
+    const nodes = [];
+    for (let i = 0; i < 6; i++) {
+      const [port, busPort] = [ports[2 * i], ports[2 * i + 1]];
+      const dir = path.join(this.dir, `redis${i + 1}`);
+      await mkdir(dir);
+      this.spawnChild(`redis${i + 1}`, c.redisServerBin, [
+        "--port",
+        String(port),
+        // The bus port is port + 10,000 unless set, which may be taken or past 65,535.
+        "--cluster-port",
+        String(busPort),
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        dir,
+        "--daemonize",
+        "no",
+      ]);
+      nodes.push(`127.0.0.1:${port}`);
+    }
+    for (const node of nodes) {
+      await this.guard(
+        this.waitFor(() => redisPing(`redis://${node}`), c.readyTimeoutMs, `redis-server ${node}`),
+      );
+    }
+    await this.run(
+      "redis-cluster",
+      c.redisCliBin,
+      ["--cluster", "create", ...nodes, "--cluster-replicas", "1", "--cluster-yes"],
+      { hintKey: "redis-cli", echo: false },
+    );
+    await this.guard(
+      this.waitFor(
+        () => Promise.all(nodes.map((node) => clusterOk(c.redisCliBin, node))),
+        c.readyTimeoutMs,
+        "Redis Cluster cluster_state:ok",
+      ),
+    );
+    this.redisClusterNodes = nodes.join(",");
+    this.redisUrl = `redis-cluster://${nodes[0]}`;
+    this.redisStarted = true;
+  }
+
   stop() {
     this.stopping = true;
     this.onStop();
@@ -509,12 +578,14 @@ class LocalCluster {
     // Nodes first and together: SIGTERM makes each drain (close its clients with 1012, through the
     // still-running nginx) and exit. Then the edge, then the store the nodes were using.
     await Promise.all(
-      byName((name) => name !== "nginx" && name !== "redis").map((e) =>
+      byName((name) => name !== "nginx" && !name.startsWith("redis")).map((e) =>
         terminate(e, stopTimeoutMs),
       ),
     );
     await Promise.all(byName((name) => name === "nginx").map((e) => terminate(e, stopTimeoutMs)));
-    await Promise.all(byName((name) => name === "redis").map((e) => terminate(e, stopTimeoutMs)));
+    await Promise.all(
+      byName((name) => name.startsWith("redis")).map((e) => terminate(e, stopTimeoutMs)),
+    );
     process.removeListener("exit", this.onProcessExit);
     this.watchdog.stdin.end("done\n");
     if (this.dir && !this.config.keepDir) await rm(this.dir, { recursive: true, force: true });
@@ -541,6 +612,7 @@ class LocalCluster {
         accessLog: this.nginxAccessLog,
       }),
       redisUrl: this.redisUrl,
+      redisClusterNodes: this.redisClusterNodes,
       redisStarted: this.redisStarted,
       keyPrefix: this.config.keyPrefix,
       ca: tls.ca,
@@ -696,6 +768,24 @@ async function expectStatus(url, status, ca) {
     throw new Error(`GET ${url} answered ${response.status} ${JSON.stringify(response.body)}`);
   }
   return response;
+}
+
+/** Resolves when `redis-cli -h host -p port cluster info` says cluster_state:ok, else rejects. */
+function clusterOk(redisCli, node) {
+  const [host, port] = node.split(":");
+  return new Promise((resolve, reject) => {
+    const child = spawn(redisCli, ["-h", host, "-p", port, "cluster", "info"], {
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    let output = "";
+    child.stdout.on("data", (chunk) => {
+      output += chunk;
+    });
+    child.once("error", reject);
+    child.once("close", () =>
+      output.includes("cluster_state:ok") ? resolve() : reject(new Error(`${node} not ok yet`)),
+    );
+  });
 }
 
 /** Sends PING over a raw socket (no client library needed); any RESP reply means Redis is there. */

@@ -5,10 +5,13 @@
 
 import { ChildExitError, CLUSTER_DEFAULTS, startCluster } from "./cluster.mjs";
 
-const HELP = `Usage: pnpm cluster
+const HELP = `Usage: pnpm cluster [--redis-cluster]
 
 Starts Redis (unless REDIS_URL is set), CLUSTER_NODES Mrezhen nodes and nginx terminating TLS in
 front of them, all on 127.0.0.1, and stays in the foreground until Ctrl-C.
+
+  --redis-cluster    start a Redis Cluster (3 masters, 3 replicas) instead of one redis-server;
+                     the nodes get REDIS_CLUSTER_NODES (needs redis-cli too)
 
 Environment:
   CLUSTER_NODES      number of nodes (default ${CLUSTER_DEFAULTS.nodes})
@@ -78,6 +81,7 @@ async function main() {
       nodes: intFromEnv("CLUSTER_NODES"),
       port: intFromEnv("CLUSTER_PORT"),
       redisUrl: process.env.REDIS_URL || undefined,
+      redisCluster: process.argv.includes("--redis-cluster"),
       keyPrefix: process.env.REDIS_KEY_PREFIX || undefined,
       jwtSecret: process.env.JWT_SECRET || undefined,
       tlsCert: process.env.CLUSTER_TLS_CERT || undefined,
@@ -100,9 +104,11 @@ async function main() {
   const nodeLines = cluster.nodes
     .map((node) => `  ${node.id.padEnd(9)} ${node.url}  (pid ${node.pid}; /health /ready /metrics)`)
     .join("\n");
-  const redis = cluster.redisStarted
-    ? `${cluster.redisUrl}  (started here, nothing persisted)`
-    : `${cluster.redisUrl}  (REDIS_URL)`;
+  const redis = cluster.redisClusterNodes
+    ? `Redis Cluster ${cluster.redisClusterNodes}  (3 masters + 3 replicas, started here, nothing persisted)`
+    : cluster.redisStarted
+      ? `${cluster.redisUrl}  (started here, nothing persisted)`
+      : `${cluster.redisUrl}  (REDIS_URL)`;
   process.stdout.write(`
 Mrezhen cluster ready: ${cluster.nodes.length} nodes behind nginx, sharing Redis.
   endpoint  ${cluster.endpoint}
