@@ -55,6 +55,9 @@ import { runScript, type ScriptArgument, strings, toEngineError } from "./script
 /** The steps after which a test may interrupt an append (injectClusterFaultForTests). */
 export type AppendStep = "checked" | "conversation";
 
+/** How often the pending entries of done DMs that no later send took along are removed. */
+const CONFIRM_FLUSH_MS = 1000;
+
 /** A DM's text, as far as the steps need it. */
 interface StoredMessage {
   readonly id: string;
@@ -69,6 +72,14 @@ export class ClusterMessageStore extends RedisMessageStore {
   /** How long a DM may stay pending before a later send in its conversation repairs it. */
   repairAfterMs = 10_000;
   logger: Logger | undefined;
+  /**
+   * DMs done on both sides whose pending entry is still to be removed, by conversation. The next
+   * CONV_STEP of the conversation on this node removes them (no extra command on the hot path);
+   * what is left is removed by a flush every CONFIRM_FLUSH_MS (well below repairAfterMs, so a
+   * done DM is not handed out for repair).
+   */
+  private readonly confirmed = new Map<string, string[]>();
+  private flushTimer: NodeJS.Timeout | undefined;
 
   override async append(input: AppendInput): Promise<AppendResult> {
     return (await this.send(input, false)) as AppendResult;
@@ -149,6 +160,7 @@ export class ClusterMessageStore extends RedisMessageStore {
         this.retention.maxEntries,
         this.repairAfterMs,
         keys.textHeadOfConversation(conversation),
+        ...this.takeConfirmed(conversation),
       ],
       true,
     );
@@ -242,7 +254,29 @@ export class ClusterMessageStore extends RedisMessageStore {
   }
 
   private confirm(conversation: string, id: string): void {
-    this.client.zrem(this.keys.pending(conversation), id).catch(() => {});
+    const ids = this.confirmed.get(conversation);
+    if (ids === undefined) this.confirmed.set(conversation, [id]);
+    else ids.push(id);
+    if (this.flushTimer === undefined) {
+      this.flushTimer = setTimeout(() => this.flushConfirmed(), CONFIRM_FLUSH_MS);
+      this.flushTimer.unref();
+    }
+  }
+
+  private takeConfirmed(conversation: string): string[] {
+    const ids = this.confirmed.get(conversation);
+    if (ids === undefined) return [];
+    this.confirmed.delete(conversation);
+    return ids;
+  }
+
+  /** Removes the pending entries no CONV_STEP took along (a failure leaves them for repair). */
+  flushConfirmed(): void {
+    this.flushTimer = undefined;
+    for (const [conversation, ids] of this.confirmed) {
+      this.client.zrem(this.keys.pending(conversation), ...ids).catch(() => {});
+    }
+    this.confirmed.clear();
   }
 
   /** Runs both user-side steps of a DM left pending (each is a no-op where it was done). */

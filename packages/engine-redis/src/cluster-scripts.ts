@@ -22,8 +22,9 @@
  *    one, unless its `done-in:` / `done-out:` marker exists (then it answers the marker), takes
  *    the user's next inbox position, stores the user's copy of the text, the inbox entry and the
  *    conversation-list entry, publishes the event, and writes its marker.
- * The node acks after the last step. The pending entry is then removed (after the ack, not
- * waited for). A message whose steps stopped half-way (a node died, Redis failed over between
+ * The node acks after the last step. The pending entry is then removed after the ack: by the
+ * node's next CONV_STEP in that conversation (it carries the ids along), or by a ZREM within a
+ * second. A message whose steps stopped half-way (a node died, Redis failed over between
  * them) stays in `pending`; a later CONV_STEP of the same conversation, on any node, hands out
  * the entries older than the repair delay (marking them taken for another delay), and the node
  * runs steps 3 for them again: done sides answer their markers, the missing side is completed.
@@ -131,7 +132,8 @@ return { 0 }
  * Also hands out pending DMs older than the repair delay (see the top of this file).
  * KEYS: 1 conv-seq:<c>, 2 conv-log:<c>, 3 msg:{c}<id>, 4 pending:<c>
  * ARGV: 1 id, 2 message head (encodeMessageWithoutSeq without its closing brace),
- *       3 messageTtlMs, 4 maxEntries, 5 repair delay (ms), 6 conversation text head
+ *       3 messageTtlMs, 4 maxEntries, 5 repair delay (ms), 6 conversation text head,
+ *       7… ids of earlier DMs of the conversation now done on both sides (leave `pending`)
  * Returns { seq, text, 1 if it was already done else 0, id, text, ... (DMs to repair) }.
  */
 export const CONV_STEP = script(
@@ -144,6 +146,7 @@ local id, ttl, cap = ARGV[1], ARGV[3], tonumber(ARGV[4])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local now_text = string.format('%d', now)
+if #ARGV > 6 then redis.call('ZREM', KEYS[4], unpack(ARGV, 7)) end
 local out
 local existing = redis.call('GET', KEYS[3])
 if existing then

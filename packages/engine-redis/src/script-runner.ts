@@ -110,8 +110,14 @@ async function runAndWait(
  * node's largest single cost after the upgrade itself (its CPU profile: 7 % of the storm).
  */
 export function coalesceWrites(client: RedisClient): void {
-  // A cluster client has one connection per node, behind its own queueing.
-  if (client instanceof Cluster) return;
+  if (client instanceof Cluster) {
+    // One connection per master: each is corked the same way for the tick.
+    if (corkedClusters.has(client)) return;
+    corkedClusters.add(client);
+    process.nextTick(() => corkedClusters.delete(client));
+    for (const node of client.nodes("master")) coalesceWrites(node);
+    return;
+  }
   const { stream } = client;
   if (stream === undefined || corked.has(stream)) return;
   corked.add(stream);
@@ -120,6 +126,7 @@ export function coalesceWrites(client: RedisClient): void {
 }
 
 const corked = new WeakSet<Redis["stream"]>();
+const corkedClusters = new WeakSet<Cluster>();
 
 function uncork(stream: Redis["stream"]): void {
   corked.delete(stream);
