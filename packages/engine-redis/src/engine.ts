@@ -267,6 +267,21 @@ class RedisEngine implements Engine {
 
     this.broker = new RedisBroker(this.subscriber, this.command, this.keys, this.logger);
     this.subscriber.on(seeds === undefined ? "message" : "smessage", this.broker.dispatch);
+    if (seeds !== undefined) {
+      // A shard's subscriber connection was lost (its master failed, or slots moved): deltas
+      // published meanwhile are lost to this node, so hold them until the re-subscriptions are
+      // confirmed (ioredis then says subscribersReady), and take a new snapshot then. Any
+      // shard's loss does it (cheap: a snapshot per failover), not only the `{p}` slot's.
+      this.subscriber.on("-subscriber", () => {
+        if (this.broadcastSubscribed) this.broker.mirror.invalidate();
+      });
+      this.subscriber.on("subscribersReady", () => {
+        if (this.broadcastSubscribed && this.state === "running") {
+          this.broadcastLive = true;
+          this.broker.mirror.resync().catch(() => {}); // The heartbeat retries (resyncIfNeeded).
+        }
+      });
+    }
     this.presence = new RedisPresenceStore(
       this.command,
       this.keys,
