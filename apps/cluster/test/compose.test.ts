@@ -123,6 +123,8 @@ describe.skipIf(!compose)("docker-compose.yml", () => {
       "HEARTBEAT_INTERVAL_MS",
       // Fixed by this file: the Redis service, the generated secret's path, one id per node.
       "REDIS_URL",
+      // This file runs one standalone Redis; a Redis Cluster is `pnpm cluster --redis-cluster`.
+      "REDIS_CLUSTER_NODES",
       "JWT_SECRET_FILE",
       "NODE_ID",
     ]);
