@@ -1,6 +1,7 @@
 // End to end through the edge: real nginx (rendered from nginx/*.template, as docker-compose uses
 // them), real Redis, three real nodes built from apps/server. Clients speak wss to nginx only; the
 // nodes' own loopback ports are used just to learn which node a client landed on.
+import { spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -220,4 +221,59 @@ describe.skipIf(!redis)("nginx's per-address limits", () => {
     expect(statuses.filter((status) => status === 429).length).toBeGreaterThanOrEqual(4);
     expect(statuses.every((status) => status === 200 || status === 429)).toBe(true);
   });
+});
+
+// `pnpm cluster --redis-cluster`: the same topology on a local Redis Cluster (3 masters with a
+// replica each) that startCluster creates itself; the nodes get REDIS_CLUSTER_NODES.
+const hasRedisCli = spawnSync("redis-cli", ["--version"]).status === 0;
+if (hasNginx && !hasRedisCli) {
+  const why = "redis-cli is not on PATH (apt-get install -y redis-tools)";
+  if (process.env["CI"] === "true") throw new Error(`${why}; under CI=true this is a failure.`);
+  console.warn(`\n⚠️  SKIPPING the Redis Cluster end-to-end test: ${why}.\n`);
+}
+
+describe.skipIf(!hasNginx || !hasRedisCli)("cluster through nginx on a Redis Cluster", () => {
+  let cluster: Cluster | undefined;
+  const clients: TestClient[] = [];
+
+  beforeAll(async () => {
+    cluster = await startCluster({
+      nodes: 2,
+      port: await freePort(),
+      redisCluster: true,
+      jwtSecret: secret,
+      build: false,
+      env: { LOG_LEVEL: "warn", SHUTDOWN_TIMEOUT_MS: "5000" },
+    });
+  }, 90_000);
+
+  afterAll(async () => {
+    await Promise.all(clients.map((client) => client.close()));
+    await cluster?.stop();
+  }, 60_000);
+
+  it("starts six redis-servers as a cluster and delivers a direct message through nginx", async () => {
+    if (!cluster) throw new Error("unreachable");
+    expect(cluster.redisClusterNodes?.split(",")).toHaveLength(6);
+    const connect = async (userId: string) => {
+      const client = await TestClient.connect(`${cluster?.endpoint}?token=${await token(userId)}`, {
+        ca: cluster?.ca,
+      });
+      clients.push(client);
+      client.send({ type: "ping" });
+      await client.next("pong");
+      return client;
+    };
+    const bob = await connect("bob");
+    const alice = await connect("alice");
+    alice.send({
+      type: "direct_message",
+      to: "bob",
+      content: "over Redis Cluster",
+      clientMsgId: "c1",
+    });
+    const received = (await bob.next("direct_message"))["message"];
+    expect(received).toMatchObject({ from: "alice", content: "over Redis Cluster", seq: 1 });
+    expect(await alice.next("message_ack")).toMatchObject({ status: "delivered", seq: 1 });
+  }, 30_000);
 });
