@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // DM throughput of the Redis engine, standalone mode against Redis Cluster mode, on this
 // machine: `node bench/src/engine-modes.mjs [--redis redis://127.0.0.1:6379] [--seconds 5]
-// [--cycles 3] [--concurrency 64]` (after `pnpm build`). Starts its own local Redis Cluster
-// (3 masters, 3 replicas, testkit's redisClusterForTests) unless REDIS_CLUSTER_NODES names one.
+// [--cycles 3] [--concurrency 64] [--replicas 1|0]` (after `pnpm build`). Starts its own local
+// Redis Cluster (3 masters, each with a replica unless --replicas 0; testkit's
+// redisClusterForTests) unless REDIS_CLUSTER_NODES names one.
 //
 // Two engines (two "nodes") in this process: senders on the first, their recipients online on
 // the second (subscribed and registered, as a node does). `concurrency` senders each send DMs
@@ -24,6 +25,8 @@ const { values } = parseArgs({
     seconds: { type: "string", default: "5" },
     cycles: { type: "string", default: "3" },
     concurrency: { type: "string", default: "64" },
+    // 1: each master has a replica (the production topology); 0: 3 masters alone.
+    replicas: { type: "string", default: "1" },
   },
 });
 const seconds = Number(values.seconds);
@@ -31,7 +34,7 @@ const cycles = Number(values.cycles);
 const concurrency = Number(values.concurrency);
 const RATE = { limit: 1_000_000_000, windowMs: 60_000 };
 
-const cluster = await redisClusterForTests();
+const cluster = await redisClusterForTests({ replicas: values.replicas === "0" ? 0 : 1 });
 if (cluster === undefined) throw new Error("no Redis Cluster (see the warning above)");
 
 /** used_cpu_sys + used_cpu_user (seconds) of every Redis server of a mode, summed. */
@@ -128,6 +131,6 @@ for (let cycle = 1; cycle <= cycles; cycle++) {
 ratios.sort((x, y) => x - y);
 console.log(
   `median cluster ÷ standalone over ${cycles} cycles: ${ratios[Math.floor(ratios.length / 2)].toFixed(2)} ` +
-    `(concurrency ${concurrency}, ${seconds} s slices)`,
+    `(concurrency ${concurrency}, ${seconds} s slices, ${values.replicas === "0" ? "3 masters, no replicas" : "3 masters + 3 replicas"})`,
 );
 await cluster.close();

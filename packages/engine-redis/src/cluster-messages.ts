@@ -33,8 +33,8 @@ import {
 import { encodeMessageWithoutSeq } from "@mrezhen/protocol";
 import {
   ACKNOWLEDGE_CLUSTER,
-  CONV_STEP,
   MARK_READ_CONV,
+  OWNER_STEP,
   RECEIPT,
   RECIPIENT_STEP,
   REQUEUE_CLUSTER,
@@ -43,6 +43,7 @@ import {
   SET_UNREAD,
 } from "./cluster-scripts.js";
 import type { Logger } from "./engine.js";
+import { conversationOwner } from "./keys.js";
 import {
   integer,
   REFUSED_LIMITS,
@@ -57,6 +58,13 @@ export type AppendStep = "checked" | "conversation";
 
 /** How often the pending entries of done DMs that no later send took along are removed. */
 const CONFIRM_FLUSH_MS = 1000;
+
+/** A DM before its seq: the original's id, timestamp and head for a retry. */
+interface Draft {
+  id: string;
+  timestamp: string;
+  head: string;
+}
 
 /** A DM's text, as far as the steps need it. */
 interface StoredMessage {
@@ -92,106 +100,192 @@ export class ClusterMessageStore extends RedisMessageStore {
   private async send(input: AppendInput, limited: boolean): Promise<AppendResult | RateRefusal> {
     const { keys } = this;
     const { from, to, clientMsgId } = input;
-    let id = input.id;
-    let timestamp = input.timestamp;
-    // protocol encodeMessage without `,"seq":N}`, which CONV_STEP appends once it knows N.
-    let head = encodeMessageWithoutSeq({
-      id,
+    // protocol encodeMessage without `,"seq":N}`, which OWNER_STEP appends once it knows N.
+    const head = encodeMessageWithoutSeq({
+      id: input.id,
       from,
       to,
       content: input.content,
-      timestamp,
+      timestamp: input.timestamp,
       ...(clientMsgId === undefined ? {} : { clientMsgId }),
     }).slice(0, -1);
+    const message: Draft = { id: input.id, timestamp: input.timestamp, head };
+    const checked = clientMsgId !== undefined || limited;
+    const ownerSends = conversationOwner(from, to) === from;
     let duplicate = false;
 
-    if (clientMsgId !== undefined || limited) {
+    let owner: unknown;
+    if (checked && !ownerSends) {
+      const numberOfKeys = 1 + (clientMsgId === undefined ? 0 : 1) + (limited ? 2 : 0);
       const args: ScriptArgument[] = [keys.conversations(from)];
-      if (clientMsgId !== undefined) args.push(keys.idempotency(from, clientMsgId));
-      if (limited) args.push(keys.rate(from), keys.quota(from));
+      args.push(...this.checkKeys(input, limited));
       args.push(
         to,
-        id,
-        timestamp,
+        input.id,
+        input.timestamp,
         head,
         IDEMPOTENCY_TTL_MS,
         clientMsgId === undefined ? "" : "1",
         limited ? "1" : "",
-        this.rateLimit.limit,
-        this.rateLimit.windowMs,
-        this.quotas.newConversationsPerDay,
-        this.quotas.bytesPerDay,
-        // The stored text's bytes with a one-digit seq (see SEND_CHECK).
-        Buffer.byteLength(head) + ',"seq":1}'.length,
+        ...this.checkArguments(head),
       );
-      const numberOfKeys = 1 + (clientMsgId === undefined ? 0 : 1) + (limited ? 2 : 0);
       const reply = await runScript(this.client, { ...SEND_CHECK, numberOfKeys }, args, true);
-      if (!Array.isArray(reply) || typeof reply[0] !== "number") unexpected("send check", reply);
-      if (reply[0] === 1) {
-        // A retry: finish the original message (its id, timestamp and text), whatever this one says.
-        const record = String(reply[1]);
-        const afterId = record.indexOf("|");
-        const afterTimestamp = record.indexOf("|", afterId + 1);
-        id = record.slice(0, afterId);
-        timestamp = record.slice(afterId + 1, afterTimestamp);
-        head = record.slice(afterTimestamp + 1);
+      const outcome = this.checkOutcome(reply, message);
+      if (outcome !== undefined) return outcome;
+      duplicate = message.id !== input.id;
+      this.faultForTests?.("checked");
+      owner = await this.ownerStep(input, message, false, limited);
+    } else {
+      owner = await this.ownerStep(input, message, checked, limited);
+      if (Array.isArray(owner) && owner[0] !== 0) {
+        const outcome = this.checkOutcome(owner, message);
+        if (outcome !== undefined) return outcome;
+        // A retry: the original message, in a step of its own (its keys are named by its id).
         duplicate = true;
-      } else if (reply[0] !== 0) {
-        const limit = REFUSED_LIMITS[reply[0]];
-        const retryAfterMs = reply[1];
-        if (limit === undefined || typeof retryAfterMs !== "number") unexpected("send", reply);
-        return { refused: true, retryAfterMs, limit };
+        owner = await this.ownerStep(input, message, false, limited);
       }
     }
-    this.faultForTests?.("checked");
-
-    const conversation = keys.conversationOf(from, to);
-    const conv = await runScript(
-      this.client,
-      CONV_STEP,
-      [
-        keys.conversationSeq(conversation),
-        keys.conversationLog(conversation),
-        keys.textHeadOfConversation(conversation) + id,
-        keys.pending(conversation),
-        id,
-        head,
-        this.retention.messageTtlMs,
-        this.retention.maxEntries,
-        this.repairAfterMs,
-        keys.textHeadOfConversation(conversation),
-        ...this.takeConfirmed(conversation),
-      ],
-      true,
-    );
-    if (!Array.isArray(conv) || typeof conv[0] !== "number" || typeof conv[1] !== "string") {
-      unexpected("conversation step", conv);
+    if (
+      !Array.isArray(owner) ||
+      owner[0] !== 0 ||
+      typeof owner[1] !== "number" ||
+      typeof owner[2] !== "string" ||
+      typeof owner[3] !== "number"
+    ) {
+      unexpected("owner step", owner);
     }
-    const seq = conv[0];
-    const json = conv[1];
-    const repairs = strings(conv.slice(3), "conversation step");
+    const [, seq, json, ownerPosition, ownerDelivered] = owner as [
+      0,
+      number,
+      string,
+      number,
+      number,
+    ];
+    const repairs = strings(owner.slice(6), "owner step");
     this.faultForTests?.("conversation");
 
-    const message = { id, from, to, json };
-    const [recipient, senderPosition] = await Promise.all([
-      this.recipientStep(message),
-      this.senderStep(message, input.senderConnId),
-    ]);
+    const stored = { id: message.id, from, to, json };
+    let senderPosition: number;
+    let recipientPosition: number;
+    let delivered: boolean;
+    if (ownerSends) {
+      senderPosition = ownerPosition;
+      ({ position: recipientPosition, delivered } = await this.recipientStep(stored));
+    } else {
+      recipientPosition = ownerPosition;
+      delivered = ownerDelivered === 1;
+      senderPosition = await this.senderStep(stored, input.senderConnId);
+    }
+    const conversation = keys.conversationOf(from, to);
     // Both sides are done: the DM leaves the pending set (after the ack; a failure leaves it
     // there, and a later repair finds both sides done).
-    this.confirm(conversation, id);
+    this.confirm(conversation, message.id);
     for (let i = 0; i + 1 < repairs.length; i += 2) {
       void this.repair(conversation, repairs[i] as string, repairs[i + 1] as string);
     }
     return {
-      messageId: id,
-      timestamp,
+      messageId: message.id,
+      timestamp: message.timestamp,
       duplicate,
       seq,
-      status: recipient.delivered ? "delivered" : "queued",
+      status: delivered ? "delivered" : "queued",
       senderPosition,
-      recipientPosition: recipient.position,
+      recipientPosition,
     };
+  }
+
+  /** The sender's idempotency, rate and quota keys, as far as this send has them. */
+  private checkKeys(input: AppendInput, limited: boolean): string[] {
+    const keys: string[] = [];
+    if (input.clientMsgId !== undefined) {
+      keys.push(this.keys.idempotency(input.from, input.clientMsgId));
+    }
+    if (limited) keys.push(this.keys.rate(input.from), this.keys.quota(input.from));
+    return keys;
+  }
+
+  private checkArguments(head: string): ScriptArgument[] {
+    return [
+      this.rateLimit.limit,
+      this.rateLimit.windowMs,
+      this.quotas.newConversationsPerDay,
+      this.quotas.bytesPerDay,
+      // The stored text's bytes with a one-digit seq (see SEND_CHECK).
+      Buffer.byteLength(head) + ',"seq":1}'.length,
+    ];
+  }
+
+  /**
+   * A check's answer: undefined to go on (for a retry, `message` becomes the original); a
+   * refusal to return.
+   */
+  private checkOutcome(reply: unknown, message: Draft): RateRefusal | undefined {
+    if (!Array.isArray(reply) || typeof reply[0] !== "number") unexpected("send check", reply);
+    if (reply[0] === 0) return undefined;
+    if (reply[0] === 1) {
+      // A retry: finish the original message (its id, timestamp and text), whatever this one says.
+      const record = String(reply[1]);
+      const afterId = record.indexOf("|");
+      const afterTimestamp = record.indexOf("|", afterId + 1);
+      message.id = record.slice(0, afterId);
+      message.timestamp = record.slice(afterId + 1, afterTimestamp);
+      message.head = record.slice(afterTimestamp + 1);
+      return undefined;
+    }
+    const limit = REFUSED_LIMITS[reply[0]];
+    const retryAfterMs = reply[1];
+    if (limit === undefined || typeof retryAfterMs !== "number") unexpected("send", reply);
+    return { refused: true, retryAfterMs, limit };
+  }
+
+  /** OWNER_STEP for `message`; with `check`, the sender (the owner) is checked in it too. */
+  private ownerStep(
+    input: AppendInput,
+    message: Draft,
+    check: boolean,
+    limited: boolean,
+  ): Promise<unknown> {
+    const { keys } = this;
+    const { from, to } = input;
+    const owner = conversationOwner(from, to);
+    const ownerSends = owner === from;
+    const other = ownerSends ? to : from;
+    const conversation = keys.conversationOf(from, to);
+    const args: ScriptArgument[] = [
+      keys.conversationSeq(conversation),
+      keys.conversationLog(conversation),
+      keys.pending(conversation),
+      keys.inboxPosition(owner),
+      keys.inboxLog(owner),
+      keys.textHeadOfUser(owner) + message.id,
+      keys.conversations(owner),
+      keys.conversationLast(owner),
+      ownerSends ? keys.doneOut(owner, message.id) : keys.doneIn(owner, message.id),
+      keys.queue(owner),
+      keys.unread(owner),
+    ];
+    if (check) args.push(...this.checkKeys(input, limited));
+    const numberOfKeys = args.length;
+    args.push(
+      message.id,
+      message.head,
+      this.retention.messageTtlMs,
+      this.retention.maxEntries,
+      this.repairAfterMs,
+      keys.textHeadOfUser(owner),
+      ownerSends ? "out" : "in",
+      other,
+      keys.userChannel(owner),
+      input.senderConnId,
+      IDEMPOTENCY_TTL_MS,
+      check && input.clientMsgId !== undefined ? "1" : "",
+      check && limited ? "1" : "",
+      message.timestamp,
+      IDEMPOTENCY_TTL_MS,
+      ...this.checkArguments(message.head),
+      ...this.takeConfirmed(conversation),
+    );
+    return runScript(this.client, { ...OWNER_STEP, numberOfKeys }, args, true);
   }
 
   private async recipientStep(
@@ -279,21 +373,21 @@ export class ClusterMessageStore extends RedisMessageStore {
     this.confirmed.clear();
   }
 
-  /** Runs both user-side steps of a DM left pending (each is a no-op where it was done). */
+  /**
+   * Runs the non-owner side of a DM left pending (the owner's side is done with its seq): a
+   * no-op when it was done, else it completes the DM.
+   */
   private async repair(conversation: string, id: string, json: string): Promise<void> {
     try {
       const { from, to } = JSON.parse(json) as { from: unknown; to: unknown };
       if (typeof from !== "string" || typeof to !== "string") return;
       const message = { id, from, to, json };
-      const [recipient, sender] = await Promise.all([
-        this.recipientStep(message),
-        this.senderStep(message, ""),
-      ]);
+      const position =
+        conversationOwner(from, to) === from
+          ? (await this.recipientStep(message)).position
+          : await this.senderStep(message, "");
       this.confirm(conversation, id);
-      this.logger?.info(
-        { messageId: id, recipientPosition: recipient.position, senderPosition: sender },
-        "repaired a direct message left half-done",
-      );
+      this.logger?.info({ messageId: id, position }, "repaired a direct message left half-done");
     } catch (error) {
       // Still pending: a later send in the conversation tries again.
       this.logger?.warn({ err: error, messageId: id }, "could not repair a direct message");

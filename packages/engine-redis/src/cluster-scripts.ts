@@ -1,36 +1,40 @@
 /**
  * The Lua of Redis Cluster mode (REDIS_CLUSTER_NODES). Every script here touches the keys of one
- * slot only (keys.ts: `{u:<user>}`, `{c:<conversation>}`, `{p}`), which is all Redis Cluster
- * lets a script do. The standalone scripts (scripts.ts) are reused where they already keep to one
- * slot, in their cluster variant (see clusterVariant): their user-channel and presence
- * PUBLISHes become SPUBLISHes, so an event goes to the one shard of its channel's slot instead of
- * being copied to every node of the cluster.
+ * slot only (keys.ts: `{u:<user>}` and `{p}`), which is all Redis Cluster lets a script do. The
+ * standalone scripts (scripts.ts) are reused where they already keep to one slot, in their
+ * cluster variant (see clusterVariant): their user-channel and presence PUBLISHes become
+ * SPUBLISHes, so an event goes to the one shard of its channel's slot instead of being copied to
+ * every node of the cluster.
  *
  * ## A direct message across slots
  *
- * The sender's keys, the recipient's and the conversation's are in three slots, so a DM is a few
- * scripts (messages in cluster-messages.ts), each idempotent, keyed by the message:
+ * A conversation's keys (seq, history, pending set, read marks) are in the slot of its *owner*,
+ * the first of its two users in conversationKey order (keys.ts), next to the owner's own keys:
+ * so a DM touches two slots, the owner's and the other user's, and is two or three scripts
+ * (messages in cluster-messages.ts), each idempotent, keyed by the message:
  *
- * 1. SEND_CHECK (sender's slot), only with a clientMsgId or behind the limits: the idempotency
- *    record answers a retry (it holds the original's id, timestamp and message head, so a retry
- *    finishes the original message, whatever it carries itself); else the rate window and the
- *    daily quotas count the message and the record is written.
- * 2. CONV_STEP (conversation's slot): unless the conversation's copy of the text exists (then
- *    the step was done: its seq is read back from the text), takes the next seq, stores the
- *    text and the history entry, and adds the message to the conversation's `pending` set.
- * 3. RECIPIENT_STEP (recipient's slot) and SENDER_STEP (sender's slot), sent together: each
- *    one, unless its `done-in:` / `done-out:` marker exists (then it answers the marker), takes
- *    the user's next inbox position, stores the user's copy of the text, the inbox entry and the
- *    conversation-list entry, publishes the event, and writes its marker.
+ * 1. SEND_CHECK (sender's slot), only with a clientMsgId or behind the limits, and only when the
+ *    sender is not the owner (otherwise it is part of step 2): the idempotency record answers a
+ *    retry (it holds the original's id, timestamp and message head, so a retry finishes the
+ *    original message, whatever it carries itself); else the rate window and the daily quotas
+ *    count the message and the record is written.
+ * 2. OWNER_STEP (owner's slot): unless the owner's marker (`done-in:` or `done-out:`) exists
+ *    (then it answers from it and the stored text), takes the next seq, stores the text (the
+ *    owner's copy, which the conversation's reads use too) and the history entry, adds the
+ *    message to the conversation's `pending` set, and does the owner's side: inbox position and
+ *    entry, conversation list, the event (to the recipient, or the copy to the sender's other
+ *    connections) and the marker.
+ * 3. RECIPIENT_STEP or SENDER_STEP (the other user's slot): the other side, likewise, unless its
+ *    marker exists.
  * The node acks after the last step. The pending entry is then removed after the ack: by the
- * node's next CONV_STEP in that conversation (it carries the ids along), or by a ZREM within a
- * second. A message whose steps stopped half-way (a node died, Redis failed over between
- * them) stays in `pending`; a later CONV_STEP of the same conversation, on any node, hands out
- * the entries older than the repair delay (marking them taken for another delay), and the node
- * runs steps 3 for them again: done sides answer their markers, the missing side is completed.
- * So history and inboxes agree again at the next message of the conversation.
+ * node's next OWNER_STEP in that conversation (it carries the ids along), or by a ZREM within a
+ * second. A message whose steps stopped half-way (a node died, Redis failed over between them)
+ * stays in `pending`; a later OWNER_STEP of the same conversation, on any node, hands out the
+ * entries older than the repair delay (marking them taken for another delay), and the node runs
+ * step 3 for them again: a done side answers its marker, a missing one is completed. So history
+ * and inboxes agree again at the next message of the conversation.
  *
- * Delivered or queued: the recipient step cannot read the presence keys (another slot). It
+ * Delivered or queued: the recipient's side cannot read the presence keys (another slot). It
  * publishes first, and SPUBLISH answers how many subscribers got the event: a node subscribes
  * to a user's channel before registering the user's connection and unsubscribes after the last
  * one closed, so 0 means nobody holds the user, and the message is queued. That is decided
@@ -68,8 +72,52 @@ export function clusterVariant(standalone: LuaScript): LuaScript {
     : { ...standalone, lua: variant.lua, sha: variant.sha };
 }
 
+const CHECK = `
+-- A DM's idempotency record and limits, in the sender's slot (see SEND_CHECK). c = { convs,
+-- idem (or nil), rate, quota (or nil: no limits), to, id, timestamp, head, idem_ttl, limit,
+-- window, per_day, bytes_per_day, bytes }. Returns nil to go on, else the script's answer.
+local function send_check(c)
+  if c.idem then
+    local earlier = redis.call('GET', c.idem)
+    if earlier then return { 1, earlier } end
+  end
+  if c.quota then
+    local starts = not redis.call('ZSCORE', c.convs, c.to)
+    local bytes = tonumber(c.bytes)
+    local time = redis.call('TIME')
+    local seconds = tonumber(time[1])
+    local today = math.floor(seconds / 86400)
+    local day_left_ms = (today + 1) * 86400000 - seconds * 1000
+      - math.floor(tonumber(time[2]) / 1000)
+    local used = redis.call('HMGET', c.quota, 'day', 'conversations', 'bytes')
+    if tonumber(used[1]) ~= today then used = nil end
+    if starts and (used and tonumber(used[2]) or 0) + 1 > tonumber(c.per_day) then
+      return { 3, day_left_ms }
+    end
+    if (used and tonumber(used[3]) or 0) + bytes > tonumber(c.bytes_per_day) then
+      return { 4, day_left_ms }
+    end
+    local allowed, retry_after_ms = consume_rate(c.rate, c.limit, c.window)
+    if allowed == 0 then return { 2, retry_after_ms } end
+    if used then
+      redis.call('HINCRBY', c.quota, 'bytes', bytes)
+      if starts then redis.call('HINCRBY', c.quota, 'conversations', 1) end
+    else
+      redis.call('HSET', c.quota, 'day', string.format('%d', today),
+        'conversations', starts and '1' or '0', 'bytes', string.format('%d', bytes))
+      redis.call('PEXPIRE', c.quota, string.format('%d', day_left_ms))
+    end
+  end
+  if c.idem then
+    redis.call('SET', c.idem, c.id .. '|' .. c.timestamp .. '|' .. c.head, 'PX', c.idem_ttl)
+  end
+  return nil
+end
+`;
+
 /**
- * Step 1 of a DM: the sender's idempotency record and limits.
+ * Step 1 of a DM whose sender is not the conversation's owner: the sender's idempotency record
+ * and limits.
  * KEYS: 1 convs:<from>, [2 idem:<from, clientMsgId>], [last two: rate-log:<from>, quota:<from>]
  * ARGV: 1 to, 2 id, 3 timestamp, 4 message head, 5 idempotency TTL (ms), 6 "1" with an idem
  *       key, 7 "1" behind the limits, 8 rate limit, 9 window (ms), 10 new conversations per
@@ -78,7 +126,7 @@ export function clusterVariant(standalone: LuaScript): LuaScript {
  * { 2, retryAfterMs } rate-limited; { 3, ms } / { 4, ms } over a daily quota.
  *
  * A new conversation is one whose other user is not in the sender's conversation list (every
- * DM adds each user to the other's list): the seq is in another slot. The list is capped
+ * DM adds each user to the other's list): the seq may be in another slot. The list is capped
  * (maxEntries) and forgets a conversation whose last text expired, so a pair dropped from it
  * counts again. The bytes are those of the text with a one-digit seq (the seq is not known yet):
  * up to 15 bytes fewer than stored for long conversations.
@@ -87,101 +135,17 @@ export const SEND_CHECK = script(
   "cluster_send_check",
   1,
   RATE_WINDOW,
+  CHECK,
   `
-local idem = ARGV[6] == '1' and KEYS[2] or nil
-if idem then
-  local earlier = redis.call('GET', idem)
-  if earlier then return { 1, earlier } end
-end
-if ARGV[7] == '1' then
-  local rate_key, quota_key = KEYS[#KEYS - 1], KEYS[#KEYS]
-  local starts = not redis.call('ZSCORE', KEYS[1], ARGV[1])
-  local bytes = tonumber(ARGV[12])
-  local time = redis.call('TIME')
-  local seconds = tonumber(time[1])
-  local today = math.floor(seconds / 86400)
-  local day_left_ms = (today + 1) * 86400000 - seconds * 1000 - math.floor(tonumber(time[2]) / 1000)
-  local used = redis.call('HMGET', quota_key, 'day', 'conversations', 'bytes')
-  if tonumber(used[1]) ~= today then used = nil end
-  if starts and (used and tonumber(used[2]) or 0) + 1 > tonumber(ARGV[10]) then
-    return { 3, day_left_ms }
-  end
-  if (used and tonumber(used[3]) or 0) + bytes > tonumber(ARGV[11]) then
-    return { 4, day_left_ms }
-  end
-  local allowed, retry_after_ms = consume_rate(rate_key, ARGV[8], ARGV[9])
-  if allowed == 0 then return { 2, retry_after_ms } end
-  if used then
-    redis.call('HINCRBY', quota_key, 'bytes', bytes)
-    if starts then redis.call('HINCRBY', quota_key, 'conversations', 1) end
-  else
-    redis.call('HSET', quota_key, 'day', string.format('%d', today),
-      'conversations', starts and '1' or '0', 'bytes', string.format('%d', bytes))
-    redis.call('PEXPIRE', quota_key, string.format('%d', day_left_ms))
-  end
-end
-if idem then
-  redis.call('SET', idem, ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4], 'PX', ARGV[5])
-end
-return { 0 }
-`,
-);
-
-/**
- * Step 2 of a DM: seq, text and history in the conversation's slot; idempotent per message.
- * Also hands out pending DMs older than the repair delay (see the top of this file).
- * KEYS: 1 conv-seq:<c>, 2 conv-log:<c>, 3 msg:{c}<id>, 4 pending:<c>
- * ARGV: 1 id, 2 message head (encodeMessageWithoutSeq without its closing brace),
- *       3 messageTtlMs, 4 maxEntries, 5 repair delay (ms), 6 conversation text head,
- *       7… ids of earlier DMs of the conversation now done on both sides (leave `pending`)
- * Returns { seq, text, 1 if it was already done else 0, id, text, ... (DMs to repair) }.
- */
-export const CONV_STEP = script(
-  "cluster_conv_step",
-  4,
-  MGET_ALL,
-  MESSAGE_TEXT,
-  `
-local id, ttl, cap = ARGV[1], ARGV[3], tonumber(ARGV[4])
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local now_text = string.format('%d', now)
-if #ARGV > 6 then redis.call('ZREM', KEYS[4], unpack(ARGV, 7)) end
-local out
-local existing = redis.call('GET', KEYS[3])
-if existing then
-  out = { seq_of(existing), existing, 1 }
-else
-  local seq = redis.call('INCR', KEYS[1])
-  local seq_text = string.format('%d', seq)
-  local json = ARGV[2] .. ',"seq":' .. seq_text .. '}'
-  redis.call('SET', KEYS[3], json, 'PX', ttl)
-  if redis.call('RPUSH', KEYS[2], seq_text .. '|' .. id) > cap then
-    redis.call('LTRIM', KEYS[2], '-' .. ARGV[4], '-1')
-  end
-  redis.call('PEXPIRE', KEYS[2], ttl)
-  redis.call('ZADD', KEYS[4], now_text, id)
-  redis.call('PEXPIRE', KEYS[4], ttl)
-  out = { seq, json, 0 }
-end
-local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf',
-  string.format('%d', now - tonumber(ARGV[5])), 'LIMIT', 0, 16)
-if #stale > 0 then
-  local keys = {}
-  for i = 1, #stale do keys[i] = ARGV[6] .. stale[i] end
-  local texts = mget_all(keys)
-  for i = 1, #stale do
-    if texts[i] then
-      -- Taken: another node's CONV_STEP hands it out again only after another delay.
-      redis.call('ZADD', KEYS[4], now_text, stale[i])
-      out[#out + 1] = stale[i]
-      out[#out + 1] = texts[i]
-    else
-      redis.call('ZREM', KEYS[4], stale[i])
-    end
-  end
-end
-return out
+local limited = ARGV[7] == '1'
+local answer = send_check({
+  convs = KEYS[1], idem = ARGV[6] == '1' and KEYS[2] or nil,
+  rate = limited and KEYS[#KEYS - 1] or nil, quota = limited and KEYS[#KEYS] or nil,
+  to = ARGV[1], id = ARGV[2], timestamp = ARGV[3], head = ARGV[4], idem_ttl = ARGV[5],
+  limit = ARGV[8], window = ARGV[9], per_day = ARGV[10], bytes_per_day = ARGV[11],
+  bytes = ARGV[12],
+})
+return answer or { 0 }
 `,
 );
 
@@ -209,7 +173,111 @@ end
 `;
 
 /**
- * Step 3a of a DM: the recipient's side; idempotent per message (marker `done-in:`).
+ * Step 2 of a DM, in the conversation owner's slot: seq, text, history, pending entry and the
+ * owner's side (see the top of this file); idempotent per message (the owner's marker). With the
+ * sender as the owner, the sender's check (CHECK) runs first, in the same script.
+ * KEYS: 1 conv-seq:<c>, 2 conv-log:<c>, 3 pending:<c>, 4 inbox-pos:<owner>,
+ *       5 inbox-log:<owner>, 6 msg:{u:owner}<id>, 7 convs:<owner>, 8 conv-last:<owner>,
+ *       9 done-out:<owner, id> (owner sends) or done-in:<owner, id> (owner receives),
+ *       10 queue:<owner>, 11 unread:<owner>, [12 idem:<owner, clientMsgId>],
+ *       [last two: rate-log:<owner>, quota:<owner>]
+ * ARGV: 1 id, 2 message head (encodeMessageWithoutSeq without its closing brace),
+ *       3 messageTtlMs, 4 maxEntries, 5 repair delay (ms), 6 the owner's text head,
+ *       7 'out' (the owner sends) or 'in', 8 the other user, 9 the owner's channel,
+ *       10 the sending connection (out), 11 marker TTL (ms), 12 "1" with an idem key,
+ *       13 "1" behind the limits, 14 timestamp, 15 idempotency TTL, 16 rate limit,
+ *       17 window (ms), 18 new conversations per day, 19 bytes per day, 20 the text's bytes,
+ *       21… ids of earlier DMs of the conversation now done on both sides (leave `pending`)
+ * Returns SEND_CHECK's answers for a retry or a refusal, else
+ * { 0, seq, text, owner's position, 1 delivered / 0 queued (in), 1 if it was already done,
+ *   id, text, ... (DMs to repair) }.
+ */
+export const OWNER_STEP = script(
+  "cluster_owner_step",
+  11,
+  RATE_WINDOW,
+  CHECK,
+  INDEX,
+  ADD_CONVERSATION,
+  MGET_ALL,
+  MESSAGE_TEXT,
+  `
+local id, ttl, cap = ARGV[1], ARGV[3], tonumber(ARGV[4])
+local idem = ARGV[12] == '1' and KEYS[12] or nil
+if idem or ARGV[13] == '1' then
+  local limited = ARGV[13] == '1'
+  local answer = send_check({
+    convs = KEYS[7], idem = idem,
+    rate = limited and KEYS[#KEYS - 1] or nil, quota = limited and KEYS[#KEYS] or nil,
+    to = ARGV[8], id = id, timestamp = ARGV[14], head = ARGV[2], idem_ttl = ARGV[15],
+    limit = ARGV[16], window = ARGV[17], per_day = ARGV[18], bytes_per_day = ARGV[19],
+    bytes = ARGV[20],
+  })
+  if answer then return answer end
+end
+if #ARGV > 20 then redis.call('ZREM', KEYS[3], unpack(ARGV, 21)) end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now_text = string.format('%d', now)
+local out
+local done = redis.call('GET', KEYS[9])
+if done then
+  local position, delivered = string.match(done, '^(%d+)|(%d+)$')
+  local text = redis.call('GET', KEYS[6]) or ''
+  out = { 0, seq_of(text) or 0, text, tonumber(position), tonumber(delivered), 1 }
+else
+  local seq = redis.call('INCR', KEYS[1])
+  local seq_text = string.format('%d', seq)
+  local json = ARGV[2] .. ',"seq":' .. seq_text .. '}'
+  redis.call('SET', KEYS[6], json, 'PX', ttl)
+  log_push(KEYS[2], seq_text .. '|' .. id, cap, ttl)
+  redis.call('ZADD', KEYS[3], now_text, id)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+  local position = redis.call('INCR', KEYS[4])
+  local position_text = string.format('%d', position)
+  log_push(KEYS[5], position_text .. '|' .. id, cap, ttl)
+  add_conversation(KEYS[7], KEYS[8], position, position_text, ARGV[8], id, cap)
+  -- Event payload, see codec.ts: m|<position>|<excludeConnId>|<messageId>|<messageJson>
+  local delivered = 0
+  if ARGV[7] == 'in' then
+    redis.call('HINCRBY', KEYS[11], ARGV[8], '1')
+    if redis.call('SPUBLISH', ARGV[9], 'm|' .. position_text .. '||' .. id .. '|' .. json) > 0 then
+      delivered = 1
+    else
+      redis.call('ZADD', KEYS[10], position_text, id)
+      cap_index(KEYS[10], cap, ttl, position)
+    end
+  else
+    redis.call('SPUBLISH', ARGV[9],
+      'm|' .. position_text .. '|' .. ARGV[10] .. '|' .. id .. '|' .. json)
+  end
+  redis.call('SET', KEYS[9], position_text .. '|' .. delivered, 'PX', ARGV[11])
+  out = { 0, seq, json, position, delivered, 0 }
+end
+local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf',
+  string.format('%d', now - tonumber(ARGV[5])), 'LIMIT', 0, 16)
+if #stale > 0 then
+  local keys = {}
+  for i = 1, #stale do keys[i] = ARGV[6] .. stale[i] end
+  local texts = mget_all(keys)
+  for i = 1, #stale do
+    if texts[i] then
+      -- Taken: another node's OWNER_STEP hands it out again only after another delay.
+      redis.call('ZADD', KEYS[3], now_text, stale[i])
+      out[#out + 1] = stale[i]
+      out[#out + 1] = texts[i]
+    else
+      redis.call('ZREM', KEYS[3], stale[i])
+    end
+  end
+end
+return out
+`,
+);
+
+/**
+ * Step 3 of a DM whose recipient is not the conversation's owner: the recipient's side;
+ * idempotent per message (marker `done-in:`).
  * KEYS: 1 inbox-pos:<to>, 2 inbox-log:<to>, 3 msg:{u:to}<id>, 4 queue:<to>, 5 convs:<to>,
  *       6 conv-last:<to>, 7 unread:<to>, 8 done-in:<to, id>
  * ARGV: 1 id, 2 from, 3 text, 4 recipient channel, 5 messageTtlMs, 6 maxEntries,
@@ -248,7 +316,8 @@ return { position, delivered, 0 }
 );
 
 /**
- * Step 3b of a DM: the sender's side; idempotent per message (marker `done-out:`). The copy to
+ * Step 3 of a DM whose sender is not the conversation's owner: the sender's side; idempotent per
+ * message (marker `done-out:`). The copy to
  * the sender's other connections is published whenever the step runs (this slot cannot see
  * presence): the sending node gets it too, and drops it (the sending connection is excluded).
  * KEYS: 1 inbox-pos:<from>, 2 inbox-log:<from>, 3 msg:{u:from}<id>, 4 convs:<from>,
@@ -409,7 +478,7 @@ return 1
 
 export const CLUSTER_SCRIPTS: readonly LuaScript[] = [
   SEND_CHECK,
-  CONV_STEP,
+  OWNER_STEP,
   RECIPIENT_STEP,
   SENDER_STEP,
   ACKNOWLEDGE_CLUSTER,

@@ -88,9 +88,10 @@
  * |                  | quota, idem (of the sender), the user's text copies  | (inbox, queue, ack,   |
  * |                  | `msg:{u:<userId>}<id>`, step markers `done-in:` /    | limits, one side of a |
  * |                  | `done-out:`; channel `user:{u:<userId>}`             | DM) is one slot       |
- * | `{c:<conv>}`     | conv-seq, conv-log, the conversation's text copies   | seq and history of a  |
- * |                  | `msg:{c:<conv>}<id>`, `pending:` (DMs not confirmed  | conversation change   |
- * |                  | complete on both users' sides), `read-marks:`        | together              |
+ * | `{u:<owner>}`    | the conversation's conv-seq, conv-log, `pending:`    | seq, history and the  |
+ * |                  | (DMs not yet confirmed done on both users' sides)    | owner's side of a DM  |
+ * |                  | and `read-marks:`; owner = the first of the two      | in one script: a DM   |
+ * |                  | users in conversationKey order                       | spans two slots, not 3|
  * | `{p}`            | every presence key (online, count, version, nodes,   | presence scripts are  |
  * |                  | node hashes, liveness keys) and the broadcast channel| global by nature      |
  *
@@ -98,21 +99,29 @@
  * then the tag is only the part before it, so two users may share a slot; that is harmless (a
  * slot may hold many users), and the name stays unambiguous because the kind comes first and
  * the only variable part after the tag is a message id (node-made UUIDs, no `}`). The
- * idempotency key is `idem:<n>:{u:<from>}<clientMsgId>`, n = length of `from`, for the same
- * reason as in standalone mode. The prefix must not contain `{` or `}` (checked at start).
+ * idempotency key is `idem:<n>:{u:<from>}<clientMsgId>` and a conversation's keys
+ * `<kind>:<n>:{u:<owner>}<other>`, n = length of the tagged id, for the same reason as in
+ * standalone mode. The prefix must not contain `{` or `}` (checked at start).
  *
- * Message texts are kept once per slot that reads them: in the conversation's slot (history,
- * mark-read) and in each user's slot (inbox, queue, conversations, acknowledge). A script
- * reads texts by id it found in an index of its own slot; those keys cannot be declared in
- * KEYS ahead (the ids are only known inside), but they are in the slot of the declared index by
- * construction (the same tag), which is what Redis Cluster checks. Three copies are the price
- * of one slot per read: a cluster stores each text three times (about 3× the text bytes of
- * standalone mode).
+ * Message texts are kept once per user, in the user's slot (`msg:{u:<userId>}<id>`): the
+ * owner's copy also serves the conversation's reads (history, mark-read). A script reads texts
+ * by id it found in an index of its own slot; those keys cannot be declared in KEYS ahead (the
+ * ids are only known inside), but they are in the slot of the declared index by construction
+ * (the same tag), which is what Redis Cluster checks. Two copies are the price of one slot per
+ * read: a cluster stores each text twice (about 2× the text bytes of standalone mode).
  *
  * Standalone mode keeps the names of the first table (no tags), so an existing deployment
  * keeps its data across the upgrade, and keeps one text per message.
  */
 import { conversationKey } from "@mrezhen/engine";
+
+/**
+ * Cluster mode: the user in whose slot a conversation's keys are, the first of the two in
+ * conversationKey's order (so either user finds it).
+ */
+export function conversationOwner(userA: string, userB: string): string {
+  return userA < userB ? userA : userB;
+}
 
 export class Keys {
   readonly presenceOnline: string;
@@ -159,11 +168,9 @@ export class Keys {
     return this.cluster ? `${this.prefix}${kind}:{u:${userId}}` : `${this.prefix}${kind}:${userId}`;
   }
 
-  /** `<p><kind>:<conversation>`, or `<p><kind>:{c:<conversation>}` in cluster mode. */
+  /** `<p><kind>:<conversation>` (in cluster mode the conversation part carries the owner's tag). */
   private conv(kind: string, conversation: string): string {
-    return this.cluster
-      ? `${this.prefix}${kind}:{c:${conversation}}`
-      : `${this.prefix}${kind}:${conversation}`;
+    return `${this.prefix}${kind}:${conversation}`;
   }
 
   /** The text of a message (standalone mode: the only copy). */
@@ -176,14 +183,24 @@ export class Keys {
     return this.cluster ? `${this.prefix}msg:{u:${userId}}` : this.messageHead;
   }
 
-  /** Head of the texts a conversation's scripts read. */
+  /** Head of the texts a conversation's scripts read (cluster mode: the owner's copies). */
   textHeadOfConversation(conversation: string): string {
-    return this.cluster ? `${this.prefix}msg:{c:${conversation}}` : this.messageHead;
+    if (!this.cluster) return this.messageHead;
+    // `<n>:{u:<owner>}<other>` (see conversationOf).
+    const colon = conversation.indexOf(":");
+    const length = Number(conversation.slice(0, colon));
+    return this.textHeadOfUser(conversation.slice(colon + 4, colon + 4 + length));
   }
 
-  /** The conversation part of the conversation keys: one per unordered pair of users. */
+  /**
+   * The conversation part of the conversation keys: one per unordered pair of users. In cluster
+   * mode `<n>:{u:<owner>}<other>`: the keys go to the owner's slot (see the table above).
+   */
   conversationOf(userA: string, userB: string): string {
-    return conversationKey(userA, userB);
+    if (!this.cluster) return conversationKey(userA, userB);
+    const owner = conversationOwner(userA, userB);
+    const other = owner === userA ? userB : userA;
+    return `${owner.length}:{u:${owner}}${other}`;
   }
 
   conversationSeq(conversation: string): string {

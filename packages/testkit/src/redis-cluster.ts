@@ -41,7 +41,8 @@ const REDIS_CLI = "redis-cli";
  * A Redis Cluster for tests. With REDIS_CLUSTER_NODES set, that cluster (shared: tests use their
  * own key prefix); otherwise six `redis-server --cluster-enabled yes` on free ports in a temp
  * directory, joined with `redis-cli --cluster create … --cluster-replicas 1` (3 masters, 3
- * replicas), once every node says cluster_state:ok. No persistence; node timeout 1 s, so that a
+ * replicas; `replicas: 0` for 3 masters alone, e.g. to measure), once every node says
+ * cluster_state:ok. No persistence; node timeout 1 s, so that a
  * killed master's replica is promoted within a few seconds.
  *
  * Without redis-server or redis-cli the caller should skip, and this says so loudly; under
@@ -52,7 +53,9 @@ const REDIS_CLI = "redis-cli";
  * afterAll(() => cluster?.close());
  * describe.skipIf(!cluster)("on Redis Cluster", () => { ... });
  */
-export async function redisClusterForTests(): Promise<TestRedisCluster | undefined> {
+export async function redisClusterForTests(
+  options: { readonly replicas?: 0 | 1 } = {},
+): Promise<TestRedisCluster | undefined> {
   const prefix = `mrezhen-test:${randomUUID().slice(0, 8)}:`;
   const fromEnv = process.env["REDIS_CLUSTER_NODES"]?.trim();
   if (fromEnv) {
@@ -64,7 +67,7 @@ export async function redisClusterForTests(): Promise<TestRedisCluster | undefin
     return cluster;
   }
   try {
-    return await startCluster(prefix);
+    return await startCluster(prefix, options.replicas ?? 1);
   } catch (error) {
     const why = `no Redis Cluster for tests: REDIS_CLUSTER_NODES is not set and starting one failed (${String(error)})`;
     if (process.env["CI"] === "true") throw new Error(`${why}; under CI=true this is a failure.`);
@@ -73,7 +76,7 @@ export async function redisClusterForTests(): Promise<TestRedisCluster | undefin
   }
 }
 
-async function startCluster(prefix: string): Promise<TestRedisCluster> {
+async function startCluster(prefix: string, replicas: 0 | 1): Promise<TestRedisCluster> {
   for (const binary of [REDIS_SERVER, REDIS_CLI]) {
     if (spawnSync(binary, ["--version"]).status !== 0) throw new Error(`${binary} is not on PATH`);
   }
@@ -87,7 +90,7 @@ async function startCluster(prefix: string): Promise<TestRedisCluster> {
   process.once("exit", cleanup);
   try {
     const ports: number[] = [];
-    for (let i = 0; i < 6; i++) {
+    for (let i = 0; i < 3 * (1 + replicas); i++) {
       const port = await freePort();
       // The cluster bus port is port + 10,000 by default, which may be taken or above 65,535.
       const busPort = await freePort();
@@ -98,7 +101,7 @@ async function startCluster(prefix: string): Promise<TestRedisCluster> {
     const nodes = ports.map((port) => `127.0.0.1:${port}`);
     const created = spawnSync(
       REDIS_CLI,
-      ["--cluster", "create", ...nodes, "--cluster-replicas", "1", "--cluster-yes"],
+      ["--cluster", "create", ...nodes, "--cluster-replicas", String(replicas), "--cluster-yes"],
       { encoding: "utf8", timeout: 60_000 },
     );
     if (created.status !== 0) {
