@@ -90,6 +90,7 @@ async function runAndWait(
     reply = scriptResult?.[1];
     const acknowledged = waitResult?.[1];
     if (typeof acknowledged !== "number" || acknowledged < replicas) {
+      commandErrors.unavailable++;
       throw new EngineUnavailableError(
         `redis unavailable: ${String(acknowledged)} of ${replicas} replicas acknowledged a write within ${WAIT_TIMEOUT_MS} ms`,
         { mayHaveSucceeded: true },
