@@ -4,9 +4,12 @@
  * receipts) is the standalone store's, on the cluster's key layout (keys.ts). What spans slots
  * is split into steps here, each one script in one slot (cluster-scripts.ts):
  *
- * - append / appendIfAllowed: SEND_CHECK (only with a clientMsgId or limits), CONV_STEP, then
- *   RECIPIENT_STEP and SENDER_STEP together: 3 round trips (2 without a clientMsgId and limits).
- *   Every step is idempotent per message, so a retry (same clientMsgId, any node) runs them all
+ * - append / appendIfAllowed: OWNER_STEP in the conversation owner's slot (with the sender's
+ *   check when the sender is the owner), then RECIPIENT_STEP or SENDER_STEP for the other user:
+ *   2 round trips; 3 when the sender is not the owner and has a check to pass (a clientMsgId, or
+ *   limits: SEND_CHECK first, in the sender's slot). A retry answered from the idempotency
+ *   record costs one more when the sender is the owner (the original's keys are named by its
+ *   id). Every step is idempotent per message, so a retry (same clientMsgId, any node) runs them
  *   again and finishes whatever the first attempt left undone; the result is acked only after
  *   every step. DMs left half-done without a retry are repaired by the next send in their
  *   conversation (see cluster-scripts.ts).
@@ -18,8 +21,8 @@
  *   standalone mode the check and the queueing are not atomic: a user who connects in between
  *   finds the message in the queue at the next connect rather than at this one.
  *
- * What a crash between steps can leave (no retry): a message in the history but not yet in an
- * inbox (repaired by the next send in the conversation); a delivered watermark raised without
+ * What a crash between steps can leave (no retry): a message in the history and the owner's
+ * inbox but not yet in the other user's (repaired by the next send in the conversation); a delivered watermark raised without
  * its receipt (the receipt is lost; the next ack sends a later one); a read mark raised without
  * the unread count or the receipt updated (the next mark-read writes both).
  */
@@ -82,7 +85,7 @@ export class ClusterMessageStore extends RedisMessageStore {
   logger: Logger | undefined;
   /**
    * DMs done on both sides whose pending entry is still to be removed, by conversation. The next
-   * CONV_STEP of the conversation on this node removes them (no extra command on the hot path);
+   * OWNER_STEP of the conversation on this node removes them (no extra command on the hot path);
    * what is left is removed by a flush every CONFIRM_FLUSH_MS (well below repairAfterMs, so a
    * done DM is not handed out for repair).
    */
@@ -364,7 +367,7 @@ export class ClusterMessageStore extends RedisMessageStore {
     return ids;
   }
 
-  /** Removes the pending entries no CONV_STEP took along (a failure leaves them for repair). */
+  /** Removes the pending entries no OWNER_STEP took along (a failure leaves them for repair). */
   flushConfirmed(): void {
     this.flushTimer = undefined;
     for (const [conversation, ids] of this.confirmed) {
