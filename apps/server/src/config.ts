@@ -50,6 +50,12 @@ export interface Config {
   readonly quotas: { readonly newConversationsPerDay: number; readonly bytesPerDay: number };
   /** get_history, get_conversations and get_online_users per second per user, on each node. */
   readonly readRateLimit: number;
+  /** GROUP_MAX_MEMBERS, GROUP_MAX_PER_USER, GROUP_RECEIPTS_MAX_MEMBERS. */
+  readonly groups: {
+    readonly maxMembers: number;
+    readonly maxGroupsPerUser: number;
+    readonly receiptsMaxMembers: number;
+  };
   /** What one node lets clients hold: connections, and bytes written to them but not yet sent. */
   readonly limits: {
     /** Concurrent connections of one user on this node (not cluster-wide). */
@@ -184,6 +190,14 @@ export const defaults = {
   // A client opening a screen reads a few pages at once; 20 a second is a burst for any UI, and
   // bounds what one user's reads cost a node.
   READ_RATE_LIMIT: 20,
+  // A group's entry is written to every member's inbox (docs/groups.md): 1,000 members keep a
+  // message's fan-out to about a millisecond of Redis time.
+  GROUP_MAX_MEMBERS: 1000,
+  // Bounds a user's group list (get_groups, conversations) and what a connect reads.
+  GROUP_MAX_PER_USER: 500,
+  // Per-member read receipts up to this size (n² frames when everyone reads); larger groups
+  // answer get_read_by with a count instead.
+  GROUP_RECEIPTS_MAX_MEMBERS: 20,
   MAX_CONNECTIONS_PER_USER: 16,
   // 100,000 idle connections at the measured 6.3 KiB each are about 615 MiB of RSS: with the
   // unsent-bytes budget below, a node's connection state stays near 1 GiB. Raise it on bigger
@@ -322,6 +336,11 @@ export function loadConfig(env: Env = process.env): Config {
       bytesPerDay: integer(read, "QUOTA_BYTES_PER_DAY", 65_536, 1_000_000_000_000_000),
     }),
     readRateLimit: integer(read, "READ_RATE_LIMIT", 1, 1_000_000),
+    groups: Object.freeze({
+      maxMembers: integer(read, "GROUP_MAX_MEMBERS", 2, 100_000),
+      maxGroupsPerUser: integer(read, "GROUP_MAX_PER_USER", 1, 100_000),
+      receiptsMaxMembers: integer(read, "GROUP_RECEIPTS_MAX_MEMBERS", 0, 100_000),
+    }),
     limits: Object.freeze({
       connectionsPerUser: integer(read, "MAX_CONNECTIONS_PER_USER", 1, 1_000_000),
       connections: integer(read, "MAX_CONNECTIONS", 1, 10_000_000),

@@ -12,6 +12,7 @@ export async function createEngine(config: Config, log: Logger): Promise<Engine>
       rateLimit: config.rateLimit,
       retention: config.retention,
       quotas: config.quotas,
+      groups: config.groups,
     });
   }
   const { createRedisEngine } = await import("@mrezhen/engine-redis");
@@ -24,6 +25,7 @@ export async function createEngine(config: Config, log: Logger): Promise<Engine>
     rateLimit: config.rateLimit,
     retention: config.retention,
     quotas: config.quotas,
+    groups: config.groups,
     logger: log.child({ component: "engine" }),
     // A node started before its Redis comes up unready and starts serving when Redis answers,
     // instead of exiting into a restart loop (compose, Kubernetes).

@@ -29,6 +29,7 @@
  * online users: nodes keep the set themselves (presence-mirror.ts) and build the protocol's
  * presence frame, which lists every online user, only when a connection of theirs wants one.
  */
+import { Buffer } from "node:buffer";
 import type { ControlEvent, UserEvent } from "@mrezhen/engine";
 
 /** A change of the online set, as the presence scripts announce it. */
@@ -82,7 +83,8 @@ export function decodeUserEvent(payload: string): UserEvent | undefined {
   if (payload.startsWith(FRAME_TAG))
     return { kind: "frame", frame: payload.slice(FRAME_TAG.length) };
   if (payload.startsWith(CONTROL_TAG)) return decodeControlEvent(payload.slice(CONTROL_TAG.length));
-  if (!payload.startsWith("m|")) return undefined;
+  if (!payload.startsWith("m|"))
+    return payload.startsWith("g|") ? decodeGroupEvent(payload) : undefined;
   const afterPosition = payload.indexOf("|", 2);
   const afterExclude = afterPosition < 0 ? -1 : payload.indexOf("|", afterPosition + 1);
   const afterId = afterExclude < 0 ? -1 : payload.indexOf("|", afterExclude + 1);
@@ -100,6 +102,36 @@ export function decodeUserEvent(payload: string): UserEvent | undefined {
         position,
         excludeConnId: payload.slice(afterPosition + 1, afterExclude),
       };
+}
+
+/**
+ * A group's entry for one member (groups.ts):
+ * `g|<position>|<excludeConnId or empty>|<messageId>|<groupId length>|<groupId><messageJson>`;
+ * the length (in UTF-8 bytes, as the script counts) splits the group id, which may contain anything, from the text.
+ */
+function decodeGroupEvent(payload: string): UserEvent | undefined {
+  const afterPosition = payload.indexOf("|", 2);
+  const afterExclude = afterPosition < 0 ? -1 : payload.indexOf("|", afterPosition + 1);
+  const afterId = afterExclude < 0 ? -1 : payload.indexOf("|", afterExclude + 1);
+  const afterLength = afterId < 0 ? -1 : payload.indexOf("|", afterId + 1);
+  if (afterLength < 0) return undefined;
+  const position = Number(payload.slice(2, afterPosition));
+  const length = Number(payload.slice(afterId + 1, afterLength));
+  if (!Number.isSafeInteger(position) || !Number.isSafeInteger(length)) return undefined;
+  const rest = payload.slice(afterLength + 1);
+  // The script counts the id's UTF-8 bytes: take that many bytes, not characters.
+  const bytes = Buffer.from(rest);
+  const groupId = bytes.subarray(0, length).toString();
+  const messageJson = bytes.subarray(length).toString();
+  const exclude = payload.slice(afterPosition + 1, afterExclude);
+  return {
+    kind: "message",
+    messageId: payload.slice(afterExclude + 1, afterId),
+    messageJson,
+    position,
+    groupId,
+    ...(exclude === "" ? {} : { excludeConnId: exclude }),
+  };
 }
 
 const ON = "on|";

@@ -49,10 +49,12 @@
  * node, by WAIT for that many replicas, before the message is acked (script-runner.ts).
  */
 import {
+  DEFAULT_GROUP_LIMITS,
   DEFAULT_RETENTION,
   type Engine,
   type EngineHealth,
   EngineUnavailableError,
+  type GroupLimits,
   NO_QUOTAS,
   type QuotaOptions,
   type RetentionOptions,
@@ -64,6 +66,7 @@ import { RedisBroker } from "./broker.js";
 import { type AppendStep, ClusterMessageStore } from "./cluster-messages.js";
 import { CLUSTER_SCRIPTS } from "./cluster-scripts.js";
 import { RedisEventQueue } from "./event-queue.js";
+import { RedisGroupStore } from "./groups.js";
 import { Keys } from "./keys.js";
 import { RedisMessageStore } from "./messages.js";
 import { RedisPresenceStore } from "./presence.js";
@@ -114,6 +117,8 @@ export interface RedisEngineOptions {
   readonly retention?: RetentionOptions;
   /** Per-sender daily quotas of appendIfAllowed (key `quota:<user>`). Default {@link NO_QUOTAS}. */
   readonly quotas?: QuotaOptions;
+  /** Group limits. Default {@link DEFAULT_GROUP_LIMITS}. */
+  readonly groups?: GroupLimits;
   /** Default: silent. */
   readonly logger?: Logger;
   /** How often the node refreshes its liveness key and sweeps dead nodes. Default 3000. */
@@ -205,6 +210,7 @@ class RedisEngine implements Engine {
   readonly presence: RedisPresenceStore;
   readonly messages: RedisMessageStore;
   readonly rateLimiter: RedisRateLimiter;
+  readonly groups: RedisGroupStore;
   readonly revocations: RedisRevocationStore;
   readonly events: RedisEventQueue;
 
@@ -305,6 +311,14 @@ class RedisEngine implements Engine {
       this.messages = store;
     }
     this.rateLimiter = new RedisRateLimiter(this.command, this.keys, options.rateLimit);
+    this.groups = new RedisGroupStore(
+      this.command,
+      this.keys,
+      this.messages,
+      options.retention ?? DEFAULT_RETENTION,
+      options.rateLimit,
+      options.groups ?? DEFAULT_GROUP_LIMITS,
+    );
     this.backendKeys = new BackendKeys(options.keyPrefix, seeds !== undefined);
     this.revocations = new RedisRevocationStore(this.command, this.backendKeys);
     this.events = new RedisEventQueue(this.command, this.backendKeys, options.nodeId);

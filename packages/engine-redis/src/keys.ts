@@ -295,6 +295,28 @@ export class Keys {
     return this.user("quota", userId);
   }
 
+  /**
+   * A group's keys, `<p><kind>:{g:<groupId>}`, tagged in both modes (groups.ts): `group` (hash:
+   * name, createdBy, createdAt, seq), `group-members` (hash: member → seq of its join),
+   * `group-former` (hash: former member → seq of its removal), `group-log` (list of
+   * `<seq>|<message id>`, as conv-log), `group-unread` and `group-reads` (hash: member → count,
+   * read mark). A group id may contain `}`: the tag is then only a prefix of it, which only
+   * puts two groups in one slot; the kind before the tag keeps names unambiguous.
+   */
+  group(kind: string, groupId: string): string {
+    return `${this.prefix}${kind}:{g:${groupId}}`;
+  }
+
+  /** The idempotency record of (sender, clientMsgId) in a group, in the group's slot. */
+  groupIdempotency(groupId: string, from: string, clientMsgId: string): string {
+    return `${this.group("group-idem", groupId)}${from.length}:${from}${clientMsgId}`;
+  }
+
+  /** Hash: group id → 1, the groups the user is a member of (`groups:` + user id). */
+  userGroups(userId: string): string {
+    return this.user("groups", userId);
+  }
+
   userChannel(userId: string): string {
     return this.cluster ? `${this.userChannelHead}{u:${userId}}` : this.userChannelHead + userId;
   }

@@ -30,6 +30,7 @@ import {
   IDEMPOTENCY_TTL_MS,
   type InboxPage,
   type MessageStore,
+  mergeByRecency,
   type QueuedMessage,
   type QuotaOptions,
   type RateLimitOptions,
@@ -179,6 +180,23 @@ export class RedisMessageStore implements MessageStore {
     return { messages: strings(reply.slice(1), "history"), hasMore: reply[0] === 1 };
   }
 
+  /** A page of any log of `<seq>|<id>` entries (HISTORY): the newest `limit` below `before`. */
+  async logPage(logKey: string, limit: number, before: number): Promise<HistoryPage> {
+    if (before <= 1) return { messages: [], hasMore: false };
+    const highest =
+      before === Number.POSITIVE_INFINITY
+        ? "+inf"
+        : Math.min(Math.ceil(before) - 1, Number.MAX_SAFE_INTEGER);
+    const reply = await runScript(this.client, HISTORY, [
+      logKey,
+      count(limit),
+      highest,
+      this.keys.messageHead,
+    ]);
+    if (!Array.isArray(reply) || (reply[0] !== 0 && reply[0] !== 1)) unexpected("history", reply);
+    return { messages: strings(reply.slice(1), "history"), hasMore: reply[0] === 1 };
+  }
+
   async readInbox(
     userId: string,
     after: number,
@@ -270,8 +288,14 @@ export class RedisMessageStore implements MessageStore {
         unread: Number(flat[i + 2]),
       });
     }
-    return summaries;
+    const groups = await this.groups?.summaries(userId, wanted);
+    return groups === undefined || groups.length === 0
+      ? summaries
+      : mergeByRecency(summaries, groups, wanted);
   }
+
+  /** The groups' side of conversations() (set by the group store of the same engine). */
+  groups: { summaries(userId: string, limit: number): Promise<ConversationSummary[]> } | undefined;
 
   /**
    * One ZREVRANGE of the user's conversation list (members are the other users, scored by
@@ -372,11 +396,15 @@ export function appendResult(reply: unknown, input: AppendInput): AppendResult {
 export function queuedMessages(flat: string[], from: number): QueuedMessage[] {
   const messages: QueuedMessage[] = [];
   for (let i = from; i + 2 < flat.length; i += 3) {
-    messages.push({
-      messageId: flat[i] as string,
-      position: Number(flat[i + 1]),
-      messageJson: flat[i + 2] as string,
-    });
+    const messageJson = flat[i + 2] as string;
+    const entry = { messageId: flat[i] as string, position: Number(flat[i + 1]), messageJson };
+    // A group's entry (groups.ts) shares the inbox: its text has `groupId` after the id (a
+    // 36-character UUID, so at index 44), which a direct message's never has there.
+    messages.push(
+      messageJson.startsWith(',"groupId":', 44)
+        ? { ...entry, groupId: (JSON.parse(messageJson) as { groupId: string }).groupId }
+        : entry,
+    );
   }
   return messages;
 }

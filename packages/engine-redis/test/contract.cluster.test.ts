@@ -13,29 +13,34 @@ const cluster = await redisClusterForTests();
 afterAll(() => cluster?.close());
 
 describe.skipIf(!cluster)("redis engine on Redis Cluster", () => {
-  engineContract("redis-cluster", async ({ rateLimit, retention, quotas }) => {
-    if (!cluster) throw new Error("unreachable: the suite is skipped without a cluster");
-    const keyPrefix = `${cluster.prefix}${randomUUID().slice(0, 8)}:`;
-    const engines: Engine[] = [];
-    return {
-      maxNodes: 3,
-      node: async () => {
-        if (engines.length >= 3) throw new Error("the contract asked for more than maxNodes");
-        const engine = await createRedisEngine({
-          url: "",
-          clusterNodes: cluster.nodes,
-          keyPrefix,
-          nodeId: `node-${randomUUID().slice(0, 8)}`,
-          rateLimit,
-          ...(retention === undefined ? {} : { retention }),
-          ...(quotas === undefined ? {} : { quotas }),
-        });
-        engines.push(engine);
-        return engine;
-      },
-      close: async () => {
-        await Promise.all(engines.map((engine) => engine.close()));
-      },
-    };
-  });
+  engineContract(
+    "redis-cluster",
+    async ({ rateLimit, retention, quotas }) => {
+      if (!cluster) throw new Error("unreachable: the suite is skipped without a cluster");
+      const keyPrefix = `${cluster.prefix}${randomUUID().slice(0, 8)}:`;
+      const engines: Engine[] = [];
+      return {
+        maxNodes: 3,
+        node: async () => {
+          if (engines.length >= 3) throw new Error("the contract asked for more than maxNodes");
+          const engine = await createRedisEngine({
+            url: "",
+            clusterNodes: cluster.nodes,
+            keyPrefix,
+            nodeId: `node-${randomUUID().slice(0, 8)}`,
+            rateLimit,
+            ...(retention === undefined ? {} : { retention }),
+            ...(quotas === undefined ? {} : { quotas }),
+          });
+          engines.push(engine);
+          return engine;
+        },
+        close: async () => {
+          await Promise.all(engines.map((engine) => engine.close()));
+        },
+      };
+      // Groups on Redis Cluster need the per-member-slot steps of docs/groups.md: not yet.
+    },
+    { groups: false },
+  );
 });

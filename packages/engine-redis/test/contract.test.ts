@@ -9,7 +9,7 @@ const redis = await redisForTests();
 afterAll(() => redis?.close());
 
 describe.skipIf(!redis)("redis engine", () => {
-  engineContract("redis", async ({ rateLimit, retention, quotas }) => {
+  engineContract("redis", async ({ rateLimit, retention, quotas, groups }) => {
     if (!redis) throw new Error("unreachable: the suite is skipped without Redis");
     // A prefix per backend: the contract's tests never see each other's keys, nor other files'.
     const keyPrefix = `${redis.prefix}${randomUUID().slice(0, 8)}:`;
@@ -25,6 +25,7 @@ describe.skipIf(!redis)("redis engine", () => {
           rateLimit,
           ...(retention === undefined ? {} : { retention }),
           ...(quotas === undefined ? {} : { quotas }),
+          ...(groups === undefined ? {} : { groups }),
         });
         engines.push(engine);
         return engine;

@@ -7,6 +7,6 @@ export {
   DEFAULT_RETENTION,
   type MemoryEngineOptions,
 } from "./memory/engine.js";
-export { conversationKey } from "./memory/messages.js";
+export { conversationKey, mergeByRecency } from "./memory/messages.js";
 export { memoryStoredBytes } from "./memory/packed-log.js";
 export * from "./ports.js";

@@ -65,6 +65,8 @@ export interface MessageEvent {
   readonly position: number;
   /** A connection that must not get this event (the sender's own connection gets an ack instead). */
   readonly excludeConnId?: string;
+  /** Set for a group message: its group (the frame is then a `group_message`). */
+  readonly groupId?: string;
 }
 
 /** A user came online (first connection anywhere) or went offline (last one closed). */
@@ -289,6 +291,8 @@ export interface QueuedMessage {
   readonly messageId: string;
   readonly messageJson: string;
   readonly position: number;
+  /** Set for an entry of a group's log (a group message or membership event). */
+  readonly groupId?: string;
 }
 
 /** Part of a user's inbox (B2), for a sync. */
@@ -309,7 +313,10 @@ export interface HistoryPage {
 }
 
 export interface ConversationSummary {
+  /** The other user; for a group, the group's id (see `group`). */
   readonly with: string;
+  /** Set for a group: its name (`with` is then the group id). */
+  readonly group?: { readonly name: string };
   readonly lastMessageJson: string;
   /** Messages from `with` whose seq is above this user's read watermark. */
   readonly unread: number;
@@ -423,6 +430,159 @@ export interface MessageStore {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Groups: a log per group, with members, delivered into every member's inbox.
+
+/** A group's state (protocol GroupInfo). */
+export interface GroupState {
+  readonly groupId: string;
+  readonly name: string;
+  /** Current members, in the order they joined. */
+  readonly members: readonly string[];
+  /** Who may add and remove members: the creator first. */
+  readonly admins: readonly string[];
+  readonly createdBy: string;
+  readonly createdAt: string;
+}
+
+/** Why a group operation was refused. Nothing was stored. */
+export type GroupRefusalReason =
+  /** No such group. */
+  | "not_found"
+  /** Not a member (or not an admin, for add and remove). */
+  | "forbidden"
+  /** The group is at GroupLimits.maxMembers. */
+  | "group_full"
+  /** A user (the actor or the added one) is at GroupLimits.maxGroupsPerUser. */
+  | "too_many_groups";
+
+/** Thrown by a GroupStore method that refuses: nothing was stored or routed. */
+export class GroupRefusedError extends Error {
+  override readonly name = "GroupRefusedError";
+  constructor(
+    readonly reason: GroupRefusalReason,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface GroupLimits {
+  /** Members per group (GROUP_MAX_MEMBERS). */
+  readonly maxMembers: number;
+  /** Groups a user may be a member of (GROUP_MAX_PER_USER). */
+  readonly maxGroupsPerUser: number;
+  /**
+   * Groups of at most this many members send per-member read receipts to every member; larger
+   * ones only answer `get_read_by` (an aggregate), so that a read costs O(1) frames, not
+   * O(members) (O(members²) for everyone reading).
+   */
+  readonly receiptsMaxMembers: number;
+}
+
+export const DEFAULT_GROUP_LIMITS: GroupLimits = {
+  maxMembers: 1000,
+  maxGroupsPerUser: 500,
+  receiptsMaxMembers: 20,
+};
+
+/** The result of a stored membership change: the group after it, and its log entry. */
+export interface GroupChange {
+  readonly group: GroupState;
+  /** The event's seq in the group's log. */
+  readonly seq: number;
+  /** The actor's inbox position of the event. */
+  readonly position: number;
+}
+
+export interface GroupAppendInput {
+  readonly id: string;
+  readonly groupId: string;
+  readonly from: string;
+  readonly content: string;
+  readonly timestamp: string;
+  readonly senderConnId: string;
+  readonly clientMsgId?: string;
+}
+
+export interface GroupAppendResult {
+  readonly messageId: string;
+  readonly timestamp: string;
+  readonly duplicate: boolean;
+  /** Group sequence number: from 1, gap-free, shared with the group's membership events. */
+  readonly seq: number;
+  /** `delivered` when another member had a connection anywhere, else `queued`. */
+  readonly status: "delivered" | "queued";
+  readonly senderPosition: number;
+}
+
+/**
+ * Groups on the same delivery model as direct messages. A group has one log, numbered by a
+ * gap-free `seq`, holding its messages and its membership events (created, joined, removed,
+ * left, renamed) in one order. Every entry goes into the inbox of each user who is a member at
+ * that seq (a removed or leaving member gets the event of its own removal, then nothing), with
+ * the same positions, offline queue, replay and acks as a direct message: a member's stream has
+ * each group's entries in seq order. Membership is decided in the same atomic step as the seq,
+ * so a message and a removal racing each other are ordered: the message is before the removal
+ * (and delivered to the removed member) or after it (and not), never both or neither.
+ * Rejections: {@link GroupRefusedError} (nothing stored); {@link EngineUnavailableError} as for
+ * append (a send may have been stored: retry with the same clientMsgId).
+ */
+export interface GroupStore {
+  /** Creates a group of `createdBy` and `members`; its first entry is the `created` event. */
+  create(input: {
+    readonly groupId: string;
+    readonly name: string;
+    readonly createdBy: string;
+    readonly members: readonly string[];
+    readonly eventId: string;
+    readonly timestamp: string;
+  }): Promise<GroupChange>;
+  /**
+   * A membership change by `actor`: `add` and `remove` by an admin, `leave` by a member
+   * (`userId` = actor), `rename` by a member. Adding a member or removing a non-member changes
+   * nothing and answers the group as it is (seq 0).
+   */
+  change(input: {
+    readonly groupId: string;
+    readonly actor: string;
+    readonly kind: "add" | "remove" | "leave" | "rename";
+    readonly userId?: string;
+    readonly name?: string;
+    readonly eventId: string;
+    readonly timestamp: string;
+  }): Promise<GroupChange>;
+  /** A group `userId` is a member of. */
+  get(userId: string, groupId: string): Promise<GroupState>;
+  /** The groups `userId` is a member of, at most `limit`. */
+  groupsOf(userId: string, limit: number): Promise<GroupState[]>;
+  /**
+   * Stores a group message and routes it, as {@link MessageStore.appendIfAllowed}: the sender's
+   * rate limit (shared with direct messages) counted in the same step, idempotent per (`from`,
+   * `clientMsgId`) (a retry stores nothing and answers the original, `duplicate: true`), in the
+   * inbox of every member, queued for those offline, published live to the others and to the
+   * sender's other connections.
+   */
+  append(input: GroupAppendInput): Promise<GroupAppendResult | RateRefusal>;
+  /**
+   * The group's log, oldest first: the newest `limit` entries below seq `before`. A former
+   * member reads up to its removal only.
+   */
+  history(userId: string, groupId: string, limit: number, before?: number): Promise<HistoryPage>;
+  /**
+   * `userId` read the group up to `upTo` (capped at its last seq); in a group of at most
+   * receiptsMaxMembers members a read receipt frame goes to the other members.
+   */
+  markRead(userId: string, groupId: string, upTo: number): Promise<void>;
+  /** How many members, the sender of `seq` aside, read the group up to `seq`; asked by a member. */
+  readBy(userId: string, groupId: string, seq: number): Promise<{ count: number; members: number }>;
+  /**
+   * Sends an ephemeral frame (typing) to the members of a group `userId` is a member of,
+   * `userId`'s own connections aside.
+   */
+  publishToMembers(userId: string, groupId: string, frame: string): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Rate limiting.
 
 export interface RateDecision {
@@ -456,6 +616,7 @@ export interface Engine {
   readonly presence: PresenceStore;
   readonly messages: MessageStore;
   readonly rateLimiter: RateLimiter;
+  readonly groups: GroupStore;
   readonly revocations: RevocationStore;
   readonly events: EventQueue;
   /** Whether the backend can serve now. Cheap: reads a flag kept up to date in the background. */

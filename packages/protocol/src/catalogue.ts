@@ -16,6 +16,14 @@ export const CLIENT_COMMAND_TYPES = [
   "typing",
   "get_conversations",
   "refresh",
+  "create_group",
+  "add_member",
+  "remove_member",
+  "leave_group",
+  "rename_group",
+  "get_groups",
+  "group_message",
+  "get_read_by",
 ] as const satisfies readonly ClientCommandType[];
 
 type Listed = (typeof CLIENT_COMMAND_TYPES)[number];

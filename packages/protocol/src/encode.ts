@@ -1,5 +1,12 @@
 import type { ErrorCode } from "./errors.js";
-import type { ChatMessage, DeliveryStatus, ErrorDetails, PresenceStatus } from "./frames.js";
+import type {
+  ChatMessage,
+  DeliveryStatus,
+  ErrorDetails,
+  GroupInfo,
+  GroupMessage,
+  PresenceStatus,
+} from "./frames.js";
 
 /*
  * Server frames are built as strings, once per event, and the same string is written to every
@@ -146,4 +153,106 @@ export function errorFrame(code: ErrorCode, message: string, details?: ErrorDeta
       ? { type: "error", code, message }
       : { type: "error", code, message, ...details },
   );
+}
+
+// ---- Groups ----
+
+/**
+ * A group message as stored, in the key order of {@link encodeMessage} (`seq` last, so a store
+ * can append it): `content` for a message, `event` for a membership change.
+ */
+export function encodeGroupMessage(message: GroupMessage): string {
+  return `${groupMessageWithoutSeq(message)},"seq":${message.seq}}`;
+}
+
+/** The group message's text up to its `seq`, without the closing brace (not JSON). */
+export function groupMessageWithoutSeq(message: Omit<GroupMessage, "seq">): string {
+  const body =
+    message.event === undefined
+      ? `"content":${JSON.stringify(message.content ?? "")}`
+      : `"event":${JSON.stringify(message.event)}`;
+  const clientMsgId =
+    message.clientMsgId === undefined
+      ? ""
+      : `,"clientMsgId":${JSON.stringify(message.clientMsgId)}`;
+  return `{"id":"${message.id}","groupId":${JSON.stringify(message.groupId)},"from":${JSON.stringify(message.from)},${body},"timestamp":"${message.timestamp}"${clientMsgId}`;
+}
+
+/** `group_message` for a member: `position` is the member's inbox position of it. */
+export function groupMessageFrame(
+  groupId: string,
+  messageJson: string,
+  position: number,
+  queued: boolean,
+): string {
+  return `{"type":"group_message","groupId":${JSON.stringify(groupId)},"message":${messageJson},"position":${position}${queued ? ',"queued":true' : ""}}`;
+}
+
+export interface GroupAckFields {
+  readonly messageId: string;
+  readonly groupId: string;
+  readonly timestamp: string;
+  readonly status: DeliveryStatus;
+  readonly seq: number;
+  readonly position: number;
+  readonly clientMsgId: string | undefined;
+}
+
+/** The ack of a group message: `groupId` where a direct message's ack has `to`. */
+export function groupMessageAckFrame(ack: GroupAckFields): string {
+  const clientMsgId =
+    ack.clientMsgId === undefined ? "" : `,"clientMsgId":${JSON.stringify(ack.clientMsgId)}`;
+  return `{"type":"message_ack","messageId":"${ack.messageId}","groupId":${JSON.stringify(ack.groupId)},"timestamp":"${ack.timestamp}","status":"${ack.status}","seq":${ack.seq},"position":${ack.position}${clientMsgId}}`;
+}
+
+/** A group's current state: the answer to a group command, and news for added members. */
+export function groupFrame(group: GroupInfo): string {
+  return JSON.stringify({ type: "group", group });
+}
+
+/** The answer to `get_groups`. */
+export function groupsFrame(groups: readonly GroupInfo[]): string {
+  return JSON.stringify({ type: "groups", groups });
+}
+
+/** `message_history` of a group. */
+export function groupHistoryFrame(
+  groupId: string,
+  messageJsons: readonly string[],
+  hasMore: boolean,
+): string {
+  return `{"type":"message_history","groupId":${JSON.stringify(groupId)},"messages":[${messageJsons.join(",")}],"hasMore":${hasMore}}`;
+}
+
+/** A member of a small group read it up to `upTo`. */
+export function groupReceiptFrame(groupId: string, from: string, upTo: number): string {
+  return JSON.stringify({ type: "receipt", kind: "read", groupId, from, upTo });
+}
+
+export function groupTypingFrame(groupId: string, from: string, state: "start" | "stop"): string {
+  return JSON.stringify({ type: "typing", groupId, from, state });
+}
+
+/** The answer to `get_read_by`: how many members (the sender aside) read up to `seq`. */
+export function readByFrame(groupId: string, seq: number, count: number, members: number): string {
+  return JSON.stringify({ type: "read_by", groupId, seq, count, members });
+}
+
+export interface GroupConversationItem {
+  readonly groupId: string;
+  readonly name: string;
+  readonly lastMessageJson: string;
+  readonly unread: number;
+}
+
+/** `conversations` with groups beside direct conversations, most recent first. */
+export function conversationsWithGroupsFrame(
+  items: readonly (ConversationItem | GroupConversationItem)[],
+): string {
+  const parts = items.map((item) =>
+    "groupId" in item
+      ? `{"groupId":${JSON.stringify(item.groupId)},"name":${JSON.stringify(item.name)},"lastMessage":${item.lastMessageJson},"unread":${item.unread}}`
+      : `{"with":${JSON.stringify(item.with)},"lastMessage":${item.lastMessageJson},"unread":${item.unread}}`,
+  );
+  return `{"type":"conversations","items":[${parts.join(",")}]}`;
 }

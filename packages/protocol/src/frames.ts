@@ -90,7 +90,123 @@ export interface RefreshCommand {
   readonly token: string;
 }
 
+// ---- Groups (additive: a client that sends none of these sees nothing new) ----
+
+/** Creates a group of the sender and `members` (the sender is its creator and first admin). */
+export interface CreateGroupCommand {
+  readonly type: "create_group";
+  readonly name: string;
+  /** Other members (deduplicated; the sender is added if missing). */
+  readonly members: readonly string[];
+}
+
+export interface AddMemberCommand {
+  readonly type: "add_member";
+  readonly groupId: string;
+  readonly userId: string;
+}
+
+export interface RemoveMemberCommand {
+  readonly type: "remove_member";
+  readonly groupId: string;
+  readonly userId: string;
+}
+
+export interface LeaveGroupCommand {
+  readonly type: "leave_group";
+  readonly groupId: string;
+}
+
+export interface RenameGroupCommand {
+  readonly type: "rename_group";
+  readonly groupId: string;
+  readonly name: string;
+}
+
+export interface GetGroupsCommand {
+  readonly type: "get_groups";
+}
+
+export interface GroupMessageCommand {
+  readonly type: "group_message";
+  readonly groupId: string;
+  readonly content: string;
+  readonly clientMsgId?: string;
+}
+
+/** `get_history` of a group: the same paging as a conversation's, by group `seq`. */
+export interface GetGroupHistoryCommand {
+  readonly type: "get_history";
+  readonly groupId: string;
+  readonly limit: number;
+  readonly before?: number;
+}
+
+export interface MarkGroupReadCommand {
+  readonly type: "mark_read";
+  readonly groupId: string;
+  readonly upTo: number;
+}
+
+export interface GroupTypingCommand {
+  readonly type: "typing";
+  readonly groupId: string;
+  readonly state: "start" | "stop";
+}
+
+/** How many members have read a group up to `seq` (the aggregate receipt of large groups). */
+export interface GetReadByCommand {
+  readonly type: "get_read_by";
+  readonly groupId: string;
+  readonly seq: number;
+}
+
+export type GroupCommand =
+  | CreateGroupCommand
+  | AddMemberCommand
+  | RemoveMemberCommand
+  | LeaveGroupCommand
+  | RenameGroupCommand
+  | GetGroupsCommand
+  | GroupMessageCommand
+  | GetGroupHistoryCommand
+  | MarkGroupReadCommand
+  | GroupTypingCommand
+  | GetReadByCommand;
+
+/**
+ * A stored event of a group's log. A group message has `content`; a membership event has
+ * `event` instead, and takes its place in the group's `seq` like a message.
+ */
+export interface GroupMessage {
+  readonly id: string;
+  readonly groupId: string;
+  /** The sender, or who did the membership change. */
+  readonly from: string;
+  readonly content?: string;
+  readonly event?: GroupEvent;
+  readonly timestamp: string;
+  readonly seq: number;
+  readonly clientMsgId?: string;
+}
+
+export type GroupEvent =
+  | { readonly kind: "created"; readonly name: string; readonly members: readonly string[] }
+  | { readonly kind: "joined" | "removed" | "left"; readonly userId: string }
+  | { readonly kind: "renamed"; readonly name: string };
+
+export interface GroupInfo {
+  readonly groupId: string;
+  readonly name: string;
+  readonly members: readonly string[];
+  /** The creator first. */
+  readonly admins: readonly string[];
+  readonly createdBy: string;
+  readonly createdAt: string;
+}
+
 export type ClientCommand =
+  | GroupCommand
   | RefreshCommand
   | DirectMessageCommand
   | GetHistoryCommand

@@ -8,10 +8,22 @@ export {
   type AckFields,
   type ConversationItem,
   conversationsFrame,
+  conversationsWithGroupsFrame,
   directMessageFrame,
+  encodeGroupMessage,
   encodeMessage,
   encodeMessageWithoutSeq,
   errorFrame,
+  type GroupAckFields,
+  type GroupConversationItem,
+  groupFrame,
+  groupHistoryFrame,
+  groupMessageAckFrame,
+  groupMessageFrame,
+  groupMessageWithoutSeq,
+  groupReceiptFrame,
+  groupsFrame,
+  groupTypingFrame,
   messageAckFrame,
   messageHistoryFrame,
   onlineUsersFrame,
@@ -19,6 +31,7 @@ export {
   presenceDeltaFrame,
   presenceFrame,
   type ReceiptKind,
+  readByFrame,
   receiptFrame,
   refreshedFrame,
   syncedFrame,
@@ -28,4 +41,10 @@ export {
 export { ErrorCode, type ProtocolError, retryableErrors } from "./errors.js";
 export type * from "./frames.js";
 export { Limits } from "./limits.js";
-export { codePointLength, type ParseResult, parseClientFrame, userIdProblem } from "./parse.js";
+export {
+  codePointLength,
+  groupIdProblem,
+  type ParseResult,
+  parseClientFrame,
+  userIdProblem,
+} from "./parse.js";

@@ -28,4 +28,11 @@ export const Limits = {
   MAX_TOKEN_LENGTH: 4096,
   /** `get_online_users.users`: at most this many ids per question. */
   ONLINE_QUERY_MAX_USERS: 100,
+  /** A group's name, in characters (Unicode code points); not only whitespace. */
+  MAX_GROUP_NAME_CHARS: 100,
+  /**
+   * `create_group.members`: at most this many in the command (GROUP_MAX_MEMBERS, the server's
+   * limit, may be lower; add_member grows a group up to it).
+   */
+  CREATE_GROUP_MAX_MEMBERS: 1000,
 } as const;

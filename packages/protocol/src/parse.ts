@@ -40,7 +40,7 @@ export function parseClientFrame(text: string): ParseResult {
     case "direct_message":
       return parseDirectMessage(frame);
     case "get_history":
-      return parseGetHistory(frame);
+      return "groupId" in frame ? parseGetGroupHistory(frame) : parseGetHistory(frame);
     case "get_online_users":
       return parseGetOnlineUsers(frame);
     case "ping":
@@ -50,13 +50,34 @@ export function parseClientFrame(text: string): ParseResult {
     case "sync":
       return parseSync(frame);
     case "mark_read":
-      return parseMarkRead(frame);
+      return "groupId" in frame ? parseMarkGroupRead(frame) : parseMarkRead(frame);
     case "typing":
-      return parseTyping(frame);
+      return "groupId" in frame ? parseGroupTyping(frame) : parseTyping(frame);
     case "get_conversations":
       return parseGetConversations(frame);
     case "refresh":
       return parseRefresh(frame);
+    case "create_group":
+      return parseCreateGroup(frame);
+    case "add_member":
+    case "remove_member":
+      return parseMemberChange(frame, type);
+    case "leave_group":
+      return withGroupId(frame, (groupId) => ({ type: "leave_group", groupId }));
+    case "rename_group":
+      return withGroupId(frame, (groupId) => {
+        const name = readGroupName(frame);
+        return typeof name === "string" ? { type: "rename_group", groupId, name } : name;
+      });
+    case "get_groups":
+      return GET_GROUPS;
+    case "group_message":
+      return parseGroupMessage(frame);
+    case "get_read_by":
+      return withGroupId(frame, (groupId) => {
+        const seq = requireWholeNumber(frame, "seq", 1);
+        return typeof seq === "number" ? { type: "get_read_by", groupId, seq } : seq;
+      });
     default:
       return fail(ErrorCode.UNKNOWN_TYPE, `Unknown frame type ${quote(type)}.`);
   }
@@ -64,10 +85,21 @@ export function parseClientFrame(text: string): ParseResult {
 
 const GET_ONLINE_USERS: ParseResult = { ok: true, command: { type: "get_online_users" } };
 const PING: ParseResult = { ok: true, command: { type: "ping" } };
+const GET_GROUPS: ParseResult = { ok: true, command: { type: "get_groups" } };
 
 function parseDirectMessage(frame: JsonObject): ParseResult {
   const to = readUserId(frame, "to");
   if (typeof to !== "string") return to;
+  const content = readContent(frame);
+  if (typeof content !== "string") return content;
+  const clientMsgId = readClientMsgId(frame);
+  if (typeof clientMsgId === "object") return clientMsgId;
+  return clientMsgId === undefined
+    ? { ok: true, command: { type: "direct_message", to, content } }
+    : { ok: true, command: { type: "direct_message", to, content, clientMsgId } };
+}
+
+function readContent(frame: JsonObject): string | ParseResult {
   const content = frame["content"];
   if (content === undefined || content === null) {
     return fail(ErrorCode.EMPTY_CONTENT, '"content" is missing.');
@@ -87,10 +119,12 @@ function parseDirectMessage(frame: JsonObject): ParseResult {
       `"content" is longer than ${Limits.MAX_CONTENT_CHARS} characters.`,
     );
   }
+  return content;
+}
+
+function readClientMsgId(frame: JsonObject): string | undefined | ParseResult {
   const clientMsgId = frame["clientMsgId"];
-  if (clientMsgId === undefined || clientMsgId === null) {
-    return { ok: true, command: { type: "direct_message", to, content } };
-  }
+  if (clientMsgId === undefined || clientMsgId === null) return undefined;
   if (
     typeof clientMsgId !== "string" ||
     clientMsgId.length < Limits.MIN_CLIENT_MSG_ID_LENGTH ||
@@ -110,7 +144,132 @@ function parseDirectMessage(frame: JsonObject): ParseResult {
       '"clientMsgId" must be well-formed Unicode: it has a lone surrogate.',
     );
   }
-  return { ok: true, command: { type: "direct_message", to, content, clientMsgId } };
+  return clientMsgId;
+}
+
+// ---- Groups ----
+
+/**
+ * Reads `groupId` (the same well-formedness rule as user ids: a group id names keys as a user
+ * id does) and builds the command from it.
+ */
+function withGroupId(
+  frame: JsonObject,
+  build: (groupId: string) => ClientCommand | ParseResult,
+): ParseResult {
+  const value = frame["groupId"];
+  if (value === undefined || value === null || value === "") {
+    return fail(ErrorCode.MISSING_RECIPIENT, '"groupId" is missing.');
+  }
+  if (typeof value !== "string") {
+    return fail(ErrorCode.INVALID_FORMAT, '"groupId" must be a group id string.');
+  }
+  const problem = groupIdProblem(value);
+  if (problem !== undefined) {
+    return fail(ErrorCode.INVALID_FORMAT, `"groupId" is not a valid group id: it ${problem}.`);
+  }
+  const built = build(value);
+  return "type" in built ? { ok: true, command: built } : built;
+}
+
+/** A group's name: 1 to MAX_GROUP_NAME_CHARS characters, well-formed, not only whitespace. */
+function readGroupName(frame: JsonObject): string | ParseResult {
+  const name = frame["name"];
+  const max = Limits.MAX_GROUP_NAME_CHARS;
+  if (
+    typeof name !== "string" ||
+    !NON_WHITESPACE.test(name) ||
+    !name.isWellFormed() ||
+    CONTROL_CHARACTER.test(name) ||
+    BIDI_CONTROL.test(name) ||
+    (name.length > max && codePointLength(name) > max)
+  ) {
+    return fail(
+      ErrorCode.INVALID_FORMAT,
+      `"name" must be 1 to ${max} characters of well-formed text, with no control or bidirectional formatting character.`,
+    );
+  }
+  return name;
+}
+
+function parseCreateGroup(frame: JsonObject): ParseResult {
+  const name = readGroupName(frame);
+  if (typeof name !== "string") return name;
+  const members = frame["members"];
+  const max = Limits.CREATE_GROUP_MAX_MEMBERS;
+  if (!Array.isArray(members) || members.length > max) {
+    return fail(ErrorCode.INVALID_FORMAT, `"members" must be an array of 0 to ${max} user ids.`);
+  }
+  for (const member of members) {
+    const problem = typeof member === "string" ? userIdProblem(member) : "is not a string";
+    if (problem !== undefined) {
+      return fail(ErrorCode.INVALID_FORMAT, `"members" holds an invalid user id: it ${problem}.`);
+    }
+  }
+  return {
+    ok: true,
+    command: { type: "create_group", name, members: [...new Set<string>(members)] },
+  };
+}
+
+function parseMemberChange(frame: JsonObject, type: "add_member" | "remove_member"): ParseResult {
+  return withGroupId(frame, (groupId) => {
+    const value = frame["userId"];
+    if (value === undefined || value === null || value === "") {
+      return fail(ErrorCode.MISSING_RECIPIENT, '"userId" is missing.');
+    }
+    const problem = typeof value === "string" ? userIdProblem(value) : "is not a string";
+    if (problem !== undefined || typeof value !== "string") {
+      return fail(ErrorCode.INVALID_FORMAT, `"userId" is not a valid user id: it ${problem}.`);
+    }
+    return { type, groupId, userId: value };
+  });
+}
+
+function parseGroupMessage(frame: JsonObject): ParseResult {
+  return withGroupId(frame, (groupId) => {
+    const content = readContent(frame);
+    if (typeof content !== "string") return content;
+    const clientMsgId = readClientMsgId(frame);
+    if (typeof clientMsgId === "object") return clientMsgId;
+    return clientMsgId === undefined
+      ? { type: "group_message", groupId, content }
+      : { type: "group_message", groupId, content, clientMsgId };
+  });
+}
+
+function parseGetGroupHistory(frame: JsonObject): ParseResult {
+  return withGroupId(frame, (groupId) => {
+    const limit = readLimit(
+      frame,
+      Limits.HISTORY_DEFAULT_LIMIT,
+      Limits.HISTORY_MIN_LIMIT,
+      Limits.HISTORY_MAX_LIMIT,
+    );
+    if (typeof limit !== "number") return limit;
+    const before = readWholeNumber(frame, "before", 1);
+    if (typeof before === "object") return before;
+    return before === undefined
+      ? { type: "get_history", groupId, limit }
+      : { type: "get_history", groupId, limit, before };
+  });
+}
+
+function parseMarkGroupRead(frame: JsonObject): ParseResult {
+  return withGroupId(frame, (groupId) => {
+    const upTo = requireWholeNumber(frame, "upTo", 1);
+    return typeof upTo === "number" ? { type: "mark_read", groupId, upTo } : upTo;
+  });
+}
+
+function parseGroupTyping(frame: JsonObject): ParseResult {
+  return withGroupId(frame, (groupId) => {
+    const state = frame["state"];
+    if (state !== "start" && state !== "stop") {
+      return fail(ErrorCode.INVALID_FORMAT, '"state" must be "start" or "stop".');
+    }
+    return { type: "typing", groupId, state };
+  });
 }
 
 function parseGetHistory(frame: JsonObject): ParseResult {
@@ -306,6 +465,14 @@ export function userIdProblem(id: string): string | undefined {
   if (ZERO_WIDTH.test(id)) return "contains a zero-width character";
   if (!NON_WHITESPACE.test(id)) return "is only whitespace";
   return undefined;
+}
+
+/**
+ * What makes `id` unusable as a group id, or undefined when it is one: the rule of user ids
+ * ({@link userIdProblem}), since a group id names keys and channels exactly as a user id does.
+ */
+export function groupIdProblem(id: string): string | undefined {
+  return userIdProblem(id);
 }
 
 /** Counts Unicode code points without allocating (a surrogate pair is one character). */

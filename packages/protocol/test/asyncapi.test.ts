@@ -36,6 +36,32 @@ const ENCODED_MESSAGE = protocol.encodeMessage({
   clientMsgId: "c-1",
 });
 
+const GROUP = {
+  groupId: "g-1",
+  name: "team",
+  members: ["alice", "bob"],
+  admins: ["alice"],
+  createdBy: "alice",
+  createdAt: "2026-11-26T03:00:00.000Z",
+};
+const GROUP_MESSAGE = protocol.encodeGroupMessage({
+  id: "5f0c6a3e-1a7b-4c8e-9d2f-0b1c2d3e4f51",
+  groupId: "g-1",
+  from: "alice",
+  content: "hi all",
+  timestamp: "2026-11-26T03:00:00.000Z",
+  seq: 2,
+  clientMsgId: "c-2",
+});
+const GROUP_EVENT = protocol.encodeGroupMessage({
+  id: "5f0c6a3e-1a7b-4c8e-9d2f-0b1c2d3e4f52",
+  groupId: "g-1",
+  from: "alice",
+  event: { kind: "created", name: "team", members: ["alice", "bob"] },
+  timestamp: "2026-11-26T03:00:00.000Z",
+  seq: 1,
+});
+
 /**
  * One frame from every encoder this package exports (every `*Frame` function), with each optional
  * field present, so that the fields the document must describe all appear.
@@ -62,6 +88,28 @@ const SAMPLE_FRAMES: Record<string, () => string> = {
   conversationsFrame: () =>
     protocol.conversationsFrame([{ with: "bob", lastMessageJson: ENCODED_MESSAGE, unread: 2 }]),
   pongFrame: () => protocol.pongFrame("2026-11-26T03:00:00.000Z"),
+  groupMessageFrame: () => protocol.groupMessageFrame("g-1", GROUP_EVENT, 8, true),
+  groupMessageAckFrame: () =>
+    protocol.groupMessageAckFrame({
+      messageId: "m-2",
+      groupId: "g-1",
+      timestamp: "2026-11-26T03:00:00.000Z",
+      status: "queued",
+      seq: 2,
+      position: 9,
+      clientMsgId: "c-2",
+    }),
+  groupFrame: () => protocol.groupFrame(GROUP),
+  groupsFrame: () => protocol.groupsFrame([GROUP]),
+  groupHistoryFrame: () => protocol.groupHistoryFrame("g-1", [GROUP_MESSAGE, GROUP_EVENT], false),
+  groupReceiptFrame: () => protocol.groupReceiptFrame("g-1", "bob", 2),
+  groupTypingFrame: () => protocol.groupTypingFrame("g-1", "bob", "stop"),
+  readByFrame: () => protocol.readByFrame("g-1", 2, 1, 2),
+  conversationsWithGroupsFrame: () =>
+    protocol.conversationsWithGroupsFrame([
+      { with: "bob", lastMessageJson: ENCODED_MESSAGE, unread: 0 },
+      { groupId: "g-1", name: "team", lastMessageJson: GROUP_MESSAGE, unread: 1 },
+    ]),
   tokenExpiringFrame: () => protocol.tokenExpiringFrame(1_795_000_000),
   refreshedFrame: () => protocol.refreshedFrame(1_795_003_600),
   errorFrame: () =>

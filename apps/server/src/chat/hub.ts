@@ -13,6 +13,7 @@ import {
   directMessageFrame,
   ErrorCode,
   errorFrame,
+  groupMessageFrame,
   type PresenceStatus,
   presenceDeltaFrame,
   presenceFrame,
@@ -215,7 +216,10 @@ export class Hub implements BrokerHandler {
     if (sessions !== undefined) {
       for (const session of sessions) {
         if (session.connId === event.excludeConnId) continue;
-        frame ??= directMessageFrame(event.messageJson, event.position, false);
+        frame ??=
+          event.groupId === undefined
+            ? directMessageFrame(event.messageJson, event.position, false)
+            : groupMessageFrame(event.groupId, event.messageJson, event.position, false);
         session.deliver(event.messageId, event.position, frame);
         this.metrics.deliveredLive();
       }
@@ -406,6 +410,7 @@ export class Hub implements BrokerHandler {
       messageId: event.messageId,
       messageJson: event.messageJson,
       position: event.position,
+      ...(event.groupId === undefined ? {} : { groupId: event.groupId }),
     };
     this.messages.requeueIfOffline(userId, message).then(
       (queued) =>

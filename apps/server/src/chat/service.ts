@@ -3,13 +3,14 @@ import {
   type AppendResult,
   type Engine,
   EngineUnavailableError,
+  GroupRefusedError,
   type QueuedMessage,
   type QuotaOptions,
 } from "@mrezhen/engine";
 import {
   type ClientCommand,
   CloseCode,
-  conversationsFrame,
+  conversationsWithGroupsFrame,
   type DirectMessageCommand,
   directMessageFrame,
   ErrorCode,
@@ -17,6 +18,14 @@ import {
   encodeMessage,
   errorFrame,
   type GetHistoryCommand,
+  type GroupCommand,
+  type GroupMessageCommand,
+  groupFrame,
+  groupHistoryFrame,
+  groupMessageAckFrame,
+  groupMessageFrame,
+  groupsFrame,
+  groupTypingFrame,
   type LimitName,
   messageAckFrame,
   messageHistoryFrame,
@@ -24,6 +33,7 @@ import {
   type ProtocolError,
   parseClientFrame,
   pongFrame,
+  readByFrame,
   refreshedFrame,
   syncedFrame,
   type TypingCommand,
@@ -292,7 +302,11 @@ export class ChatService {
       const page = await messages.readQueued(session.userId, after, SYNC_PAGE, REPLAY_PAGE_SIZE);
       if (page.length === 0 || session.isClosed) break;
       for (const entry of page) {
-        session.send(directMessageFrame(entry.messageJson, entry.position, true));
+        session.send(
+          entry.groupId === undefined
+            ? directMessageFrame(entry.messageJson, entry.position, true)
+            : groupMessageFrame(entry.groupId, entry.messageJson, entry.position, true),
+        );
         sent.add(entry.messageId);
       }
       after = (page.at(-1) as QueuedMessage).position;
@@ -353,7 +367,11 @@ export class ChatService {
         after = page.oldest - 1;
       }
       for (const entry of page.entries)
-        session.send(directMessageFrame(entry.messageJson, entry.position, false));
+        session.send(
+          entry.groupId === undefined
+            ? directMessageFrame(entry.messageJson, entry.position, false)
+            : groupMessageFrame(entry.groupId, entry.messageJson, entry.position, false),
+        );
       const last = page.entries.at(-1)?.position;
       if (last === undefined) break;
       after = last;
@@ -484,6 +502,7 @@ export class ChatService {
         return this.directMessage(session, command);
       case "get_history":
         if (!this.mayRead(session)) return undefined;
+        if ("groupId" in command) return this.group(session, command);
         return this.history(session, command);
       case "get_online_users":
         if (!this.mayRead(session)) return undefined;
@@ -500,14 +519,40 @@ export class ChatService {
         session.beginSync();
         return this.replay(session, command.since).then(() => undefined);
       case "mark_read":
+        if ("groupId" in command) return this.group(session, command);
         return this.engine.messages.markRead(session.userId, command.with, command.upTo);
       case "typing":
+        if ("groupId" in command) return this.group(session, command);
         return this.typing(session, command);
       case "get_conversations":
         if (!this.mayRead(session)) return undefined;
-        return this.engine.messages
-          .conversations(session.userId, command.limit)
-          .then((items) => session.send(conversationsFrame(items)));
+        return this.engine.messages.conversations(session.userId, command.limit).then((items) =>
+          session.send(
+            conversationsWithGroupsFrame(
+              items.map((item) =>
+                item.group === undefined
+                  ? item
+                  : {
+                      groupId: item.with,
+                      name: item.group.name,
+                      lastMessageJson: item.lastMessageJson,
+                      unread: item.unread,
+                    },
+              ),
+            ),
+          ),
+        );
+      case "get_groups":
+      case "get_read_by":
+        if (!this.mayRead(session)) return undefined;
+        return this.group(session, command);
+      case "create_group":
+      case "add_member":
+      case "remove_member":
+      case "leave_group":
+      case "rename_group":
+      case "group_message":
+        return this.group(session, command);
       case "refresh": {
         const now = this.now();
         const wait = session.lastRefreshAt + REFRESH_INTERVAL_MS - now;
@@ -715,6 +760,127 @@ export class ChatService {
     };
   }
 
+  // ---- Groups ----------------------------------------------------------------------------
+
+  /**
+   * A group command. The engine decides membership and admin rights in the same step as it
+   * stores (GroupStore); its refusals (GroupRefusedError) become FORBIDDEN or NOT_FOUND in
+   * failRequest.
+   */
+  private async group(session: Session, command: GroupCommand): Promise<void> {
+    const { groups } = this.engine;
+    const user = session.userId;
+    const event = () => ({ eventId: randomUUID(), timestamp: new Date(this.now()).toISOString() });
+    switch (command.type) {
+      case "group_message":
+        return this.groupMessage(session, command);
+      case "create_group": {
+        const change = await groups.create({
+          groupId: randomUUID(),
+          name: command.name,
+          createdBy: user,
+          members: command.members,
+          ...event(),
+        });
+        const frame = groupFrame(change.group);
+        session.send(frame);
+        // Every member learns of the group at once; the `created` entry in their inbox
+        // carries the same news for a device that was away.
+        await Promise.all(
+          change.group.members
+            .filter((member) => member !== user)
+            .map((member) => this.engine.broker.publishFrame(member, frame)),
+        );
+        return;
+      }
+      case "add_member":
+      case "remove_member":
+      case "leave_group":
+      case "rename_group": {
+        const kind =
+          command.type === "add_member"
+            ? "add"
+            : command.type === "remove_member"
+              ? "remove"
+              : command.type === "leave_group"
+                ? "leave"
+                : "rename";
+        const change = await groups.change({
+          groupId: command.groupId,
+          actor: user,
+          kind,
+          ...("userId" in command ? { userId: command.userId } : {}),
+          ...("name" in command ? { name: command.name } : {}),
+          ...event(),
+        });
+        const frame = groupFrame(change.group);
+        session.send(frame);
+        if (command.type === "add_member" && change.seq > 0)
+          await this.engine.broker.publishFrame(command.userId, frame);
+        return;
+      }
+      case "get_groups":
+        session.send(groupsFrame(await groups.groupsOf(user, Number.MAX_SAFE_INTEGER)));
+        return;
+      case "get_history": {
+        const page = await groups.history(user, command.groupId, command.limit, command.before);
+        session.send(groupHistoryFrame(command.groupId, page.messages, page.hasMore));
+        return;
+      }
+      case "mark_read":
+        return groups.markRead(user, command.groupId, command.upTo);
+      case "get_read_by": {
+        const { count, members } = await groups.readBy(user, command.groupId, command.seq);
+        session.send(readByFrame(command.groupId, command.seq, count, members));
+        return;
+      }
+      case "typing":
+        if (!this.mayType(session)) return;
+        return groups.publishToMembers(
+          user,
+          command.groupId,
+          groupTypingFrame(command.groupId, user, command.state),
+        );
+    }
+  }
+
+  /** A group message: stored in the group's log and every member's inbox before its ack. */
+  private async groupMessage(session: Session, command: GroupMessageCommand): Promise<void> {
+    const now = this.now();
+    if (session.rateLimitedUntil > now) {
+      this.rateLimited(session, session.rateLimitedUntil - now, "messages");
+      return;
+    }
+    const started = performance.now();
+    const result = await this.engine.groups.append({
+      id: randomUUID(),
+      groupId: command.groupId,
+      from: session.userId,
+      content: command.content,
+      timestamp: new Date(now).toISOString(),
+      senderConnId: session.connId,
+      ...(command.clientMsgId === undefined ? {} : { clientMsgId: command.clientMsgId }),
+    });
+    if ("refused" in result) {
+      // The same sliding window as direct messages (see directMessage).
+      session.rateLimitedUntil = this.now() + result.retryAfterMs;
+      this.rateLimited(session, result.retryAfterMs, "messages");
+      return;
+    }
+    session.send(
+      groupMessageAckFrame({
+        messageId: result.messageId,
+        groupId: command.groupId,
+        timestamp: result.timestamp,
+        status: result.status,
+        seq: result.seq,
+        position: result.senderPosition,
+        clientMsgId: command.clientMsgId,
+      }),
+    );
+    this.metrics.acked(result.status, (performance.now() - started) / 1000);
+  }
+
   private async history(session: Session, command: GetHistoryCommand): Promise<void> {
     const page = await this.engine.messages.history(
       session.userId,
@@ -734,15 +900,21 @@ export class ChatService {
       });
       return;
     }
+    if (!this.mayType(session)) return;
+    await this.engine.broker.publishFrame(command.to, typingFrame(session.userId, command.state));
+  }
+
+  /** Counts one typing frame against the user's budget on this node; false: drop it. */
+  private mayType(session: Session): boolean {
     const limits = session.limits;
     const second = Math.floor(this.now() / 1000);
     if (second !== limits.typingSecond) {
       limits.typingSecond = second;
       limits.typingBudget = TYPING_PER_SECOND;
     }
-    if (limits.typingBudget <= 0) return;
+    if (limits.typingBudget <= 0) return false;
     limits.typingBudget--;
-    await this.engine.broker.publishFrame(command.to, typingFrame(session.userId, command.state));
+    return true;
   }
 
   /**
@@ -872,7 +1044,19 @@ export class ChatService {
    * asks for a resend with the same clientMsgId.
    */
   private failRequest(session: Session, error: unknown, command: ClientCommand): void {
-    const send = command.type === "direct_message" ? command : undefined;
+    if (error instanceof GroupRefusedError) {
+      this.sendError(
+        session,
+        error.reason === "not_found" ? ErrorCode.NOT_FOUND : ErrorCode.FORBIDDEN,
+        error.message,
+        "clientMsgId" in command && command.clientMsgId !== undefined
+          ? { clientMsgId: command.clientMsgId }
+          : undefined,
+      );
+      return;
+    }
+    const send =
+      command.type === "direct_message" || command.type === "group_message" ? command : undefined;
     const details: ErrorDetails | undefined =
       send === undefined
         ? undefined

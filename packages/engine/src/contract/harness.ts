@@ -3,6 +3,7 @@ import type {
   AppendInput,
   BrokerHandler,
   Engine,
+  GroupLimits,
   MessageEvent,
   MessageStore,
   PresenceChange,
@@ -29,6 +30,8 @@ export interface BackendOptions {
   readonly retention?: RetentionOptions;
   /** When absent, the engine's defaults (none). */
   readonly quotas?: QuotaOptions;
+  /** When absent, the engine's defaults. */
+  readonly groups?: GroupLimits;
 }
 
 /** Makes a fresh, isolated backend (e.g. a new key prefix on a shared Redis). */

@@ -4,6 +4,7 @@
  */
 import { describe } from "vitest";
 import { backendApiContract } from "./backend-api.js";
+import { groupContract } from "./groups.js";
 import type { BackendFactory } from "./harness.js";
 import { messageStoreContract } from "./message-store.js";
 import { presenceContract } from "./presence.js";
@@ -13,7 +14,15 @@ import { reliableDeliveryContract } from "./reliable-delivery.js";
 
 export * from "./harness.js";
 
-export function engineContract(name: string, factory: BackendFactory): void {
+/**
+ * `groups: false` leaves the GroupStore suite out, for an engine mode that has no groups yet
+ * (Redis Cluster, see engine-redis groups.ts).
+ */
+export function engineContract(
+  name: string,
+  factory: BackendFactory,
+  options: { readonly groups?: boolean } = {},
+): void {
   describe(`${name} engine contract`, () => {
     messageStoreContract(factory);
     reliableDeliveryContract(factory);
@@ -21,5 +30,6 @@ export function engineContract(name: string, factory: BackendFactory): void {
     rateLimiterContract(factory);
     quotaContract(factory);
     backendApiContract(factory);
+    if (options.groups !== false) groupContract(factory);
   });
 }

@@ -1,6 +1,8 @@
 import {
+  DEFAULT_GROUP_LIMITS,
   type Engine,
   type EngineHealth,
+  type GroupLimits,
   NO_QUOTAS,
   type QuotaOptions,
   type RateLimitOptions,
@@ -8,6 +10,7 @@ import {
 } from "../ports.js";
 import { MemoryBroker } from "./broker.js";
 import { MemoryEventQueue } from "./event-queue.js";
+import { MemoryGroupStore } from "./groups.js";
 import { MemoryMessageStore } from "./messages.js";
 import { MemoryPresenceStore } from "./presence.js";
 import { MemoryRateLimiter } from "./rate-limiter.js";
@@ -19,6 +22,8 @@ export interface MemoryEngineOptions {
   readonly retention?: RetentionOptions;
   /** Per-sender daily quotas of appendIfAllowed. Default {@link NO_QUOTAS}. */
   readonly quotas?: QuotaOptions;
+  /** Default {@link DEFAULT_GROUP_LIMITS}. */
+  readonly groups?: GroupLimits;
   /** The clock, for tests of the rate limiter. */
   readonly now?: () => number;
 }
@@ -40,7 +45,19 @@ export function createMemoryEngine(options: MemoryEngineOptions): Engine {
     options.quotas ?? NO_QUOTAS,
     now,
   );
-  const sweep = setInterval(() => messages.sweep(), SWEEP_INTERVAL_MS);
+  const groups = new MemoryGroupStore(
+    messages,
+    broker,
+    presence,
+    rateLimiter,
+    options.groups ?? DEFAULT_GROUP_LIMITS,
+    options.retention ?? DEFAULT_RETENTION,
+    now,
+  );
+  const sweep = setInterval(() => {
+    messages.sweep();
+    groups.sweep();
+  }, SWEEP_INTERVAL_MS);
   sweep.unref();
   return {
     kind: "memory",
@@ -48,6 +65,7 @@ export function createMemoryEngine(options: MemoryEngineOptions): Engine {
     presence,
     messages,
     rateLimiter,
+    groups,
     revocations: new MemoryRevocationStore(),
     events: new MemoryEventQueue(now),
     health: () => HEALTHY,

@@ -23,9 +23,14 @@ import type { MemoryRateLimiter } from "./rate-limiter.js";
  * A conversation and its messages. Each message is stored once, here, outside the V8 heap (see
  * PackedLog); inboxes and queues refer to it by (conversation number, seq).
  */
-interface Conversation {
+export interface Conversation {
   /** Its index in MemoryMessageStore.conversationsByNumber. */
   readonly number: number;
+  /**
+   * Set when this is a group's log (groups.ts): inbox entries refer to it like to a
+   * conversation, and it has no "first" and "second" user.
+   */
+  readonly groupId?: string;
   /** The two users, in conversationKey order. */
   readonly first: string;
   readonly second: string;
@@ -275,6 +280,8 @@ export class MemoryMessageStore implements MessageStore {
     const end = Math.min(upTo, inbox.newest) - first + 1;
     for (let index = Math.max(0, inbox.acked - first + 1); index < end; index++) {
       const conversation = this.conversationOf(inbox, index);
+      // Groups have no delivered receipts (see GroupStore.markRead for their read receipts).
+      if (conversation.groupId !== undefined) continue;
       const seq = inbox.entries.get(index, ENTRY_SEQ);
       const from = this.sender(conversation, seq);
       if (from === undefined || from === userId) continue;
@@ -313,6 +320,17 @@ export class MemoryMessageStore implements MessageStore {
    * it is unlinked from the recency list when met (a new message links it again).
    */
   async conversations(userId: string, limit: number): Promise<ConversationSummary[]> {
+    const direct = this.directConversations(userId, limit);
+    const groups = this.groups?.summaries(userId, limit);
+    return groups === undefined || groups.length === 0
+      ? direct
+      : mergeByRecency(direct, groups, limit);
+  }
+
+  /** The groups' side of conversations() (set by the group store of the same engine). */
+  groups: { summaries(userId: string, limit: number): ConversationSummary[] } | undefined;
+
+  private directConversations(userId: string, limit: number): ConversationSummary[] {
     const summaries: ConversationSummary[] = [];
     const peers = this.peers.get(userId);
     if (peers === undefined) return summaries;
@@ -406,9 +424,11 @@ export class MemoryMessageStore implements MessageStore {
     const index = position - firstPosition(inbox);
     if (index < 0 || index >= inbox.entries.length) return undefined;
     const { messages, lastSeq } = this.conversationOf(inbox, index);
+    const conversation = this.conversationOf(inbox, index);
     const row = inbox.entries.get(index, ENTRY_SEQ) - (lastSeq - messages.length + 1);
     if (row < 0) return undefined;
-    return { messageId: messages.id(row), messageJson: messages.text(row), position };
+    const entry = { messageId: messages.id(row), messageJson: messages.text(row), position };
+    return conversation.groupId === undefined ? entry : { ...entry, groupId: conversation.groupId };
   }
 
   private conversationOf(inbox: Inbox, index: number): Conversation {
@@ -425,13 +445,17 @@ export class MemoryMessageStore implements MessageStore {
   }
 
   private sendReceipt(to: string, kind: "delivered" | "read", from: string, upTo: number): void {
-    const frame = receiptFrame(kind, from, upTo);
+    this.storeReceipt(to, `${kind}|${from}`, receiptFrame(kind, from, upTo));
+  }
+
+  /** Keeps `frame` as the latest receipt of its `key` for `to`'s sync, and publishes it. */
+  storeReceipt(to: string, key: string, frame: string): void {
     let latest = this.receiptsFor.get(to);
     if (latest === undefined) {
       latest = new Map();
       this.receiptsFor.set(to, latest);
     }
-    latest.set(`${kind}|${from}`, frame);
+    latest.set(key, frame);
     this.broker.publish(to, { kind: "frame", frame });
   }
 
@@ -453,7 +477,21 @@ export class MemoryMessageStore implements MessageStore {
     return conversation;
   }
 
-  private addToInbox(userId: string, conversation: Conversation, seq: number, now: number): number {
+  /** A new log for group `groupId`, numbered among the conversations (for inbox entries). */
+  groupLog(groupId: string): Conversation {
+    const log: Conversation = {
+      number: this.conversationsByNumber.length,
+      groupId,
+      first: groupId,
+      second: groupId,
+      lastSeq: 0,
+      messages: new PackedLog(3, true, this.retention.maxEntries),
+    };
+    this.conversationsByNumber.push(log);
+    return log;
+  }
+
+  addToInbox(userId: string, conversation: Conversation, seq: number, now: number): number {
     let inbox = this.inboxes.get(userId);
     if (inbox === undefined) {
       inbox = { newest: 0, entries: new PackedLog(3, false, this.retention.maxEntries), acked: 0 };
@@ -501,7 +539,7 @@ export class MemoryMessageStore implements MessageStore {
     return peer;
   }
 
-  private enqueue(userId: string, position: number): void {
+  enqueue(userId: string, position: number): void {
     let queue = this.queues.get(userId);
     if (queue === undefined) {
       queue = [];
@@ -514,6 +552,39 @@ export class MemoryMessageStore implements MessageStore {
     if (queue.length > this.retention.maxEntries)
       queue.splice(0, queue.length - this.retention.maxEntries);
   }
+}
+
+/**
+ * Direct and group conversations, most recent first, at most `limit`: both lists are newest
+ * first, so a merge by their last message's timestamp (ISO 8601 UTC sorts as text).
+ */
+export function mergeByRecency(
+  direct: readonly ConversationSummary[],
+  groups: readonly ConversationSummary[],
+  limit: number,
+): ConversationSummary[] {
+  const merged: ConversationSummary[] = [];
+  let d = 0;
+  let g = 0;
+  while (merged.length < limit && (d < direct.length || g < groups.length)) {
+    const a = direct[d];
+    const b = groups[g];
+    if (b === undefined || (a !== undefined && timestampOf(a) >= timestampOf(b))) {
+      merged.push(a as ConversationSummary);
+      d++;
+    } else {
+      merged.push(b);
+      g++;
+    }
+  }
+  return merged;
+}
+
+/** The `timestamp` field of a stored message (every stored text has one). */
+function timestampOf(summary: ConversationSummary): string {
+  const json = summary.lastMessageJson;
+  const at = json.indexOf('"timestamp":"');
+  return at < 0 ? "" : json.slice(at + 13, at + 37);
 }
 
 /** The index of the first of `positions` (ascending) above `after`: a binary search. */

@@ -1,0 +1,716 @@
+/**
+ * GroupStore on a standalone Redis. A group's own keys share the hash tag `{g:<groupId>}`
+ * (keys.ts), so that they are one slot; an entry (message or membership event) is stored once
+ * (`msg:<id>`, as a direct message's text) and referenced from the group's log and from each
+ * member's inbox log (fan-out on write of references, docs/groups.md), so replay, acks, queues
+ * and retention are the direct messages' own.
+ *
+ * Every write is one script (one round trip): it checks membership and limits, numbers the
+ * entry, stores it and writes it to the inbox of each member of that moment, queues it for the
+ * members offline and publishes it to those online, atomically: a message racing a removal is
+ * before it (and reaches the removed member) or after it (and does not).
+ *
+ * Cost of a message to a group of n members, in one script: about 8 + 5n commands (per member:
+ * INCR, RPUSH, PEXPIRE, HINCRBY unread, and PUBLISH when online or ZADD + PEXPIRE when offline),
+ * one text of the message, and n inbox references of about 45 bytes.
+ *
+ * Redis Cluster: not yet. The per-member inbox writes touch n users' slots, which one script
+ * cannot; the step design (group step in the group's slot, then per-member-slot steps with a
+ * per-member cursor) is in docs/groups.md. In cluster mode every method rejects.
+ */
+import {
+  type ConversationSummary,
+  type GroupAppendInput,
+  type GroupAppendResult,
+  type GroupChange,
+  type GroupLimits,
+  GroupRefusedError,
+  type GroupState,
+  type GroupStore,
+  type HistoryPage,
+  IDEMPOTENCY_TTL_MS,
+  type RateLimitOptions,
+  type RateRefusal,
+  type RetentionOptions,
+} from "@mrezhen/engine";
+import { type GroupEvent, groupMessageWithoutSeq, groupReceiptFrame } from "@mrezhen/protocol";
+import type { Keys } from "./keys.js";
+import type { RedisMessageStore } from "./messages.js";
+import { type RedisClient, runScript, type ScriptArgument, strings } from "./script-runner.js";
+import { INDEX, RATE_WINDOW, script } from "./scripts.js";
+
+const LIB = `${INDEX}
+local gid, ttl, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local POS, LOG, QUEUE, CHAN, MSG, COUNT, UGROUPS =
+  ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local MAX_MEMBERS, MAX_GROUPS = tonumber(ARGV[11]), tonumber(ARGV[12])
+local G, MEMBERS, GLOG, FORMER, UNREAD, READS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+
+-- Members in join order (by the seq of their join, then id), for the group's state.
+local function members_list()
+  local flat = redis.call('HGETALL', MEMBERS)
+  local list = {}
+  for i = 1, #flat, 2 do list[#list + 1] = { flat[i], tonumber(flat[i + 1]) } end
+  table.sort(list, function(a, b)
+    if a[2] ~= b[2] then return a[2] < b[2] end
+    return a[1] < b[1]
+  end)
+  local names = {}
+  for i = 1, #list do names[i] = list[i][1] end
+  return names
+end
+
+-- Numbers an entry, stores its text and log entry, and writes it to each recipient's inbox:
+-- queued for those with no connection, published to the others (the sender's sending
+-- connection, exclude, gets an ack instead). Returns seq, the sender's position, and 1 when
+-- another recipient had a connection.
+local function store(id, head, from, recipients, exclude, is_message)
+  local seq = redis.call('HINCRBY', G, 'seq', 1)
+  local seq_text = string.format('%d', seq)
+  local json = head .. ',"seq":' .. seq_text .. '}'
+  redis.call('SET', MSG .. id, json, 'PX', ttl)
+  if redis.call('RPUSH', GLOG, seq_text .. '|' .. id) > cap then
+    redis.call('LTRIM', GLOG, '-' .. ARGV[3], '-1')
+  end
+  redis.call('PEXPIRE', GLOG, ttl)
+  local counts = {}
+  for first = 1, #recipients, 1000 do
+    local part = redis.call('HMGET', COUNT, unpack(recipients, first, math.min(first + 999, #recipients)))
+    for i = 1, #part do counts[first + i - 1] = tonumber(part[i] or '0') end
+  end
+  local sender_position, any = 0, 0
+  local tail = '|' .. id .. '|' .. string.format('%d', #gid) .. '|' .. gid .. json
+  for i = 1, #recipients do
+    local m = recipients[i]
+    local pos = redis.call('INCR', POS .. m)
+    local pt = string.format('%d', pos)
+    local log = LOG .. m
+    if redis.call('RPUSH', log, pt .. '|' .. id) > cap then
+      redis.call('LTRIM', log, '-' .. ARGV[3], '-1')
+    end
+    redis.call('PEXPIRE', log, ttl)
+    local c = counts[i]
+    if m == from then
+      sender_position = pos
+      if c > (exclude == '' and 0 or 1) then
+        redis.call('PUBLISH', CHAN .. m, 'g|' .. pt .. '|' .. exclude .. tail)
+      end
+    elseif c > 0 then
+      any = 1
+      redis.call('PUBLISH', CHAN .. m, 'g|' .. pt .. '|' .. tail)
+    else
+      redis.call('ZADD', QUEUE .. m, pt, id)
+      cap_index(QUEUE .. m, cap, ttl, pos)
+    end
+    if is_message and m ~= from then redis.call('HINCRBY', UNREAD, m, '1') end
+  end
+  return seq, sender_position, any
+end
+`;
+
+/** Group keys (KEYS 1-6, see keys.ts) then the LIB arguments, then each script's own. */
+const GROUP_CREATE = script(
+  "group_create",
+  6,
+  LIB,
+  `
+-- ARGV 13 createdBy, 14 name, 15 createdAt, 16 event id, 17 event head, 18.. members
+if redis.call('EXISTS', G) == 1 then return { -1 } end
+local members = {}
+for i = 18, #ARGV do members[#members + 1] = ARGV[i] end
+if #members > MAX_MEMBERS then return { -3 } end
+for i = 1, #members do
+  if redis.call('HLEN', UGROUPS .. members[i]) >= MAX_GROUPS then return { -4, members[i] } end
+end
+redis.call('HSET', G, 'name', ARGV[14], 'createdBy', ARGV[13], 'createdAt', ARGV[15], 'seq', '0')
+for i = 1, #members do
+  redis.call('HSET', MEMBERS, members[i], '1')
+  redis.call('HSET', UGROUPS .. members[i], gid, '1')
+end
+local seq, position = store(ARGV[16], ARGV[17], ARGV[13], members, '', false)
+return { seq, position }
+`,
+);
+
+const GROUP_CHANGE = script(
+  "group_change",
+  6,
+  LIB,
+  `
+-- ARGV 13 kind (add, remove, leave, rename), 14 actor, 15 user or name, 16 event id, 17 head
+local kind, actor = ARGV[13], ARGV[14]
+if redis.call('EXISTS', G) == 0 then return { -2 } end
+if redis.call('HEXISTS', MEMBERS, actor) == 0 then return { -1 } end
+local creator = redis.call('HGET', G, 'createdBy')
+if (kind == 'add' or kind == 'remove') and actor ~= creator then return { -1 } end
+local seq, position = 0, 0
+if kind == 'add' then
+  local user = ARGV[15]
+  if redis.call('HEXISTS', MEMBERS, user) == 0 then
+    if redis.call('HLEN', MEMBERS) >= MAX_MEMBERS then return { -3 } end
+    if redis.call('HLEN', UGROUPS .. user) >= MAX_GROUPS then return { -4, user } end
+    local next_seq = tonumber(redis.call('HGET', G, 'seq')) + 1
+    redis.call('HSET', MEMBERS, user, string.format('%d', next_seq))
+    redis.call('HDEL', FORMER, user)
+    redis.call('HSET', UGROUPS .. user, gid, '1')
+    seq, position = store(ARGV[16], ARGV[17], actor, redis.call('HKEYS', MEMBERS), '', false)
+  end
+elseif kind == 'remove' or kind == 'leave' then
+  local user = kind == 'leave' and actor or ARGV[15]
+  if redis.call('HEXISTS', MEMBERS, user) == 1 then
+    -- The removed member gets the event of its removal, then nothing.
+    seq, position = store(ARGV[16], ARGV[17], actor, redis.call('HKEYS', MEMBERS), '', false)
+    redis.call('HDEL', MEMBERS, user)
+    redis.call('HSET', FORMER, user, string.format('%d', seq))
+    redis.call('HDEL', UGROUPS .. user, gid)
+    redis.call('HDEL', UNREAD, user)
+    redis.call('HDEL', READS, user)
+  end
+else
+  redis.call('HSET', G, 'name', ARGV[15])
+  seq, position = store(ARGV[16], ARGV[17], actor, redis.call('HKEYS', MEMBERS), '', false)
+end
+local state = redis.call('HMGET', G, 'name', 'createdBy', 'createdAt')
+local out = { seq, position, state[1], state[2], state[3] }
+for _, m in ipairs(members_list()) do out[#out + 1] = m end
+return out
+`,
+);
+
+/** KEYS 7 idempotency record, 8 the sender's rate log. */
+const GROUP_APPEND = script(
+  "group_append",
+  8,
+  RATE_WINDOW,
+  LIB,
+  `
+-- ARGV 13 from, 14 id, 15 head, 16 sending connection, 17 '1' with a clientMsgId,
+-- 18 timestamp, 19 rate limit, 20 rate window (ms), 21 idempotency TTL (ms)
+local from = ARGV[13]
+if ARGV[17] == '1' then
+  local earlier = redis.call('GET', KEYS[7])
+  if earlier then
+    local seq, any, position, id_length, rest = string.match(earlier, '^(%d+)|(%d+)|(%d+)|(%d+)|()')
+    id_length = tonumber(id_length)
+    return { tonumber(seq), tonumber(any), tonumber(position), 1,
+      string.sub(earlier, rest, rest + id_length - 1), string.sub(earlier, rest + id_length) }
+  end
+end
+if redis.call('EXISTS', G) == 0 then return { -2 } end
+if redis.call('HEXISTS', MEMBERS, from) == 0 then return { -1 } end
+local allowed, retry_after_ms = consume_rate(KEYS[8], ARGV[19], ARGV[20])
+if allowed == 0 then return { -5, retry_after_ms } end
+local id = ARGV[14]
+local seq, position, any = store(id, ARGV[15], from, redis.call('HKEYS', MEMBERS), ARGV[16], true)
+if ARGV[17] == '1' then
+  redis.call('SET', KEYS[7], string.format('%d|%d|%d|%d|', seq, any, position, #id) .. id .. ARGV[18],
+    'PX', ARGV[21])
+end
+return { seq, any, position, 0 }
+`,
+);
+
+/**
+ * The state of a group for a member (or, with ARGV 14 = '1', for a former member: its
+ * removal's seq). Returns { status, name, createdBy, createdAt, removedAt, members... }, status
+ * -2 unknown, -1 not a member.
+ */
+const GROUP_READ = script(
+  "group_read",
+  6,
+  LIB,
+  `
+if redis.call('EXISTS', G) == 0 then return { -2 } end
+local removed_at = '0'
+if redis.call('HEXISTS', MEMBERS, ARGV[13]) == 0 then
+  removed_at = ARGV[14] == '1' and redis.call('HGET', FORMER, ARGV[13])
+  if not removed_at then return { -1 } end
+end
+local state = redis.call('HMGET', G, 'name', 'createdBy', 'createdAt', 'seq')
+local out = { 0, state[1], state[2], state[3], removed_at, state[4] }
+for _, m in ipairs(members_list()) do out[#out + 1] = m end
+return out
+`,
+);
+
+/** The user's groups: ids (from its `groups:` hash); the node reads each with GROUP_READ. */
+const GROUP_MARK_READ = script(
+  "group_mark_read",
+  6,
+  LIB,
+  `
+-- ARGV 13 user, 14 upTo, 15 the user's JSON literal, 16 receipt frame head, 17 receipts head,
+-- 18 receipts max members
+local user = ARGV[13]
+if redis.call('EXISTS', G) == 0 then return -2 end
+if redis.call('HEXISTS', MEMBERS, user) == 0 then return -1 end
+local last = tonumber(redis.call('HGET', G, 'seq'))
+local up_to = math.min(tonumber(ARGV[14]), last)
+if up_to <= tonumber(redis.call('HGET', READS, user) or '0') then return 0 end
+redis.call('HSET', READS, user, string.format('%d', up_to))
+-- Unread: messages from others after the mark (texts decide: events and own messages aside).
+local entries = last - up_to
+local unread = 0
+if entries > 0 then
+  local refs = redis.call('LRANGE', GLOG, string.format('%d', -entries), '-1')
+  local keys = {}
+  for i = 1, #refs do keys[i] = MSG .. string.sub(refs[i], string.find(refs[i], '|', 1, true) + 1) end
+  local own = '"from":' .. ARGV[15] .. ','
+  for first = 1, #keys, 500 do
+    local texts = redis.call('MGET', unpack(keys, first, math.min(first + 499, #keys)))
+    for i = 1, #texts do
+      local text = texts[i]
+      if text and not string.find(text, ',"event":{', 1, true) and not string.find(text, own, 1, true) then
+        unread = unread + 1
+      end
+    end
+  end
+end
+redis.call('HSET', UNREAD, user, string.format('%d', unread))
+if redis.call('HLEN', MEMBERS) <= tonumber(ARGV[18]) then
+  local frame = ARGV[16] .. string.format('%d', up_to) .. '}'
+  for _, m in ipairs(redis.call('HKEYS', MEMBERS)) do
+    if m ~= user then
+      redis.call('HSET', ARGV[17] .. m, 'read|g' .. gid .. '|' .. user, frame)
+      redis.call('PUBLISH', CHAN .. m, 'f|' .. frame)
+    end
+  end
+end
+return 1
+`,
+);
+
+/** Read-by: members other than ARGV 14 (the entry's sender) whose read mark is ≥ ARGV 13. */
+const GROUP_READ_BY = script(
+  "group_read_by",
+  6,
+  LIB,
+  `
+if redis.call('EXISTS', G) == 0 then return { -2 } end
+if redis.call('HEXISTS', MEMBERS, ARGV[15]) == 0 then return { -1 } end
+local seq = tonumber(ARGV[13])
+local members = redis.call('HKEYS', MEMBERS)
+local marks = #members > 0 and redis.call('HMGET', READS, unpack(members)) or {}
+local count, total = 0, 0
+for i = 1, #members do
+  if members[i] ~= ARGV[14] then
+    total = total + 1
+    if tonumber(marks[i] or '0') >= seq then count = count + 1 end
+  end
+end
+return { 0, count, total }
+`,
+);
+
+/** A frame (typing) to every member but ARGV 13, who must be one. */
+const GROUP_PUBLISH = script(
+  "group_publish",
+  6,
+  LIB,
+  `
+if redis.call('EXISTS', G) == 0 then return -2 end
+if redis.call('HEXISTS', MEMBERS, ARGV[13]) == 0 then return -1 end
+for _, m in ipairs(redis.call('HKEYS', MEMBERS)) do
+  if m ~= ARGV[13] then redis.call('PUBLISH', CHAN .. m, 'f|' .. ARGV[14]) end
+end
+return 1
+`,
+);
+
+/** For conversations(): per group id (ARGV 13..): name, last text, the user's unread count. */
+const GROUP_SUMMARIES = script(
+  "group_summaries",
+  0,
+  `
+-- ARGV 1 user, 2 group key head, 3 msg head, 4.. group ids
+local out = {}
+for i = 4, #ARGV do
+  local g = ARGV[i]
+  local tag = '{g:' .. g .. '}'
+  local last = redis.call('LINDEX', ARGV[2] .. 'group-log:' .. tag, '-1')
+  local text = last and redis.call('GET', ARGV[3] .. string.sub(last, string.find(last, '|', 1, true) + 1))
+  if text then
+    out[#out + 1] = g
+    out[#out + 1] = redis.call('HGET', ARGV[2] .. 'group:' .. tag, 'name') or ''
+    out[#out + 1] = text
+    out[#out + 1] = redis.call('HGET', ARGV[2] .. 'group-unread:' .. tag, ARGV[1]) or '0'
+  end
+end
+return out
+`,
+);
+
+/** The codes the scripts answer with (below 0) as refusals. */
+function refusalOf(code: unknown, detail?: unknown): GroupRefusedError | undefined {
+  switch (code) {
+    case -1:
+      return new GroupRefusedError(
+        "forbidden",
+        "You are not a member of this group (or not an admin, for this).",
+      );
+    case -2:
+      return new GroupRefusedError("not_found", "There is no such group.");
+    case -3:
+      return new GroupRefusedError("group_full", "The group is at its member limit.");
+    case -4:
+      return new GroupRefusedError(
+        "too_many_groups",
+        `${JSON.stringify(String(detail))} is in as many groups as a user may be.`,
+      );
+    default:
+      return undefined;
+  }
+}
+
+export class RedisGroupStore implements GroupStore {
+  constructor(
+    private readonly client: RedisClient,
+    private readonly keys: Keys,
+    private readonly messages: RedisMessageStore,
+    private readonly retention: RetentionOptions,
+    private readonly rateLimit: RateLimitOptions,
+    private readonly limits: GroupLimits,
+  ) {
+    messages.groups = this;
+  }
+
+  /** KEYS 1-6 and ARGV 1-12 of every group script. */
+  private base(groupId: string): ScriptArgument[] {
+    if (this.keys.cluster) throw new Error("groups are not available in Redis Cluster mode yet");
+    const { keys } = this;
+    return [
+      keys.group("group", groupId),
+      keys.group("group-members", groupId),
+      keys.group("group-log", groupId),
+      keys.group("group-former", groupId),
+      keys.group("group-unread", groupId),
+      keys.group("group-reads", groupId),
+      groupId,
+      this.retention.messageTtlMs,
+      this.retention.maxEntries,
+      keys.inboxPosition(""),
+      keys.inboxLog(""),
+      keys.queue(""),
+      keys.userChannelHead,
+      keys.messageHead,
+      keys.presenceCount,
+      keys.userGroups(""),
+      this.limits.maxMembers,
+      this.limits.maxGroupsPerUser,
+    ];
+  }
+
+  /** Splits base() into its keys (6) and arguments, with a script's own keys in between. */
+  private run(
+    lua: typeof GROUP_CREATE,
+    groupId: string,
+    extraKeys: ScriptArgument[],
+    args: ScriptArgument[],
+  ): Promise<unknown> {
+    const base = this.base(groupId);
+    return runScript(
+      this.client,
+      lua,
+      [...base.slice(0, 6), ...extraKeys, ...base.slice(6), ...args],
+      true,
+    );
+  }
+
+  async create(input: {
+    groupId: string;
+    name: string;
+    createdBy: string;
+    members: readonly string[];
+    eventId: string;
+    timestamp: string;
+  }): Promise<GroupChange> {
+    const members = [...new Set([input.createdBy, ...input.members])];
+    if (members.length > this.limits.maxMembers) throw refusalOf(-3) as GroupRefusedError;
+    const head = this.eventHead(input.groupId, input.createdBy, input.eventId, input.timestamp, {
+      kind: "created",
+      name: input.name,
+      members,
+    });
+    const reply = await this.run(
+      GROUP_CREATE,
+      input.groupId,
+      [],
+      [input.createdBy, input.name, input.timestamp, input.eventId, head, ...members],
+    );
+    const [seq, position, detail] = reply as [number, number, unknown];
+    const refusal = refusalOf(seq, detail);
+    if (refusal !== undefined) throw refusal;
+    return {
+      group: {
+        groupId: input.groupId,
+        name: input.name,
+        members,
+        admins: [input.createdBy],
+        createdBy: input.createdBy,
+        createdAt: input.timestamp,
+      },
+      seq,
+      position,
+    };
+  }
+
+  async change(input: {
+    groupId: string;
+    actor: string;
+    kind: "add" | "remove" | "leave" | "rename";
+    userId?: string;
+    name?: string;
+    eventId: string;
+    timestamp: string;
+  }): Promise<GroupChange> {
+    const subject = input.kind === "leave" ? input.actor : (input.userId ?? "");
+    const event: GroupEvent =
+      input.kind === "rename"
+        ? { kind: "renamed", name: input.name ?? "" }
+        : {
+            kind: input.kind === "add" ? "joined" : input.kind === "remove" ? "removed" : "left",
+            userId: subject,
+          };
+    const head = this.eventHead(input.groupId, input.actor, input.eventId, input.timestamp, event);
+    const reply = strictArray(
+      await this.run(
+        GROUP_CHANGE,
+        input.groupId,
+        [],
+        [
+          input.kind,
+          input.actor,
+          input.kind === "rename" ? (input.name ?? "") : subject,
+          input.eventId,
+          head,
+        ],
+      ),
+    );
+    const refusal = refusalOf(reply[0], reply[1]);
+    if (refusal !== undefined) throw refusal;
+    const [seq, position, name, createdBy, createdAt, ...members] = reply as [
+      number,
+      number,
+      string,
+      string,
+      string,
+      ...string[],
+    ];
+    return {
+      group: stateOf(input.groupId, name, createdBy, createdAt, members),
+      seq,
+      position,
+    };
+  }
+
+  async get(userId: string, groupId: string): Promise<GroupState> {
+    return (await this.read(userId, groupId, false)).state;
+  }
+
+  private async read(
+    userId: string,
+    groupId: string,
+    former: boolean,
+  ): Promise<{ state: GroupState; removedAt: number; lastSeq: number }> {
+    const reply = strictArray(await this.run(GROUP_READ, groupId, [], [userId, former ? "1" : ""]));
+    const refusal = refusalOf(reply[0]);
+    if (refusal !== undefined) throw refusal;
+    const [, name, createdBy, createdAt, removedAt, lastSeq, ...members] = strings(
+      reply.map(String),
+      "group",
+    );
+    return {
+      state: stateOf(groupId, name ?? "", createdBy ?? "", createdAt ?? "", members),
+      removedAt: Number(removedAt),
+      lastSeq: Number(lastSeq),
+    };
+  }
+
+  async groupsOf(userId: string, limit: number): Promise<GroupState[]> {
+    const ids = await this.groupIdsOf(userId);
+    const states = await Promise.all(
+      ids.slice(0, limit).map((groupId) => this.get(userId, groupId).catch(() => undefined)),
+    );
+    return states.filter((state): state is GroupState => state !== undefined);
+  }
+
+  private async groupIdsOf(userId: string): Promise<string[]> {
+    if (this.keys.cluster) return [];
+    return this.client.hkeys(this.keys.userGroups(userId));
+  }
+
+  async append(input: GroupAppendInput): Promise<GroupAppendResult | RateRefusal> {
+    const head = groupMessageWithoutSeq({
+      id: input.id,
+      groupId: input.groupId,
+      from: input.from,
+      content: input.content,
+      timestamp: input.timestamp,
+      ...(input.clientMsgId === undefined ? {} : { clientMsgId: input.clientMsgId }),
+    });
+    const { keys } = this;
+    const reply = strictArray(
+      await this.run(
+        GROUP_APPEND,
+        input.groupId,
+        [
+          keys.groupIdempotency(input.groupId, input.from, input.clientMsgId ?? ""),
+          keys.rate(input.from),
+        ],
+        [
+          input.from,
+          input.id,
+          head,
+          input.senderConnId,
+          input.clientMsgId === undefined ? "" : "1",
+          input.timestamp,
+          this.rateLimit.limit,
+          this.rateLimit.windowMs,
+          IDEMPOTENCY_TTL_MS,
+        ],
+      ),
+    );
+    const code = reply[0];
+    if (code === -5) return { refused: true, retryAfterMs: Number(reply[1]), limit: "rate" };
+    const refusal = refusalOf(code);
+    if (refusal !== undefined) throw refusal;
+    const [seq, any, position, duplicate, messageId, timestamp] = reply as [
+      number,
+      number,
+      number,
+      number,
+      string?,
+      string?,
+    ];
+    return {
+      messageId: duplicate === 1 ? (messageId as string) : input.id,
+      timestamp: duplicate === 1 ? (timestamp as string) : input.timestamp,
+      duplicate: duplicate === 1,
+      seq,
+      status: any === 1 ? "delivered" : "queued",
+      senderPosition: position,
+    };
+  }
+
+  async history(
+    userId: string,
+    groupId: string,
+    limit: number,
+    before?: number,
+  ): Promise<HistoryPage> {
+    const { removedAt } = await this.read(userId, groupId, true);
+    // A former member reads up to its removal only.
+    const ceiling = removedAt > 0 ? removedAt + 1 : Number.POSITIVE_INFINITY;
+    const end = Math.min(before ?? Number.POSITIVE_INFINITY, ceiling);
+    return this.messages.logPage(this.keys.group("group-log", groupId), limit, end);
+  }
+
+  async markRead(userId: string, groupId: string, upTo: number): Promise<void> {
+    const frame = groupReceiptFrame(groupId, userId, 0);
+    const reply = await this.run(
+      GROUP_MARK_READ,
+      groupId,
+      [],
+      [
+        userId,
+        Math.min(Math.floor(upTo), Number.MAX_SAFE_INTEGER),
+        JSON.stringify(userId),
+        frame.slice(0, -2),
+        this.keys.receiptsHead,
+        this.limits.receiptsMaxMembers,
+      ],
+    );
+    const refusal = refusalOf(reply);
+    if (refusal !== undefined) throw refusal;
+  }
+
+  async readBy(
+    userId: string,
+    groupId: string,
+    seq: number,
+  ): Promise<{ count: number; members: number }> {
+    const page = await this.history(userId, groupId, 1, seq + 1);
+    const text = page.messages[0];
+    const sender =
+      text === undefined || (JSON.parse(text) as { seq: number }).seq !== seq
+        ? ""
+        : (JSON.parse(text) as { from: string }).from;
+    const reply = strictArray(await this.run(GROUP_READ_BY, groupId, [], [seq, sender, userId]));
+    const refusal = refusalOf(reply[0]);
+    if (refusal !== undefined) throw refusal;
+    return { count: Number(reply[1]), members: Number(reply[2]) };
+  }
+
+  async publishToMembers(userId: string, groupId: string, frame: string): Promise<void> {
+    const refusal = refusalOf(await this.run(GROUP_PUBLISH, groupId, [], [userId, frame]));
+    if (refusal !== undefined) throw refusal;
+  }
+
+  /** conversations()'s group side: the user's groups with an entry, most recent first. */
+  async summaries(userId: string, limit: number): Promise<ConversationSummary[]> {
+    const ids = await this.groupIdsOf(userId);
+    if (ids.length === 0) return [];
+    const flat = strings(
+      await runScript(this.client, GROUP_SUMMARIES, [
+        userId,
+        this.keys.prefix,
+        this.keys.messageHead,
+        ...ids,
+      ]),
+      "group summaries",
+    );
+    const summaries: ConversationSummary[] = [];
+    for (let i = 0; i + 3 < flat.length; i += 4) {
+      summaries.push({
+        with: flat[i] as string,
+        group: { name: flat[i + 1] as string },
+        lastMessageJson: flat[i + 2] as string,
+        unread: Number(flat[i + 3]),
+      });
+    }
+    summaries.sort((a, b) => {
+      const x = timestampOf(a.lastMessageJson);
+      const y = timestampOf(b.lastMessageJson);
+      return x < y ? 1 : x > y ? -1 : 0;
+    });
+    return summaries.slice(0, limit);
+  }
+
+  private eventHead(
+    groupId: string,
+    from: string,
+    id: string,
+    timestamp: string,
+    event: GroupEvent,
+  ): string {
+    return groupMessageWithoutSeq({ id, groupId, from, event, timestamp });
+  }
+}
+
+function stateOf(
+  groupId: string,
+  name: string,
+  createdBy: string,
+  createdAt: string,
+  members: string[],
+): GroupState {
+  // Only the creator administers a group (while it is a member).
+  return {
+    groupId,
+    name,
+    members,
+    admins: members.includes(createdBy) ? [createdBy] : [],
+    createdBy,
+    createdAt,
+  };
+}
+
+function strictArray(reply: unknown): unknown[] {
+  if (!Array.isArray(reply)) throw new Error(`unexpected group script reply ${String(reply)}`);
+  return reply;
+}
+
+function timestampOf(json: string): string {
+  const at = json.indexOf('"timestamp":"');
+  return json.slice(at + 13, at + 37);
+}
