@@ -20,6 +20,7 @@
  */
 import {
   type ConversationSummary,
+  EngineFeatureUnavailableError,
   type GroupAppendInput,
   type GroupAppendResult,
   type GroupChange,
@@ -376,7 +377,10 @@ export class RedisGroupStore implements GroupStore {
 
   /** KEYS 1-6 and ARGV 1-12 of every group script. */
   private base(groupId: string): ScriptArgument[] {
-    if (this.keys.cluster) throw new Error("groups are not available in Redis Cluster mode yet");
+    if (this.keys.cluster)
+      throw new EngineFeatureUnavailableError(
+        "Group chat is not available yet on this deployment (Redis Cluster mode).",
+      );
     const { keys } = this;
     return [
       keys.group("group", groupId),

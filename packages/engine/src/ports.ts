@@ -9,6 +9,14 @@
  * reached; callers must then not claim success to a client (no ack).
  */
 
+/**
+ * Thrown when this engine, as configured, does not offer a feature at all (not an outage: a
+ * retry gets the same answer). The message says which feature, for the client.
+ */
+export class EngineFeatureUnavailableError extends Error {
+  override readonly name = "EngineFeatureUnavailableError";
+}
+
 /** Thrown (or rejected with) when the engine's backend cannot serve right now. Retryable. */
 export class EngineUnavailableError extends Error {
   override readonly name = "EngineUnavailableError";

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import {
   type AppendResult,
   type Engine,
+  EngineFeatureUnavailableError,
   EngineUnavailableError,
   GroupRefusedError,
   type QueuedMessage,
@@ -1070,6 +1071,11 @@ export class ChatService {
     if (error instanceof EngineUnavailableError) {
       session.log.warn({ err: error }, "engine unavailable");
       this.sendError(session, ErrorCode.UNAVAILABLE, unavailableText(details), details);
+      return;
+    }
+    if (error instanceof EngineFeatureUnavailableError) {
+      // The deployment does not offer it: say so, without logging an error per request.
+      this.sendError(session, ErrorCode.INTERNAL_ERROR, error.message, details);
       return;
     }
     session.log.error({ err: error }, "request failed");
