@@ -1,10 +1,13 @@
 // What a bench run measures: the scenarios, their parameters and the systems under test.
 import { fileURLToPath } from "node:url";
 
-/** Every scenario, in the order the load generator runs them (storm last, by itself). */
-export const SCENARIOS = ["idle", "connect", "single-node", "latency", "cluster", "storm"];
-/** What runs without --scenarios: the storm has nodes and clients of its own, so only on request. */
-export const DEFAULT_SCENARIOS = SCENARIOS.filter((s) => s !== "storm");
+/** Every scenario, in the order the load generator runs them (storm and scale last, by themselves). */
+export const SCENARIOS = ["idle", "connect", "single-node", "latency", "cluster", "storm", "scale"];
+/**
+ * What runs without --scenarios: the storm and scale scenarios have nodes and clients of their
+ * own, so only on request.
+ */
+export const DEFAULT_SCENARIOS = SCENARIOS.filter((s) => s !== "storm" && s !== "scale");
 
 /** Which systems a scenario compares. */
 export const TOPOLOGY = {
@@ -14,13 +17,31 @@ export const TOPOLOGY = {
   latency: "single",
   cluster: "cluster",
   storm: "storm",
+  scale: "scale",
 };
 
 export const SYSTEMS = ["mrezhen", "ws-ack", "socket.io"];
 
 /** Scenario parameters; `--quick` trades cycles, slice length and idle count for time. */
-export function parameters({ quick, cycles, storm = {} }) {
+export function parameters({ quick, cycles, storm = {}, scale = {} }) {
   return {
+    // scale: N idle connections over K nodes (client processes as in the storm: stormWorkers,
+    // stormConcurrency), scaleKilledClients of them on the node that is then killed (default: an
+    // even share), presence mode of every connection; steady load during the reconnect storm:
+    // scaleSteadyPairs pairs, one DM per pair every scaleSteadyIntervalMs, measured for
+    // scaleBeforeMs before the kill; the storm is waited for at most scaleStormWaitMs.
+    scaleConnections: scale.connections ?? (quick ? 2000 : 10_000),
+    scaleNodes: scale.nodes ?? 3,
+    scaleKilledClients: scale.killedClients,
+    scalePresence: scale.presence ?? "contacts",
+    scaleKill: scale.kill ?? true,
+    scaleSteadyPairs: scale.steadyPairs ?? 10,
+    scaleSteadyIntervalMs: scale.steadyIntervalMs ?? 50,
+    scaleBeforeMs: scale.beforeMs ?? 10_000,
+    scaleStormWaitMs: scale.stormWaitMs ?? 120_000,
+    // Reconnecting clients wait a random delay up to this first (0: all at once, the worst case).
+    scaleReconnectJitterMs: scale.reconnectJitterMs ?? 0,
+    redisCluster: scale.redisCluster ?? false,
     // storm: N connections over K nodes on Redis, from client processes of at most 10,000 each
     // (at least stormWorkers), each from its own loopback address; stormConcurrency connects in
     // flight per client process; held stormHoldMs (two heartbeat passes) before all leave.

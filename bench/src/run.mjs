@@ -8,6 +8,10 @@
 //                          [--redis redis://127.0.0.1:6379]
 //                          [--storm-connections N] [--storm-nodes K] [--storm-workers W]
 //                          [--storm-concurrency C] [--storm-heartbeat-ms MS] [--storm-hold-ms MS]
+//                          [--scale-connections N] [--scale-nodes K] [--scale-killed-clients M]
+//                          [--scale-presence on|contacts|off] [--scale-no-kill] [--redis-cluster]
+//                          [--scale-pairs P] [--scale-interval-ms MS] [--scale-before-ms MS]
+//                          [--scale-jitter-ms MS]
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -28,6 +32,7 @@ import {
 import { openFilesLimit, parseCpuList } from "./proc.mjs";
 import { buildRows, formatReport } from "./report.mjs";
 import { pinned, startServer, stopServer } from "./servers.mjs";
+import { formatScale, runScale, scaleOpenFiles } from "./storm/scale.mjs";
 import { formatStorm, runStorm, stormOpenFiles } from "./storm/storm.mjs";
 
 const DRIVER = fileURLToPath(new URL("./load/driver.mjs", import.meta.url));
@@ -47,6 +52,16 @@ function options() {
       "storm-concurrency": { type: "string" },
       "storm-heartbeat-ms": { type: "string" },
       "storm-hold-ms": { type: "string" },
+      "scale-connections": { type: "string" },
+      "scale-nodes": { type: "string" },
+      "scale-killed-clients": { type: "string" },
+      "scale-presence": { type: "string", default: "contacts" },
+      "scale-no-kill": { type: "boolean", default: false },
+      "scale-pairs": { type: "string" },
+      "scale-interval-ms": { type: "string" },
+      "scale-before-ms": { type: "string" },
+      "scale-jitter-ms": { type: "string" },
+      "redis-cluster": { type: "boolean", default: false },
       systems: { type: "string", default: SYSTEMS.join(",") },
       "server-cpus": { type: "string", default: "0" },
       "load-cpus": { type: "string", default: "1" },
@@ -87,7 +102,39 @@ function options() {
         .filter(([, flag]) => values[flag] !== undefined)
         .map(([name, flag]) => [name, positiveInteger(values[flag], `--${flag}`)]),
     ),
+    scale: {
+      ...Object.fromEntries(
+        [
+          ["connections", "scale-connections"],
+          ["nodes", "scale-nodes"],
+          ["killedClients", "scale-killed-clients"],
+          ["steadyPairs", "scale-pairs"],
+          ["steadyIntervalMs", "scale-interval-ms"],
+          ["beforeMs", "scale-before-ms"],
+          ["reconnectJitterMs", "scale-jitter-ms"],
+        ]
+          .filter(([, flag]) => values[flag] !== undefined)
+          .map(([name, flag]) => [name, positiveInteger(values[flag], `--${flag}`)]),
+      ),
+      presence: list(values["scale-presence"], ["on", "contacts", "off"], "presence mode")[0],
+      kill: !values["scale-no-kill"],
+      redisCluster: values["redis-cluster"],
+    },
   };
+}
+
+/** The scale run must fit: a node's share of the clients within its descriptors, a node to kill. */
+function checkScale(p) {
+  const { hard } = openFilesLimit();
+  const atStart = scaleOpenFiles(p);
+  if (atStart > hard) {
+    throw new Error(
+      `scale: a node would hold up to ${atStart - 256} clients, over the open-files limit ${hard} (minus 256): use more nodes`,
+    );
+  }
+  if (p.scaleNodes < 2) throw new Error("scale: --scale-nodes must be at least 2");
+  if (p.scaleKilledClients !== undefined && p.scaleKilledClients > p.scaleConnections)
+    throw new Error("scale: --scale-killed-clients is more than --scale-connections");
 }
 
 function positiveInteger(text, what) {
@@ -176,19 +223,26 @@ async function main() {
   const runId = `${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`;
   const params = parameters(opts);
   const storm = opts.scenarios.includes("storm");
+  const scale = opts.scenarios.includes("scale");
+  if (scale) checkScale(params);
   ensureOpenFiles(
     Math.max(
       Math.max(params.idleConnections, 6 * params.pairs) + 1024,
       storm ? stormOpenFiles(params) : 0,
+      // Scale: as many as allowed, for the surviving nodes that take the killed one's clients.
+      scale ? Math.min(openFilesLimit().hard, 1_048_576) : 0,
     ),
   );
 
-  const needsRedis = opts.scenarios.includes("cluster") || storm;
+  const needsRedis = opts.scenarios.includes("cluster") || storm || (scale && !params.redisCluster);
   const redis = needsRedis ? await redisProcess(opts.redisUrl) : undefined;
   if (storm && redis === undefined) throw new Error("the storm scenario needs Redis (--redis)");
-  if (storm && !existsSync(MREZHEN_MAIN))
+  if (scale && !params.redisCluster && redis === undefined)
+    throw new Error("the scale scenario needs Redis (--redis, or --redis-cluster)");
+  if ((storm || scale) && !existsSync(MREZHEN_MAIN))
     throw new Error(`${MREZHEN_MAIN} is missing: run \`pnpm build\``);
   const stormWorkers = [];
+  const atStop = [];
   const wantedTopologies = new Set(opts.scenarios.map((s) => TOPOLOGY[s]));
   if (redis === undefined) wantedTopologies.delete("cluster");
   const specs = systemsUnderTest({ runId, redisUrl: opts.redisUrl }).filter(
@@ -210,7 +264,18 @@ async function main() {
       loadGenerator?.kill("SIGKILL");
       for (const worker of stormWorkers) worker.kill("SIGKILL");
       await Promise.all(servers.map(stopServer));
-      if (storm || specs.some((s) => s.engine === "redis" && s.system === "mrezhen")) {
+      for (const stop of atStop.splice(0)) {
+        try {
+          await stop();
+        } catch (error) {
+          console.error(`warning: clean-up failed (${error.message})`);
+        }
+      }
+      if (
+        storm ||
+        (scale && !params.redisCluster) ||
+        specs.some((s) => s.engine === "redis" && s.system === "mrezhen")
+      ) {
         const prefix = `mrezhen-bench-${runId}:`;
         try {
           const { deleted, remaining } = await deleteKeys(opts.redisUrl, prefix);
@@ -249,7 +314,7 @@ async function main() {
     delete serverEnv[name];
 
   try {
-    const regular = opts.scenarios.filter((s) => s !== "storm");
+    const regular = opts.scenarios.filter((s) => s !== "storm" && s !== "scale");
     if (regular.length > 0) await runRegular();
     if (storm) {
       const row = await runStorm({
@@ -268,6 +333,30 @@ async function main() {
           regular.length > 0 ? opts.json.replace(/(\.json)?$/, ".storm.json") : opts.json;
         writeFileSync(path, `${JSON.stringify([row], null, 2)}\n`);
         console.error(`storm row written to ${path}`);
+      }
+    }
+    if (scale) {
+      const row = await runScale({
+        p: params,
+        runId,
+        redisUrl: opts.redisUrl,
+        serverEnv,
+        serverCpus: opts.serverCpus,
+        loadCpus: opts.loadCpus,
+        logDir,
+        hardFdLimit: Math.min(openFilesLimit().hard, 1_048_576),
+        track: {
+          server: (server) => servers.push(server),
+          worker: (w) => stormWorkers.push(w),
+          atStop: (stop) => atStop.push(stop),
+        },
+      });
+      console.log(formatScale(row));
+      if (opts.json !== undefined) {
+        const path =
+          regular.length > 0 || storm ? opts.json.replace(/(\.json)?$/, ".scale.json") : opts.json;
+        writeFileSync(path, `${JSON.stringify([row], null, 2)}\n`);
+        console.error(`scale row written to ${path}`);
       }
     }
   } finally {

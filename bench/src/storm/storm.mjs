@@ -66,9 +66,34 @@ function latencyProbe(url) {
   };
 }
 
-const round = (v, digits = 1) => Math.round(v * 10 ** digits) / 10 ** digits;
+/** A client process (worker.mjs), pinned to `cpus` (a taskset list) unless undefined. */
+export function forkWorker(cpus) {
+  const [command, args] = pinned(cpus, [WORKER]);
+  return command === process.execPath
+    ? fork(WORKER, [], { stdio: ["ignore", "inherit", "inherit", "ipc"] })
+    : fork(args.at(-1), [], {
+        execPath: command,
+        execArgv: args.slice(0, -1),
+        stdio: ["ignore", "inherit", "inherit", "ipc"],
+      });
+}
 
-async function redisCpuUs(redis) {
+/** Sends `message` to a client process; resolves with its first answer of type `reply`. */
+export function askWorker(child, message, reply) {
+  return new Promise((resolve, reject) => {
+    const onMessage = (m) => {
+      if (m.type === reply || m.type === "error") child.off("message", onMessage);
+      if (m.type === reply) resolve(m);
+      else if (m.type === "error") reject(new Error(`storm worker: ${m.message}`));
+    };
+    child.on("message", onMessage);
+    child.send(message);
+  });
+}
+
+export const round = (v, digits = 1) => Math.round(v * 10 ** digits) / 10 ** digits;
+
+export async function redisCpuUs(redis) {
   const info = await redis.info("cpu");
   const get = (name) => Number(info.match(new RegExp(`^${name}:([\\d.]+)`, "m"))?.[1] ?? 0);
   return (get("used_cpu_sys") + get("used_cpu_user")) * 1e6;
@@ -145,29 +170,11 @@ export async function runStorm({
   for (let w = 0; w < workerCount; w++) {
     const first = Math.floor((n * w) / workerCount);
     const count = Math.floor((n * (w + 1)) / workerCount) - first;
-    const [command, args] = pinned(loadCpus, [WORKER]);
-    const child =
-      command === process.execPath
-        ? fork(WORKER, [], { stdio: ["ignore", "inherit", "inherit", "ipc"] })
-        : fork(args.at(-1), [], {
-            execPath: command,
-            execArgv: args.slice(0, -1),
-            stdio: ["ignore", "inherit", "inherit", "ipc"],
-          });
+    const child = forkWorker(loadCpus);
     track.worker(child);
     workers.push({ child, first, count, address: `127.0.0.${2 + (w % 250)}` });
   }
-  const ask = (worker, message, reply) =>
-    new Promise((resolve, reject) => {
-      const onMessage = (m) => {
-        if (m.type === reply) {
-          worker.child.off("message", onMessage);
-          resolve(m);
-        } else if (m.type === "error") reject(new Error(`storm worker: ${m.message}`));
-      };
-      worker.child.on("message", onMessage);
-      worker.child.send(message);
-    });
+  const ask = (worker, message, reply) => askWorker(worker.child, message, reply);
   const all = (message, reply) => Promise.all(workers.map((w) => ask(w, message, reply)));
 
   progress(`${workerCount} client processes minting ${n} tokens`);
