@@ -173,6 +173,7 @@ export async function runScale({
           presence: p.scalePresence,
           victims: w.victims,
           reconnect: true,
+          connectAttempts: 5,
           reconnectJitterMs: p.scaleReconnectJitterMs,
         },
         "ready",
@@ -196,6 +197,7 @@ export async function runScale({
   Object.assign(row, {
     acked,
     connectFailed: connected.reduce((sum, c) => sum + c.failed, 0),
+    connectRetries: connected.reduce((sum, c) => sum + c.retried, 0),
     connectLastError: connected.find((c) => c.lastError)?.lastError || undefined,
     connectSeconds: round(connectMs / 1000),
     connectsPerSec: Math.round(acked / (connectMs / 1000)),
@@ -341,7 +343,7 @@ function roundAll(taken) {
 export function formatScale(row) {
   const out = [
     `scale: ${row.connections.toLocaleString("en-US")} connections over ${row.nodes} nodes, presence=${row.presence}, Redis ${row.redis}`,
-    `  connect: ${row.acked} online in ${row.connectSeconds} s = ${row.connectsPerSec}/s; failed ${row.connectFailed}${row.connectLastError ? ` (${row.connectLastError})` : ""}; node CPU ${row.nodeCpuUsPerConnect} µs/connect, Redis CPU ${row.redisCpuUsPerConnect} µs/connect (masters)`,
+    `  connect: ${row.acked} online in ${row.connectSeconds} s = ${row.connectsPerSec}/s; retried ${row.connectRetries}, failed ${row.connectFailed}${row.connectLastError ? ` (last error: ${row.connectLastError})` : ""}; node CPU ${row.nodeCpuUsPerConnect} µs/connect, Redis CPU ${row.redisCpuUsPerConnect} µs/connect (masters)`,
     `           clients per node ${row.clientsPerNode.join("/")}; online in Redis ${row.onlineInRedis}`,
     `  at rest: node RSS ${row.nodeRssBaseMiB} → ${row.nodeRssIdleMiB} MiB (sum, after GC) = ${row.nodeKiBPerConn} KiB per connection`,
     `           Redis used_memory ${row.redisUsedMemoryBeforeMiB} → ${row.redisUsedMemoryAfterMiB} MiB = ${row.redisBytesPerOnlineUser} B per online user (dataset ${row.redisDatasetBytesPerOnlineUser} B)`,

@@ -41,6 +41,7 @@ const connections = [];
 const stats = {
   acked: 0,
   failed: 0,
+  retried: 0,
   dropped: 0,
   lastError: "",
   lastAckAt: 0,
@@ -281,11 +282,21 @@ async function connectAll() {
     while (next < tokens.length) {
       const i = next++;
       const user = setup.first + i;
-      try {
-        await open(setup.urls[nodeOf(i)], tokens[i], user);
-      } catch (error) {
-        stats.failed++;
-        stats.lastError = error.message;
+      // The scale scenario's clients retry a failed connect (as real clients do), up to
+      // `connectAttempts` times, 0.5 to 1.5 s apart; the storm's do not.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await open(setup.urls[nodeOf(i)], tokens[i], user);
+          break;
+        } catch (error) {
+          stats.lastError = error.message;
+          if (attempt >= (setup.connectAttempts ?? 1)) {
+            stats.failed++;
+            break;
+          }
+          stats.retried++;
+          await sleep(500 + Math.random() * 1000);
+        }
       }
     }
   };
