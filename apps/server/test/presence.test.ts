@@ -172,4 +172,42 @@ describe("presence floods are bounded", () => {
     const [small, large] = figures as [(typeof figures)[0], (typeof figures)[0]];
     expect(large.online).toBeGreaterThan(4 * small.online);
   }, 30_000);
+
+  it("sends a user's coming online to its 5 contacts only, with 2,000 other users online (scale, bounded)", async () => {
+    // The scale goal is 10,000 online users and 5 contacts → 5 frames, not 10,000; 2,000 keeps
+    // this test to a few seconds, and a broadcast would show at any size.
+    const ONLINE = 2000;
+    const node = await startNode({ PRESENCE_COALESCE_MS: String(WINDOW_MS) });
+    const contactIds = ["c0", "c1", "c2", "c3", "c4"];
+    for (const contact of contactIds) await converse(node, "alice", contact);
+    await sleep(2 * WINDOW_MS);
+    const contacts = await Promise.all(
+      contactIds.map((id) => node.connect(id, { query: "&presence=contacts" })),
+    );
+    const others: TestClient[] = [];
+    for (let i = 0; i < ONLINE; i += 200) {
+      const batch = Array.from({ length: Math.min(200, ONLINE - i) }, (_, j) =>
+        node.connect(`online${i + j}`, { query: "&presence=contacts" }),
+      );
+      others.push(...(await Promise.all(batch)));
+    }
+    await sleep(2 * WINDOW_MS);
+    const framesBefore = [...contacts, ...others].map((client) => client.received.length);
+
+    await node.connect("alice", { query: "&presence=contacts" });
+    for (const client of contacts) {
+      expect(await client.next("presence")).toEqual({
+        type: "presence",
+        userId: "alice",
+        status: "online",
+      });
+    }
+    await sleep(2 * WINDOW_MS);
+    const framesAfter = [...contacts, ...others].map(
+      (client, i) => client.received.length - (framesBefore[i] ?? 0),
+    );
+    // One frame at each contact, none anywhere else: 5 frames in all, whoever else is online.
+    expect(framesAfter.slice(0, contacts.length)).toEqual([1, 1, 1, 1, 1]);
+    expect(framesAfter.reduce((sum, count) => sum + count, 0)).toBe(contacts.length);
+  }, 30_000);
 });
