@@ -335,7 +335,8 @@ export async function runScale({
   }
 }
 
-function roundAll(taken) {
+/** A steady-load answer without its message type, figures rounded. */
+function roundAll({ type: _type, ...taken }) {
   return Object.fromEntries(Object.entries(taken).map(([key, value]) => [key, round(value)]));
 }
 
