@@ -2,12 +2,24 @@
 import { fileURLToPath } from "node:url";
 
 /** Every scenario, in the order the load generator runs them (storm and scale last, by themselves). */
-export const SCENARIOS = ["idle", "connect", "single-node", "latency", "cluster", "storm", "scale"];
+export const SCENARIOS = [
+  "idle",
+  "connect",
+  "single-node",
+  "latency",
+  "fixed",
+  "cluster",
+  "storm",
+  "scale",
+];
 /**
  * What runs without --scenarios: the storm and scale scenarios have nodes and clients of their
- * own, so only on request.
+ * own, and `fixed` (the latency scenario at several rates) takes a few minutes, so only on
+ * request.
  */
-export const DEFAULT_SCENARIOS = SCENARIOS.filter((s) => s !== "storm" && s !== "scale");
+export const DEFAULT_SCENARIOS = SCENARIOS.filter(
+  (s) => s !== "storm" && s !== "scale" && s !== "fixed",
+);
 
 /** Which systems a scenario compares. */
 export const TOPOLOGY = {
@@ -15,15 +27,18 @@ export const TOPOLOGY = {
   connect: "single",
   "single-node": "single",
   latency: "single",
+  fixed: "single",
   cluster: "cluster",
   storm: "storm",
   scale: "scale",
 };
 
-export const SYSTEMS = ["mrezhen", "ws-ack", "socket.io"];
+export const SYSTEMS = ["mrezhen", "ws-ack", "ws-min", "socket.io"];
+/** The peers Mrezhen's figures are divided by, in the ratio table. */
+export const PEER_SYSTEMS = SYSTEMS.filter((s) => s !== "mrezhen");
 
 /** Scenario parameters; `--quick` trades cycles, slice length and idle count for time. */
-export function parameters({ quick, cycles, storm = {}, scale = {} }) {
+export function parameters({ quick, cycles, rates, storm = {}, scale = {} }) {
   return {
     // scale: N idle connections over K nodes (client processes as in the storm: stormWorkers,
     // stormConcurrency), scaleKilledClients of them on the node that is then killed (default: an
@@ -63,6 +78,9 @@ export function parameters({ quick, cycles, storm = {}, scale = {} }) {
     // latency: open-loop rate; past maxOutstanding undelivered messages, sends are shed.
     rate: 10_000,
     maxOutstanding: 10_000,
+    // fixed: the latency scenario at each of these rates (msgs/s), below saturation, where every
+    // message is its own I/O event and nothing is amortised.
+    rates: rates ?? [2000, 10_000, 20_000],
     // connect and idle: connects in flight at once; connect cycles over connectUsers users.
     connectConcurrency: 50,
     connectUsers: 1000,
@@ -75,7 +93,10 @@ const repo = (path) => fileURLToPath(new URL(`../../${path}`, import.meta.url));
 
 export const MREZHEN_MAIN = repo("apps/server/dist/main.js");
 const WS_ACK = repo("bench/src/peers/ws-ack.mjs");
+const WS_MIN = repo("bench/src/peers/ws-min.mjs");
 const SOCKET_IO = repo("bench/src/peers/socketio.mjs");
+/** The peers' server scripts, by system name. */
+export const PEERS = { "ws-ack": WS_ACK, "ws-min": WS_MIN, "socket.io": SOCKET_IO };
 
 /**
  * The systems under test and the server processes each is made of. `env` is what the bench sets on
@@ -115,6 +136,14 @@ export function systemsUnderTest({ runId, redisUrl }) {
       engine: "none",
       protocol: "part-a",
       nodes: [{ name: "ws-ack", script: WS_ACK, env: {} }],
+    },
+    {
+      id: "ws-min",
+      system: "ws-min",
+      topology: "single",
+      engine: "none",
+      protocol: "part-a",
+      nodes: [{ name: "ws-min", script: WS_MIN, env: {} }],
     },
     {
       id: "socket.io",

@@ -1,4 +1,5 @@
 // Turns the load generator's slice records into result rows, paired ratios and a table.
+import { PEER_SYSTEMS } from "./plan.mjs";
 import { spread } from "./stats.mjs";
 
 const METRICS = ["msgsPerSec", "p50Ms", "p99Ms", "cpuUsPerMsg", "kibPerIdleConn"];
@@ -56,7 +57,7 @@ function ratioRows(scenario, records, byId) {
   const mrezhen = of("mrezhen");
   if (mrezhen.length === 0) return [];
   const rows = [];
-  for (const versus of ["ws-ack", "socket.io"]) {
+  for (const versus of PEER_SYSTEMS) {
     const peer = of(versus);
     const cycles = mrezhen
       .map((m) => [m, peer.find((p) => p.cycle === m.cycle)])

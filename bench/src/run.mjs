@@ -4,7 +4,8 @@
 // and stops everything it started (servers, load generator, Redis keys) on success, error or signal.
 //
 //   node bench/src/run.mjs [--quick] [--json FILE] [--cycles N] [--scenarios a,b]
-//                          [--systems mrezhen,ws-ack,socket.io] [--server-cpus 0] [--load-cpus 1]
+//                          [--systems mrezhen,ws-ack,ws-min,socket.io] [--rates 2000,10000,20000]
+//                          [--server-cpus 0] [--load-cpus 1]
 //                          [--redis redis://127.0.0.1:6379]
 //                          [--storm-connections N] [--storm-nodes K] [--storm-workers W]
 //                          [--storm-concurrency C] [--storm-heartbeat-ms MS] [--storm-hold-ms MS]
@@ -63,6 +64,7 @@ function options() {
       "scale-jitter-ms": { type: "string" },
       "redis-cluster": { type: "boolean", default: false },
       systems: { type: "string", default: SYSTEMS.join(",") },
+      rates: { type: "string" },
       "server-cpus": { type: "string", default: "0" },
       "load-cpus": { type: "string", default: "1" },
       redis: { type: "string", default: process.env.BENCH_REDIS_URL ?? "redis://127.0.0.1:6379" },
@@ -86,6 +88,10 @@ function options() {
     json: values.json,
     cycles: values.cycles === undefined ? undefined : positiveInteger(values.cycles, "--cycles"),
     scenarios: list(values.scenarios, SCENARIOS, "scenario"),
+    rates:
+      values.rates === undefined
+        ? undefined
+        : values.rates.split(",").map((r) => positiveInteger(r, "--rates")),
     systems: list(values.systems, SYSTEMS, "system"),
     serverCpus: pin ? values["server-cpus"] : undefined,
     loadCpus: pin ? values["load-cpus"] : undefined,

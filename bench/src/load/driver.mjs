@@ -133,7 +133,7 @@ async function run(plan) {
     for (const sys of single) await waitQuiet(sys.pids, 10_000);
   }
 
-  if (wanted("single-node") || wanted("latency")) {
+  if (wanted("single-node") || wanted("latency") || wanted("fixed")) {
     const ready = await openAllPairs("single-node", single, await pairTokens(), p.pairs, failures);
     if (wanted("single-node")) {
       records.push(
@@ -148,6 +148,15 @@ async function run(plan) {
           fixedRateSlice(sys, sys.pairs, p, latency),
         )),
       );
+    }
+    if (wanted("fixed")) {
+      for (const rate of p.rates) {
+        records.push(
+          ...(await interleave(`fixed-${rate}`, ready, p.cycles, (sys) =>
+            fixedRateSlice(sys, sys.pairs, { ...p, rate }, latency),
+          )),
+        );
+      }
     }
     for (const sys of ready) await closePairs(sys.pairs);
     // Closing sets off work too (presence): it must not overlap the cluster slices on the same core.

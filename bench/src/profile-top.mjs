@@ -1,0 +1,55 @@
+#!/usr/bin/env node
+// The top self-time entries of a V8 CPU profile (`--cpu-prof`, e.g. through BENCH_SERVER_FLAGS),
+// optionally over a part of it only, and per message when given a message count.
+//
+//   node bench/src/profile-top.mjs FILE.cpuprofile [--top 25] [--from-ms 0] [--to-ms …]
+//                                  [--messages N]
+//
+// Lines: self ms, share of the non-idle samples, µs per message (with --messages), function and
+// where it is (file:line). "(garbage collector)" and "(program)" are V8's own entries; "(idle)"
+// is left out of the shares.
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    top: { type: "string", default: "25" },
+    "from-ms": { type: "string", default: "0" },
+    "to-ms": { type: "string" },
+    messages: { type: "string" },
+  },
+});
+const profile = JSON.parse(readFileSync(positionals[0], "utf8"));
+const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
+const fromUs = Number(values["from-ms"]) * 1000;
+const toUs =
+  values["to-ms"] === undefined ? Number.POSITIVE_INFINITY : Number(values["to-ms"]) * 1000;
+
+const self = new Map();
+let at = 0;
+let total = 0;
+for (let i = 0; i < profile.samples.length; i++) {
+  const delta = profile.timeDeltas[i] ?? 0;
+  at += delta;
+  if (at < fromUs || at > toUs) continue;
+  const { callFrame } = nodes.get(profile.samples[i]);
+  if (callFrame.functionName === "(idle)") continue;
+  const file = callFrame.url.replace(
+    /^.*\/(node_modules\/\.pnpm\/[^/]+\/node_modules\/|packages\/|apps\/)/,
+    "",
+  );
+  const key = `${callFrame.functionName || "(anonymous)"} ${file}${file ? `:${callFrame.lineNumber + 1}` : ""}`;
+  // The next sample's delta is this sample's duration (approximately).
+  const us = profile.timeDeltas[i + 1] ?? delta;
+  self.set(key, (self.get(key) ?? 0) + us);
+  total += us;
+}
+const messages = values.messages === undefined ? undefined : Number(values.messages);
+console.log(`${(total / 1000).toFixed(0)} ms of non-idle samples`);
+for (const [key, us] of [...self].sort((a, b) => b[1] - a[1]).slice(0, Number(values.top))) {
+  const per = messages === undefined ? "" : ` ${(us / messages).toFixed(2).padStart(6)} µs/msg`;
+  console.log(
+    `${(us / 1000).toFixed(1).padStart(8)} ms ${((us / total) * 100).toFixed(1).padStart(5)}%${per}  ${key}`,
+  );
+}
