@@ -188,5 +188,9 @@ function failingAppends(error: Error): Engine {
   engine.messages.appendIfAllowed = async () => {
     throw error;
   };
+  // The memory engine answers sends synchronously: its failure is a throw.
+  engine.messages.appendIfAllowedNow = () => {
+    throw error;
+  };
   return engine;
 }

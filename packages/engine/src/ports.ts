@@ -376,6 +376,13 @@ export interface MessageStore {
    */
   appendIfAllowed(input: AppendInput): Promise<AppendResult | RateRefusal>;
   /**
+   * {@link appendIfAllowed} answered synchronously, by an engine whose store is in process (the
+   * memory engine); throws where that rejects. Below saturation every message is its own I/O
+   * event, and the promise, its continuation and the handler's own promise were a large part of
+   * what a message cost there. Absent: the engine needs a round trip (Redis).
+   */
+  appendIfAllowedNow?(input: AppendInput): AppendResult | RateRefusal;
+  /**
    * Messages between `userA` and `userB`, oldest first, as stored texts: the newest `limit`
    * of those with a seq below `before` (all, when `before` is undefined). Symmetric in its users.
    */

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import {
+  type AppendInput,
   type AppendResult,
   type Engine,
   EngineFeatureUnavailableError,
@@ -7,6 +8,7 @@ import {
   GroupRefusedError,
   type QueuedMessage,
   type QuotaOptions,
+  type RateRefusal,
 } from "@mrezhen/engine";
 import {
   type ClientCommand,
@@ -592,33 +594,62 @@ export class ChatService {
     if (wasPaused && backlog.length < BACKLOG_PAUSE_AT) session.transport.resume();
   }
 
-  private async directMessage(session: Session, command: DirectMessageCommand): Promise<void> {
+  /**
+   * Stores and acks a message. Returns a promise only when the engine needs a round trip: an
+   * engine that stores in process (appendIfAllowedNow) is answered in the same turn, with no
+   * promise, continuation or backlog bookkeeping per message (below saturation, where each
+   * message is its own I/O event, those were a large share of its cost).
+   */
+  private directMessage(
+    session: Session,
+    command: DirectMessageCommand,
+  ): Promise<void> | undefined {
     if (command.to === session.userId) {
       this.refuse(session, {
         code: ErrorCode.SELF_MESSAGE,
         message: "You cannot send a message to yourself.",
       });
-      return;
+      return undefined;
     }
     const now = this.now();
     if (session.rateLimitedUntil > now) {
       this.rateLimited(session, session.rateLimitedUntil - now, "messages");
-      return;
+      return undefined;
     }
-    const id = randomUUID();
-    const timestamp = new Date(this.now()).toISOString();
     const started = performance.now();
-    const input = {
-      id,
+    const input: AppendInput = {
+      id: randomUUID(),
       from: session.userId,
       to: command.to,
       content: command.content,
-      timestamp,
+      timestamp: new Date(this.now()).toISOString(),
       senderConnId: session.connId,
       ...(command.clientMsgId === undefined ? {} : { clientMsgId: command.clientMsgId }),
     };
-    // The rate limit is counted in the same step as the store: one round trip on Redis.
-    const result = await this.engine.messages.appendIfAllowed(input);
+    const messages = this.engine.messages;
+    if (messages.appendIfAllowedNow === undefined) {
+      // The rate limit is counted in the same step as the store: one round trip on Redis.
+      return messages
+        .appendIfAllowed(input)
+        .then((result) => this.answerSend(session, command, input, result, started));
+    }
+    // As the promise path does: a failure is the request's, answered by failRequest.
+    try {
+      this.answerSend(session, command, input, messages.appendIfAllowedNow(input), started);
+    } catch (error) {
+      this.failRequest(session, error, command);
+    }
+    return undefined;
+  }
+
+  /** Acks a stored message, or answers the limit that refused it. */
+  private answerSend(
+    session: Session,
+    command: DirectMessageCommand,
+    input: AppendInput,
+    result: AppendResult | RateRefusal,
+    started: number,
+  ): void {
     if ("refused" in result) {
       if (result.limit !== "rate") {
         // A quota refuses this message, not every one: messages to known peers, or smaller

@@ -122,9 +122,12 @@ describe("ChatService", () => {
     const { engine, chat, session } = setup();
     const alice = session("alice");
     await chat.open(alice.session);
-    const append = engine.messages.appendIfAllowed.bind(engine.messages);
     const held = gate<void>();
-    engine.messages.appendIfAllowed = async (input) => {
+    // An engine that stores asynchronously (as Redis does): no synchronous answer.
+    const messages = engine.messages;
+    const append = messages.appendIfAllowed.bind(messages);
+    Object.defineProperty(messages, "appendIfAllowedNow", { value: undefined });
+    messages.appendIfAllowed = async (input) => {
       await held.promise;
       return append(input);
     };

@@ -140,6 +140,14 @@ export class MemoryMessageStore implements MessageStore {
    * Cost over append: one map read and one byteLength (a scan of the text) per message.
    */
   async appendIfAllowed(input: AppendInput): Promise<AppendResult | RateRefusal> {
+    return this.checkAndStore(input);
+  }
+
+  appendIfAllowedNow(input: AppendInput): AppendResult | RateRefusal {
+    return this.checkAndStore(input);
+  }
+
+  private checkAndStore(input: AppendInput): AppendResult | RateRefusal {
     const duplicate = this.duplicateOf(input);
     if (duplicate !== undefined) return duplicate;
     const existing = this.conversationsByKey.get(conversationKey(input.from, input.to));
