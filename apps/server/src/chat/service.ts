@@ -45,6 +45,7 @@ import {
   userIdProblem,
 } from "@mrezhen/protocol";
 import { Hub } from "./hub.js";
+import { isoTimestamp } from "./iso-time.js";
 import {
   type ChatEvents,
   type ChatMetrics,
@@ -499,7 +500,7 @@ export class ChatService {
   private run(session: Session, command: ClientCommand): Promise<void> | undefined {
     switch (command.type) {
       case "ping":
-        session.send(pongFrame(new Date(this.now()).toISOString()));
+        session.send(pongFrame(isoTimestamp(this.now())));
         return undefined;
       case "direct_message":
         return this.directMessage(session, command);
@@ -622,7 +623,7 @@ export class ChatService {
       from: session.userId,
       to: command.to,
       content: command.content,
-      timestamp: new Date(this.now()).toISOString(),
+      timestamp: isoTimestamp(this.now()),
       senderConnId: session.connId,
       ...(command.clientMsgId === undefined ? {} : { clientMsgId: command.clientMsgId }),
     };
@@ -729,7 +730,7 @@ export class ChatService {
       from: send.from,
       to: command.to,
       content: command.content,
-      timestamp: new Date(this.now()).toISOString(),
+      timestamp: isoTimestamp(this.now()),
       senderConnId: API_CONNECTION_ID,
       ...(command.clientMsgId === undefined ? {} : { clientMsgId: command.clientMsgId }),
     };
