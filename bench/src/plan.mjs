@@ -9,16 +9,17 @@ export const SCENARIOS = [
   "latency",
   "fixed",
   "cluster",
+  "cluster-fixed",
   "storm",
   "scale",
 ];
 /**
  * What runs without --scenarios: the storm and scale scenarios have nodes and clients of their
- * own, and `fixed` (the latency scenario at several rates) takes a few minutes, so only on
- * request.
+ * own, and `fixed` (the latency scenario at several rates) and `cluster-fixed` (the cluster at
+ * 5,000 msgs/s) take a few minutes, so only on request.
  */
 export const DEFAULT_SCENARIOS = SCENARIOS.filter(
-  (s) => s !== "storm" && s !== "scale" && s !== "fixed",
+  (s) => s !== "storm" && s !== "scale" && s !== "fixed" && s !== "cluster-fixed",
 );
 
 /** Which systems a scenario compares. */
@@ -29,6 +30,7 @@ export const TOPOLOGY = {
   latency: "single",
   fixed: "single",
   cluster: "cluster",
+  "cluster-fixed": "cluster",
   storm: "storm",
   scale: "scale",
 };
@@ -81,6 +83,8 @@ export function parameters({ quick, cycles, rates, storm = {}, scale = {} }) {
     // fixed: the latency scenario at each of these rates (msgs/s), below saturation, where every
     // message is its own I/O event and nothing is amortised.
     rates: rates ?? [2000, 10_000, 20_000],
+    // cluster-fixed: the two-node systems at a fixed rate, every message crossing nodes.
+    clusterRate: 5000,
     // connect and idle: connects in flight at once; connect cycles over connectUsers users.
     connectConcurrency: 50,
     connectUsers: 1000,

@@ -240,7 +240,11 @@ async function main() {
     ),
   );
 
-  const needsRedis = opts.scenarios.includes("cluster") || storm || (scale && !params.redisCluster);
+  const needsRedis =
+    opts.scenarios.includes("cluster") ||
+    opts.scenarios.includes("cluster-fixed") ||
+    storm ||
+    (scale && !params.redisCluster);
   const redis = needsRedis ? await redisProcess(opts.redisUrl) : undefined;
   if (storm && redis === undefined) throw new Error("the storm scenario needs Redis (--redis)");
   if (scale && !params.redisCluster && redis === undefined)

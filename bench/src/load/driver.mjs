@@ -163,13 +163,22 @@ async function run(plan) {
     for (const sys of ready) await waitQuiet(sys.pids, 30_000);
   }
 
-  if (wanted("cluster") && cluster.length > 0) {
+  if ((wanted("cluster") || wanted("cluster-fixed")) && cluster.length > 0) {
     const ready = await openAllPairs("cluster", cluster, await pairTokens(), p.pairs, failures);
-    records.push(
-      ...(await interleave("cluster", ready, p.cycles, (sys) =>
-        saturationSlice(sys, sys.pairs, p, latency),
-      )),
-    );
+    if (wanted("cluster")) {
+      records.push(
+        ...(await interleave("cluster", ready, p.cycles, (sys) =>
+          saturationSlice(sys, sys.pairs, p, latency),
+        )),
+      );
+    }
+    if (wanted("cluster-fixed")) {
+      records.push(
+        ...(await interleave(`cluster-fixed-${p.clusterRate}`, ready, p.cycles, (sys) =>
+          fixedRateSlice(sys, sys.pairs, { ...p, rate: p.clusterRate }, latency),
+        )),
+      );
+    }
     for (const sys of ready) await closePairs(sys.pairs);
   }
 
