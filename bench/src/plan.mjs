@@ -36,8 +36,8 @@ export const TOPOLOGY = {
 };
 
 export const SYSTEMS = ["mrezhen", "ws-ack", "ws-min", "socket.io"];
-/** The peers Mrezhen's figures are divided by, in the ratio table. */
-export const PEER_SYSTEMS = SYSTEMS.filter((s) => s !== "mrezhen");
+/** The peers Mrezhen's figures are divided by, in the ratio table (mrezhen-base with --baseline). */
+export const PEER_SYSTEMS = [...SYSTEMS.filter((s) => s !== "mrezhen"), "mrezhen-base"];
 
 /** Scenario parameters; `--quick` trades cycles, slice length and idle count for time. */
 export function parameters({ quick, cycles, rates, storm = {}, scale = {} }) {
@@ -106,7 +106,7 @@ export const PEERS = { "ws-ack": WS_ACK, "ws-min": WS_MIN, "socket.io": SOCKET_I
  * The systems under test and the server processes each is made of. `env` is what the bench sets on
  * top of the common server environment (port, JWT, log level).
  */
-export function systemsUnderTest({ runId, redisUrl }) {
+export function systemsUnderTest({ runId, redisUrl, baseline }) {
   const mrezhenEnv = {
     // The rate limit must never be what is measured.
     RATE_LIMIT_MESSAGES: "1000000000",
@@ -124,6 +124,21 @@ export function systemsUnderTest({ runId, redisUrl }) {
       NODE_ID: `bench-${nodeId}`,
     });
   const sioRedis = { REDIS_URL: redisUrl, SIO_REDIS_KEY: `sio-bench-${runId}` };
+  // --baseline: another build of Mrezhen (a base commit's apps/server/dist/main.js), run beside
+  // this one as one more system, so that a change is measured in paired slices too.
+  const base =
+    baseline === undefined
+      ? []
+      : [
+          {
+            id: "mrezhen-base",
+            system: "mrezhen-base",
+            topology: "single",
+            engine: "memory",
+            protocol: "part-a",
+            nodes: [{ ...mrezhenNode("mrezhen-base", {}), script: baseline }],
+          },
+        ];
   return [
     {
       id: "mrezhen",
@@ -133,6 +148,7 @@ export function systemsUnderTest({ runId, redisUrl }) {
       protocol: "part-a",
       nodes: [mrezhenNode("mrezhen", {})],
     },
+    ...base,
     {
       id: "ws-ack",
       system: "ws-ack",

@@ -5,7 +5,7 @@
 //
 //   node bench/src/run.mjs [--quick] [--json FILE] [--cycles N] [--scenarios a,b]
 //                          [--systems mrezhen,ws-ack,ws-min,socket.io] [--rates 2000,10000,20000]
-//                          [--server-cpus 0] [--load-cpus 1]
+//                          [--server-cpus 0] [--load-cpus 1] [--baseline OTHER/apps/server/dist/main.js]
 //                          [--redis redis://127.0.0.1:6379]
 //                          [--storm-connections N] [--storm-nodes K] [--storm-workers W]
 //                          [--storm-concurrency C] [--storm-heartbeat-ms MS] [--storm-hold-ms MS]
@@ -65,6 +65,7 @@ function options() {
       "redis-cluster": { type: "boolean", default: false },
       systems: { type: "string", default: SYSTEMS.join(",") },
       rates: { type: "string" },
+      baseline: { type: "string" },
       "server-cpus": { type: "string", default: "0" },
       "load-cpus": { type: "string", default: "1" },
       redis: { type: "string", default: process.env.BENCH_REDIS_URL ?? "redis://127.0.0.1:6379" },
@@ -96,6 +97,7 @@ function options() {
     serverCpus: pin ? values["server-cpus"] : undefined,
     loadCpus: pin ? values["load-cpus"] : undefined,
     redisUrl: values.redis,
+    baseline: values.baseline,
     storm: Object.fromEntries(
       [
         ["connections", "storm-connections"],
@@ -255,8 +257,14 @@ async function main() {
   const atStop = [];
   const wantedTopologies = new Set(opts.scenarios.map((s) => TOPOLOGY[s]));
   if (redis === undefined) wantedTopologies.delete("cluster");
-  const specs = systemsUnderTest({ runId, redisUrl: opts.redisUrl }).filter(
-    (s) => opts.systems.includes(s.system) && wantedTopologies.has(s.topology),
+  const specs = systemsUnderTest({
+    runId,
+    redisUrl: opts.redisUrl,
+    baseline: opts.baseline,
+  }).filter(
+    (s) =>
+      (opts.systems.includes(s.system) || s.system === "mrezhen-base") &&
+      wantedTopologies.has(s.topology),
   );
   if (specs.some((s) => s.system === "mrezhen") && !existsSync(MREZHEN_MAIN)) {
     throw new Error(
