@@ -147,7 +147,9 @@ export class Connections {
     this.slots++;
     const tagged = tcp as SlotSocket;
     tagged[kSlotUser] = userId;
-    tcp.once("close", this.releaseSlot);
+    // `on`, not `once`: a socket closes once and releaseSlot is idempotent, while `once` keeps a
+    // wrapper state object and a bound function (about 90 bytes) alive per idle connection.
+    tcp.on("close", this.releaseSlot);
     return "admitted";
   }
 
