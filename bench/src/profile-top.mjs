@@ -3,7 +3,10 @@
 // optionally over a part of it only, and per message when given a message count.
 //
 //   node bench/src/profile-top.mjs FILE.cpuprofile [--top 25] [--from-ms 0] [--to-ms …]
-//                                  [--messages N]
+//                                  [--between FUNCTION] [--messages N]
+//
+// --between directMessage keeps the samples from the first to the last one whose own function
+// is directMessage: the message traffic, without the startup and the connects before it.
 //
 // Lines: self ms, share of the non-idle samples, µs per message (with --messages), function and
 // where it is (file:line). "(garbage collector)" and "(program)" are V8's own entries; "(idle)"
@@ -18,13 +21,29 @@ const { values, positionals } = parseArgs({
     "from-ms": { type: "string", default: "0" },
     "to-ms": { type: "string" },
     messages: { type: "string" },
+    between: { type: "string" },
   },
 });
 const profile = JSON.parse(readFileSync(positionals[0], "utf8"));
 const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
-const fromUs = Number(values["from-ms"]) * 1000;
-const toUs =
+let fromUs = Number(values["from-ms"]) * 1000;
+let toUs =
   values["to-ms"] === undefined ? Number.POSITIVE_INFINITY : Number(values["to-ms"]) * 1000;
+if (values.between !== undefined) {
+  let time = 0;
+  let first;
+  let last;
+  for (let i = 0; i < profile.samples.length; i++) {
+    time += profile.timeDeltas[i] ?? 0;
+    if (nodes.get(profile.samples[i]).callFrame.functionName !== values.between) continue;
+    first ??= time;
+    last = time;
+  }
+  if (first === undefined) throw new Error(`no sample in ${values.between}`);
+  fromUs = first;
+  toUs = last;
+  console.log(`samples from ${(first / 1000).toFixed(0)} ms to ${(last / 1000).toFixed(0)} ms`);
+}
 
 const self = new Map();
 let at = 0;
