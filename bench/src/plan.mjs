@@ -138,6 +138,19 @@ export function systemsUnderTest({ runId, redisUrl, baseline }) {
             protocol: "part-a",
             nodes: [{ ...mrezhenNode("mrezhen-base", {}), script: baseline }],
           },
+          {
+            id: "mrezhen-base-cluster",
+            system: "mrezhen-base",
+            topology: "cluster",
+            engine: "redis",
+            protocol: "part-a",
+            // Keys of their own (under the run's prefix, so that the clean-up finds them).
+            nodes: ["a", "b"].map((id) => {
+              const node = redisMrezhen(`base-${id}`);
+              const env = { ...node.env, REDIS_KEY_PREFIX: `mrezhen-bench-${runId}:base:` };
+              return { ...node, env, script: baseline };
+            }),
+          },
         ];
   return [
     {
