@@ -41,6 +41,7 @@
  * atomically with the store, like the standalone script's presence check.
  */
 import {
+  ACK_INBOX,
   INDEX,
   LOG,
   type LuaScript,
@@ -359,37 +360,13 @@ export const ACKNOWLEDGE_CLUSTER = script(
   MGET_ALL,
   LOG,
   MESSAGE_TEXT,
+  ACK_INBOX,
   `
-local acked = redis.call('GET', KEYS[3]) or '0'
-local up_to = tonumber(ARGV[1])
-if up_to <= tonumber(acked) then return {} end
-local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
-local covered, senders = {}, {}
-local from = log_seek(KEYS[1], redis.call('LLEN', KEYS[1]), tonumber(acked))
-log_walk_up(KEYS[1], from, ARGV[3], 256, function(_, position, text)
-  if tonumber(position) > up_to then return true end
-  local literal = sender_literal(text)
-  local seq = seq_of(text)
-  if literal and seq and literal ~= ARGV[2] then
-    local other = json_unliteral(literal)
-    local had = covered[other]
-    if not had then senders[#senders + 1] = other end
-    if not had or seq > had then covered[other] = seq end
-  end
-  return false
-end)
-if math.min(up_to, newest) > tonumber(acked) then
-  redis.call('SET', KEYS[3], string.format('%d', math.min(up_to, newest)))
-end
 local out = {}
-for _, other in ipairs(senders) do
-  local seq = covered[other]
-  if seq > tonumber(redis.call('HGET', KEYS[4], other) or '0') then
-    redis.call('HSET', KEYS[4], other, string.format('%d', seq))
-    out[#out + 1] = other
-    out[#out + 1] = string.format('%d', seq)
-  end
-end
+ack_inbox(KEYS, tonumber(ARGV[1]), ARGV[2], ARGV[3], function(other, seq)
+  out[#out + 1] = other
+  out[#out + 1] = string.format('%d', seq)
+end)
 return out
 `,
 );

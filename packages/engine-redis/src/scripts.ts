@@ -766,6 +766,47 @@ return out
 );
 
 /**
+ * The common part of ACKNOWLEDGE (here) and ACKNOWLEDGE_CLUSTER (cluster-scripts.ts), after LOG
+ * and MESSAGE_TEXT: what an ack of a user's inbox changes in the user's own keys.
+ */
+export const ACK_INBOX = `
+-- A device of a user processed its inbox up to position up_to. keys: inbox-log, inbox-pos,
+-- acked and delivered of the user. Raises the acked watermark (clamped to the newest position;
+-- an ack at or below it changes nothing) and, for each sender of the messages received in the
+-- newly covered positions, in order of first appearance, the user's delivered watermark for
+-- them to the highest seq received from them there; calls raised(sender, seq) for each raise.
+local function ack_inbox(keys, up_to, self_literal, head, raised)
+  local acked = tonumber(redis.call('GET', keys[3]) or '0')
+  if up_to <= acked then return end
+  local newest = tonumber(redis.call('GET', keys[2]) or '0')
+  local covered, senders = {}, {}
+  local from = log_seek(keys[1], redis.call('LLEN', keys[1]), acked)
+  log_walk_up(keys[1], from, head, 256, function(_, position, text)
+    if tonumber(position) > up_to then return true end
+    local literal = sender_literal(text)
+    local seq = seq_of(text)
+    if literal and seq and literal ~= self_literal then
+      local other = json_unliteral(literal)
+      local had = covered[other]
+      if not had then senders[#senders + 1] = other end
+      if not had or seq > had then covered[other] = seq end
+    end
+    return false
+  end)
+  if math.min(up_to, newest) > acked then
+    redis.call('SET', keys[3], string.format('%d', math.min(up_to, newest)))
+  end
+  for _, other in ipairs(senders) do
+    local seq = covered[other]
+    if seq > tonumber(redis.call('HGET', keys[4], other) or '0') then
+      redis.call('HSET', keys[4], other, string.format('%d', seq))
+      raised(other, seq)
+    end
+  end
+end
+`;
+
+/**
  * A device of the user processed its inbox up to a position. Raises the user's acked watermark
  * (clamped to the newest position; an ack at or below it changes nothing), and for each sender
  * of messages received in the newly covered positions (acked, upTo], in order of first
@@ -787,39 +828,15 @@ export const ACKNOWLEDGE = script(
   MGET_ALL,
   LOG,
   MESSAGE_TEXT,
+  ACK_INBOX,
   `
-local acked = redis.call('GET', KEYS[3]) or '0'
-local up_to = tonumber(ARGV[1])
-if up_to <= tonumber(acked) then return 0 end
-local newest = tonumber(redis.call('GET', KEYS[2]) or '0')
-local covered, senders = {}, {}
-local from = log_seek(KEYS[1], redis.call('LLEN', KEYS[1]), tonumber(acked))
-log_walk_up(KEYS[1], from, ARGV[4], 256, function(_, position, text)
-  if tonumber(position) > up_to then return true end
-  local literal = sender_literal(text)
-  local seq = seq_of(text)
-  if literal and seq and literal ~= ARGV[2] then
-    local other = json_unliteral(literal)
-    local had = covered[other]
-    if not had then senders[#senders + 1] = other end
-    if not had or seq > had then covered[other] = seq end
-  end
-  return false
-end)
-if math.min(up_to, newest) > tonumber(acked) then
-  redis.call('SET', KEYS[3], string.format('%d', math.min(up_to, newest)))
-end
 local sent = 0
-for _, other in ipairs(senders) do
-  local seq = covered[other]
-  if seq > tonumber(redis.call('HGET', KEYS[4], other) or '0') then
-    redis.call('HSET', KEYS[4], other, string.format('%d', seq))
-    local frame = ARGV[6] .. string.format('%d', seq) .. ARGV[7]
-    redis.call('HSET', ARGV[5] .. other, 'delivered|' .. ARGV[3], frame)
-    redis.call('PUBLISH', ARGV[8] .. other, 'f|' .. frame)
-    sent = sent + 1
-  end
-end
+ack_inbox(KEYS, tonumber(ARGV[1]), ARGV[2], ARGV[4], function(other, seq)
+  local frame = ARGV[6] .. string.format('%d', seq) .. ARGV[7]
+  redis.call('HSET', ARGV[5] .. other, 'delivered|' .. ARGV[3], frame)
+  redis.call('PUBLISH', ARGV[8] .. other, 'f|' .. frame)
+  sent = sent + 1
+end)
 return sent
 `,
 );
