@@ -1,9 +1,9 @@
 /** Helpers of the Redis engine's own tests (not a test file: vitest only runs *.test.ts). */
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { connect, createServer, type Socket } from "node:net";
 import type { Engine } from "@mrezhen/engine";
-import { deletePrefix, freePort, type TestRedis } from "@mrezhen/testkit";
+import { deletePrefix, freePort, spawnRedisServer, type TestRedis } from "@mrezhen/testkit";
 import { Redis } from "ioredis";
 import { afterEach, beforeEach } from "vitest";
 import { createRedisEngine, type RedisEngineOptions } from "../src/index.js";
@@ -74,38 +74,13 @@ export function haveRedisServer(): boolean {
 /** Starts `redis-server` without persistence on `port` (default: a free one), once it accepts connections. */
 export async function startRedisServer(port?: number): Promise<RedisServer> {
   const chosen = port ?? (await freePort());
-  const child = spawn(
-    REDIS_SERVER,
+  const child = await spawnRedisServer(
     ["--port", String(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-    { stdio: ["ignore", "pipe", "pipe"] },
+    5000,
   );
   children.add(child);
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   void exited.then(() => children.delete(child));
-  await new Promise<void>((resolve, reject) => {
-    let output = "";
-    const timer = setTimeout(() => fail(new Error(`redis-server did not start: ${output}`)), 5000);
-    const fail = (error: Error) => {
-      clearTimeout(timer);
-      child.kill("SIGKILL");
-      reject(error);
-    };
-    const onExit = (code: number | null) =>
-      fail(new Error(`redis-server exited (${code}): ${output}`));
-    child.once("error", fail);
-    child.once("exit", onExit);
-    child.stdout?.on("data", (chunk: Buffer) => {
-      output += chunk.toString();
-      if (output.includes("Ready to accept connections")) {
-        clearTimeout(timer);
-        child.removeListener("exit", onExit);
-        resolve();
-      }
-    });
-    child.stderr?.on("data", (chunk: Buffer) => {
-      output += chunk.toString();
-    });
-  });
   return {
     port: chosen,
     url: `redis://127.0.0.1:${chosen}`,

@@ -11,5 +11,5 @@ export {
   SHARED_TEST_REDIS,
   type TestRedis,
 } from "./redis.js";
-export { redisClusterForTests, type TestRedisCluster } from "./redis-cluster.js";
+export { redisClusterForTests, spawnRedisServer, type TestRedisCluster } from "./redis-cluster.js";
 export { DEV_JWT_ISSUER, DEV_JWT_SECRET, mintToken, type TokenOptions } from "./tokens.js";

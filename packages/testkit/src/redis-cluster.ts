@@ -127,8 +127,7 @@ async function startCluster(prefix: string, replicas: 0 | 1): Promise<TestRedisC
 }
 
 function startNode(port: number, busPort: number, dir: string): Promise<ChildProcess> {
-  const child = spawn(
-    REDIS_SERVER,
+  return spawnRedisServer(
     [
       "--port",
       String(port),
@@ -153,13 +152,25 @@ function startNode(port: number, busPort: number, dir: string): Promise<ChildPro
       "--dir",
       dir,
     ],
-    { stdio: ["ignore", "pipe", "pipe"] },
+    10_000,
   );
+}
+
+/**
+ * Spawns `redis-server` with `args` and resolves with its process once it accepts connections
+ * (it says so on stdout); rejects with what it printed when it exits or stays silent past
+ * `timeoutMs`. The caller owns the process and kills it.
+ */
+export function spawnRedisServer(
+  args: readonly string[],
+  timeoutMs: number,
+): Promise<ChildProcess> {
+  const child = spawn(REDIS_SERVER, args, { stdio: ["ignore", "pipe", "pipe"] });
   return new Promise<ChildProcess>((resolve, reject) => {
     let output = "";
     const timer = setTimeout(
       () => fail(new Error(`redis-server did not start: ${output}`)),
-      10_000,
+      timeoutMs,
     );
     const fail = (error: Error) => {
       clearTimeout(timer);
