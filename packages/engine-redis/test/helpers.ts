@@ -2,6 +2,7 @@
 import { type ChildProcess, spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { connect, createServer, type Socket } from "node:net";
+import { tmpdir } from "node:os";
 import type { Engine } from "@mrezhen/engine";
 import { deletePrefix, freePort, spawnRedisServer, type TestRedis } from "@mrezhen/testkit";
 import { Redis } from "ioredis";
@@ -75,7 +76,19 @@ export function haveRedisServer(): boolean {
 export async function startRedisServer(port?: number): Promise<RedisServer> {
   const chosen = port ?? (await freePort());
   const child = await spawnRedisServer(
-    ["--port", String(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    // A replica's full sync makes its master write an RDB file: into the temp dir, never the repo.
+    [
+      "--port",
+      String(chosen),
+      "--bind",
+      "127.0.0.1",
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+      "--dir",
+      tmpdir(),
+    ],
     5000,
   );
   children.add(child);

@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
+import { tmpdir } from "node:os";
 import { Redis } from "ioredis";
 import { freePort } from "./net.js";
 
@@ -114,7 +115,18 @@ async function startPrivateRedisServer(onStop: () => void): Promise<LocalRedis> 
   const port = await freePort();
   const child: ChildProcess = spawn(
     "redis-server",
-    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    [
+      "--port",
+      String(port),
+      "--bind",
+      "127.0.0.1",
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+      "--dir",
+      tmpdir(),
+    ],
     { stdio: "ignore" },
   );
   // Never outlive the tests, even when they end without running their teardown.
