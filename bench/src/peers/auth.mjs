@@ -1,30 +1,22 @@
-// JWT verification shared by the peers, with the checks Mrezhen makes of an HS256 token (HS256
-// pinned, issuer checked, `exp` and `sub` required, a `sub` of 1 to 128 characters), with the same
-// library the same way: jose's jwtVerify and a CryptoKey imported once, as in Mrezhen's
-// TokenVerifier (apps/server/src/auth/token.ts). So a connect costs every system the same
-// verification work.
-import { jwtVerify } from "jose";
+// JWT verification shared by the peers: Mrezhen's own verifier (apps/server, built by
+// `pnpm build`), with the configuration the bench gives Mrezhen. So a connect costs every system
+// the same verification work, and a change to that cost shows in every system's figures, not
+// as a gain or loss of Mrezhen's against the others.
+import { TokenVerifier } from "../../../apps/server/dist/auth/token.js";
+import { loadConfig } from "../../../apps/server/dist/config.js";
 
-const key = await crypto.subtle.importKey(
-  "raw",
-  new TextEncoder().encode(required("JWT_SECRET")),
-  { name: "HMAC", hash: "SHA-256" },
-  false,
-  ["verify"],
+const verifier = await TokenVerifier.create(
+  loadConfig({
+    JWT_SECRET: required("JWT_SECRET"),
+    ...(process.env.JWT_ISSUER === undefined ? {} : { JWT_ISSUER: process.env.JWT_ISSUER }),
+  }).jwt,
 );
-const options = {
-  algorithms: ["HS256"],
-  issuer: process.env.JWT_ISSUER ?? "mrezhen",
-  requiredClaims: ["exp", "sub", "iss"],
-};
 
 /** The user id of a valid token, or undefined for anything part A refuses. */
 export async function verifyToken(token) {
-  if (typeof token !== "string" || token === "" || token.length > 4096) return undefined;
+  if (typeof token !== "string" || token === "") return undefined;
   try {
-    const { payload } = await jwtVerify(token, key, options);
-    const { sub } = payload;
-    return typeof sub === "string" && sub.length >= 1 && sub.length <= 128 ? sub : undefined;
+    return (await verifier.verify(token)).userId;
   } catch {
     return undefined;
   }

@@ -12,6 +12,7 @@ import {
 import type { Logger } from "../chat/ports.js";
 import type { JwtConfig } from "../config.js";
 import { AuthError } from "./errors.js";
+import { Hs256FastPath } from "./hs256.js";
 import { JwksKeys, type JwksStatus } from "./jwks.js";
 
 export { AuthError } from "./errors.js";
@@ -75,13 +76,14 @@ export function extractToken(
  * Which key: HS256 → the secret. Otherwise, a token with a `kid` → the JWKS; without one → the
  * PEM key when its type fits the algorithm, else the JWKS.
  *
- * jose verifies through WebCrypto: an HS256 token costs about 30-45 µs of CPU on Node 20 (fast-jwt,
- * the verifier before, cost 7 µs; see bench/RESULTS.md for what that does to the connect rate).
- * The HMAC key is imported once as a CryptoKey: jose turns a KeyObject or bytes into one on every
- * call, which costs more than the verification (about 100 µs a token).
+ * jose verifies through WebCrypto, which costs an HS256 token about 100 µs of a node's CPU: a
+ * plain HS256 token (what an HS256 issuer sends) is verified with node:crypto first, and only
+ * what that cannot accept goes to jose (see Hs256FastPath). The HMAC key for jose is imported
+ * once as a CryptoKey: jose turns a KeyObject or bytes into one on every call.
  */
 export class TokenVerifier {
   private readonly options: JWTVerifyOptions;
+  private readonly hs256: Hs256FastPath | undefined;
 
   private constructor(
     private readonly hmacKey: CryptoKey | undefined,
@@ -89,6 +91,7 @@ export class TokenVerifier {
     private readonly pemKeys: ReadonlyMap<string, CryptoKey>,
     private readonly jwks: JwksKeys | undefined,
     private readonly config: JwtConfig,
+    fastPath: boolean,
   ) {
     this.options = {
       algorithms: [...config.algorithms],
@@ -98,10 +101,26 @@ export class TokenVerifier {
       requiredClaims: ["exp", "sub", "iss"],
       clockTolerance: CLOCK_TOLERANCE_S,
     };
+    this.hs256 =
+      hmacKey === undefined || config.secret === undefined || !fastPath
+        ? undefined
+        : new Hs256FastPath(config.secret, {
+            issuer: config.issuer,
+            audience: config.audience,
+            maxAgeSeconds: config.maxAgeSeconds,
+            clockToleranceSeconds: CLOCK_TOLERANCE_S,
+          });
   }
 
-  /** Imports the configured keys, and starts fetching the JWKS (without waiting for it). */
-  static async create(config: JwtConfig, log: Logger = silent): Promise<TokenVerifier> {
+  /**
+   * Imports the configured keys, and starts fetching the JWKS (without waiting for it).
+   * `hs256FastPath: false` sends every token through jose (for the test that compares the two).
+   */
+  static async create(
+    config: JwtConfig,
+    log: Logger = silent,
+    { hs256FastPath = true }: { hs256FastPath?: boolean } = {},
+  ): Promise<TokenVerifier> {
     const hmacKey =
       config.secret === undefined || !config.algorithms.includes("HS256")
         ? undefined
@@ -129,7 +148,7 @@ export class TokenVerifier {
             cacheMaxAgeMs: config.jwksCacheMaxAgeMs,
             log,
           });
-    return new TokenVerifier(hmacKey, pemKeys, jwks, config);
+    return new TokenVerifier(hmacKey, pemKeys, jwks, config, hs256FastPath);
   }
 
   /** The JWKS's state, when one is configured (for /ready). */
@@ -150,12 +169,16 @@ export class TokenVerifier {
   async verify(token: string | undefined): Promise<Principal> {
     if (token === undefined) throw new AuthError("missing token");
     if (token.length > MAX_TOKEN_LENGTH) throw new AuthError("token too long");
-    checkShape(token);
-    let payload: Record<string, unknown>;
-    try {
-      ({ payload } = await jwtVerify(token, this.keyFor, this.options));
-    } catch (error) {
-      throw error instanceof AuthError ? error : new AuthError(describe(error));
+    const firstDot = token.indexOf(".");
+    const secondDot = token.indexOf(".", firstDot + 1);
+    checkShape(token, firstDot, secondDot);
+    let payload = this.hs256?.verify(token, firstDot, secondDot);
+    if (payload === undefined) {
+      try {
+        ({ payload } = await jwtVerify(token, this.keyFor, this.options));
+      } catch (error) {
+        throw error instanceof AuthError ? error : new AuthError(describe(error));
+      }
     }
     const { sub, exp, iat, name } = payload;
     // jose allows clockTolerance past `exp` too; the node does not (see CLOCK_TOLERANCE_S).
@@ -252,10 +275,8 @@ function fits(key: KeyObject, alg: string): boolean {
  * Accepting them lets anyone make "new" valid tokens out of a stolen one (which defeats a
  * blocklist or a replay cache keyed by the token's text).
  */
-function checkShape(token: string): void {
+function checkShape(token: string, first: number, second: number): void {
   if (!COMPACT_JWS.test(token)) throw new AuthError("malformed token");
-  const first = token.indexOf(".");
-  const second = token.indexOf(".", first + 1);
   // An empty signature (`alg: none`) was "bad signature" with fast-jwt; it stays so.
   if (second === token.length - 1) throw new AuthError("bad signature");
   if (!canonical(token, 0, first) || !canonical(token, first + 1, second)) {
