@@ -233,6 +233,19 @@ export function groupTypingFrame(groupId: string, from: string, state: "start" |
   return JSON.stringify({ type: "typing", groupId, from, state });
 }
 
+/**
+ * `group_presence` for a `presence=contacts` connection: `userId`, a member of `groupId` (a group
+ * the connection's user is in too), came online or went offline. A template: a popular user's
+ * change writes one per listening connection.
+ */
+export function groupPresenceFrame(
+  groupId: string,
+  userId: string,
+  status: PresenceStatus,
+): string {
+  return `{"type":"group_presence","groupId":${JSON.stringify(groupId)},"userId":${JSON.stringify(userId)},"status":"${status}"}`;
+}
+
 /** The answer to `get_read_by`: how many members (the sender aside) read up to `seq`. */
 export function readByFrame(groupId: string, seq: number, count: number, members: number): string {
   return JSON.stringify({ type: "read_by", groupId, seq, count, members });

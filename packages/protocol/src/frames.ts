@@ -262,6 +262,18 @@ export interface PresenceDeltaFrame {
   readonly status: PresenceStatus;
 }
 
+/**
+ * For a `presence=contacts` connection: a member of a group its user is in came online or went
+ * offline. One per connection per change, naming one group they share, whatever the number of
+ * groups they share (presence is per user).
+ */
+export interface GroupPresenceFrame {
+  readonly type: "group_presence";
+  readonly groupId: string;
+  readonly userId: string;
+  readonly status: PresenceStatus;
+}
+
 export interface OnlineUsersFrame {
   readonly type: "online_users";
   readonly users: readonly string[];
@@ -339,6 +351,7 @@ export type ServerFrame =
   | MessageAckFrame
   | PresenceFrame
   | PresenceDeltaFrame
+  | GroupPresenceFrame
   | OnlineUsersFrame
   | MessageHistoryFrame
   | PongFrame

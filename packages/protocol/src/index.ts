@@ -21,6 +21,7 @@ export {
   groupMessageAckFrame,
   groupMessageFrame,
   groupMessageWithoutSeq,
+  groupPresenceFrame,
   groupReceiptFrame,
   groupsFrame,
   groupTypingFrame,

@@ -105,6 +105,7 @@ const SAMPLE_FRAMES: Record<string, () => string> = {
   groupReceiptFrame: () => protocol.groupReceiptFrame("g-1", "bob", 2),
   groupTypingFrame: () => protocol.groupTypingFrame("g-1", "bob", "stop"),
   readByFrame: () => protocol.readByFrame("g-1", 2, 1, 2),
+  groupPresenceFrame: () => protocol.groupPresenceFrame("g-1", "bob", "online"),
   conversationsWithGroupsFrame: () =>
     protocol.conversationsWithGroupsFrame([
       { with: "bob", lastMessageJson: ENCODED_MESSAGE, unread: 0 },

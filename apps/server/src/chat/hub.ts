@@ -2,6 +2,8 @@ import type {
   Broker,
   BrokerHandler,
   ControlEvent,
+  GroupState,
+  GroupStore,
   MessageEvent,
   MessageStore,
   PresenceChange,
@@ -13,7 +15,9 @@ import {
   directMessageFrame,
   ErrorCode,
   errorFrame,
+  type GroupEvent,
   groupMessageFrame,
+  groupPresenceFrame,
   type PresenceStatus,
   presenceDeltaFrame,
   presenceFrame,
@@ -40,6 +44,28 @@ interface LocalUser {
   contactsLoad?: Promise<void> | undefined;
   /** Sessions that get presence deltas: `presence=contacts` ones, from their first snapshot on. */
   deltaListeners?: Set<Session> | undefined;
+  /**
+   * The groups of the user this node watches for its `presence=contacts` sessions (Hub.groups),
+   * read once when the first such session arrives, then kept up to date by the membership
+   * entries of the user's own stream, while the user has a session here.
+   */
+  groups?: Set<WatchedGroup> | undefined;
+  /** The read of `groups` under way or done (undefined before it, and after a failure). */
+  groupsLoad?: Promise<void> | undefined;
+  /** Membership entries that arrived while `groups` was being read: applied after it. */
+  pendingGroupEvents?: [string, GroupEvent][] | undefined;
+}
+
+/**
+ * A group that local users with `presence=contacts` sessions are in, and its members as this
+ * node knows them: read once, then kept up to date by the membership entries its local members
+ * receive (every member gets every membership entry of its group, in order).
+ */
+interface WatchedGroup {
+  readonly groupId: string;
+  readonly members: Set<string>;
+  /** The local users watching it; the group is forgotten when none is left. */
+  readonly local: Set<LocalUser>;
 }
 
 /**
@@ -86,6 +112,13 @@ export class Hub implements BrokerHandler {
    * contacts include it). A change of a user nobody here watches costs one lookup.
    */
   private readonly watchers = new Map<string, Set<LocalUser>>();
+  /** Groups watched on this node (see WatchedGroup), by id. */
+  private readonly groups = new Map<string, WatchedGroup>();
+  /**
+   * User → the watched groups it is a member of: a change of a user in no watched group costs
+   * one lookup, and one in 500 costs O(local listeners in them), each told once.
+   */
+  private readonly groupsOfMember = new Map<string, Set<WatchedGroup>>();
   /** This node's online set (PresenceStore.view), in the order of the changes it announces. */
   private readonly online: ReadonlySet<string>;
 
@@ -109,6 +142,7 @@ export class Hub implements BrokerHandler {
   constructor(
     private readonly broker: Broker,
     private readonly messages: MessageStore,
+    private readonly groupStore: GroupStore,
     presence: PresenceStore,
     private readonly log: Logger,
     private readonly metrics: ChatMetrics,
@@ -176,6 +210,7 @@ export class Hub implements BrokerHandler {
     if (user === undefined || user.sessions.size > 0) return;
     this.users.delete(userId);
     this.unwatch(user);
+    this.unwatchGroups(user);
     await this.broker.unsubscribe(userId);
   }
 
@@ -212,6 +247,7 @@ export class Hub implements BrokerHandler {
       if (sessions !== undefined) for (const session of sessions) session.send(event.frame);
       return;
     }
+    if (event.groupId !== undefined) this.onGroupEntry(userId, event.groupId, event.messageJson);
     let frame: string | undefined;
     if (sessions !== undefined) {
       for (const session of sessions) {
@@ -248,7 +284,7 @@ export class Hub implements BrokerHandler {
   onPresence(change: PresenceChange): void {
     const { userId, status } = change;
     this.events?.presenceChanged(userId, status, change.version);
-    if (this.fullListeners === 0 && !this.watchers.has(userId)) return;
+    if (!this.listened(userId)) return;
     if (this.coalesceMs === 0 || this.closed) {
       this.announce(userId, status);
       return;
@@ -256,6 +292,11 @@ export class Hub implements BrokerHandler {
     if (this.windows.has(userId)) return; // merged: the window's end announces the state then
     this.announce(userId, status);
     this.openWindow(userId, status);
+  }
+
+  /** Whether a change of `userId` is for any session here (false: it costs nothing more). */
+  private listened(userId: string): boolean {
+    return this.fullListeners > 0 || this.watchers.has(userId) || this.groupsOfMember.has(userId);
   }
 
   /**
@@ -271,11 +312,39 @@ export class Hub implements BrokerHandler {
       }
     }
     const watching = this.watchers.get(userId);
-    if (watching === undefined) return;
-    const delta = presenceDeltaFrame(userId, status);
-    for (const user of watching) {
-      if (user.deltaListeners !== undefined)
-        for (const session of user.deltaListeners) session.send(delta);
+    if (watching !== undefined) {
+      const delta = presenceDeltaFrame(userId, status);
+      for (const user of watching) {
+        if (user.deltaListeners !== undefined)
+          for (const session of user.deltaListeners) session.send(delta);
+      }
+    }
+    const shared = this.groupsOfMember.get(userId);
+    if (shared !== undefined) this.announceToGroups(userId, status, shared);
+  }
+
+  /**
+   * `group_presence` to the local listeners who share a group with `userId`: each local user
+   * (so each connection) once, naming the first shared group met, however many groups the two
+   * share. Presence is per user, so more frames would say nothing new: a user in 500 groups of
+   * 1,000 costs each node one frame per listening connection of its distinct co-members here,
+   * not 500 × 1,000, and coalescing (onPresence) bounds how often.
+   */
+  private announceToGroups(
+    userId: string,
+    status: PresenceStatus,
+    shared: ReadonlySet<WatchedGroup>,
+  ): void {
+    const told = new Set<LocalUser>();
+    for (const group of shared) {
+      let frame: string | undefined;
+      for (const user of group.local) {
+        if (user.userId === userId || told.has(user)) continue;
+        told.add(user);
+        if (user.deltaListeners === undefined) continue;
+        frame ??= groupPresenceFrame(group.groupId, userId, status);
+        for (const session of user.deltaListeners) session.send(frame);
+      }
     }
   }
 
@@ -303,7 +372,7 @@ export class Hub implements BrokerHandler {
       this.windows.delete(userId);
       const now: PresenceStatus = this.online.has(userId) ? "online" : "offline";
       if (now === announced) continue;
-      if (this.fullListeners === 0 && !this.watchers.has(userId)) continue; // nobody to tell
+      if (!this.listened(userId)) continue; // nobody to tell
       this.announce(userId, now);
       this.openWindow(userId, now);
     }
@@ -332,12 +401,176 @@ export class Hub implements BrokerHandler {
    */
   private async listenToContacts(user: LocalUser, session: Session): Promise<void> {
     user.contactsLoad ??= this.loadContacts(user);
-    await user.contactsLoad;
+    user.groupsLoad ??= this.loadGroups(user);
+    await Promise.all([user.contactsLoad, user.groupsLoad]);
     if (session.isClosed || !user.sessions.has(session) || user.contacts === undefined) return;
+    if (user.groups === undefined) return;
     user.deltaListeners ??= new Set();
     user.deltaListeners.add(session);
     for (const contact of user.contacts)
       if (this.online.has(contact)) session.send(presenceDeltaFrame(contact, "online"));
+    // The groups' snapshot: each online co-member once, as its changes will be told.
+    const told = new Set<string>([user.userId]);
+    for (const group of user.groups) {
+      for (const member of group.members) {
+        if (told.has(member) || !this.online.has(member)) continue;
+        told.add(member);
+        session.send(groupPresenceFrame(group.groupId, member, "online"));
+      }
+    }
+  }
+
+  /**
+   * Reads the user's groups (once per local user, like its contacts) and watches them. Groups
+   * another local user watches already are not read again into the node's view: their members
+   * are kept up to date by that user's stream. In Redis Cluster mode the engine has no groups
+   * and this watches none.
+   */
+  private async loadGroups(user: LocalUser): Promise<void> {
+    let states: GroupState[];
+    user.pendingGroupEvents = [];
+    try {
+      states = await this.groupStore.groupsOf(user.userId, Number.MAX_SAFE_INTEGER);
+    } catch (error) {
+      user.groupsLoad = undefined; // the next contacts session of the user tries again
+      user.pendingGroupEvents = undefined;
+      throw error;
+    }
+    const pending = user.pendingGroupEvents;
+    user.pendingGroupEvents = undefined;
+    // Released meanwhile: a later session makes a new LocalUser, which reads them again.
+    if (this.users.get(user.userId) !== user) return;
+    user.groups = new Set();
+    for (const state of states) this.watchGroup(user, state.groupId, state.members);
+    // Entries that arrived during the read, which the read may or may not include: applying
+    // them again is harmless (adding a member twice or removing one twice changes nothing).
+    for (const [groupId, event] of pending) this.applyGroupEvent(user, groupId, event);
+  }
+
+  /** Adds `user` to the watchers of a group, reading the group's members into the view if new. */
+  private watchGroup(user: LocalUser, groupId: string, members: Iterable<string>): WatchedGroup {
+    let group = this.groups.get(groupId);
+    if (group === undefined) {
+      group = { groupId, members: new Set(), local: new Set() };
+      this.groups.set(groupId, group);
+      for (const member of members) this.addGroupMember(group, member);
+    }
+    group.local.add(user);
+    user.groups?.add(group);
+    return group;
+  }
+
+  private addGroupMember(group: WatchedGroup, member: string): void {
+    if (group.members.has(member)) return;
+    group.members.add(member);
+    let of = this.groupsOfMember.get(member);
+    if (of === undefined) {
+      of = new Set();
+      this.groupsOfMember.set(member, of);
+    }
+    of.add(group);
+  }
+
+  private removeGroupMember(group: WatchedGroup, member: string): void {
+    if (!group.members.delete(member)) return;
+    const of = this.groupsOfMember.get(member);
+    of?.delete(group);
+    if (of?.size === 0) this.groupsOfMember.delete(member);
+  }
+
+  private unwatchGroup(user: LocalUser, group: WatchedGroup): void {
+    user.groups?.delete(group);
+    group.local.delete(user);
+    if (group.local.size > 0) return;
+    this.groups.delete(group.groupId);
+    for (const member of [...group.members]) this.removeGroupMember(group, member);
+  }
+
+  private unwatchGroups(user: LocalUser): void {
+    if (user.groups !== undefined)
+      for (const group of [...user.groups]) this.unwatchGroup(user, group);
+    user.groups = undefined;
+  }
+
+  /**
+   * A group entry for local user `userId`: a membership entry updates the watched members. Only
+   * entries with an `event` are parsed (a message's content is escaped JSON, so the raw
+   * `"event":` cannot occur in it).
+   */
+  private onGroupEntry(userId: string, groupId: string, messageJson: string): void {
+    if (!messageJson.includes('"event":')) return;
+    const user = this.users.get(userId);
+    if (user === undefined) return;
+    const event = (JSON.parse(messageJson) as { event?: GroupEvent }).event;
+    if (event === undefined) return;
+    if (user.pendingGroupEvents !== undefined) user.pendingGroupEvents.push([groupId, event]);
+    else this.applyGroupEvent(user, groupId, event);
+  }
+
+  /**
+   * Applies a membership entry that `user` (a local member) received. Every member receives it,
+   * so the node's view of a watched group follows each change, in the group's order. A member
+   * who joins while online is announced to the local listeners of the group, and a listener who
+   * joins (or creates) a group gets the group's online members.
+   */
+  private applyGroupEvent(user: LocalUser, groupId: string, event: GroupEvent): void {
+    const group = this.groups.get(groupId);
+    switch (event.kind) {
+      case "renamed":
+        return;
+      case "created":
+        // The creator and the members it named: watch it (its members come with the entry).
+        if (user.groups !== undefined && (group === undefined || !group.local.has(user)))
+          this.joinedGroup(user, this.watchGroup(user, groupId, event.members));
+        return;
+      case "joined":
+        if (group !== undefined && !group.members.has(event.userId)) {
+          this.addGroupMember(group, event.userId);
+          if (this.online.has(event.userId)) {
+            const frame = groupPresenceFrame(groupId, event.userId, "online");
+            for (const local of group.local)
+              if (local.userId !== event.userId)
+                for (const s of local.deltaListeners ?? []) s.send(frame);
+          }
+        }
+        if (event.userId === user.userId && user.groups !== undefined) {
+          if (group !== undefined) this.joinedGroup(user, this.watchGroup(user, groupId, []));
+          else this.readJoinedGroup(user, groupId);
+        }
+        return;
+      case "removed":
+      case "left":
+        if (group === undefined) return;
+        this.removeGroupMember(group, event.userId);
+        if (event.userId === user.userId) this.unwatchGroup(user, group);
+        return;
+    }
+  }
+
+  /** A listener joined a group nobody here watches: reads its members, then watches it. */
+  private readJoinedGroup(user: LocalUser, groupId: string): void {
+    this.groupStore.get(user.userId, groupId).then(
+      (state) => {
+        // Released, or removed again, meanwhile: nothing to watch.
+        if (this.users.get(user.userId) !== user || user.groups === undefined) return;
+        if (!state.members.includes(user.userId)) return;
+        this.joinedGroup(user, this.watchGroup(user, groupId, state.members));
+      },
+      (error: unknown) =>
+        this.log.warn(
+          { err: error, userId: user.userId, groupId },
+          "could not read a joined group; its members' presence shows from the next connection",
+        ),
+    );
+  }
+
+  /** Tells `user`'s listening sessions which members of a group it just joined are online. */
+  private joinedGroup(user: LocalUser, group: WatchedGroup): void {
+    for (const member of group.members) {
+      if (member === user.userId || !this.online.has(member)) continue;
+      const frame = groupPresenceFrame(group.groupId, member, "online");
+      for (const session of user.deltaListeners ?? []) session.send(frame);
+    }
   }
 
   private async loadContacts(user: LocalUser): Promise<void> {

@@ -207,6 +207,7 @@ export class ChatService {
     this.hub = new Hub(
       this.engine.broker,
       this.engine.messages,
+      this.engine.groups,
       this.engine.presence,
       this.log,
       this.metrics,
