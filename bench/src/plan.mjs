@@ -10,6 +10,7 @@ export const SCENARIOS = [
   "fixed",
   "cluster",
   "cluster-fixed",
+  "groups",
   "storm",
   "scale",
 ];
@@ -31,6 +32,7 @@ export const TOPOLOGY = {
   fixed: "single",
   cluster: "cluster",
   "cluster-fixed": "cluster",
+  groups: "cluster",
   storm: "storm",
   scale: "scale",
 };
@@ -85,6 +87,17 @@ export function parameters({ quick, cycles, rates, storm = {}, scale = {} }) {
     rates: rates ?? [2000, 10_000, 20_000],
     // cluster-fixed: the two-node systems at a fixed rate, every message crossing nodes.
     clusterRate: 5000,
+    // groups: the two-node systems; groups of each of groupSizes members (groupUsers connections
+    // in all per size: 100 groups of 10, 10 of 100), members alternating between the nodes, one
+    // sender per group at saturation; then one group of largeGroup members at groupRate msgs/s,
+    // measured for groupMeasureMs (the sender's ack latency and, for Mrezhen, SLOWLOG entries
+    // over slowlogThresholdUs).
+    groupSizes: [10, 100],
+    groupUsers: quick ? 500 : 1000,
+    largeGroup: quick ? 200 : 1000,
+    groupRate: 10,
+    groupMeasureMs: quick ? 3000 : 10_000,
+    slowlogThresholdUs: 500,
     // connect and idle: connects in flight at once; connect cycles over connectUsers users.
     connectConcurrency: 50,
     connectUsers: 1000,

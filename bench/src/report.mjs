@@ -45,6 +45,16 @@ export function buildRows(records, systems) {
         lost: sum(slices, "lost"),
         shed: sum(slices, "shed"),
         lastError: slices.find((r) => r.lastError)?.lastError,
+        // groups: the longest Redis script of any slice (SLOWLOG), and the p99 of the worst one.
+        ...(slices.some((r) => r.slowlogMaxUs !== undefined)
+          ? {
+              slowlogMaxUs: Math.max(...slices.map((r) => r.slowlogMaxUs ?? 0)),
+              slowlogCommand: slices.reduce((a, b) =>
+                (b.slowlogMaxUs ?? 0) > (a.slowlogMaxUs ?? 0) ? b : a,
+              ).slowlogCommand,
+            }
+          : {}),
+        p99MsMax: Math.max(...slices.map((r) => r.p99Ms ?? 0)),
       });
     }
     rows.push(...ratioRows(scenario, mine, byId));
@@ -87,6 +97,42 @@ function table(headers, lines) {
   return [format(headers), format(widths.map((w) => "-".repeat(w))), ...lines.map(format)].join(
     "\n",
   );
+}
+
+/** Goals of the groups scenario (bench/README.md), met or missed, from this run's rows. */
+export const GROUP_GOALS = { throughputRatio: 1.5, ackP99Ms: 50, slowlogMs: 5 };
+
+function groupGoals(rows) {
+  const lines = [];
+  const verdict = (ok) => (ok ? "met" : "MISSED");
+  for (const r of rows) {
+    if (r.kind !== "ratio" || r.versus !== "socket.io" || !/^groups-\d+$/.test(r.scenario))
+      continue;
+    if (r.msgsPerSec === undefined) continue;
+    const goal = GROUP_GOALS.throughputRatio;
+    lines.push(
+      `  ${r.scenario}: delivered frames/s Mrezhen ÷ Socket.IO ${ratio(r.msgsPerSec)}, goal ≥ ${goal}: ${verdict(r.msgsPerSec.median >= goal)}`,
+    );
+  }
+  for (const r of rows) {
+    if (r.kind !== "result" || r.system !== "mrezhen" || !/^groups-\d+-at-/.test(r.scenario))
+      continue;
+    lines.push(
+      `  ${r.scenario}: sender ack p99 ${fixed(1)(r.p99Ms)} ms (median of slices; worst ${fixed(1)(r.p99MsMax)}), goal ≤ ${GROUP_GOALS.ackP99Ms} ms: ${verdict(r.p99Ms <= GROUP_GOALS.ackP99Ms)}`,
+    );
+    if (r.slowlogMaxUs !== undefined) {
+      const ms = r.slowlogMaxUs / 1000;
+      lines.push(
+        `  ${r.scenario}: longest Redis script (SLOWLOG) ${r.slowlogMaxUs > 0 ? `${ms.toFixed(2)} ms (${r.slowlogCommand})` : r.slowlogCommand}, goal ≤ ${GROUP_GOALS.slowlogMs} ms: ${verdict(ms <= GROUP_GOALS.slowlogMs)}`,
+      );
+    }
+  }
+  if (lines.length === 0) return [];
+  return [
+    "",
+    "Groups (msgs/s = delivered frames/s; Mrezhen stores every message, Socket.IO none):",
+    ...lines,
+  ];
 }
 
 /** The human-readable report: absolute figures of this run, then the paired ratios. */
@@ -159,6 +205,7 @@ export function formatReport(rows, meta) {
       ]),
     ),
   );
+  out.push(...groupGoals(rows));
   if (meta.failures.length > 0) {
     out.push(
       "",

@@ -245,6 +245,7 @@ async function main() {
   const needsRedis =
     opts.scenarios.includes("cluster") ||
     opts.scenarios.includes("cluster-fixed") ||
+    opts.scenarios.includes("groups") ||
     storm ||
     (scale && !params.redisCluster);
   const redis = needsRedis ? await redisProcess(opts.redisUrl) : undefined;
@@ -413,6 +414,9 @@ async function main() {
       systems,
       scenarios: opts.scenarios,
       params,
+      // For the groups scenario's SLOWLOG reading: this run's Mrezhen keys.
+      redisUrl: opts.redisUrl,
+      keyPrefix: `mrezhen-bench-${runId}:`,
     };
     console.error(
       `load generator on CPU ${opts.loadCpus ?? "any"}; scenarios: ${opts.scenarios.join(", ")}`,

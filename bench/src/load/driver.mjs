@@ -5,12 +5,17 @@
 import { SignJWT } from "jose";
 import { LatencyRecorder } from "../stats.mjs";
 import {
+  closeGroups,
   closePairs,
   connectSlice,
   fixedRateSlice,
+  groupRateSlice,
+  groupSaturationSlice,
   idleRun,
+  openGroups,
   openPairs,
   saturationSlice,
+  slowlogWatch,
   waitQuiet,
 } from "./scenarios.mjs";
 
@@ -41,9 +46,11 @@ function describe(fig) {
     fig.errors > 0 || fig.lost > 0 || fig.shed > 0
       ? ` errors=${fig.errors} lost=${fig.lost ?? 0} shed=${fig.shed ?? 0}`
       : "";
+  const slowlog =
+    fig.slowlogMaxUs === undefined ? "" : ` slowlog max=${num(fig.slowlogMaxUs / 1000, 2)}ms`;
   return (
     `${Math.round(fig.msgsPerSec).toLocaleString("en-US")}/s p99=${num(fig.p99Ms, 1)}ms ` +
-    `cpu=${num(fig.cpuUsPerMsg, 1)}µs lg=${num(fig.loadgenCpuPct, 0)}%${problems}`
+    `cpu=${num(fig.cpuUsPerMsg, 1)}µs lg=${num(fig.loadgenCpuPct, 0)}%${slowlog}${problems}`
   );
 }
 
@@ -94,6 +101,27 @@ async function openAllPairs(scenario, systems, tokens, count, failures) {
     await closePairs(sys.pairs);
   }
   return settled;
+}
+
+/** Opens `count` groups of `size` on every system; a system whose setup fails is left out. */
+async function openAllGroups(plan, scenario, systems, count, size, failures) {
+  const users = Array.from({ length: count * size }, (_, i) => `g${size}-${i}`);
+  const tokens = await mintTokens(plan, `g${size}-`, count * size);
+  const ready = [];
+  for (const sys of systems) {
+    const started = performance.now();
+    try {
+      sys.groups = await openGroups(sys, tokens, users, count, size);
+      ready.push(sys);
+      const seconds = ((performance.now() - started) / 1000).toFixed(1);
+      progress(`${scenario}: ${count} groups of ${size} open on ${sys.id} in ${seconds}s`);
+    } catch (error) {
+      failures.push({ scenario, systemId: sys.id, error: `setup: ${error.message}` });
+      progress(`${scenario}: ${sys.id} left out, its groups did not open: ${error.message}`);
+    }
+  }
+  for (const sys of ready) await waitQuiet(sys.pids, 30_000);
+  return ready;
 }
 
 async function run(plan) {
@@ -180,6 +208,36 @@ async function run(plan) {
       );
     }
     for (const sys of ready) await closePairs(sys.pairs);
+  }
+
+  if (wanted("groups") && cluster.length > 0) {
+    for (const size of p.groupSizes) {
+      const count = Math.max(1, Math.floor(p.groupUsers / size));
+      const ready = await openAllGroups(plan, `groups-${size}`, cluster, count, size, failures);
+      records.push(
+        ...(await interleave(`groups-${size}`, ready, p.cycles, (sys) =>
+          groupSaturationSlice(sys, sys.groups, p, latency),
+        )),
+      );
+      for (const sys of ready) await closeGroups(sys.groups);
+      for (const sys of ready) await waitQuiet(sys.pids, 30_000);
+    }
+    const scenario = `groups-${p.largeGroup}-at-${p.groupRate}`;
+    const ready = await openAllGroups(plan, scenario, cluster, 1, p.largeGroup, failures);
+    records.push(
+      ...(await interleave(scenario, ready, p.cycles, (sys) =>
+        groupRateSlice(
+          sys,
+          sys.groups[0],
+          p,
+          latency,
+          sys.system === "mrezhen" && sys.engine === "redis"
+            ? slowlogWatch(plan.redisUrl, plan.keyPrefix, p.slowlogThresholdUs)
+            : undefined,
+        ),
+      )),
+    );
+    for (const sys of ready) await closeGroups(sys.groups);
   }
 
   return { records, failures };

@@ -2,6 +2,8 @@
 // warm-up, then measures over a window (server CPU from /proc, delivered messages, latency), then
 // stops the load and drains what is in flight, so the next system's slice starts on a quiet core.
 import { setTimeout as sleep } from "node:timers/promises";
+import { Redis } from "ioredis";
+import WebSocket from "ws";
 import { cpusBusyUs, totalCpuUs, totalRssKiB } from "../proc.mjs";
 import { rawConnect } from "./raw-connect.mjs";
 import { createClient } from "./wire.mjs";
@@ -392,4 +394,267 @@ export async function idleRun(sys, tokens, p) {
     // Server CPU per connection opened, including whatever each connect sets off (presence).
     cpuUsPerMsg: opened > 0 ? connectCpuUs / opened : null,
   };
+}
+
+// ---- Groups --------------------------------------------------------------------------------
+
+/**
+ * Creates a Mrezhen group over a setup connection of its sender (the creator, so a member with
+ * nothing extra: no offline admin whose queue every message would also fill); resolves its id.
+ */
+async function createMrezhenGroup(url, token, name, members) {
+  const ws = new WebSocket(`${url}/ws?token=${token}&presence=off`);
+  try {
+    return await new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error("create_group: no answer")),
+        CONNECT_TIMEOUT_MS,
+      );
+      ws.on("error", reject);
+      ws.on("message", (data) => {
+        const frame = JSON.parse(data.toString());
+        if (frame.type === "group") {
+          clearTimeout(timer);
+          resolve(frame.group.groupId);
+        } else if (frame.type === "error") {
+          clearTimeout(timer);
+          reject(new Error(`create_group: ${frame.code} ${frame.message}`));
+        }
+      });
+      ws.once("open", () =>
+        ws.send(JSON.stringify({ type: "create_group", name, members: members.slice(1) })),
+      );
+    });
+  } finally {
+    ws.terminate();
+  }
+}
+
+/**
+ * Opens `count` groups of `size` members on a system, members alternating between its nodes
+ * (so most deliveries cross nodes, as in a real deployment): member 0 of each is its sender.
+ * Users are `<prefix>i` (tokens[i]); group g holds users g·size … g·size + size − 1. Mrezhen's
+ * groups are created (stored) once the members are connected; Socket.IO's are rooms joined.
+ */
+export async function openGroups(sys, tokens, users, count, size) {
+  const groups = [];
+  const all = [];
+  try {
+    for (let g = 0; g < count; g++) {
+      const members = Array.from({ length: size }, (_, k) => {
+        const i = g * size + k;
+        const url = sys.nodes[k % sys.nodes.length].url;
+        const client = createClient(sys.protocol, url);
+        all.push(client);
+        return { client, token: tokens[i], userId: users[i], url };
+      });
+      groups.push({ members, sender: members[0].client, fanOut: size - 1 });
+    }
+    await pool(
+      all.map((client, i) => ({ client, i })),
+      SETUP_CONCURRENCY,
+      ({ client, i }) => client.open(tokens[i], CONNECT_TIMEOUT_MS),
+    );
+    for (const [g, group] of groups.entries()) {
+      if (sys.protocol === "socket.io") {
+        group.groupId = `room-${size}-${g}`;
+        await pool(group.members, SETUP_CONCURRENCY, (m) => m.client.joinGroup(group.groupId));
+      } else {
+        const creator = group.members[0];
+        group.groupId = await createMrezhenGroup(
+          creator.url,
+          creator.token,
+          `bench ${size}`,
+          group.members.map((m) => m.userId),
+        );
+      }
+    }
+  } catch (error) {
+    await closeAll(all);
+    throw error;
+  }
+  return groups;
+}
+
+export function closeGroups(groups) {
+  return closeAll(groups.flatMap((g) => g.members.map((m) => m.client)));
+}
+
+function detachGroups(groups) {
+  for (const group of groups) {
+    group.sender.onAck = noop;
+    for (const m of group.members) m.client.onDeliver = noop;
+  }
+}
+
+function groupErrors(groups) {
+  let n = 0;
+  for (const g of groups) for (const m of g.members) n += m.client.errors;
+  return n;
+}
+
+function groupLastError(groups) {
+  for (const g of groups)
+    for (const m of g.members) if (m.client.lastError !== "") return m.client.lastError;
+  return undefined;
+}
+
+/** Counters of a group slice: every message is delivered once to each member but its sender. */
+function groupCounters() {
+  return {
+    sent: 0,
+    answered: 0,
+    expected: 0,
+    delivered: 0,
+    outstanding() {
+      return this.sent - this.answered + (this.expected - this.delivered);
+    },
+  };
+}
+
+/** What a group slice still missed after its drain, for the report. */
+function lostText(c, lost) {
+  if (lost === 0) return undefined;
+  return `after the drain: ${c.sent - c.answered} of ${c.sent} sends unanswered, ${c.expected - c.delivered} of ${c.expected} deliveries missing`;
+}
+
+/**
+ * Groups at saturation, closed loop: each group's sender keeps `inflight` messages outstanding
+ * and sends the next as soon as one is acked. msgs/s counts delivered frames (a message to a
+ * group of n is n − 1 of them) inside the window; latency is send → delivery.
+ */
+export async function groupSaturationSlice(sys, groups, p, latency) {
+  const c = groupCounters();
+  let running = true;
+  let inWindow = false;
+  let windowDelivered = 0;
+  const errorsBefore = groupErrors(groups);
+  latency.reset();
+  for (const group of groups) {
+    const send = () => {
+      c.sent++;
+      group.sender.sendGroup(group.groupId, nowUs());
+    };
+    group.sender.onAck = (ok) => {
+      c.answered++;
+      if (ok) c.expected += group.fanOut;
+      if (running) send();
+    };
+    for (const m of group.members) {
+      m.client.onDeliver = (stamp) => {
+        c.delivered++;
+        if (inWindow) {
+          windowDelivered++;
+          latency.add(nowUs() - stamp);
+        }
+      };
+    }
+    for (let k = 0; k < p.inflight; k++) send();
+  }
+  const m = await measuredWindow(sys, p, (counting) => {
+    inWindow = counting;
+  });
+  running = false;
+  const lost = await drain(() => c.outstanding(), p.drainMs);
+  detachGroups(groups);
+  return sliceFigures(m, windowDelivered, latency, {
+    errors: groupErrors(groups) - errorsBefore,
+    lastError: groupLastError(groups) ?? lostText(c, lost),
+    lost,
+  });
+}
+
+/**
+ * Reads SLOWLOG around a slice: `start` lowers the threshold to `thresholdUs` (and lengthens the
+ * log, the Redis is shared) and resets it; `finish` restores both and returns the longest entry
+ * whose arguments name this run's keys (`prefix`): Mrezhen's scripts get their keys as
+ * arguments, so other users of the same Redis are left out.
+ */
+export function slowlogWatch(redisUrl, prefix, thresholdUs) {
+  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1, connectTimeout: 2000 });
+  let saved;
+  return {
+    async start() {
+      const [, slower] = await redis.config("GET", "slowlog-log-slower-than");
+      const [, length] = await redis.config("GET", "slowlog-max-len");
+      saved = { slower, length };
+      await redis.config("SET", "slowlog-log-slower-than", String(thresholdUs));
+      await redis.config("SET", "slowlog-max-len", "10000");
+      await redis.slowlog("RESET");
+    },
+    async finish() {
+      try {
+        const entries = await redis.slowlog("GET", 10_000);
+        let longest = { us: 0, command: `none over ${thresholdUs} µs` };
+        for (const [, , us, args] of entries) {
+          if (!args.some((arg) => String(arg).includes(prefix))) continue;
+          if (us > longest.us) longest = { us, command: args.slice(0, 2).join(" ") };
+        }
+        return longest;
+      } finally {
+        if (saved !== undefined) {
+          await redis.config("SET", "slowlog-log-slower-than", saved.slower);
+          await redis.config("SET", "slowlog-max-len", saved.length);
+        }
+        redis.disconnect();
+      }
+    },
+  };
+}
+
+/**
+ * One large group at a fixed rate, open loop: `rate` messages/s from its sender. The latency is
+ * the sender's ack (send → message_ack: for Mrezhen, stored in the log and every member's inbox
+ * and published), from a FIFO of send times (a connection's acks come in send order). msgs/s is
+ * delivered frames, as in groupSaturationSlice. With `slowlog`, the longest Redis script of the
+ * slice is read from SLOWLOG (see slowlogWatch).
+ */
+export async function groupRateSlice(sys, group, p, latency, slowlog) {
+  const c = groupCounters();
+  const sentAt = [];
+  let inWindow = false;
+  let windowDelivered = 0;
+  const errorsBefore = groupErrors([group]);
+  latency.reset();
+  group.sender.onAck = (ok) => {
+    c.answered++;
+    const at = sentAt.shift();
+    if (ok) c.expected += group.fanOut;
+    if (at.measured) latency.add(nowUs() - at.us);
+  };
+  for (const m of group.members) {
+    m.client.onDeliver = () => {
+      c.delivered++;
+      if (inWindow) windowDelivered++;
+    };
+  }
+  await slowlog?.start();
+  const startUs = nowUs();
+  let scheduled = 0;
+  const timer = setInterval(() => {
+    const due = Math.floor(((nowUs() - startUs) * p.groupRate) / 1e6);
+    for (; scheduled < due; scheduled++) {
+      // Stamped with its scheduled time: a stalled server shows in the latency.
+      const us = startUs + Math.round((scheduled * 1e6) / p.groupRate);
+      sentAt.push({ us, measured: inWindow });
+      c.sent++;
+      group.sender.sendGroup(group.groupId, us);
+    }
+  }, 5);
+  await sleep(p.warmMs);
+  const window = openWindow(sys);
+  inWindow = true;
+  await sleep(p.groupMeasureMs);
+  inWindow = false;
+  const m = closeWindow(sys, window);
+  clearInterval(timer);
+  const lost = await drain(() => c.outstanding(), p.drainMs);
+  const longest = await slowlog?.finish();
+  detachGroups([group]);
+  return sliceFigures(m, windowDelivered, latency, {
+    errors: groupErrors([group]) - errorsBefore,
+    lastError: groupLastError([group]) ?? lostText(c, lost),
+    lost,
+    ...(longest === undefined ? {} : { slowlogMaxUs: longest.us, slowlogCommand: longest.command }),
+  });
 }

@@ -123,6 +123,18 @@ export class PartAClient extends WireClient {
     this.ws.send(`{"type":"direct_message","to":"${to}","content":"${stampedContent(sentAtUs)}"}`);
   }
 
+  /** A message to a group (Mrezhen's group_message; its ack is a message_ack). */
+  sendGroup(groupId, sentAtUs) {
+    this.ws.send(
+      `{"type":"group_message","groupId":"${groupId}","content":"${stampedContent(sentAtUs)}"}`,
+    );
+  }
+
+  /** Mrezhen's members need no join: membership is stored (create_group), not per connection. */
+  joinGroup() {
+    return Promise.resolve();
+  }
+
   #onFrame(frame) {
     if (frame.length > MAX_OWN_FRAME) return;
     const stamp = readStamp(frame);
@@ -156,6 +168,26 @@ export class SocketIoClient extends WireClient {
     this.ws.send(
       `42${ackId}["direct_message",{"to":"${to}","content":"${stampedContent(sentAtUs)}"}]`,
     );
+  }
+
+  sendGroup(groupId, sentAtUs) {
+    const ackId = this.#nextAckId++;
+    this.ws.send(
+      `42${ackId}["group_message",{"groupId":"${groupId}","content":"${stampedContent(sentAtUs)}"}]`,
+    );
+  }
+
+  /** Joins the room `groupId`; resolves on the server's ack (before any message is sent). */
+  joinGroup(groupId) {
+    const ackId = this.#nextAckId++;
+    const previous = this.onAck;
+    return new Promise((resolve) => {
+      this.onAck = () => {
+        this.onAck = previous;
+        resolve();
+      };
+      this.ws.send(`42${ackId}["join_group",{"groupId":"${groupId}"}]`);
+    });
   }
 
   #onFrame(frame) {

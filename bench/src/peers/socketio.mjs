@@ -9,6 +9,12 @@
 // the Redis adapter, cannot tell whether the recipient is online without a cluster round trip, so
 // the ack status is always "delivered".
 //
+// Groups are Socket.IO rooms: `join_group { groupId }` (acked once joined) puts the socket in the
+// room, and `group_message { groupId, content }` is emitted to the room's other sockets
+// (`socket.to(room)`: the sender's own socket gets no copy, as with Mrezhen, so both deliver the
+// same frames) and acked. The Redis adapter carries it to the other nodes' members. Nothing is
+// stored, and membership is not checked: the cheapest idiomatic Socket.IO group chat.
+//
 // Env: WS_PORT, JWT_SECRET, JWT_ISSUER, and for the cluster REDIS_URL, SIO_REDIS_KEY (the
 // adapter's channel prefix, unique per bench run).
 import { randomUUID } from "node:crypto";
@@ -70,6 +76,31 @@ io.on("connection", (socket) => {
     };
     io.to(frame.to).emit("direct_message", { message });
     ack({ messageId: message.id, to: frame.to, timestamp: message.timestamp, status: "delivered" });
+  });
+  socket.on("join_group", async (frame, ack) => {
+    if (typeof ack !== "function") return;
+    if (typeof frame?.groupId !== "string" || frame.groupId === "")
+      return ack({ type: "error", code: "INVALID_FORMAT" });
+    await socket.join(frame.groupId);
+    ack({ groupId: frame.groupId });
+  });
+  socket.on("group_message", (frame, ack) => {
+    if (typeof ack !== "function") return;
+    const { groupId, content } = frame ?? {};
+    if (typeof groupId !== "string" || groupId === "")
+      return ack({ type: "error", code: "INVALID_FORMAT" });
+    if (typeof content !== "string" || content.trim() === "")
+      return ack({ type: "error", code: "EMPTY_CONTENT" });
+    if (content.length > MAX_CONTENT) return ack({ type: "error", code: "CONTENT_TOO_LONG" });
+    const message = {
+      id: randomUUID(),
+      groupId,
+      from,
+      content,
+      timestamp: new Date().toISOString(),
+    };
+    socket.to(groupId).emit("group_message", { groupId, message });
+    ack({ messageId: message.id, groupId, timestamp: message.timestamp, status: "delivered" });
   });
 });
 
