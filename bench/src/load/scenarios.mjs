@@ -480,11 +480,26 @@ export function closeGroups(groups) {
   return closeAll(groups.flatMap((g) => g.members.map((m) => m.client)));
 }
 
+/**
+ * Ends a slice's handlers. A sender's acks the drain did not wait for (it ran out: counted lost)
+ * arrive in the next slice, before that slice's own (a connection's acks come in send order):
+ * `staleAcks` makes the next slice skip them, and deliveries stamped before a slice started are
+ * skipped too, so one slow slice does not spill into the next one's figures.
+ */
 function detachGroups(groups) {
   for (const group of groups) {
+    group.staleAcks = (group.staleAcks ?? 0) + group.unanswered;
+    group.unanswered = 0;
     group.sender.onAck = noop;
     for (const m of group.members) m.client.onDeliver = noop;
   }
+}
+
+/** Whether an ack belongs to a previous slice of the group (see detachGroups); counts it off. */
+function stale(group) {
+  if ((group.staleAcks ?? 0) === 0) return false;
+  group.staleAcks--;
+  return true;
 }
 
 function groupErrors(groups) {
@@ -529,19 +544,25 @@ export async function groupSaturationSlice(sys, groups, p, latency) {
   let inWindow = false;
   let windowDelivered = 0;
   const errorsBefore = groupErrors(groups);
+  const startUs = nowUs();
   latency.reset();
   for (const group of groups) {
+    group.unanswered = 0;
     const send = () => {
       c.sent++;
+      group.unanswered++;
       group.sender.sendGroup(group.groupId, nowUs());
     };
     group.sender.onAck = (ok) => {
+      if (stale(group)) return;
       c.answered++;
+      group.unanswered--;
       if (ok) c.expected += group.fanOut;
       if (running) send();
     };
     for (const m of group.members) {
       m.client.onDeliver = (stamp) => {
+        if (stamp < startUs) return; // sent in a previous slice
         c.delivered++;
         if (inWindow) {
           windowDelivered++;
@@ -616,20 +637,24 @@ export async function groupRateSlice(sys, group, p, latency, slowlog) {
   let windowDelivered = 0;
   const errorsBefore = groupErrors([group]);
   latency.reset();
+  group.unanswered = 0;
   group.sender.onAck = (ok) => {
-    c.answered++;
+    if (stale(group)) return;
     const at = sentAt.shift();
+    c.answered++;
+    group.unanswered--;
     if (ok) c.expected += group.fanOut;
     if (at.measured) latency.add(nowUs() - at.us);
   };
+  await slowlog?.start();
+  const startUs = nowUs();
   for (const m of group.members) {
-    m.client.onDeliver = () => {
+    m.client.onDeliver = (stamp) => {
+      if (stamp < startUs) return; // sent in a previous slice
       c.delivered++;
       if (inWindow) windowDelivered++;
     };
   }
-  await slowlog?.start();
-  const startUs = nowUs();
   let scheduled = 0;
   const timer = setInterval(() => {
     const due = Math.floor(((nowUs() - startUs) * p.groupRate) / 1e6);
@@ -638,6 +663,7 @@ export async function groupRateSlice(sys, group, p, latency, slowlog) {
       const us = startUs + Math.round((scheduled * 1e6) / p.groupRate);
       sentAt.push({ us, measured: inWindow });
       c.sent++;
+      group.unanswered++;
       group.sender.sendGroup(group.groupId, us);
     }
   }, 5);
