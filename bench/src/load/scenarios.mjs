@@ -488,16 +488,23 @@ export function closeGroups(groups) {
  */
 function detachGroups(groups) {
   for (const group of groups) {
-    group.staleAcks = (group.staleAcks ?? 0) + group.unanswered;
-    group.unanswered = 0;
-    group.sender.onAck = noop;
+    // Until the next slice, late acks only count down what is still unanswered.
+    group.sender.onAck = () => {
+      if (group.unanswered > 0) group.unanswered--;
+    };
     for (const m of group.members) m.client.onDeliver = noop;
   }
 }
 
-/** Whether an ack belongs to a previous slice of the group (see detachGroups); counts it off. */
+/** At a slice's start: the acks of earlier slices still to come are skipped (see stale). */
+function attachGroup(group) {
+  group.staleAcks = group.unanswered ?? 0;
+  group.unanswered = 0;
+}
+
+/** Whether an ack belongs to an earlier slice of the group (see detachGroups); counts it off. */
 function stale(group) {
-  if ((group.staleAcks ?? 0) === 0) return false;
+  if (group.staleAcks === 0) return false;
   group.staleAcks--;
   return true;
 }
@@ -521,8 +528,9 @@ function groupCounters() {
     answered: 0,
     expected: 0,
     delivered: 0,
+    // Acks and deliveries apart: a surplus of one must not hide a shortfall of the other.
     outstanding() {
-      return this.sent - this.answered + (this.expected - this.delivered);
+      return Math.max(0, this.sent - this.answered) + Math.max(0, this.expected - this.delivered);
     },
   };
 }
@@ -547,7 +555,7 @@ export async function groupSaturationSlice(sys, groups, p, latency) {
   const startUs = nowUs();
   latency.reset();
   for (const group of groups) {
-    group.unanswered = 0;
+    attachGroup(group);
     const send = () => {
       c.sent++;
       group.unanswered++;
@@ -637,7 +645,7 @@ export async function groupRateSlice(sys, group, p, latency, slowlog) {
   let windowDelivered = 0;
   const errorsBefore = groupErrors([group]);
   latency.reset();
-  group.unanswered = 0;
+  attachGroup(group);
   group.sender.onAck = (ok) => {
     if (stale(group)) return;
     const at = sentAt.shift();
