@@ -41,6 +41,7 @@ import {
 import { encodeMessageWithoutSeq, type ReceiptKind, receiptFrame } from "@mrezhen/protocol";
 import type { Keys } from "./keys.js";
 import {
+  coalesceWrites,
   type RedisClient,
   runScript,
   type ScriptArgument,
@@ -306,6 +307,7 @@ export class RedisMessageStore implements MessageStore {
     const wanted = count(limit);
     if (wanted === 0) return [];
     try {
+      coalesceWrites(this.client); // a connect's reads leave with the other commands of its turn
       return strings(
         await this.client.zrevrange(this.keys.conversations(userId), 0, wanted - 1),
         "zrevrange",
