@@ -8,8 +8,8 @@
  *   `autoResendUnfulfilledCommands: false`, `maxRetriesPerRequest: 0`): during an outage a call
  *   fails at once with EngineUnavailableError instead of waiting, and an append whose reply was
  *   lost is never run a second time behind the caller's back.
- * - the subscriber connection carries pub/sub only (Broker). ioredis re-subscribes its channels
- *   after a reconnect (autoResubscribe). Presence deltas published while it was down are lost:
+ * - the subscriber connection carries pub/sub only (Broker). The broker re-subscribes its channels
+ *   after a reconnect (ioredis does on Redis Cluster). Presence deltas published while it was down are lost:
  *   once its re-subscriptions are confirmed, the node takes a new presence snapshot
  *   (presence-mirror.ts), and announces what changed meanwhile.
  * Both reconnect forever with a capped backoff (min(attempt × 100, 2000) ms).
@@ -545,9 +545,11 @@ class RedisEngine implements Engine {
     // Readiness is reported only once what the reconnect must restore is restored.
     const restore: Promise<unknown> =
       role === "subscriber"
-        ? // Replies come in order: the PONG follows the confirmations of ioredis' re-subscribes.
-          this.subscriber
-            .ping()
+        ? // Replies come in order: on Redis Cluster the PONG follows the confirmations of
+          // ioredis' re-subscribes; on a standalone Redis the broker's own are awaited first.
+          this.broker
+            .resubscribe()
+            .then(() => this.subscriber.ping())
             .then(() => Promise.all([this.broker.dropStale(), this.resubscribed()]))
         : this.state === "running"
           ? this.reassert("reconnected").finally(() => this.resyncIfNeeded())
@@ -651,7 +653,8 @@ function clientOptions(nodeId: string, role: Role) {
     enableOfflineQueue: false,
     autoResendUnfulfilledCommands: false,
     maxRetriesPerRequest: 0,
-    autoResubscribe: true,
+    // The broker re-subscribes itself, handling failures (RedisBroker.resubscribe).
+    autoResubscribe: false,
     retryStrategy: reconnectDelay,
     connectTimeout: CONNECT_TIMEOUT_MS,
     socketTimeout: BACKSTOP_SOCKET_TIMEOUT_MS,
@@ -682,7 +685,8 @@ function clusterOptions(nodeId: string, role: Role) {
     retryDelayOnTryAgain: 100,
     maxRedirections: 16,
     slotsRefreshTimeout: CONNECT_TIMEOUT_MS,
-    redisOptions: perNode,
+    // ioredis restores sharded subscriptions per shard (its subscriber group handles failures).
+    redisOptions: { ...perNode, autoResubscribe: true },
   } satisfies ClusterOptions;
 }
 
