@@ -252,6 +252,32 @@ describe.skipIf((!haveChromium || !redis) && !underCi)("the demo page on the SDK
     expect(await carol.locator("#peer-presence").textContent()).toBe(
       "3 members: grp-page-alice, grp-page-bob, you",
     );
+    // Membership changes show in every member's thread, in order: alice (the creator) adds
+    // dave, then carol leaves, and her page stops offering to send there.
+    await alice.getByPlaceholder("user id to add").fill("grp-page-dave");
+    await alice.getByRole("button", { name: "Add member", exact: true }).click();
+    await carol.getByRole("button", { name: "Leave group", exact: true }).click();
+    const events = (page: Page) => page.locator("#messages .msg.event > span").allTextContents();
+    await until(
+      async () =>
+        (await events(bob)).join("|") ===
+        [
+          "grp-page-alice created the group “Trio” with you, grp-page-carol",
+          "grp-page-alice added grp-page-dave",
+          "grp-page-carol left",
+        ].join("|"),
+      "bob sees the membership entries",
+    );
+    await until(
+      async () =>
+        (await carol.locator("#peer-presence").textContent()) ===
+        "You are no longer in this group.",
+      "carol's page knows she left",
+    );
+    expect(await carol.getByRole("button", { name: "Send", exact: true }).isDisabled()).toBe(true);
+    expect(await alice.locator("#peer-presence").textContent()).toBe(
+      "3 members: you, grp-page-bob, grp-page-dave",
+    );
     // Nothing twice, even a moment later.
     await sleep(300);
     for (const page of [alice, bob, carol]) expect(await all(page)).toEqual(expected);
