@@ -146,6 +146,8 @@ type Entry = OutboxEntry & {
 
 /** Errors after which resending the same message can only fail the same way. */
 const RETRYABLE = ["UNAVAILABLE", "INTERNAL_ERROR", "RATE_LIMITED"];
+/** A group's refusals (no such group, not a member or not its admin). */
+const GROUP_REFUSALS = ["FORBIDDEN", "NOT_FOUND"];
 /** Answers to reads: errors without a clientMsgId about reads are matched to these. */
 const READS = ["message_history", "conversations", "online_users"];
 /** Recent message ids kept to drop a replay's overlap: enough for any overlap, bounded. */
@@ -704,7 +706,11 @@ export class MrezhenClient {
                     ? r.t === "refreshed"
                     : r.id !== undefined,
               )
-            : this.take((r) => r.t !== "pong");
+            : // A group refusal without a clientMsgId is never a send's: a refused group send
+              // names its clientMsgId.
+              this.take(
+                (r) => r.t !== "pong" && !(r.id !== undefined && GROUP_REFUSALS.includes(code)),
+              );
     const entry = this.outboxMap.get(request?.id ?? clientMsgId ?? "");
     if (entry !== undefined) {
       if (RETRYABLE.includes(code)) {

@@ -733,6 +733,19 @@ describe("groups", () => {
     client.close();
   });
 
+  it("matches a group command's refusal to the command, not to a send waiting for its ack", async () => {
+    const { client } = makeClient();
+    const socket = await connected(client);
+    const sending = client.sendMessage({ groupId: "g1", content: "in flight" });
+    const renaming = client.renameGroup("g2", "New name");
+    socket.receive({ type: "error", code: "NOT_FOUND", message: "No such group." });
+    await expect(renaming).rejects.toMatchObject({ code: "NOT_FOUND" });
+    expect(client.pending()).toMatchObject([{ groupId: "g1", content: "in flight" }]);
+    socket.receive(groupAckFor(socket.sentOf("group_message")[0] as Record<string, unknown>));
+    await expect(sending).resolves.toMatchObject({ groupId: "g1" });
+    client.close();
+  });
+
   it("reads groups, group history, read counts; marks a group read (offline: on the next connect) and types in it", async () => {
     const { client } = makeClient();
     client.markRead({ groupId: "g1" }, 3);
