@@ -254,7 +254,7 @@ describe.skipIf((!haveChromium || !redis) && !underCi)("the demo page on the SDK
     );
     // Membership changes show in every member's thread, in order: alice (the creator) adds
     // dave, then carol leaves, and her page stops offering to send there.
-    await alice.getByPlaceholder("user id to add").fill("grp-page-dave");
+    await alice.getByPlaceholder("member to add").fill("grp-page-dave");
     await alice.getByRole("button", { name: "Add member", exact: true }).click();
     await carol.getByRole("button", { name: "Leave group", exact: true }).click();
     const events = (page: Page) => page.locator("#messages .msg.event > span").allTextContents();
