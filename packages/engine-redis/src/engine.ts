@@ -190,10 +190,12 @@ export function injectClusterFaultForTests(
   engine: Engine,
   fault: ((step: AppendStep) => void) | undefined,
 ): void {
+  const steps = engine instanceof RedisEngine ? engine.groups.steps : undefined;
   if (!(engine instanceof RedisEngine) || !(engine.messages instanceof ClusterMessageStore)) {
     throw new TypeError("not a Redis Cluster engine");
   }
   engine.messages.faultForTests = fault;
+  if (steps !== undefined) steps.faultForTests = fault;
 }
 
 const SILENT: Logger = { info() {}, warn() {}, error() {} };
@@ -318,6 +320,7 @@ class RedisEngine implements Engine {
       options.retention ?? DEFAULT_RETENTION,
       options.rateLimit,
       options.groups ?? DEFAULT_GROUP_LIMITS,
+      this.broker,
     );
     this.backendKeys = new BackendKeys(options.keyPrefix, seeds !== undefined);
     this.revocations = new RedisRevocationStore(this.command, this.backendKeys);

@@ -307,6 +307,23 @@ export class Keys {
     return `${this.prefix}${kind}:{g:${groupId}}`;
   }
 
+  /**
+   * Head of a group's texts: in cluster mode the group's own copies, `msg:{g:<groupId>}<id>`, in
+   * its slot (each member keeps another in its own, textHeadOfUser); standalone, the one copy.
+   */
+  textHeadOfGroup(groupId: string): string {
+    return this.cluster ? `${this.prefix}msg:{g:${groupId}}` : this.messageHead;
+  }
+
+  /**
+   * Cluster mode: hash of group id → the last seq of that group in the user's inbox (the
+   * member steps' cursor, cluster-scripts.ts GROUP_MEMBER_STEP). Kept after the user leaves
+   * (a late step of an earlier entry must still find it), like the other counters: no TTL.
+   */
+  groupCursor(userId: string): string {
+    return this.user("group-cursor", userId);
+  }
+
   /** The idempotency record of (sender, clientMsgId) in a group, in the group's slot. */
   groupIdempotency(groupId: string, from: string, clientMsgId: string): string {
     return `${this.group("group-idem", groupId)}${from.length}:${from}${clientMsgId}`;
