@@ -2,11 +2,20 @@
  * Redis Cluster mode beyond the contract (contract.cluster.test.ts): the round trips of a DM,
  * a DM interrupted between its steps (completed by a retry on another node, or repaired by the
  * next send in the conversation), and a master killed during traffic (failover), with and
- * without REDIS_WAIT_REPLICAS. On a real 3-master, 3-replica cluster started by testkit.
+ * without REDIS_WAIT_REPLICAS; groups across nodes, racing a removal, and interrupted between
+ * their steps. On a real 3-master, 3-replica cluster started by testkit.
  */
 import { randomUUID } from "node:crypto";
-import type { AppendInput, AppendResult, Engine, RateRefusal } from "@mrezhen/engine";
+import type {
+  AppendInput,
+  AppendResult,
+  Engine,
+  GroupAppendInput,
+  GroupAppendResult,
+  RateRefusal,
+} from "@mrezhen/engine";
 import { EngineUnavailableError } from "@mrezhen/engine";
+import { Recorder } from "@mrezhen/engine/contract";
 import { eventually, redisClusterForTests } from "@mrezhen/testkit";
 import { Redis } from "ioredis";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
@@ -298,4 +307,205 @@ describe.skipIf(!cluster)("redis engine on Redis Cluster", () => {
     },
     90_000,
   );
+});
+
+/**
+ * Groups on Redis Cluster (cluster-groups.ts): the group's step, then a step per member in its
+ * slot. Engines sharing a key prefix stand for nodes of one deployment.
+ */
+describe.skipIf(!cluster)("groups on Redis Cluster", () => {
+  const prefix = () => `${cluster?.prefix}${randomUUID().slice(0, 8)}:`;
+
+  function groupMessage(
+    groupId: string,
+    from: string,
+    content: string,
+    extra: Partial<GroupAppendInput> = {},
+  ): GroupAppendInput {
+    return {
+      id: randomUUID(),
+      groupId,
+      from,
+      content,
+      timestamp: new Date().toISOString(),
+      senderConnId: `${from}-conn`,
+      ...extra,
+    };
+  }
+
+  async function send(engine: Engine, input: GroupAppendInput): Promise<GroupAppendResult> {
+    const result = await engine.groups.append(input);
+    if ("refused" in result) throw new Error(`refused: ${result.limit}`);
+    return result;
+  }
+
+  async function createGroup(engine: Engine, createdBy: string, members: string[]) {
+    return engine.groups.create({
+      groupId: randomUUID(),
+      name: "team",
+      createdBy,
+      members,
+      eventId: randomUUID(),
+      timestamp: new Date().toISOString(),
+    });
+  }
+
+  /** A short label of a stored entry: its content, or its event (`removed:bob`). */
+  function label(json: string): string {
+    const entry = JSON.parse(json) as {
+      content?: string;
+      event?: { kind: string; userId?: string };
+    };
+    if (entry.event === undefined) return entry.content ?? "";
+    return entry.event.userId === undefined
+      ? entry.event.kind
+      : `${entry.event.kind}:${entry.event.userId}`;
+  }
+
+  /** A member's stream of the group (its inbox entries of the group), as labels. */
+  async function streamOf(engine: Engine, userId: string, groupId: string): Promise<string[]> {
+    const page = await engine.messages.readInbox(userId, 0, 10_000);
+    return page.entries.filter((e) => e.groupId === groupId).map((e) => label(e.messageJson));
+  }
+
+  /** The group's whole log, as labels, in seq order (checked gap-free). */
+  async function logOf(engine: Engine, reader: string, groupId: string): Promise<string[]> {
+    const page = await engine.groups.history(reader, groupId, 10_000);
+    const seqs = page.messages.map((m) => (JSON.parse(m) as { seq: number }).seq);
+    expect(seqs).toEqual(seqs.map((_, i) => i + 1));
+    return page.messages.map(label);
+  }
+
+  it("delivers across nodes, to a member's two devices on two nodes, and to an offline member on reconnect", async () => {
+    const keyPrefix = prefix();
+    const [a, b] = [await node(keyPrefix), await node(keyPrefix)];
+    const [onA, onB] = [new Recorder(), new Recorder()];
+    a.broker.setHandler(onA);
+    b.broker.setHandler(onB);
+    // alice on node A; bob with a phone on A and a laptop on B; carol offline.
+    await a.broker.subscribe("alice");
+    await a.presence.connect("alice");
+    await a.broker.subscribe("bob");
+    await a.presence.connect("bob");
+    await b.broker.subscribe("bob");
+    await b.presence.connect("bob");
+    const { groupId } = (await createGroup(a, "alice", ["bob", "carol"])).group;
+
+    // Concurrent senders on two nodes: every member's stream is the log's order all the same.
+    const sends = Array.from({ length: 10 }, (_, i) =>
+      i % 2 === 0
+        ? send(a, groupMessage(groupId, "alice", `a${i}`))
+        : send(b, groupMessage(groupId, "bob", `b${i}`, { senderConnId: "bob-laptop" })),
+    );
+    const results = await Promise.all(sends);
+    const log = await logOf(b, "carol", groupId);
+    expect(log).toHaveLength(11);
+    for (const user of ["alice", "bob", "carol"]) {
+      expect(await streamOf(b, user, groupId)).toEqual(log);
+    }
+    // alice's messages reached bob live on both nodes, at bob's own inbox positions.
+    const bobInbox = await b.messages.readInbox("bob", 0, 100);
+    const positionOf = new Map(bobInbox.entries.map((e) => [e.messageId, e.position]));
+    const fromAlice = results.filter((_, i) => i % 2 === 0).map((r) => r.messageId);
+    for (const recorder of [onA, onB]) {
+      await eventually(() => {
+        const live = recorder.eventsFor("bob").filter((e) => e.groupId === groupId);
+        for (const id of fromAlice) {
+          expect(live.find((e) => e.messageId === id)?.position).toBe(positionOf.get(id));
+        }
+      });
+    }
+    // bob's own messages: acked to the laptop, copied to the phone (the laptop excluded).
+    const fromBob = results.filter((_, i) => i % 2 === 1);
+    for (const result of fromBob) {
+      expect(result.status).toBe("delivered");
+      expect(result.senderPosition).toBe(positionOf.get(result.messageId));
+    }
+    await eventually(() => {
+      const copies = onA.eventsFor("bob").filter((e) => e.excludeConnId === "bob-laptop");
+      expect(copies.map((e) => e.messageId).sort()).toEqual(fromBob.map((r) => r.messageId).sort());
+    });
+
+    // carol was offline: everything waits in her queue, in the log's order.
+    const queued = await b.messages.readQueued("carol", 0, 100);
+    expect(queued.map((q) => label(q.messageJson))).toEqual(log);
+    // She reconnects on node B: her sync from 0 is the log, and what follows reaches her live.
+    await b.broker.subscribe("carol");
+    await b.presence.connect("carol");
+    const synced = await b.messages.readInbox("carol", 0, 100);
+    expect(synced.entries.map((e) => label(e.messageJson))).toEqual(log);
+    const later = await send(a, groupMessage(groupId, "alice", "welcome back"));
+    expect(later.status).toBe("delivered");
+    await eventually(() =>
+      expect(onB.eventsFor("carol").map((e) => label(e.messageJson))).toEqual(["welcome back"]),
+    );
+    // Unread counts and conversations, from either node.
+    expect((await a.messages.conversations("carol", 10))[0]).toMatchObject({
+      with: groupId,
+      unread: 11,
+    });
+  });
+
+  it("puts every message racing a removal on exactly one side of it, in every member's stream", async () => {
+    const keyPrefix = prefix();
+    const [a, b] = [await node(keyPrefix), await node(keyPrefix)];
+    for (let round = 0; round < 5; round++) {
+      const { groupId } = (await createGroup(a, "admin", ["bob", "carol", "dave"])).group;
+      const sends = Array.from({ length: 20 }, (_, i) =>
+        send(i % 2 === 0 ? a : b, groupMessage(groupId, i % 4 < 2 ? "carol" : "dave", `m${i}`)),
+      );
+      const removal = (round % 2 === 0 ? a : b).groups.change({
+        groupId,
+        actor: "admin",
+        kind: "remove",
+        userId: "bob",
+        eventId: randomUUID(),
+        timestamp: new Date().toISOString(),
+      });
+      await Promise.all([...sends, removal]);
+      const log = await logOf(a, "admin", groupId);
+      expect(log).toHaveLength(22);
+      const removedAt = log.indexOf("removed:bob");
+      // bob: the log up to his removal, nothing after, nothing missing.
+      expect(await streamOf(b, "bob", groupId)).toEqual(log.slice(0, removedAt + 1));
+      for (const member of ["admin", "carol", "dave"]) {
+        expect(await streamOf(a, member, groupId)).toEqual(log);
+      }
+    }
+  });
+
+  it("finishes an entry interrupted after the group's step: by the retry, or by the group's next entry", async () => {
+    const keyPrefix = prefix();
+    const [a, b] = [await node(keyPrefix), await node(keyPrefix)];
+    const { groupId } = (await createGroup(a, "alice", ["bob", "carol"])).group;
+    injectClusterFaultForTests(a, (step) => {
+      if (step === "group") throw new EngineUnavailableError("node died (injected)");
+    });
+    const first = groupMessage(groupId, "alice", "retry me", { clientMsgId: "k1" });
+    await expect(a.groups.append(first)).rejects.toThrow("injected");
+    // Stored in the group's log, in nobody's inbox yet.
+    expect(await logOf(b, "bob", groupId)).toEqual(["created", "retry me"]);
+    expect(await streamOf(b, "bob", groupId)).toEqual(["created"]);
+
+    // The retry (another node, a new id, same clientMsgId) finishes the original.
+    const retry = await send(b, { ...first, id: randomUUID(), content: "changed" });
+    expect(retry).toMatchObject({ messageId: first.id, seq: 2, duplicate: true });
+    for (const user of ["alice", "bob", "carol"]) {
+      expect(await streamOf(b, user, groupId)).toEqual(["created", "retry me"]);
+    }
+    const aliceInbox = await b.messages.readInbox("alice", 0, 100);
+    expect(aliceInbox.entries.at(-1)?.position).toBe(retry.senderPosition);
+    // Again: answered by the members' cursors and markers, nothing stored twice.
+    expect(await send(b, { ...first, id: randomUUID() })).toEqual(retry);
+
+    // Interrupted with no retry: the group's next entry, from anyone, fills the gap first.
+    await expect(a.groups.append(groupMessage(groupId, "alice", "lost?"))).rejects.toThrow(
+      "injected",
+    );
+    injectClusterFaultForTests(a, undefined);
+    await send(b, groupMessage(groupId, "bob", "next"));
+    for (const user of ["alice", "bob", "carol"]) {
+      expect(await streamOf(a, user, groupId)).toEqual(["created", "retry me", "lost?", "next"]);
+    }
+  });
 });
