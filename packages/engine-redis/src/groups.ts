@@ -45,9 +45,9 @@ import {
   strings,
   toEngineError,
 } from "./script-runner.js";
-import { INDEX, RATE_WINDOW, script } from "./scripts.js";
+import { HMGET_ALL, INDEX, RATE_WINDOW, script } from "./scripts.js";
 
-const LIB = `${INDEX}
+const LIB = `${INDEX}${HMGET_ALL}
 local gid, ttl, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local POS, LOG, QUEUE, CHAN, MSG, COUNT, UGROUPS =
   ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
@@ -72,16 +72,6 @@ local function members_list()
   local names = {}
   for i = 1, #list do names[i] = list[i][1] end
   return names
-end
-
--- HMGET of any number of fields (unpack() is limited by the Lua C stack, so in batches).
-local function hmget_all(key, fields)
-  local values = {}
-  for first = 1, #fields, 1000 do
-    local part = redis.call('HMGET', key, unpack(fields, first, math.min(first + 999, #fields)))
-    for i = 1, #part do values[first + i - 1] = part[i] end
-  end
-  return values
 end
 
 -- Cluster mode: records the entry (its text) and its recipients with the seq of their join,
@@ -124,11 +114,7 @@ local function store(id, head, from, recipients, exclude, is_message)
     record_entry(json, recipients)
     return seq, 0, 0
   end
-  local counts = {}
-  for first = 1, #recipients, 1000 do
-    local part = redis.call('HMGET', COUNT, unpack(recipients, first, math.min(first + 999, #recipients)))
-    for i = 1, #part do counts[first + i - 1] = tonumber(part[i] or '0') end
-  end
+  local counts = hmget_all(COUNT, recipients)
   local sender_position, any = 0, 0
   local tail = '|' .. id .. '|' .. string.format('%d', #gid) .. '|' .. gid .. json
   for i = 1, #recipients do
@@ -140,7 +126,7 @@ local function store(id, head, from, recipients, exclude, is_message)
       redis.call('LTRIM', log, '-' .. ARGV[3], '-1')
     end
     redis.call('PEXPIRE', log, ttl)
-    local c = counts[i]
+    local c = tonumber(counts[i] or '0')
     if m == from then
       sender_position = pos
       if c > (exclude == '' and 0 or 1) then

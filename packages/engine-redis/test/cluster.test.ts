@@ -15,7 +15,7 @@ import type {
   RateRefusal,
 } from "@mrezhen/engine";
 import { EngineUnavailableError } from "@mrezhen/engine";
-import { Recorder } from "@mrezhen/engine/contract";
+import { entryLabel, groupInboxLabels, groupInput, Recorder } from "@mrezhen/engine/contract";
 import { eventually, redisClusterForTests } from "@mrezhen/testkit";
 import { Redis } from "ioredis";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
@@ -316,23 +316,6 @@ describe.skipIf(!cluster)("redis engine on Redis Cluster", () => {
 describe.skipIf(!cluster)("groups on Redis Cluster", () => {
   const prefix = () => `${cluster?.prefix}${randomUUID().slice(0, 8)}:`;
 
-  function groupMessage(
-    groupId: string,
-    from: string,
-    content: string,
-    extra: Partial<GroupAppendInput> = {},
-  ): GroupAppendInput {
-    return {
-      id: randomUUID(),
-      groupId,
-      from,
-      content,
-      timestamp: new Date().toISOString(),
-      senderConnId: `${from}-conn`,
-      ...extra,
-    };
-  }
-
   async function send(engine: Engine, input: GroupAppendInput): Promise<GroupAppendResult> {
     const result = await engine.groups.append(input);
     if ("refused" in result) throw new Error(`refused: ${result.limit}`);
@@ -350,30 +333,12 @@ describe.skipIf(!cluster)("groups on Redis Cluster", () => {
     });
   }
 
-  /** A short label of a stored entry: its content, or its event (`removed:bob`). */
-  function label(json: string): string {
-    const entry = JSON.parse(json) as {
-      content?: string;
-      event?: { kind: string; userId?: string };
-    };
-    if (entry.event === undefined) return entry.content ?? "";
-    return entry.event.userId === undefined
-      ? entry.event.kind
-      : `${entry.event.kind}:${entry.event.userId}`;
-  }
-
-  /** A member's stream of the group (its inbox entries of the group), as labels. */
-  async function streamOf(engine: Engine, userId: string, groupId: string): Promise<string[]> {
-    const page = await engine.messages.readInbox(userId, 0, 10_000);
-    return page.entries.filter((e) => e.groupId === groupId).map((e) => label(e.messageJson));
-  }
-
   /** The group's whole log, as labels, in seq order (checked gap-free). */
   async function logOf(engine: Engine, reader: string, groupId: string): Promise<string[]> {
     const page = await engine.groups.history(reader, groupId, 10_000);
     const seqs = page.messages.map((m) => (JSON.parse(m) as { seq: number }).seq);
     expect(seqs).toEqual(seqs.map((_, i) => i + 1));
-    return page.messages.map(label);
+    return page.messages.map(entryLabel);
   }
 
   it("delivers across nodes, to a member's two devices on two nodes, and to an offline member on reconnect", async () => {
@@ -394,14 +359,14 @@ describe.skipIf(!cluster)("groups on Redis Cluster", () => {
     // Concurrent senders on two nodes: every member's stream is the log's order all the same.
     const sends = Array.from({ length: 10 }, (_, i) =>
       i % 2 === 0
-        ? send(a, groupMessage(groupId, "alice", `a${i}`))
-        : send(b, groupMessage(groupId, "bob", `b${i}`, { senderConnId: "bob-laptop" })),
+        ? send(a, groupInput(groupId, "alice", `a${i}`))
+        : send(b, groupInput(groupId, "bob", `b${i}`, { senderConnId: "bob-laptop" })),
     );
     const results = await Promise.all(sends);
     const log = await logOf(b, "carol", groupId);
     expect(log).toHaveLength(11);
     for (const user of ["alice", "bob", "carol"]) {
-      expect(await streamOf(b, user, groupId)).toEqual(log);
+      expect(await groupInboxLabels(b, user, groupId)).toEqual(log);
     }
     // alice's messages reached bob live on both nodes, at bob's own inbox positions.
     const bobInbox = await b.messages.readInbox("bob", 0, 100);
@@ -428,16 +393,18 @@ describe.skipIf(!cluster)("groups on Redis Cluster", () => {
 
     // carol was offline: everything waits in her queue, in the log's order.
     const queued = await b.messages.readQueued("carol", 0, 100);
-    expect(queued.map((q) => label(q.messageJson))).toEqual(log);
+    expect(queued.map((q) => entryLabel(q.messageJson))).toEqual(log);
     // She reconnects on node B: her sync from 0 is the log, and what follows reaches her live.
     await b.broker.subscribe("carol");
     await b.presence.connect("carol");
     const synced = await b.messages.readInbox("carol", 0, 100);
-    expect(synced.entries.map((e) => label(e.messageJson))).toEqual(log);
-    const later = await send(a, groupMessage(groupId, "alice", "welcome back"));
+    expect(synced.entries.map((e) => entryLabel(e.messageJson))).toEqual(log);
+    const later = await send(a, groupInput(groupId, "alice", "welcome back"));
     expect(later.status).toBe("delivered");
     await eventually(() =>
-      expect(onB.eventsFor("carol").map((e) => label(e.messageJson))).toEqual(["welcome back"]),
+      expect(onB.eventsFor("carol").map((e) => entryLabel(e.messageJson))).toEqual([
+        "welcome back",
+      ]),
     );
     // Unread counts and conversations, from either node.
     expect((await a.messages.conversations("carol", 10))[0]).toMatchObject({
@@ -452,7 +419,7 @@ describe.skipIf(!cluster)("groups on Redis Cluster", () => {
     for (let round = 0; round < 5; round++) {
       const { groupId } = (await createGroup(a, "admin", ["bob", "carol", "dave"])).group;
       const sends = Array.from({ length: 20 }, (_, i) =>
-        send(i % 2 === 0 ? a : b, groupMessage(groupId, i % 4 < 2 ? "carol" : "dave", `m${i}`)),
+        send(i % 2 === 0 ? a : b, groupInput(groupId, i % 4 < 2 ? "carol" : "dave", `m${i}`)),
       );
       const removal = (round % 2 === 0 ? a : b).groups.change({
         groupId,
@@ -467,9 +434,9 @@ describe.skipIf(!cluster)("groups on Redis Cluster", () => {
       expect(log).toHaveLength(22);
       const removedAt = log.indexOf("removed:bob");
       // bob: the log up to his removal, nothing after, nothing missing.
-      expect(await streamOf(b, "bob", groupId)).toEqual(log.slice(0, removedAt + 1));
+      expect(await groupInboxLabels(b, "bob", groupId)).toEqual(log.slice(0, removedAt + 1));
       for (const member of ["admin", "carol", "dave"]) {
-        expect(await streamOf(a, member, groupId)).toEqual(log);
+        expect(await groupInboxLabels(a, member, groupId)).toEqual(log);
       }
     }
   });
@@ -481,17 +448,17 @@ describe.skipIf(!cluster)("groups on Redis Cluster", () => {
     injectClusterFaultForTests(a, (step) => {
       if (step === "group") throw new EngineUnavailableError("node died (injected)");
     });
-    const first = groupMessage(groupId, "alice", "retry me", { clientMsgId: "k1" });
+    const first = groupInput(groupId, "alice", "retry me", { clientMsgId: "k1" });
     await expect(a.groups.append(first)).rejects.toThrow("injected");
     // Stored in the group's log, in nobody's inbox yet.
     expect(await logOf(b, "bob", groupId)).toEqual(["created", "retry me"]);
-    expect(await streamOf(b, "bob", groupId)).toEqual(["created"]);
+    expect(await groupInboxLabels(b, "bob", groupId)).toEqual(["created"]);
 
     // The retry (another node, a new id, same clientMsgId) finishes the original.
     const retry = await send(b, { ...first, id: randomUUID(), content: "changed" });
     expect(retry).toMatchObject({ messageId: first.id, seq: 2, duplicate: true });
     for (const user of ["alice", "bob", "carol"]) {
-      expect(await streamOf(b, user, groupId)).toEqual(["created", "retry me"]);
+      expect(await groupInboxLabels(b, user, groupId)).toEqual(["created", "retry me"]);
     }
     const aliceInbox = await b.messages.readInbox("alice", 0, 100);
     expect(aliceInbox.entries.at(-1)?.position).toBe(retry.senderPosition);
@@ -499,13 +466,18 @@ describe.skipIf(!cluster)("groups on Redis Cluster", () => {
     expect(await send(b, { ...first, id: randomUUID() })).toEqual(retry);
 
     // Interrupted with no retry: the group's next entry, from anyone, fills the gap first.
-    await expect(a.groups.append(groupMessage(groupId, "alice", "lost?"))).rejects.toThrow(
+    await expect(a.groups.append(groupInput(groupId, "alice", "lost?"))).rejects.toThrow(
       "injected",
     );
     injectClusterFaultForTests(a, undefined);
-    await send(b, groupMessage(groupId, "bob", "next"));
+    await send(b, groupInput(groupId, "bob", "next"));
     for (const user of ["alice", "bob", "carol"]) {
-      expect(await streamOf(a, user, groupId)).toEqual(["created", "retry me", "lost?", "next"]);
+      expect(await groupInboxLabels(a, user, groupId)).toEqual([
+        "created",
+        "retry me",
+        "lost?",
+        "next",
+      ]);
     }
   });
 });
