@@ -66,7 +66,7 @@ import { RedisBroker } from "./broker.js";
 import { type AppendStep, ClusterMessageStore } from "./cluster-messages.js";
 import { CLUSTER_SCRIPTS } from "./cluster-scripts.js";
 import { RedisEventQueue } from "./event-queue.js";
-import { RedisGroupStore } from "./groups.js";
+import { GROUP_SCRIPTS, RedisGroupStore } from "./groups.js";
 import { Keys } from "./keys.js";
 import { RedisMessageStore } from "./messages.js";
 import { RedisPresenceStore } from "./presence.js";
@@ -389,8 +389,8 @@ class RedisEngine implements Engine {
       await loadScripts(
         this.command,
         this.keys.cluster
-          ? [...ALL_SCRIPTS, ...BACKEND_SCRIPTS, ...CLUSTER_SCRIPTS]
-          : [...ALL_SCRIPTS, ...BACKEND_SCRIPTS],
+          ? [...ALL_SCRIPTS, ...BACKEND_SCRIPTS, ...GROUP_SCRIPTS, ...CLUSTER_SCRIPTS]
+          : [...ALL_SCRIPTS, ...BACKEND_SCRIPTS, ...GROUP_SCRIPTS],
       );
       await this.broker.listen(this.keys.broadcastChannel);
       await this.broker.listen(this.backendKeys.revocationChannel);

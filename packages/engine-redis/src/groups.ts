@@ -423,6 +423,19 @@ return summary(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[1]) or {}
 `,
 );
 
+/** Loaded at start (engine.ts), so that a group's first entry on a master is an EVALSHA hit. */
+export const GROUP_SCRIPTS = [
+  GROUP_CREATE,
+  GROUP_CHANGE,
+  GROUP_APPEND,
+  GROUP_READ,
+  GROUP_MARK_READ,
+  GROUP_READ_BY,
+  GROUP_PUBLISH,
+  GROUP_SUMMARIES,
+  GROUP_SUMMARY,
+];
+
 /** The codes the scripts answer with (below 0) as refusals. */
 function refusalOf(code: unknown, detail?: unknown): GroupRefusedError | undefined {
   switch (code) {

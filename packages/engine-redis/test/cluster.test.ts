@@ -77,6 +77,63 @@ async function historyIds(engine: Engine, a: string, b: string): Promise<string[
   return page.messages.map((text) => (JSON.parse(text) as { id: string }).id);
 }
 
+/**
+ * MONITOR on every master of the cluster, keeping the commands of one node's command
+ * connections: commandsOf(send) runs a send and answers the commands it cost, in order; with
+ * `inScripts`, the commands its scripts ran instead (MONITOR shows them with the source `lua`:
+ * only meaningful while nothing else runs scripts on the cluster).
+ */
+async function monitorCommands(nodeId: string): Promise<{
+  commandsOf(send: () => Promise<unknown>, inScripts?: boolean): Promise<string[]>;
+  close(): void;
+}> {
+  if (!cluster) throw new Error("unreachable: skipped without a cluster");
+  const monitors: Redis[] = [];
+  const seen: { time: number; command: string; lua: boolean }[] = [];
+  for (const seed of cluster.nodes) {
+    const port = Number(seed.split(":")[1]);
+    const admin = new Redis({ port, host: "127.0.0.1", lazyConnect: true });
+    admin.on("error", () => {});
+    try {
+      await admin.connect();
+      const role = (await admin.call("ROLE")) as unknown[];
+      if (role[0] !== "master") continue;
+      const list = String(await admin.client("LIST"));
+      const addresses = list
+        .split("\n")
+        .filter((line) => line.includes(` name=mrezhen:${nodeId}:command `))
+        .map((line) => /\baddr=(\S+)/.exec(line)?.[1]);
+      const monitor = await admin.monitor();
+      monitor.on("error", () => {});
+      monitors.push(monitor);
+      monitor.on("monitor", (time: string, args: string[], source: string) => {
+        if (addresses.includes(source) || source === "lua") {
+          seen.push({ time: Number(time), command: args[0] ?? "", lua: source === "lua" });
+        }
+      });
+    } finally {
+      admin.disconnect();
+    }
+  }
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  return {
+    async commandsOf(send, inScripts = false) {
+      await send();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      // The pending entry leaves with the conversation's next owner step, or a ZREM within a
+      // second after the ack: not part of the DM's round trips.
+      return seen
+        .splice(0)
+        .filter((entry) => entry.lua === inScripts)
+        .map((entry) => entry.command.toLowerCase())
+        .filter((command) => command !== "zrem");
+    },
+    close() {
+      for (const monitor of monitors) monitor.disconnect();
+    },
+  };
+}
+
 describe.skipIf(!cluster)("redis engine on Redis Cluster", () => {
   const prefix = () => `${cluster?.prefix}${randomUUID().slice(0, 8)}:`;
 
@@ -92,45 +149,7 @@ describe.skipIf(!cluster)("redis engine on Redis Cluster", () => {
     await engine.broker.subscribe("bob");
     await engine.presence.connect("bob");
 
-    // MONITOR on every master, keeping the commands of this node's command connections.
-    const monitors: Redis[] = [];
-    const seen: { time: number; command: string }[] = [];
-    for (const seed of cluster.nodes) {
-      const port = Number(seed.split(":")[1]);
-      const admin = new Redis({ port, host: "127.0.0.1", lazyConnect: true });
-      admin.on("error", () => {});
-      try {
-        await admin.connect();
-        const role = (await admin.call("ROLE")) as unknown[];
-        if (role[0] !== "master") continue;
-        const list = String(await admin.client("LIST"));
-        const addresses = list
-          .split("\n")
-          .filter((line) => line.includes(` name=mrezhen:${nodeId}:command `))
-          .map((line) => /\baddr=(\S+)/.exec(line)?.[1]);
-        const monitor = await admin.monitor();
-        monitor.on("error", () => {});
-        monitors.push(monitor);
-        monitor.on("monitor", (time: string, args: string[], source: string) => {
-          if (addresses.includes(source)) seen.push({ time: Number(time), command: args[0] ?? "" });
-        });
-      } finally {
-        admin.disconnect();
-      }
-    }
-    await new Promise((resolve) => setTimeout(resolve, 300));
-
-    /** The commands of one send, once MONITOR has caught up. */
-    async function commandsOf(send: () => Promise<unknown>): Promise<string[]> {
-      await send();
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      // The pending entry leaves with the conversation's next owner step, or a ZREM within a
-      // second after the ack: not part of the DM's round trips.
-      return seen
-        .splice(0)
-        .map((entry) => entry.command.toLowerCase())
-        .filter((command) => command !== "zrem");
-    }
+    const { commandsOf, close } = await monitorCommands(nodeId);
     const limited = (from: string, to: string, clientMsgId: string) => () =>
       engine.messages.appendIfAllowed(message(from, to, { clientMsgId })).then(acked);
 
@@ -155,7 +174,7 @@ describe.skipIf(!cluster)("redis engine on Redis Cluster", () => {
       `[round trips] cluster DM with clientMsgId and limits: 2 round trips from the conversation's ` +
         `owner, 3 from the other user (${elapsed.toFixed(1)} ms with MONITOR on); without: 2`,
     );
-    for (const monitor of monitors) monitor.disconnect();
+    close();
   });
 
   it("finishes a DM interrupted between its steps when the client retries on another node", async () => {
@@ -411,6 +430,36 @@ describe.skipIf(!cluster)("groups on Redis Cluster", () => {
       with: groupId,
       unread: 11,
     });
+  });
+
+  it("costs 3 round trips per message: the rate, the group's step, one step per member (together)", async () => {
+    const keyPrefix = prefix();
+    const nodeId = `rt-${randomUUID().slice(0, 8)}`;
+    const engine = await node(keyPrefix, {
+      heartbeatIntervalMs: 60_000,
+      nodeTtlMs: 180_000,
+      nodeId,
+    });
+    const members = ["m1", "m2", "m3", "m4"];
+    const { groupId } = (await createGroup(engine, "alice", members)).group;
+    // Two members online (on this node), two offline; alice sends from her only connection.
+    for (const user of ["alice", "m1", "m2"]) {
+      await engine.broker.subscribe(user);
+      await engine.presence.connect(user);
+    }
+    const { commandsOf, close } = await monitorCommands(nodeId);
+    const sendOne = (clientMsgId: string) => () =>
+      send(engine, groupInput(groupId, "alice", "cost", { clientMsgId }));
+    const commands = await commandsOf(sendOne("c1"));
+    // CONSUME, then the group's step beside an HGET of the sender's connections, then 5 steps.
+    expect(commands.filter((c) => c === "evalsha")).toHaveLength(7);
+    expect(commands.filter((c) => c !== "evalsha")).toEqual(["hget"]);
+    const inScripts = await commandsOf(sendOne("c2"), true);
+    close();
+    console.log(
+      `[group cost] cluster, 5 members (2 online, 2 offline, the sender): ${commands.length} ` +
+        `commands from the node, ${inScripts.length} run by its scripts: ${inScripts.join(" ")}`,
+    );
   });
 
   it("puts every message racing a removal on exactly one side of it, in every member's stream", async () => {
