@@ -39,6 +39,12 @@
  * to a user's channel before registering the user's connection and unsubscribes after the last
  * one closed, so 0 means nobody holds the user, and the message is queued. That is decided
  * atomically with the store, like the standalone script's presence check.
+ *
+ * ## A group entry across slots
+ *
+ * The group's part is the standalone group scripts in their cluster mode (groups.ts); each
+ * member's part is GROUP_MEMBER_STEP below, ordered by a per-member cursor (cluster-groups.ts,
+ * docs/groups.md).
  */
 import {
   ACK_INBOX,

@@ -43,7 +43,7 @@
  * to the promoted replica; a call in flight to the lost master fails like any outage, and the
  * client retries it). The subscriber client uses sharded pub/sub (broker.ts). Keys are hash-
  * tagged (keys.ts); operations that span slots are split into idempotent steps
- * (cluster-messages.ts, cluster-scripts.ts).
+ * (cluster-messages.ts, cluster-groups.ts, cluster-scripts.ts).
  *
  * `waitReplicas` (REDIS_WAIT_REPLICAS): each step of a direct message is followed, on the same
  * node, by WAIT for that many replicas, before the message is acked (script-runner.ts).

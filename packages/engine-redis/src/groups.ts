@@ -14,9 +14,13 @@
  * INCR, RPUSH, PEXPIRE, HINCRBY unread, and PUBLISH when online or ZADD + PEXPIRE when offline),
  * one text of the message, and n inbox references of about 45 bytes.
  *
- * Redis Cluster: not yet. The per-member inbox writes touch n users' slots, which one script
- * cannot; the step design (group step in the group's slot, then per-member-slot steps with a
- * per-member cursor) is in docs/groups.md. In cluster mode every method rejects.
+ * Redis Cluster: the per-member inbox writes touch n users' slots, which one script cannot. The
+ * same scripts run in a cluster mode (LIB's CLUSTER: the node passes no per-user key heads):
+ * they do the group's part only, in its slot, and answer the entry with its recipients; the
+ * node then runs each recipient's step in its slot (cluster-groups.ts). What else crosses slots
+ * is done by the node too: the rate window and the group limit of a joining user (checked
+ * first, in the user's slot), read receipts and typing frames (per member, after the group's
+ * script), conversations() (a script per group).
  */
 import {
   type Broker,

@@ -103,6 +103,11 @@
  * `<kind>:<n>:{u:<owner>}<other>`, n = length of the tagged id, for the same reason as in
  * standalone mode. The prefix must not contain `{` or `}` (checked at start).
  *
+ * Groups (groups.ts, cluster-groups.ts): a group's keys are in its own slot, `{g:<groupId>}`,
+ * with the group's copy of each entry's text (`msg:{g:<groupId>}<id>`); the members' side of an
+ * entry is in each member's slot: inbox keys, the member's text copy, `groups:{u:<member>}`
+ * (its groups) and `group-cursor:{u:<member>}` (per group, the last seq in its inbox).
+ *
  * Message texts are kept once per user, in the user's slot (`msg:{u:<userId>}<id>`): the
  * owner's copy also serves the conversation's reads (history, mark-read). A script reads texts
  * by id it found in an index of its own slot; those keys cannot be declared in KEYS ahead (the
