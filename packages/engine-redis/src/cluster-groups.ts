@@ -159,15 +159,17 @@ export class ClusterGroupSteps {
     targetFlags: string,
     excludeConnId: string,
   ): Promise<{ position: number; delivered: boolean }> {
-    let from = target.seq;
-    let to = target.seq;
-    let entries: string[] = [
+    const targetArguments = [
       String(target.seq),
       target.id,
       target.json,
       excludeConnId,
       targetFlags,
     ];
+    // The step covers the entries with a seq in [from, to]: first the target alone.
+    let from = target.seq;
+    let to = target.seq;
+    let entries = targetArguments;
     let delivered = false;
     for (;;) {
       const reply = await runScript(
@@ -197,19 +199,17 @@ export class ClusterGroupSteps {
         unexpected("group member step", reply);
       }
       delivered ||= reply[2] === 1;
-      if (reply[0] !== -1 && to === target.seq) return { position: reply[1], delivered };
-      if (reply[0] === -1) {
-        // A gap: the entries after the member's cursor first, a page of seqs at a time.
-        from = reply[1] + 1;
-      } else {
-        from = to + 1;
-      }
+      const done = reply[0] !== -1;
+      if (done && to === target.seq) return { position: reply[1], delivered };
+      // Next, a page of the log: after the member's cursor (a gap), or after the page just done.
+      from = done ? to + 1 : reply[1] + 1;
       to = Math.min(target.seq - 1, from - 1 + GAP_PAGE);
-      const gap = await this.logRange(groupId, from - 1, to);
-      entries = gap.flatMap((e) => [String(e.seq), e.id, e.json, "", entryFlags(e.json)(member)]);
+      const page = to >= from ? await this.logRange(groupId, from - 1, to) : [];
+      entries = page.flatMap((e) => [String(e.seq), e.id, e.json, "", entryFlags(e.json)(member)]);
       if (to === target.seq - 1) {
+        // The last page: the target follows it in the same step.
         to = target.seq;
-        entries.push(String(target.seq), target.id, target.json, excludeConnId, targetFlags);
+        entries.push(...targetArguments);
       }
     }
   }
