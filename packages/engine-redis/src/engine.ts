@@ -43,7 +43,7 @@
  * to the promoted replica; a call in flight to the lost master fails like any outage, and the
  * client retries it). The subscriber client uses sharded pub/sub (broker.ts). Keys are hash-
  * tagged (keys.ts); operations that span slots are split into idempotent steps
- * (cluster-messages.ts, cluster-scripts.ts).
+ * (cluster-messages.ts, cluster-groups.ts, cluster-scripts.ts).
  *
  * `waitReplicas` (REDIS_WAIT_REPLICAS): each step of a direct message is followed, on the same
  * node, by WAIT for that many replicas, before the message is acked (script-runner.ts).
@@ -66,7 +66,7 @@ import { RedisBroker } from "./broker.js";
 import { type AppendStep, ClusterMessageStore } from "./cluster-messages.js";
 import { CLUSTER_SCRIPTS } from "./cluster-scripts.js";
 import { RedisEventQueue } from "./event-queue.js";
-import { RedisGroupStore } from "./groups.js";
+import { GROUP_SCRIPTS, RedisGroupStore } from "./groups.js";
 import { Keys } from "./keys.js";
 import { RedisMessageStore } from "./messages.js";
 import { RedisPresenceStore } from "./presence.js";
@@ -190,10 +190,12 @@ export function injectClusterFaultForTests(
   engine: Engine,
   fault: ((step: AppendStep) => void) | undefined,
 ): void {
+  const steps = engine instanceof RedisEngine ? engine.groups.steps : undefined;
   if (!(engine instanceof RedisEngine) || !(engine.messages instanceof ClusterMessageStore)) {
     throw new TypeError("not a Redis Cluster engine");
   }
   engine.messages.faultForTests = fault;
+  if (steps !== undefined) steps.faultForTests = fault;
 }
 
 const SILENT: Logger = { info() {}, warn() {}, error() {} };
@@ -318,6 +320,7 @@ class RedisEngine implements Engine {
       options.retention ?? DEFAULT_RETENTION,
       options.rateLimit,
       options.groups ?? DEFAULT_GROUP_LIMITS,
+      this.broker,
     );
     this.backendKeys = new BackendKeys(options.keyPrefix, seeds !== undefined);
     this.revocations = new RedisRevocationStore(this.command, this.backendKeys);
@@ -386,8 +389,8 @@ class RedisEngine implements Engine {
       await loadScripts(
         this.command,
         this.keys.cluster
-          ? [...ALL_SCRIPTS, ...BACKEND_SCRIPTS, ...CLUSTER_SCRIPTS]
-          : [...ALL_SCRIPTS, ...BACKEND_SCRIPTS],
+          ? [...ALL_SCRIPTS, ...BACKEND_SCRIPTS, ...GROUP_SCRIPTS, ...CLUSTER_SCRIPTS]
+          : [...ALL_SCRIPTS, ...BACKEND_SCRIPTS, ...GROUP_SCRIPTS],
       );
       await this.broker.listen(this.keys.broadcastChannel);
       await this.broker.listen(this.backendKeys.revocationChannel);

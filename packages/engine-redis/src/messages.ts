@@ -181,19 +181,22 @@ export class RedisMessageStore implements MessageStore {
     return { messages: strings(reply.slice(1), "history"), hasMore: reply[0] === 1 };
   }
 
-  /** A page of any log of `<seq>|<id>` entries (HISTORY): the newest `limit` below `before`. */
-  async logPage(logKey: string, limit: number, before: number): Promise<HistoryPage> {
+  /**
+   * A page of any log of `<seq>|<id>` entries (HISTORY): the newest `limit` below `before`, the
+   * texts read under `textHead` (in the log's slot).
+   */
+  async logPage(
+    logKey: string,
+    limit: number,
+    before: number,
+    textHead: string,
+  ): Promise<HistoryPage> {
     if (before <= 1) return { messages: [], hasMore: false };
     const highest =
       before === Number.POSITIVE_INFINITY
         ? "+inf"
         : Math.min(Math.ceil(before) - 1, Number.MAX_SAFE_INTEGER);
-    const reply = await runScript(this.client, HISTORY, [
-      logKey,
-      count(limit),
-      highest,
-      this.keys.messageHead,
-    ]);
+    const reply = await runScript(this.client, HISTORY, [logKey, count(limit), highest, textHead]);
     if (!Array.isArray(reply) || (reply[0] !== 0 && reply[0] !== 1)) unexpected("history", reply);
     return { messages: strings(reply.slice(1), "history"), hasMore: reply[0] === 1 };
   }
