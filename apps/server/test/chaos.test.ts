@@ -320,8 +320,7 @@ const MESSAGES_PER_GROUP_SENDER = 150;
  * (from the start, or from its `joined` entry; to the end, or to its `removed` entry): nothing
  * acked lost, nothing twice, every group in seq order, membership entries at their place.
  */
-const groupBackends = backends.filter(([name]) => !name.includes("Cluster")); // groups refused there
-describe.each(groupBackends)("group chaos (%s)", (name, service) => {
+describe.each(backends)("group chaos (%s)", (name, service) => {
   it("loses no acked group message, stores none twice, and gives every member its slice of each log in order", async () => {
     const nodes = await service();
     const seed = 20261201;

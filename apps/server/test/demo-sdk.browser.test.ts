@@ -174,6 +174,116 @@ describe.skipIf((!haveChromium || !redis) && !underCi)("the demo page on the SDK
     await bob.context().close();
   }, 90_000);
 
+  it("three users chat in a group: one creates it with the other two, each sends, every page shows all three in order with ticks and the membership entry", async () => {
+    port = await freePort();
+    await startOnPort();
+    const [alice, bob, carol] = [
+      await openAs("grp-page-alice"),
+      await openAs("grp-page-bob"),
+      await openAs("grp-page-carol"),
+    ] as [Page, Page, Page];
+    await alice.getByPlaceholder("group name").fill("Trio");
+    await alice.getByPlaceholder("members: bob, carol").fill("grp-page-bob, grp-page-carol");
+    await alice.getByRole("button", { name: "Create group", exact: true }).click();
+    // The creator's page opens the new group; the others see it in their lists at once.
+    await until(
+      async () =>
+        ((await alice.locator("#thread-title").textContent()) ?? "") === "Messages in Trio",
+      "alice's page opens the group",
+    );
+    const groupRow = (page: Page) => page.locator("#convs button[data-group]");
+    for (const page of [bob, carol]) {
+      await until(async () => (await groupRow(page).count()) === 1, "the group in the list");
+      expect(await groupRow(page).locator(".peer").textContent()).toContain("Trio");
+    }
+
+    // Alice writes first: carol, who has not opened the group yet, sees an unread count.
+    const send = async (page: Page, text: string) => {
+      const composer = page.getByLabel("Message", { exact: true });
+      await composer.fill(text);
+      await composer.press("Enter");
+      // The ack says delivered (the others are connected); a member with the group open may
+      // have read it already, which ranks above.
+      await until(
+        async () =>
+          ["delivered", "read"].includes(
+            (await page.locator("#messages .msg.out").last().getAttribute("data-status")) ?? "",
+          ),
+        `${text} acked as delivered`,
+      );
+    };
+    await send(alice, "hello from alice");
+    // Nobody had the group open: the tick is the ack's.
+    expect(await alice.locator("#messages .msg.out .badge").textContent()).toBe("✓✓ delivered");
+    await until(
+      async () => (await groupRow(carol).locator(".unread").textContent()) === "1",
+      "carol's unread count",
+    );
+    await groupRow(bob).click();
+    await until(
+      async () => (await bodies(bob, "in")).join() === "hello from alice",
+      "bob's thread shows alice's message",
+    );
+    await send(bob, "hello from bob");
+    await groupRow(carol).click();
+    await until(
+      async () => (await groupRow(carol).locator(".unread").textContent()) === "",
+      "carol's unread count cleared",
+    );
+    await send(carol, "hello from carol");
+
+    const expected = ["hello from alice", "hello from bob", "hello from carol"];
+    const all = (page: Page) => page.locator("#messages .msg:not(.event) .body").allTextContents();
+    for (const page of [alice, bob, carol]) {
+      await until(async () => (await all(page)).join() === expected.join(), "all three, in order");
+    }
+    // Each page shows its own message as outgoing, with the others' senders named.
+    expect(await bodies(alice, "out")).toEqual(["hello from alice"]);
+    expect(await bodies(bob, "out")).toEqual(["hello from bob"]);
+    expect(await bodies(carol, "out")).toEqual(["hello from carol"]);
+    expect(await carol.locator("#messages .msg.in .who").allTextContents()).toEqual([
+      "grp-page-alice",
+      "grp-page-bob",
+    ]);
+    // The membership entry opens the thread, and the header lists the members.
+    expect(await bob.locator("#messages .msg.event").first().textContent()).toContain(
+      "grp-page-alice created the group “Trio” with you, grp-page-carol",
+    );
+    expect(await carol.locator("#peer-presence").textContent()).toBe(
+      "3 members: grp-page-alice, grp-page-bob, you",
+    );
+    // Membership changes show in every member's thread, in order: alice (the creator) adds
+    // dave, then carol leaves, and her page stops offering to send there.
+    await alice.getByPlaceholder("member to add").fill("grp-page-dave");
+    await alice.getByRole("button", { name: "Add member", exact: true }).click();
+    await carol.getByRole("button", { name: "Leave group", exact: true }).click();
+    const events = (page: Page) => page.locator("#messages .msg.event > span").allTextContents();
+    await until(
+      async () =>
+        (await events(bob)).join("|") ===
+        [
+          "grp-page-alice created the group “Trio” with you, grp-page-carol",
+          "grp-page-alice added grp-page-dave",
+          "grp-page-carol left",
+        ].join("|"),
+      "bob sees the membership entries",
+    );
+    await until(
+      async () =>
+        (await carol.locator("#peer-presence").textContent()) ===
+        "You are no longer in this group.",
+      "carol's page knows she left",
+    );
+    expect(await carol.getByRole("button", { name: "Send", exact: true }).isDisabled()).toBe(true);
+    expect(await alice.locator("#peer-presence").textContent()).toBe(
+      "3 members: you, grp-page-bob, grp-page-dave",
+    );
+    // Nothing twice, even a moment later.
+    await sleep(300);
+    for (const page of [alice, bob, carol]) expect(await all(page)).toEqual(expected);
+    for (const page of [alice, bob, carol]) await page.context().close();
+  }, 90_000);
+
   it("a message written while its node is down survives a page reload and is sent after it", async () => {
     if (browser === undefined) throw new Error("no browser");
     port = await freePort();

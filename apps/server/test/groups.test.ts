@@ -1,15 +1,23 @@
 /**
- * Groups end to end: real nodes, real WebSocket clients, on the memory engine and on two nodes
- * sharing a Redis (members on different nodes, an offline member resuming with `since` on the
- * other node, a member with two devices on two nodes, a removal racing messages).
+ * Groups end to end: real nodes, real WebSocket clients, on the memory engine, on two nodes
+ * sharing a Redis and on two nodes on a Redis Cluster (members on different nodes, an offline
+ * member resuming with `since` on the other node, a member with two devices on two nodes, a
+ * removal racing messages).
  */
 import { randomUUID } from "node:crypto";
-import { type Frame, mintToken, redisForTests, TestClient } from "@mrezhen/testkit";
+import {
+  type Frame,
+  mintToken,
+  redisClusterForTests,
+  redisForTests,
+  TestClient,
+} from "@mrezhen/testkit";
 import { afterAll, describe, expect, it, onTestFinished } from "vitest";
 import { startNode, type TestNode } from "./helpers.js";
 
 const redis = await redisForTests();
-afterAll(() => redis?.close());
+const redisCluster = await redisClusterForTests();
+afterAll(() => Promise.all([redis?.close(), redisCluster?.close()]));
 
 const backends: [string, () => Promise<[TestNode, TestNode]>][] = [
   [
@@ -27,6 +35,23 @@ if (redis !== undefined) {
       const shared = {
         REDIS_URL: redis.url,
         REDIS_KEY_PREFIX: `${redis.prefix}${randomUUID().slice(0, 6)}:`,
+        RATE_LIMIT_MESSAGES: "100000",
+      };
+      return [
+        await startNode({ ...shared, NODE_ID: "a" }),
+        await startNode({ ...shared, NODE_ID: "b" }),
+      ];
+    },
+  ]);
+}
+
+if (redisCluster !== undefined) {
+  backends.push([
+    "redis cluster engine, two nodes",
+    async () => {
+      const shared = {
+        REDIS_CLUSTER_NODES: redisCluster.seeds,
+        REDIS_KEY_PREFIX: `${redisCluster.prefix}${randomUUID().slice(0, 6)}:`,
         RATE_LIMIT_MESSAGES: "100000",
       };
       return [

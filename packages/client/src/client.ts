@@ -5,8 +5,13 @@ import type {
   Ack,
   ChatMessage,
   Conversation,
+  GroupAck,
+  GroupHistoryPage,
+  GroupInfo,
+  GroupMessage,
   HistoryPage,
   Presence,
+  ReadBy,
   Receipt,
   Synced,
   Typing,
@@ -58,14 +63,19 @@ export interface ClientOptions {
   readonly ackDelayMs?: number;
 }
 
-/** A message waiting in the outbox for its ack. */
-export interface OutboxEntry {
+/** A conversation: a user's id, or a group. */
+export type Peer = string | { readonly groupId: string };
+
+/** A message waiting in the outbox for its ack: to a user (`to`) or a group (`groupId`). */
+export type OutboxEntry = {
   readonly clientMsgId: string;
-  readonly to: string;
   readonly content: string;
   /** When the app sent it (ms since the epoch). */
   readonly createdAt: number;
-}
+} & (
+  | { readonly to: string; readonly groupId?: undefined }
+  | { readonly groupId: string; readonly to?: undefined }
+);
 
 /**
  * Why something failed. `code` is the server's error code, or one of the client's own:
@@ -90,8 +100,15 @@ export class ClientError extends Error {
 export interface ClientEvents {
   /** A message for this user (or sent by this user from another device), once, in order. */
   message: ChatMessage;
+  /**
+   * An entry of one of this user's groups, once, in order with `message`s (one inbox): a message
+   * (`content`) or a membership change (`event`: created, joined, removed, left, renamed).
+   */
+  groupMessage: GroupMessage;
+  /** A group's current state: an answer to a group command, or news of a group you were added to. */
+  group: GroupInfo;
   /** A message from the outbox is stored. */
-  ack: Ack;
+  ack: Ack | GroupAck;
   presence: Presence;
   receipt: Receipt;
   typing: Typing;
@@ -111,19 +128,26 @@ type Listener<T> = (value: T) => void;
 interface Pending {
   /** The answer's frame type. */
   readonly t: string;
+  /**
+   * For a `group` answer, which group it is about ("" for a group this user creates): `group`
+   * frames also arrive unasked (someone added you), and must not answer another request.
+   */
+  readonly g?: string | undefined;
   /** The outbox entry, for a send. */
   readonly id?: string;
   readonly ok?: (frame: WireFrame) => void;
   readonly ko?: (error: ClientError) => void;
 }
 
-interface Entry extends OutboxEntry {
+type Entry = OutboxEntry & {
   /** Written on the current connection and not yet answered. */
   sent: boolean;
-}
+};
 
 /** Errors after which resending the same message can only fail the same way. */
 const RETRYABLE = ["UNAVAILABLE", "INTERNAL_ERROR", "RATE_LIMITED"];
+/** A group's refusals (no such group, not a member or not its admin). */
+const GROUP_REFUSALS = ["FORBIDDEN", "NOT_FOUND"];
 /** Answers to reads: errors without a clientMsgId about reads are matched to these. */
 const READS = ["message_history", "conversations", "online_users"];
 /** Recent message ids kept to drop a replay's overlap: enough for any overlap, bounded. */
@@ -157,10 +181,13 @@ export class MrezhenClient {
   private ready = false;
   private readonly listeners = new Map<string, Set<Listener<never>>>();
   private readonly outboxMap = new Map<string, Entry>();
-  private readonly waiters = new Map<string, [(ack: Ack) => void, (error: ClientError) => void]>();
+  private readonly waiters = new Map<
+    string,
+    [(ack: never) => void, (error: ClientError) => void]
+  >();
   private readonly seen = new Set<string>();
-  /** Latest mark_read per peer made while offline, sent on the next open. */
-  private readonly reads = new Map<string, number>();
+  /** Latest mark_read frame per peer made while offline, sent on the next open. */
+  private readonly reads = new Map<string, object>();
   private inflight: Pending[] = [];
   private ws: WebSocketLike | undefined;
   private wanted = false;
@@ -235,15 +262,28 @@ export class MrezhenClient {
    * const ack = await client.sendMessage({ to: "bob", content: "hello" });
    * console.log(ack.status); // "delivered" or "queued"
    */
-  sendMessage(message: { to: string; content: string }): Promise<Ack> {
-    const entry: Entry = {
+  sendMessage(message: { to: string; content: string }): Promise<Ack>;
+  /**
+   * Sends a message to a group, through the same outbox, with the same promise: resolves with
+   * the group ack (`groupId`, the group `seq`); rejects when refused for good (FORBIDDEN: not a
+   * member; NOT_FOUND: no such group; EMPTY_CONTENT…).
+   *
+   * @example
+   * const ack = await client.sendMessage({ groupId, content: "hello all" });
+   */
+  sendMessage(message: { groupId: string; content: string }): Promise<GroupAck>;
+  sendMessage(
+    message: { to: string; content: string } | { groupId: string; content: string },
+  ): Promise<Ack | GroupAck> {
+    // Only the fields the wire frame takes: an app's extra fields must not be sent or stored.
+    const entry = {
       clientMsgId: newId(),
-      to: message.to,
+      ...("groupId" in message ? { groupId: message.groupId } : { to: message.to }),
       content: message.content,
       createdAt: Date.now(),
       sent: false,
-    };
-    const promise = new Promise<Ack>((resolve, reject) => {
+    } as Entry;
+    const promise = new Promise<Ack | GroupAck>((resolve, reject) => {
       this.waiters.set(entry.clientMsgId, [resolve, reject]);
     });
     // The refusal is also an `error` event: an app that only listens there has no unhandled rejection.
@@ -253,9 +293,6 @@ export class MrezhenClient {
     this.flush();
     return promise;
   }
-
-  // Group messages (sendGroupMessage, group history) come here once the server has groups: an
-  // outbox entry will carry `group` instead of `to`, and everything else (ids, retries) is shared.
 
   /** The messages still waiting for their ack, oldest first. */
   pending(): OutboxEntry[] {
@@ -269,8 +306,23 @@ export class MrezhenClient {
    * const page = await client.history("bob", { limit: 50 });
    * if (page.hasMore) await client.history("bob", { before: page.messages[0].seq });
    */
-  history(user: string, options: { limit?: number; before?: number } = {}): Promise<HistoryPage> {
-    return this.request({ type: "get_history", with: user, ...options }, "message_history");
+  history(user: string, options?: { limit?: number; before?: number }): Promise<HistoryPage>;
+  /**
+   * A page of a group's log (messages and membership events), oldest first, paged by group
+   * `seq`. A former member reads up to its removal.
+   *
+   * @example
+   * const page = await client.history({ groupId }, { limit: 50 });
+   */
+  history(
+    group: { groupId: string },
+    options?: { limit?: number; before?: number },
+  ): Promise<GroupHistoryPage>;
+  history(peer: Peer, options: { limit?: number; before?: number } = {}): Promise<unknown> {
+    return this.request(
+      { type: "get_history", ...target(peer, "with"), ...options },
+      "message_history",
+    );
   }
 
   /**
@@ -302,26 +354,83 @@ export class MrezhenClient {
   }
 
   /**
-   * Marks the conversation with `user` read up to its `seq` `upTo` (the other side gets a read
-   * receipt). Offline, the latest mark per user is sent on the next connect.
+   * Marks the conversation with `user`, or the group `{ groupId }`, read up to its `seq` `upTo`
+   * (the other side, or a small group's members, get a read receipt; a group's unread count
+   * drops). Offline, the latest mark per conversation is sent on the next connect.
    *
    * @example
    * client.markRead(message.from, message.seq);
+   * client.markRead({ groupId: entry.groupId }, entry.seq);
    */
-  markRead(user: string, upTo: number): void {
-    if (user === this.userId) return;
-    if (!this.write({ type: "mark_read", with: user, upTo })) this.reads.set(user, upTo);
+  markRead(peer: Peer, upTo: number): void {
+    if (peer === this.userId) return;
+    const frame = { type: "mark_read", ...target(peer, "with"), upTo };
+    // Keyed so a user id can never collide with a group id: a group's key has a control
+    // character, which user ids may not contain.
+    if (!this.write(frame))
+      this.reads.set(typeof peer === "string" ? peer : `\0${peer.groupId}`, frame);
   }
 
   /**
-   * Tells `user` you started or stopped typing. Dropped while offline: it is stale by then.
+   * Tells `user`, or the members of `{ groupId }`, you started or stopped typing. Dropped while
+   * offline: it is stale by then.
    *
    * @example
    * input.oninput = () => client.typing("bob", "start");
    */
-  typing(user: string, state: "start" | "stop"): void {
+  typing(peer: Peer, state: "start" | "stop"): void {
     // The server refuses these with an error that names no request: never send one.
-    if (user !== this.userId) this.write({ type: "typing", to: user, state });
+    if (peer !== this.userId) this.write({ type: "typing", ...target(peer, "to"), state });
+  }
+
+  // ---- Groups --------------------------------------------------------------------------------
+  // Group sends, history, markRead and typing are the methods above, given `{ groupId }`. These
+  // commands need an open connection; each answers with the group's new state (also a `group`
+  // event), or rejects with the server's error (FORBIDDEN, NOT_FOUND, INVALID_FORMAT…).
+
+  /**
+   * Creates a group with you as its creator and admin, and `members` (user ids) in it.
+   *
+   * @example
+   * const { groupId } = await client.createGroup("Team", ["bob", "carol"]);
+   */
+  createGroup(name: string, members: string[]): Promise<GroupInfo> {
+    return this.groupCommand({ type: "create_group", name, members }, "");
+  }
+
+  /** Adds `userId` to the group (its creator only). */
+  addMember(groupId: string, userId: string): Promise<GroupInfo> {
+    return this.groupCommand({ type: "add_member", groupId, userId }, groupId);
+  }
+
+  /** Removes `userId` from the group (its creator only). */
+  removeMember(groupId: string, userId: string): Promise<GroupInfo> {
+    return this.groupCommand({ type: "remove_member", groupId, userId }, groupId);
+  }
+
+  /** Leaves the group: you get the `left` entry, and nothing of the group after it. */
+  leaveGroup(groupId: string): Promise<GroupInfo> {
+    return this.groupCommand({ type: "leave_group", groupId }, groupId);
+  }
+
+  /** Renames the group (any member); every member gets a `renamed` entry. */
+  renameGroup(groupId: string, name: string): Promise<GroupInfo> {
+    return this.groupCommand({ type: "rename_group", groupId, name }, groupId);
+  }
+
+  /**
+   * Your groups.
+   *
+   * @example
+   * for (const group of await client.getGroups()) console.log(group.name, group.members);
+   */
+  async getGroups(): Promise<GroupInfo[]> {
+    return (await this.request<{ groups: GroupInfo[] }>({ type: "get_groups" }, "groups")).groups;
+  }
+
+  /** How many members (the sender aside) read the group up to `seq`: large groups send no receipts. */
+  readBy(groupId: string, seq: number): Promise<ReadBy> {
+    return this.request({ type: "get_read_by", groupId, seq }, "read_by");
   }
 
   // ---- Connection ----------------------------------------------------------------------------
@@ -386,7 +495,7 @@ export class MrezhenClient {
       this.lastRx = Date.now();
       this.setState("open");
       this.watch();
-      for (const [user, upTo] of this.reads) this.write({ type: "mark_read", with: user, upTo });
+      for (const frame of this.reads.values()) this.write(frame);
       this.reads.clear();
       this.flush();
     };
@@ -492,11 +601,20 @@ export class MrezhenClient {
     }
     switch (frame.type) {
       case "direct_message":
-        this.onMessage(frame["message"] as ChatMessage, frame["position"] as number);
+      case "group_message":
+        this.onMessage(frame["message"] as ChatMessage | GroupMessage, frame["position"] as number);
         return;
       case "message_ack":
         this.onAck(frame as unknown as Ack);
         return;
+      case "group": {
+        const group = frame["group"] as GroupInfo;
+        this.take(
+          (r) => r.t === "group" && (r.g ? r.g === group.groupId : group.createdBy === this.userId),
+        )?.ok?.(frame);
+        this.emit("group", group);
+        return;
+      }
       case "synced": {
         const synced = frame as unknown as Synced;
         // The server's position, even if lower: it lost its inbox, and new messages start there.
@@ -527,23 +645,29 @@ export class MrezhenClient {
     }
   }
 
-  private onMessage(message: ChatMessage, position: number | undefined): void {
+  /**
+   * A direct or group message: one inbox, one cursor, one set of seen ids for both (ids are
+   * UUIDs, so a direct message's and a group entry's never collide).
+   */
+  private onMessage(message: ChatMessage | GroupMessage, position: number | undefined): void {
     const entry =
       message.clientMsgId === undefined ? undefined : this.outboxMap.get(message.clientMsgId);
+    const group = "groupId" in message;
     if (entry !== undefined && position !== undefined) {
       // Our own unacked send, replayed: it was stored before the ack was lost. Settle it here.
       this.onAck({
         messageId: message.id,
-        to: message.to,
+        ...(group ? { groupId: message.groupId } : { to: message.to }),
         timestamp: message.timestamp,
         status: "queued",
         seq: message.seq,
         position,
         clientMsgId: entry.clientMsgId,
-      });
+      } as Ack);
     } else if (!this.seen.has(message.id) && (position === undefined || position > this.cursor)) {
       this.remember(message.id);
-      this.emit("message", message);
+      if (group) this.emit("groupMessage", message);
+      else this.emit("message", message);
     }
     // Advanced after the handlers ran: a crash inside one replays the message next time.
     if (position !== undefined && position > this.cursor) {
@@ -560,7 +684,7 @@ export class MrezhenClient {
     const entry = this.outboxMap.get(ack.clientMsgId);
     if (entry === undefined) return;
     this.sendFailures = 0;
-    this.settle(entry)?.[0](ack);
+    this.settle(entry)?.[0](ack as never);
     this.emit("ack", ack);
   }
 
@@ -582,7 +706,11 @@ export class MrezhenClient {
                     ? r.t === "refreshed"
                     : r.id !== undefined,
               )
-            : this.take((r) => r.t !== "pong");
+            : // A group refusal without a clientMsgId is never a send's: a refused group send
+              // names its clientMsgId.
+              this.take(
+                (r) => r.t !== "pong" && !(r.id !== undefined && GROUP_REFUSALS.includes(code)),
+              );
     const entry = this.outboxMap.get(request?.id ?? clientMsgId ?? "");
     if (entry !== undefined) {
       if (RETRYABLE.includes(code)) {
@@ -616,10 +744,11 @@ export class MrezhenClient {
     for (const entry of this.outboxMap.values()) {
       if (entry.sent) continue;
       entry.sent = true;
-      const { clientMsgId, to, content } = entry;
+      // `to` or `groupId`, whichever the entry has: the frame is the entry less its bookkeeping.
+      const { sent: _, createdAt: __, ...fields } = entry;
       this.write(
-        { type: "direct_message", to, content, clientMsgId },
-        { t: "message_ack", id: clientMsgId },
+        { type: entry.groupId === undefined ? "direct_message" : "group_message", ...fields },
+        { t: "message_ack", id: entry.clientMsgId },
       );
     }
   }
@@ -633,7 +762,7 @@ export class MrezhenClient {
   }
 
   /** Takes an entry out of the outbox; returns its promise's resolve and reject, if it has one. */
-  private settle(entry: Entry): [(ack: Ack) => void, (error: ClientError) => void] | undefined {
+  private settle(entry: Entry): [(ack: never) => void, (error: ClientError) => void] | undefined {
     const id = entry.clientMsgId;
     const waiter = this.waiters.get(id);
     this.waiters.delete(id);
@@ -676,11 +805,15 @@ export class MrezhenClient {
 
   // ---- Plumbing ------------------------------------------------------------------------------
 
-  private request<T>(frame: object, answer: string): Promise<T> {
+  private request<T>(frame: object, answer: string, g?: string): Promise<T> {
     return new Promise((ok, ko) => {
-      if (!this.write(frame, { t: answer, ok: ok as (frame: WireFrame) => void, ko }))
+      if (!this.write(frame, { t: answer, g, ok: ok as (frame: WireFrame) => void, ko }))
         ko(new ClientError("OFFLINE", "Not connected."));
     });
+  }
+
+  private async groupCommand(frame: object, groupId: string): Promise<GroupInfo> {
+    return (await this.request<{ group: GroupInfo }>(frame, "group", groupId)).group;
   }
 
   /** Sends a frame if the socket is open; `answer` registers what the server will answer. */
@@ -714,6 +847,11 @@ export class MrezhenClient {
       }
     }
   }
+}
+
+/** A frame's fields naming `peer`: `{ [field]: user }` for a user, `{ groupId }` for a group. */
+function target(peer: Peer, field: "with" | "to"): object {
+  return typeof peer === "string" ? { [field]: peer } : { groupId: peer.groupId };
 }
 
 /** A clientMsgId: a UUID where the platform makes them (secure contexts, Node), else random hex. */

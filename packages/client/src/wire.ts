@@ -9,12 +9,15 @@ import type {
   ChatMessage,
   DeliveryStatus,
   ErrorCode,
+  GroupEvent,
+  GroupInfo,
+  GroupMessage,
   LimitName,
   PresenceStatus,
   SendOutcome,
 } from "@mrezhen/protocol";
 
-export type { ChatMessage, DeliveryStatus, PresenceStatus };
+export type { ChatMessage, DeliveryStatus, GroupEvent, GroupInfo, GroupMessage, PresenceStatus };
 
 /** A stored message's acknowledgement: it is in history and in both inboxes, and never lost. */
 export interface Ack {
@@ -30,6 +33,16 @@ export interface Ack {
   readonly clientMsgId: string;
 }
 
+/**
+ * A stored group message's acknowledgement: it is in the group's log and in every member's
+ * inbox. `status` is `delivered` when another member had a connection open, else `queued`.
+ */
+export interface GroupAck extends Omit<Ack, "to"> {
+  readonly groupId: string;
+  /** The message's `seq` in the group's log. */
+  readonly seq: number;
+}
+
 /** A user came online or went offline (`onlineUsers` only with `presence: "on"`). */
 export interface Presence {
   readonly userId: string;
@@ -37,32 +50,63 @@ export interface Presence {
   readonly onlineUsers?: readonly string[];
 }
 
-/** `from` received (`delivered`) or read (`read`) your conversation up to `seq` `upTo`. */
+/**
+ * `from` received (`delivered`) or read (`read`) your conversation up to `seq` `upTo`; with
+ * `groupId`, `from` read the group up to that group `seq` (groups of at most 20 members).
+ */
 export interface Receipt {
   readonly kind: "delivered" | "read";
   readonly from: string;
   readonly upTo: number;
+  readonly groupId?: string;
 }
 
-/** `from` started or stopped typing to you. */
+/** `from` started or stopped typing to you, or in the group `groupId`. */
 export interface Typing {
   readonly from: string;
   readonly state: "start" | "stop";
+  readonly groupId?: string;
 }
 
-/** One conversation of `conversations()`, most recent first. */
-export interface Conversation {
-  readonly with: string;
-  readonly lastMessage: ChatMessage;
-  /** Messages from `with` after your read watermark. */
-  readonly unread: number;
-}
+/**
+ * One conversation of `conversations()`, most recent first: with a user (`with`), or a group
+ * (`groupId` and `name`). `unread` counts messages from others after your read mark.
+ */
+export type Conversation =
+  | {
+      readonly with: string;
+      readonly groupId?: undefined;
+      readonly lastMessage: ChatMessage;
+      readonly unread: number;
+    }
+  | {
+      readonly groupId: string;
+      readonly name: string;
+      readonly with?: undefined;
+      readonly lastMessage: GroupMessage;
+      readonly unread: number;
+    };
 
 /** A page of history, oldest first; `hasMore` when older messages exist (ask with `before`). */
 export interface HistoryPage {
   readonly with: string;
   readonly messages: readonly ChatMessage[];
   readonly hasMore: boolean;
+}
+
+/** A page of a group's log (messages and membership events), oldest first. */
+export interface GroupHistoryPage {
+  readonly groupId: string;
+  readonly messages: readonly GroupMessage[];
+  readonly hasMore: boolean;
+}
+
+/** The answer to `readBy`: how many of the group's `members` (the sender aside) read up to `seq`. */
+export interface ReadBy {
+  readonly groupId: string;
+  readonly seq: number;
+  readonly count: number;
+  readonly members: number;
 }
 
 /** The end of a replay: this device has everything up to `position`. */

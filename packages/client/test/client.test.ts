@@ -6,6 +6,7 @@ import {
   type ChatMessage,
   type ClientError,
   type ConnectionState,
+  type GroupAck,
   MrezhenClient,
   memoryStorage,
   type WebSocketLike,
@@ -184,7 +185,7 @@ describe("outbox", () => {
     const [resent] = second.sentOf("direct_message");
     expect(resent).toEqual(frame);
 
-    const acks: Ack[] = [];
+    const acks: (Ack | GroupAck)[] = [];
     client.on("ack", (ack) => acks.push(ack));
     second.receive(ackFor(resent as Record<string, unknown>));
     await expect(sending).resolves.toMatchObject({ status: "delivered", seq: 1 });
@@ -507,6 +508,288 @@ describe("requests", () => {
     expect(socket.sent).toEqual([{ type: "mark_read", with: "bob", upTo: 5 }]);
     client.typing("bob", "stop");
     expect(socket.sentOf("typing")).toEqual([{ type: "typing", to: "bob", state: "stop" }]);
+    client.close();
+  });
+});
+
+describe("groups", () => {
+  const T = "2026-01-01T00:00:00.000Z";
+  const group = (groupId: string, createdBy = "alice", name = "Team") => ({
+    groupId,
+    name,
+    members: ["alice", "bob", "carol"],
+    admins: [createdBy],
+    createdBy,
+    createdAt: T,
+  });
+  const entry = (id: string, position: number, extra: object = { content: `g${id}` }) => ({
+    type: "group_message",
+    groupId: "g1",
+    message: { id, groupId: "g1", from: "bob", timestamp: T, seq: position, ...extra },
+    position,
+  });
+  const groupAckFor = (frame: Record<string, unknown>, seq = 1, position = seq) => ({
+    type: "message_ack",
+    messageId: `id-${String(frame["clientMsgId"])}`,
+    groupId: frame["groupId"],
+    timestamp: T,
+    status: "queued",
+    seq,
+    position,
+    clientMsgId: frame["clientMsgId"],
+  });
+  /** A JWT-shaped token for `sub`: the client reads its user id from it. */
+  const jwtFor = (sub: string) =>
+    `e30.${btoa(JSON.stringify({ sub })).replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_")}.sig`;
+
+  it("sends through the outbox: kept until the group ack, resent with the same id after a drop, resolved with the ack", async () => {
+    const { client } = makeClient();
+    const outbox: number[] = [];
+    client.on("outbox", (entries) => outbox.push(entries.length));
+    const acks: (Ack | GroupAck)[] = [];
+    client.on("ack", (ack) => acks.push(ack));
+    const first = await connected(client);
+    const sending = client.sendMessage({ groupId: "g1", content: "hello all" });
+    const dm = client.sendMessage({ to: "bob", content: "psst" });
+    expect(client.pending()).toMatchObject([
+      { groupId: "g1", content: "hello all" },
+      { to: "bob", content: "psst" },
+    ]);
+    expect(client.pending()[0]).not.toHaveProperty("to");
+    const [frame] = first.sentOf("group_message") as [Record<string, unknown>];
+    expect(frame).toEqual({
+      type: "group_message",
+      groupId: "g1",
+      content: "hello all",
+      clientMsgId: expect.any(String),
+    });
+    // Group and direct sends share one outbox, in one order.
+    expect(first.sent.map((sent) => sent["type"])).toEqual(["group_message", "direct_message"]);
+
+    first.drop(1006);
+    await vi.advanceTimersByTimeAsync(500);
+    const second = FakeSocket.last;
+    second.open();
+    expect(second.sentOf("group_message")).toEqual([frame]);
+    second.receive(groupAckFor(frame, 4, 9));
+    await expect(sending).resolves.toMatchObject({
+      messageId: `id-${String(frame["clientMsgId"])}`,
+      groupId: "g1",
+      timestamp: T,
+      status: "queued",
+      seq: 4,
+      position: 9,
+      clientMsgId: frame["clientMsgId"],
+    });
+    expect(acks).toMatchObject([{ groupId: "g1", seq: 4 }]);
+    expect(client.pending()).toMatchObject([{ to: "bob" }]);
+    second.receive(ackFor(second.sentOf("direct_message")[0] as Record<string, unknown>, 2));
+    await expect(dm).resolves.toMatchObject({ to: "bob", seq: 2 });
+    expect(outbox.at(-1)).toBe(0);
+    client.close();
+  });
+
+  it("rejects a send the server refuses (not a member), leaves the outbox, and keeps the sends behind it", async () => {
+    const { client, errors } = makeClient();
+    const socket = await connected(client);
+    const refused = client.sendMessage({ groupId: "gone", content: "anyone?" });
+    const next = client.sendMessage({ groupId: "g1", content: "next" });
+    const [first, second] = socket.sentOf("group_message") as Record<string, unknown>[];
+    socket.receive({
+      type: "error",
+      code: "FORBIDDEN",
+      message: "You are not a member of this group.",
+      clientMsgId: first?.["clientMsgId"],
+    });
+    await expect(refused).rejects.toMatchObject({
+      name: "ClientError",
+      code: "FORBIDDEN",
+      message: "You are not a member of this group.",
+    });
+    expect(errors.map((error) => error.code)).toEqual(["FORBIDDEN"]);
+    expect(client.pending()).toMatchObject([{ groupId: "g1", content: "next" }]);
+    // A retryable refusal keeps it, and resends the same id after retryAfterMs.
+    socket.receive({
+      type: "error",
+      code: "RATE_LIMITED",
+      message: "slow down",
+      limit: "messages",
+      retryAfterMs: 1000,
+    });
+    await vi.advanceTimersByTimeAsync(999);
+    expect(socket.sentOf("group_message")).toHaveLength(2);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(socket.sentOf("group_message")).toHaveLength(3);
+    expect(socket.sentOf("group_message")[2]).toEqual(second);
+    socket.receive(groupAckFor(second as Record<string, unknown>));
+    await expect(next).resolves.toMatchObject({ groupId: "g1" });
+    client.close();
+  });
+
+  it("keeps a group send written offline across a reload, and sends it as a group message", async () => {
+    const storage = memoryStorage();
+    const first = makeClient({ storage }).client;
+    await first.connect();
+    first.close();
+    void first.sendMessage({ groupId: "g1", content: "written offline" });
+    await settle();
+
+    const { client } = makeClient({ storage });
+    await client.connect();
+    expect(client.pending()).toMatchObject([{ groupId: "g1", content: "written offline" }]);
+    await settle();
+    FakeSocket.last.open();
+    expect(FakeSocket.last.sent).toEqual([
+      {
+        type: "group_message",
+        groupId: "g1",
+        content: "written offline",
+        clientMsgId: client.pending()[0]?.clientMsgId,
+      },
+    ]);
+    client.close();
+  });
+
+  it("emits group entries as groupMessage, in inbox order with direct messages, once each, on one cursor", async () => {
+    const { client, messages } = makeClient({ ackEvery: 100 });
+    const order: string[] = [];
+    client.on("message", (m) => order.push(`dm:${m.id}`));
+    client.on("groupMessage", (m) => order.push(`group:${m.id}`));
+    const socket = await connected(client);
+    socket.receive(entry("e1", 1, { event: { kind: "created", name: "Team", members: ["bob"] } }));
+    socket.receive(message("d2", 2));
+    socket.receive(entry("g3", 3));
+    // A replay overlapping what was seen, by position and by id: nothing twice.
+    socket.receive(entry("g3", 3));
+    socket.receive(entry("e1", 1, { event: { kind: "created", name: "Team", members: ["bob"] } }));
+    socket.receive(entry("g4", 4));
+    socket.receive(entry("new-id-old-position", 2));
+    expect(order).toEqual(["group:e1", "dm:d2", "group:g3", "group:g4"]);
+    expect(messages.map((m) => m.id)).toEqual(["d2"]);
+    expect(client.cursor).toBe(4);
+    await vi.advanceTimersByTimeAsync(500);
+    expect(socket.sentOf("ack")).toEqual([{ type: "ack", upTo: 4 }]);
+    client.close();
+  });
+
+  it("settles an unacked group send when the replay shows it stored, with a group ack", async () => {
+    const { client } = makeClient();
+    const groupMessages: unknown[] = [];
+    client.on("groupMessage", (m) => groupMessages.push(m));
+    const socket = await connected(client);
+    const sending = client.sendMessage({ groupId: "g1", content: "stored" });
+    const [frame] = socket.sentOf("group_message") as [Record<string, unknown>];
+    socket.receive(
+      entry("m1", 7, { from: "alice", content: "stored", clientMsgId: frame["clientMsgId"] }),
+    );
+    await expect(sending).resolves.toEqual({
+      messageId: "m1",
+      groupId: "g1",
+      timestamp: T,
+      status: "queued",
+      seq: 7,
+      position: 7,
+      clientMsgId: frame["clientMsgId"],
+    });
+    expect(groupMessages).toEqual([]);
+    expect(client.cursor).toBe(7);
+    client.close();
+  });
+
+  it("answers group commands with their own group, not with a group frame that arrives unasked", async () => {
+    const { client } = makeClient({ getToken: () => jwtFor("alice") });
+    await expect(client.createGroup("Team", ["bob"])).rejects.toMatchObject({ code: "OFFLINE" });
+    const news: string[] = [];
+    client.on("group", (g) => news.push(`${g.groupId}:${g.name}`));
+    const socket = await connected(client);
+    const created = client.createGroup("Team", ["bob", "carol"]);
+    const renamed = client.renameGroup("g2", "Renamed");
+    const added = client.addMember("g2", "dave");
+    const removed = client.removeMember("g2", "dave");
+    const left = client.leaveGroup("g3");
+    expect(socket.sent).toEqual([
+      { type: "create_group", name: "Team", members: ["bob", "carol"] },
+      { type: "rename_group", groupId: "g2", name: "Renamed" },
+      { type: "add_member", groupId: "g2", userId: "dave" },
+      { type: "remove_member", groupId: "g2", userId: "dave" },
+      { type: "leave_group", groupId: "g3" },
+    ]);
+    // Before the answers: bob created a group with alice in it, and someone added her to g9.
+    socket.receive({ type: "group", group: group("gb", "bob", "Bob's") });
+    socket.receive({ type: "group", group: group("g9", "carol", "Added") });
+    socket.receive({ type: "group", group: group("g1") });
+    socket.receive({ type: "group", group: group("g2", "alice", "Renamed") });
+    await expect(created).resolves.toMatchObject({ groupId: "g1", createdBy: "alice" });
+    await expect(renamed).resolves.toMatchObject({ groupId: "g2", name: "Renamed" });
+    socket.receive({ type: "group", group: group("g2", "alice", "Renamed") });
+    await expect(added).resolves.toMatchObject({ groupId: "g2" });
+    // An error that names no request goes to the oldest one waiting.
+    socket.receive({ type: "error", code: "FORBIDDEN", message: "Only the creator may remove." });
+    await expect(removed).rejects.toMatchObject({ code: "FORBIDDEN" });
+    socket.receive({ type: "error", code: "NOT_FOUND", message: "No such group." });
+    await expect(left).rejects.toMatchObject({ code: "NOT_FOUND" });
+    // Every group frame is news for the app, asked or not.
+    expect(news).toEqual(["gb:Bob's", "g9:Added", "g1:Team", "g2:Renamed", "g2:Renamed"]);
+    client.close();
+  });
+
+  it("matches a group command's refusal to the command, not to a send waiting for its ack", async () => {
+    const { client } = makeClient();
+    const socket = await connected(client);
+    const sending = client.sendMessage({ groupId: "g1", content: "in flight" });
+    const renaming = client.renameGroup("g2", "New name");
+    socket.receive({ type: "error", code: "NOT_FOUND", message: "No such group." });
+    await expect(renaming).rejects.toMatchObject({ code: "NOT_FOUND" });
+    expect(client.pending()).toMatchObject([{ groupId: "g1", content: "in flight" }]);
+    socket.receive(groupAckFor(socket.sentOf("group_message")[0] as Record<string, unknown>));
+    await expect(sending).resolves.toMatchObject({ groupId: "g1" });
+    client.close();
+  });
+
+  it("reads groups, group history, read counts; marks a group read (offline: on the next connect) and types in it", async () => {
+    const { client } = makeClient();
+    client.markRead({ groupId: "g1" }, 3);
+    client.markRead({ groupId: "g1" }, 4);
+    client.markRead("g1", 2); // a user named like the group: its own mark
+    client.typing({ groupId: "g1" }, "start"); // offline: dropped
+    const socket = await connected(client);
+    expect(socket.sent).toEqual([
+      { type: "mark_read", groupId: "g1", upTo: 4 },
+      { type: "mark_read", with: "g1", upTo: 2 },
+    ]);
+    socket.sent.length = 0;
+    client.typing({ groupId: "g1" }, "start");
+    const groups = client.getGroups();
+    const page = client.history({ groupId: "g1" }, { limit: 20, before: 9 });
+    const readBy = client.readBy("g1", 8);
+    const conversations = client.conversations();
+    expect(socket.sent).toEqual([
+      { type: "typing", groupId: "g1", state: "start" },
+      { type: "get_groups" },
+      { type: "get_history", groupId: "g1", limit: 20, before: 9 },
+      { type: "get_read_by", groupId: "g1", seq: 8 },
+      { type: "get_conversations" },
+    ]);
+    socket.receive({ type: "groups", groups: [group("g1")] });
+    const log = [entry("e1", 1).message, entry("m2", 2).message];
+    socket.receive({ type: "message_history", groupId: "g1", messages: log, hasMore: true });
+    socket.receive({ type: "read_by", groupId: "g1", seq: 8, count: 1, members: 2 });
+    const item = { groupId: "g1", name: "Team", lastMessage: log[1], unread: 2 };
+    socket.receive({ type: "conversations", items: [item] });
+    await expect(groups).resolves.toEqual([group("g1")]);
+    await expect(page).resolves.toMatchObject({ groupId: "g1", messages: log, hasMore: true });
+    await expect(readBy).resolves.toMatchObject({ groupId: "g1", seq: 8, count: 1, members: 2 });
+    await expect(conversations).resolves.toEqual([item]);
+    // Typing and read receipts of a group reach the app with their groupId.
+    const seen: unknown[] = [];
+    client.on("typing", (typing) => seen.push(typing));
+    client.on("receipt", (receipt) => seen.push(receipt));
+    socket.receive({ type: "typing", groupId: "g1", from: "bob", state: "start" });
+    socket.receive({ type: "receipt", kind: "read", groupId: "g1", from: "bob", upTo: 2 });
+    expect(seen).toEqual([
+      { type: "typing", groupId: "g1", from: "bob", state: "start" },
+      { type: "receipt", kind: "read", groupId: "g1", from: "bob", upTo: 2 },
+    ]);
     client.close();
   });
 });

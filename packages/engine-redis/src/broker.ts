@@ -13,9 +13,12 @@
  *
  * subscribe() resolves when Redis has confirmed the subscription (ioredis resolves SUBSCRIBE on
  * the server's confirmation), so every event published after that reaches this node; one
- * connection delivers a channel's messages in publish order. After a reconnect ioredis
- * subscribes again to every confirmed channel (autoResubscribe; test/outage.test.ts checks it),
- * and the engine reports healthy only once that is confirmed too.
+ * connection delivers a channel's messages in publish order. After a reconnect the broker
+ * subscribes again to every channel it holds (resubscribe(), called by the engine; the engine
+ * reports healthy only once Redis confirmed them; test/outage.test.ts checks both). Not ioredis'
+ * autoResubscribe: it sends the re-subscribe without handling its failure, so a connection lost
+ * again before the confirmation made an unhandled rejection, which ends a Node process, and the
+ * channels were not subscribed on the next reconnect either.
  *
  * publishFrame is one PUBLISH on the command connection (a connection in subscriber mode cannot
  * publish): at most once, to whichever nodes hold the user at that moment, nothing stored.
@@ -41,8 +44,16 @@ import type { Keys } from "./keys.js";
 import { PresenceMirror } from "./presence-mirror.js";
 import { coalesceWrites, type RedisClient, toEngineError } from "./script-runner.js";
 
+/** Channels per SUBSCRIBE when re-subscribing after a reconnect. */
+const RESUBSCRIBE_BATCH = 1000;
+
 export class RedisBroker implements Broker {
   private handler: BrokerHandler | undefined;
+  /**
+   * The channels this node holds on a standalone Redis (confirmed, not unsubscribed since): what
+   * resubscribe() restores. On Redis Cluster ioredis restores its sharded subscriptions itself.
+   */
+  private readonly channels = new Set<string>();
   /**
    * Users whose UNSUBSCRIBE failed (connection down): ioredis would subscribe to them again on
    * reconnect, so they are unsubscribed once the connection is back, unless wanted again.
@@ -69,8 +80,29 @@ export class RedisBroker implements Broker {
   /** Subscribes a channel: sharded on Redis Cluster (resolves on Redis' confirmation). */
   async listen(channel: string): Promise<void> {
     const { subscriber } = this;
-    if (subscriber instanceof Cluster) await subscriber.ssubscribe(channel);
-    else await subscriber.subscribe(channel);
+    if (subscriber instanceof Cluster) {
+      await subscriber.ssubscribe(channel);
+    } else {
+      await subscriber.subscribe(channel);
+      this.channels.add(channel);
+    }
+  }
+
+  /**
+   * Subscribes again to every channel this node holds, after the standalone subscriber
+   * reconnected (a new connection has no subscriptions); resolves once Redis confirmed them all.
+   * A failure (the connection lost again) rejects, and the next reconnect tries again.
+   */
+  async resubscribe(): Promise<void> {
+    const { subscriber } = this;
+    if (subscriber instanceof Cluster || this.channels.size === 0) return;
+    coalesceWrites(subscriber);
+    const channels = [...this.channels];
+    const batches: Promise<unknown>[] = [];
+    for (let start = 0; start < channels.length; start += RESUBSCRIBE_BATCH) {
+      batches.push(subscriber.subscribe(...channels.slice(start, start + RESUBSCRIBE_BATCH)));
+    }
+    await Promise.all(batches);
   }
 
   /** PUBLISH, or SPUBLISH on Redis Cluster (the channel's shard only). */
@@ -82,8 +114,13 @@ export class RedisBroker implements Broker {
 
   private async unlisten(channel: string): Promise<void> {
     const { subscriber } = this;
-    if (subscriber instanceof Cluster) await subscriber.sunsubscribe(channel);
-    else await subscriber.unsubscribe(channel);
+    if (subscriber instanceof Cluster) {
+      await subscriber.sunsubscribe(channel);
+    } else {
+      // Not wanted any more, whether or not Redis hears of it now (see staleUsers).
+      this.channels.delete(channel);
+      await subscriber.unsubscribe(channel);
+    }
   }
 
   setHandler(handler: BrokerHandler): void {

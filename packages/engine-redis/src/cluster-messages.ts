@@ -56,8 +56,11 @@ import {
 } from "./messages.js";
 import { runScript, type ScriptArgument, strings, toEngineError } from "./script-runner.js";
 
-/** The steps after which a test may interrupt an append (injectClusterFaultForTests). */
-export type AppendStep = "checked" | "conversation";
+/**
+ * The steps after which a test may interrupt an append (injectClusterFaultForTests): a DM's
+ * sender check and conversation step, a group entry's group step (cluster-groups.ts).
+ */
+export type AppendStep = "checked" | "conversation" | "group";
 
 /** How often the pending entries of done DMs that no later send took along are removed. */
 const CONFIRM_FLUSH_MS = 1000;

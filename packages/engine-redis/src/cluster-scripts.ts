@@ -39,6 +39,12 @@
  * to a user's channel before registering the user's connection and unsubscribes after the last
  * one closed, so 0 means nobody holds the user, and the message is queued. That is decided
  * atomically with the store, like the standalone script's presence check.
+ *
+ * ## A group entry across slots
+ *
+ * The group's part is the standalone group scripts in their cluster mode (groups.ts); each
+ * member's part is GROUP_MEMBER_STEP below, ordered by a per-member cursor (cluster-groups.ts,
+ * docs/groups.md).
  */
 import {
   ACK_INBOX,
@@ -150,7 +156,17 @@ return answer or { 0 }
 `,
 );
 
-const ADD_CONVERSATION = `
+/** Pushes a log entry, keeps the log to cap entries and renews its TTL. */
+const LOG_PUSH = `
+local function log_push(key, entry, cap, ttl)
+  if redis.call('RPUSH', key, entry) > cap then
+    redis.call('LTRIM', key, string.format('-%d', cap), '-1')
+  end
+  redis.call('PEXPIRE', key, ttl)
+end
+`;
+
+const ADD_CONVERSATION = `${LOG_PUSH}
 -- As in APPEND (scripts.ts): the conversation list, capped with its conv-last fields.
 local function add_conversation(list_key, last_key, position, position_text, other, id, cap)
   local added = redis.call('ZADD', list_key, position_text, other)
@@ -162,14 +178,6 @@ local function add_conversation(list_key, last_key, position, position_text, oth
     redis.call('ZREMRANGEBYRANK', list_key, 0, excess - 1)
     hdel_all(last_key, gone)
   end
-end
-
--- Pushes a log entry, keeps the log to cap entries and renews its TTL.
-local function log_push(key, entry, cap, ttl)
-  if redis.call('RPUSH', key, entry) > cap then
-    redis.call('LTRIM', key, string.format('-%d', cap), '-1')
-  end
-  redis.call('PEXPIRE', key, ttl)
 end
 `;
 
@@ -453,7 +461,130 @@ return 1
 `,
 );
 
+/**
+ * A group entry's step in one member's slot (cluster-groups.ts): appends entries of the group's
+ * log to the member's inbox in seq order, each exactly once. The member's cursor for the group
+ * (`group-cursor` hash: group id → the last seq in the member's inbox) makes the step idempotent
+ * and keeps the order: an entry goes in only right after its predecessor, so when concurrent
+ * senders' steps arrive out of order, the later entry's step finds a gap and the node fills it
+ * from the group's log first (GROUP_LOG_RANGE). Entries before the member's join are not its own:
+ * the cursor counts from the join (join seq - 1) at the latest.
+ * The given entries are every live entry of the log with a seq in [from, to] (an expired or
+ * trimmed one is missing, and skipped); the last one, at seq `to`, is the step's own entry.
+ * Per entry: inbox position, the member's text copy, inbox entry, then SPUBLISH on the member's
+ * channel (as RECIPIENT_STEP: 0 subscribers means no node holds the member, so it is queued);
+ * an entry of the member's own (its message or its membership change) is published for its
+ * other connections, never queued, and its position kept in the `done-out:` marker (a retry's
+ * ack); a `created`/`joined` entry of the member adds the group to its `groups` hash, its
+ * `removed`/`left` one removes it.
+ * KEYS: 1 inbox-pos:<m>, 2 inbox-log:<m>, 3 queue:<m>, 4 group-cursor:<m>, 5 groups:<m>
+ * ARGV: 1 group id, 2 the member's join seq, 3 from, 4 to, 5 messageTtlMs, 6 maxEntries,
+ *       7 the member's text head, 8 its channel, 9 its `done-out:` head, 10 marker TTL (ms),
+ *       then five per entry: seq, id, text, connection to exclude (or ''), flags ('o' its own,
+ *       'n' its own and no copy wanted: the sending connection is its only one, '+' it joins,
+ *       '-' it leaves)
+ * Returns { 0, position of the entry at `to` (0 when it is missing), 1 if an entry not its own
+ * reached a node that holds the member }, { 1, position (its own entry's, from
+ * the marker, else 0), 0 } when the member already has the entry, or { -1, cursor } for a gap:
+ * call again with the entries after the cursor.
+ */
+export const GROUP_MEMBER_STEP = script(
+  "cluster_group_member_step",
+  5,
+  INDEX,
+  LOG_PUSH,
+  `
+local gid = ARGV[1]
+local cursor = math.max(tonumber(redis.call('HGET', KEYS[4], gid) or '0'), tonumber(ARGV[2]) - 1)
+local from, to = tonumber(ARGV[3]), tonumber(ARGV[4])
+if cursor >= to then
+  return { 1, tonumber(redis.call('GET', ARGV[9] .. ARGV[#ARGV - 3]) or '0'), 0 }
+end
+if cursor + 1 < from then return { -1, cursor } end
+local ttl, cap = ARGV[5], tonumber(ARGV[6])
+local position, delivered = 0, 0
+-- Event payload, see codec.ts: g|<position>|<exclude>|<id>|<group id bytes>|<group id><text>
+local group_tail = '|' .. string.format('%d', #gid) .. '|' .. gid
+for i = 11, #ARGV, 5 do
+  local seq = tonumber(ARGV[i])
+  if seq > cursor and seq <= to then
+    local id, text, flags = ARGV[i + 1], ARGV[i + 2], ARGV[i + 4]
+    local pos = redis.call('INCR', KEYS[1])
+    local pt = string.format('%d', pos)
+    redis.call('SET', ARGV[7] .. id, text, 'PX', ttl)
+    log_push(KEYS[2], pt .. '|' .. id, cap, ttl)
+    local payload = 'g|' .. pt .. '|' .. ARGV[i + 3] .. '|' .. id .. group_tail .. text
+    if string.find(flags, 'o', 1, true) then
+      if not string.find(flags, 'n', 1, true) then redis.call('SPUBLISH', ARGV[8], payload) end
+      redis.call('SET', ARGV[9] .. id, pt, 'PX', ARGV[10])
+    elseif redis.call('SPUBLISH', ARGV[8], payload) > 0 then
+      delivered = 1
+    else
+      redis.call('ZADD', KEYS[3], pt, id)
+      cap_index(KEYS[3], cap, ttl, pos)
+    end
+    if string.find(flags, '+', 1, true) then
+      redis.call('HSET', KEYS[5], gid, '1')
+    elseif string.find(flags, '-', 1, true) then
+      redis.call('HDEL', KEYS[5], gid)
+    end
+    if seq == to then position = pos end
+  end
+end
+redis.call('HSET', KEYS[4], gid, string.format('%d', to))
+return { 0, position, delivered }
+`,
+);
+
+/**
+ * The entries of a group's log with a seq in (after, upTo], with their texts, for a member
+ * step's gap (GROUP_MEMBER_STEP); in the group's slot.
+ * KEYS: group-log:<g>
+ * ARGV: 1 after, 2 upTo (> after), 3 the group's text head
+ * Returns { seq, id, text, ... } in seq order (entries whose text expired left out).
+ */
+export const GROUP_LOG_RANGE = script(
+  "cluster_group_log_range",
+  1,
+  MGET_ALL,
+  LOG,
+  `
+local after, up_to = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+local from = log_seek(KEYS[1], redis.call('LLEN', KEYS[1]), after)
+log_walk_up(KEYS[1], from, ARGV[3], math.min(up_to - after, 256), function(id, seq, text)
+  if tonumber(seq) > up_to then return true end
+  out[#out + 1] = seq
+  out[#out + 1] = id
+  out[#out + 1] = text
+  return false
+end)
+return out
+`,
+);
+
+/**
+ * Whether a user may join one more group, in the user's slot (Redis Cluster: the group's step
+ * cannot read the user's `groups` hash). Not atomic with the join: concurrent joins may pass it
+ * together (see docs/groups.md).
+ * KEYS: groups:<user>
+ * ARGV: 1 group id, 2 maxGroupsPerUser
+ * Returns 1 when the user is in the group already or below the limit, else 0.
+ */
+export const GROUP_COUNT_CHECK = script(
+  "cluster_group_count_check",
+  1,
+  `
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('HLEN', KEYS[1]) < tonumber(ARGV[2]) then return 1 end
+return 0
+`,
+);
+
 export const CLUSTER_SCRIPTS: readonly LuaScript[] = [
+  GROUP_MEMBER_STEP,
+  GROUP_LOG_RANGE,
+  GROUP_COUNT_CHECK,
   SEND_CHECK,
   OWNER_STEP,
   RECIPIENT_STEP,

@@ -8,8 +8,8 @@
  *   `autoResendUnfulfilledCommands: false`, `maxRetriesPerRequest: 0`): during an outage a call
  *   fails at once with EngineUnavailableError instead of waiting, and an append whose reply was
  *   lost is never run a second time behind the caller's back.
- * - the subscriber connection carries pub/sub only (Broker). ioredis re-subscribes its channels
- *   after a reconnect (autoResubscribe). Presence deltas published while it was down are lost:
+ * - the subscriber connection carries pub/sub only (Broker). The broker re-subscribes its channels
+ *   after a reconnect (ioredis does on Redis Cluster). Presence deltas published while it was down are lost:
  *   once its re-subscriptions are confirmed, the node takes a new presence snapshot
  *   (presence-mirror.ts), and announces what changed meanwhile.
  * Both reconnect forever with a capped backoff (min(attempt × 100, 2000) ms).
@@ -43,7 +43,7 @@
  * to the promoted replica; a call in flight to the lost master fails like any outage, and the
  * client retries it). The subscriber client uses sharded pub/sub (broker.ts). Keys are hash-
  * tagged (keys.ts); operations that span slots are split into idempotent steps
- * (cluster-messages.ts, cluster-scripts.ts).
+ * (cluster-messages.ts, cluster-groups.ts, cluster-scripts.ts).
  *
  * `waitReplicas` (REDIS_WAIT_REPLICAS): each step of a direct message is followed, on the same
  * node, by WAIT for that many replicas, before the message is acked (script-runner.ts).
@@ -66,7 +66,7 @@ import { RedisBroker } from "./broker.js";
 import { type AppendStep, ClusterMessageStore } from "./cluster-messages.js";
 import { CLUSTER_SCRIPTS } from "./cluster-scripts.js";
 import { RedisEventQueue } from "./event-queue.js";
-import { RedisGroupStore } from "./groups.js";
+import { GROUP_SCRIPTS, RedisGroupStore } from "./groups.js";
 import { Keys } from "./keys.js";
 import { RedisMessageStore } from "./messages.js";
 import { RedisPresenceStore } from "./presence.js";
@@ -190,10 +190,12 @@ export function injectClusterFaultForTests(
   engine: Engine,
   fault: ((step: AppendStep) => void) | undefined,
 ): void {
+  const steps = engine instanceof RedisEngine ? engine.groups.steps : undefined;
   if (!(engine instanceof RedisEngine) || !(engine.messages instanceof ClusterMessageStore)) {
     throw new TypeError("not a Redis Cluster engine");
   }
   engine.messages.faultForTests = fault;
+  if (steps !== undefined) steps.faultForTests = fault;
 }
 
 const SILENT: Logger = { info() {}, warn() {}, error() {} };
@@ -318,6 +320,7 @@ class RedisEngine implements Engine {
       options.retention ?? DEFAULT_RETENTION,
       options.rateLimit,
       options.groups ?? DEFAULT_GROUP_LIMITS,
+      this.broker,
     );
     this.backendKeys = new BackendKeys(options.keyPrefix, seeds !== undefined);
     this.revocations = new RedisRevocationStore(this.command, this.backendKeys);
@@ -386,8 +389,8 @@ class RedisEngine implements Engine {
       await loadScripts(
         this.command,
         this.keys.cluster
-          ? [...ALL_SCRIPTS, ...BACKEND_SCRIPTS, ...CLUSTER_SCRIPTS]
-          : [...ALL_SCRIPTS, ...BACKEND_SCRIPTS],
+          ? [...ALL_SCRIPTS, ...BACKEND_SCRIPTS, ...GROUP_SCRIPTS, ...CLUSTER_SCRIPTS]
+          : [...ALL_SCRIPTS, ...BACKEND_SCRIPTS, ...GROUP_SCRIPTS],
       );
       await this.broker.listen(this.keys.broadcastChannel);
       await this.broker.listen(this.backendKeys.revocationChannel);
@@ -545,9 +548,11 @@ class RedisEngine implements Engine {
     // Readiness is reported only once what the reconnect must restore is restored.
     const restore: Promise<unknown> =
       role === "subscriber"
-        ? // Replies come in order: the PONG follows the confirmations of ioredis' re-subscribes.
-          this.subscriber
-            .ping()
+        ? // Replies come in order: on Redis Cluster the PONG follows the confirmations of
+          // ioredis' re-subscribes; on a standalone Redis the broker's own are awaited first.
+          this.broker
+            .resubscribe()
+            .then(() => this.subscriber.ping())
             .then(() => Promise.all([this.broker.dropStale(), this.resubscribed()]))
         : this.state === "running"
           ? this.reassert("reconnected").finally(() => this.resyncIfNeeded())
@@ -651,7 +656,8 @@ function clientOptions(nodeId: string, role: Role) {
     enableOfflineQueue: false,
     autoResendUnfulfilledCommands: false,
     maxRetriesPerRequest: 0,
-    autoResubscribe: true,
+    // The broker re-subscribes itself, handling failures (RedisBroker.resubscribe).
+    autoResubscribe: false,
     retryStrategy: reconnectDelay,
     connectTimeout: CONNECT_TIMEOUT_MS,
     socketTimeout: BACKSTOP_SOCKET_TIMEOUT_MS,
@@ -682,7 +688,8 @@ function clusterOptions(nodeId: string, role: Role) {
     retryDelayOnTryAgain: 100,
     maxRedirections: 16,
     slotsRefreshTimeout: CONNECT_TIMEOUT_MS,
-    redisOptions: perNode,
+    // ioredis restores sharded subscriptions per shard (its subscriber group handles failures).
+    redisOptions: { ...perNode, autoResubscribe: true },
   } satisfies ClusterOptions;
 }
 

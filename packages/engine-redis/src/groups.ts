@@ -14,13 +14,17 @@
  * INCR, RPUSH, PEXPIRE, HINCRBY unread, and PUBLISH when online or ZADD + PEXPIRE when offline),
  * one text of the message, and n inbox references of about 45 bytes.
  *
- * Redis Cluster: not yet. The per-member inbox writes touch n users' slots, which one script
- * cannot; the step design (group step in the group's slot, then per-member-slot steps with a
- * per-member cursor) is in docs/groups.md. In cluster mode every method rejects.
+ * Redis Cluster: the per-member inbox writes touch n users' slots, which one script cannot. The
+ * same scripts run in a cluster mode (LIB's CLUSTER: the node passes no per-user key heads):
+ * they do the group's part only, in its slot, and answer the entry with its recipients; the
+ * node then runs each recipient's step in its slot (cluster-groups.ts). What else crosses slots
+ * is done by the node too: the rate window and the group limit of a joining user (checked
+ * first, in the user's slot), read receipts and typing frames (per member, after the group's
+ * script), conversations() (a script per group).
  */
 import {
+  type Broker,
   type ConversationSummary,
-  EngineFeatureUnavailableError,
   type GroupAppendInput,
   type GroupAppendResult,
   type GroupChange,
@@ -35,17 +39,30 @@ import {
   type RetentionOptions,
 } from "@mrezhen/engine";
 import { type GroupEvent, groupMessageWithoutSeq, groupReceiptFrame } from "@mrezhen/protocol";
+import { ClusterGroupSteps, type StoredEntry } from "./cluster-groups.js";
 import type { Keys } from "./keys.js";
 import type { RedisMessageStore } from "./messages.js";
-import { type RedisClient, runScript, type ScriptArgument, strings } from "./script-runner.js";
-import { INDEX, RATE_WINDOW, script } from "./scripts.js";
+import {
+  type RedisClient,
+  runScript,
+  type ScriptArgument,
+  strings,
+  toEngineError,
+} from "./script-runner.js";
+import { HMGET_ALL, INDEX, RATE_WINDOW, script } from "./scripts.js";
 
-const LIB = `${INDEX}
+const LIB = `${INDEX}${HMGET_ALL}
 local gid, ttl, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local POS, LOG, QUEUE, CHAN, MSG, COUNT, UGROUPS =
   ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local MAX_MEMBERS, MAX_GROUPS = tonumber(ARGV[11]), tonumber(ARGV[12])
 local G, MEMBERS, GLOG, FORMER, UNREAD, READS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+-- Redis Cluster: the node passes no per-user key heads (those keys are in other slots), and
+-- runs the members' side of an entry itself (cluster-groups.ts). A script then writes only the
+-- group's keys, and answers { its answer, entry } (see answer()).
+local CLUSTER = POS == ''
+-- Cluster mode: the entry stored by this script, for the node: { text, member, join seq, ... }.
+local entry
 
 -- Members in join order (by the seq of their join, then id), for the group's state.
 local function members_list()
@@ -61,10 +78,28 @@ local function members_list()
   return names
 end
 
+-- Cluster mode: records the entry (its text) and its recipients with the seq of their join,
+-- which their steps need (a member's stream starts at its join).
+local function record_entry(json, recipients)
+  local joins = hmget_all(MEMBERS, recipients)
+  entry = { json }
+  for i = 1, #recipients do
+    entry[#entry + 1] = recipients[i]
+    entry[#entry + 1] = joins[i] or '0'
+  end
+end
+
+-- A script's reply: in cluster mode with the entry it stored (or a retry found), if any.
+local function answer(out)
+  if CLUSTER and entry then return { out, entry } end
+  return out
+end
+
 -- Numbers an entry, stores its text and log entry, and writes it to each recipient's inbox:
 -- queued for those with no connection, published to the others (the sender's sending
 -- connection, exclude, gets an ack instead). Returns seq, the sender's position, and 1 when
--- another recipient had a connection.
+-- another recipient had a connection. Cluster mode: only the group's part (seq, text, log,
+-- unread counts); the recipients' inboxes are the node's steps.
 local function store(id, head, from, recipients, exclude, is_message)
   local seq = redis.call('HINCRBY', G, 'seq', 1)
   local seq_text = string.format('%d', seq)
@@ -74,11 +109,16 @@ local function store(id, head, from, recipients, exclude, is_message)
     redis.call('LTRIM', GLOG, '-' .. ARGV[3], '-1')
   end
   redis.call('PEXPIRE', GLOG, ttl)
-  local counts = {}
-  for first = 1, #recipients, 1000 do
-    local part = redis.call('HMGET', COUNT, unpack(recipients, first, math.min(first + 999, #recipients)))
-    for i = 1, #part do counts[first + i - 1] = tonumber(part[i] or '0') end
+  if CLUSTER then
+    if is_message then
+      for i = 1, #recipients do
+        if recipients[i] ~= from then redis.call('HINCRBY', UNREAD, recipients[i], '1') end
+      end
+    end
+    record_entry(json, recipients)
+    return seq, 0, 0
   end
+  local counts = hmget_all(COUNT, recipients)
   local sender_position, any = 0, 0
   local tail = '|' .. id .. '|' .. string.format('%d', #gid) .. '|' .. gid .. json
   for i = 1, #recipients do
@@ -90,7 +130,7 @@ local function store(id, head, from, recipients, exclude, is_message)
       redis.call('LTRIM', log, '-' .. ARGV[3], '-1')
     end
     redis.call('PEXPIRE', log, ttl)
-    local c = counts[i]
+    local c = tonumber(counts[i] or '0')
     if m == from then
       sender_position = pos
       if c > (exclude == '' and 0 or 1) then
@@ -120,16 +160,19 @@ if redis.call('EXISTS', G) == 1 then return { -1 } end
 local members = {}
 for i = 18, #ARGV do members[#members + 1] = ARGV[i] end
 if #members > MAX_MEMBERS then return { -3 } end
+-- (Cluster mode: the node checked the members' group counts, in their slots.)
 for i = 1, #members do
-  if redis.call('HLEN', UGROUPS .. members[i]) >= MAX_GROUPS then return { -4, members[i] } end
+  if not CLUSTER and redis.call('HLEN', UGROUPS .. members[i]) >= MAX_GROUPS then
+    return { -4, members[i] }
+  end
 end
 redis.call('HSET', G, 'name', ARGV[14], 'createdBy', ARGV[13], 'createdAt', ARGV[15], 'seq', '0')
 for i = 1, #members do
   redis.call('HSET', MEMBERS, members[i], '1')
-  redis.call('HSET', UGROUPS .. members[i], gid, '1')
+  if not CLUSTER then redis.call('HSET', UGROUPS .. members[i], gid, '1') end
 end
 local seq, position = store(ARGV[16], ARGV[17], ARGV[13], members, '', false)
-return { seq, position }
+return answer({ seq, position })
 `,
 );
 
@@ -149,11 +192,11 @@ if kind == 'add' then
   local user = ARGV[15]
   if redis.call('HEXISTS', MEMBERS, user) == 0 then
     if redis.call('HLEN', MEMBERS) >= MAX_MEMBERS then return { -3 } end
-    if redis.call('HLEN', UGROUPS .. user) >= MAX_GROUPS then return { -4, user } end
+    if not CLUSTER and redis.call('HLEN', UGROUPS .. user) >= MAX_GROUPS then return { -4, user } end
     local next_seq = tonumber(redis.call('HGET', G, 'seq')) + 1
     redis.call('HSET', MEMBERS, user, string.format('%d', next_seq))
     redis.call('HDEL', FORMER, user)
-    redis.call('HSET', UGROUPS .. user, gid, '1')
+    if not CLUSTER then redis.call('HSET', UGROUPS .. user, gid, '1') end
     seq, position = store(ARGV[16], ARGV[17], actor, redis.call('HKEYS', MEMBERS), '', false)
   end
 elseif kind == 'remove' or kind == 'leave' then
@@ -163,7 +206,7 @@ elseif kind == 'remove' or kind == 'leave' then
     seq, position = store(ARGV[16], ARGV[17], actor, redis.call('HKEYS', MEMBERS), '', false)
     redis.call('HDEL', MEMBERS, user)
     redis.call('HSET', FORMER, user, string.format('%d', seq))
-    redis.call('HDEL', UGROUPS .. user, gid)
+    if not CLUSTER then redis.call('HDEL', UGROUPS .. user, gid) end
     redis.call('HDEL', UNREAD, user)
     redis.call('HDEL', READS, user)
   end
@@ -174,11 +217,14 @@ end
 local state = redis.call('HMGET', G, 'name', 'createdBy', 'createdAt')
 local out = { seq, position, state[1], state[2], state[3] }
 for _, m in ipairs(members_list()) do out[#out + 1] = m end
-return out
+return answer(out)
 `,
 );
 
-/** KEYS 7 idempotency record, 8 the sender's rate log. */
+/**
+ * KEYS 7 idempotency record, 8 the sender's rate log (not in cluster mode: another slot, the
+ * node counts the rate first; ARGV 19 is then '').
+ */
 const GROUP_APPEND = script(
   "group_append",
   8,
@@ -193,21 +239,27 @@ if ARGV[17] == '1' then
   if earlier then
     local seq, any, position, id_length, rest = string.match(earlier, '^(%d+)|(%d+)|(%d+)|(%d+)|()')
     id_length = tonumber(id_length)
-    return { tonumber(seq), tonumber(any), tonumber(position), 1,
-      string.sub(earlier, rest, rest + id_length - 1), string.sub(earlier, rest + id_length) }
+    local id = string.sub(earlier, rest, rest + id_length - 1)
+    -- Cluster mode: the retry finishes the original's steps, for today's members (a member
+    -- removed since got it at the latest with its removal, which fills its stream up to there).
+    if CLUSTER then record_entry(redis.call('GET', MSG .. id) or '', redis.call('HKEYS', MEMBERS)) end
+    return answer({ tonumber(seq), tonumber(any), tonumber(position), 1, id,
+      string.sub(earlier, rest + id_length) })
   end
 end
 if redis.call('EXISTS', G) == 0 then return { -2 } end
 if redis.call('HEXISTS', MEMBERS, from) == 0 then return { -1 } end
-local allowed, retry_after_ms = consume_rate(KEYS[8], ARGV[19], ARGV[20])
-if allowed == 0 then return { -5, retry_after_ms } end
+if ARGV[19] ~= '' then
+  local allowed, retry_after_ms = consume_rate(KEYS[8], ARGV[19], ARGV[20])
+  if allowed == 0 then return { -5, retry_after_ms } end
+end
 local id = ARGV[14]
 local seq, position, any = store(id, ARGV[15], from, redis.call('HKEYS', MEMBERS), ARGV[16], true)
 if ARGV[17] == '1' then
   redis.call('SET', KEYS[7], string.format('%d|%d|%d|%d|', seq, any, position, #id) .. id .. ARGV[18],
     'PX', ARGV[21])
 end
-return { seq, any, position, 0 }
+return answer({ seq, any, position, 0 })
 `,
 );
 
@@ -269,6 +321,14 @@ if entries > 0 then
 end
 redis.call('HSET', UNREAD, user, string.format('%d', unread))
 if redis.call('HLEN', MEMBERS) <= tonumber(ARGV[18]) then
+  if CLUSTER then
+    -- The receipts go to the members' slots: the node sends them (RECEIPT).
+    local out = { 1, up_to }
+    for _, m in ipairs(redis.call('HKEYS', MEMBERS)) do
+      if m ~= user then out[#out + 1] = m end
+    end
+    return out
+  end
   local frame = ARGV[16] .. string.format('%d', up_to) .. '}'
   for _, m in ipairs(redis.call('HKEYS', MEMBERS)) do
     if m ~= user then
@@ -318,28 +378,67 @@ return 1
 `,
 );
 
-/** For conversations(): per group id (ARGV 13..): name, last text, the user's unread count. */
+const SUMMARY = `
+-- A group's name, last text and the user's unread count; nil when its last text expired.
+local function summary(group_key, log_key, unread_key, text_head, user)
+  local last = redis.call('LINDEX', log_key, '-1')
+  local text = last and redis.call('GET', text_head .. string.sub(last, string.find(last, '|', 1, true) + 1))
+  if not text then return nil end
+  return { redis.call('HGET', group_key, 'name') or '', text, redis.call('HGET', unread_key, user) or '0' }
+end
+`;
+
+/**
+ * For conversations() on a standalone Redis: per group id (ARGV 4..), in one script: the id, then
+ * SUMMARY's name, last text and unread count.
+ */
 const GROUP_SUMMARIES = script(
   "group_summaries",
   0,
+  SUMMARY,
   `
 -- ARGV 1 user, 2 group key head, 3 msg head, 4.. group ids
 local out = {}
 for i = 4, #ARGV do
   local g = ARGV[i]
   local tag = '{g:' .. g .. '}'
-  local last = redis.call('LINDEX', ARGV[2] .. 'group-log:' .. tag, '-1')
-  local text = last and redis.call('GET', ARGV[3] .. string.sub(last, string.find(last, '|', 1, true) + 1))
-  if text then
+  local found = summary(ARGV[2] .. 'group:' .. tag, ARGV[2] .. 'group-log:' .. tag,
+    ARGV[2] .. 'group-unread:' .. tag, ARGV[3], ARGV[1])
+  if found then
     out[#out + 1] = g
-    out[#out + 1] = redis.call('HGET', ARGV[2] .. 'group:' .. tag, 'name') or ''
-    out[#out + 1] = text
-    out[#out + 1] = redis.call('HGET', ARGV[2] .. 'group-unread:' .. tag, ARGV[1]) or '0'
+    for j = 1, 3 do out[#out + 1] = found[j] end
   end
 end
 return out
 `,
 );
+
+/**
+ * GROUP_SUMMARIES for one group, in its slot (Redis Cluster: a script per group).
+ * KEYS: group, group-log, group-unread; ARGV: 1 user, 2 the group's text head
+ * Returns { name, last text, unread } or {}.
+ */
+const GROUP_SUMMARY = script(
+  "group_summary",
+  3,
+  SUMMARY,
+  `
+return summary(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[1]) or {}
+`,
+);
+
+/** Loaded at start (engine.ts), so that a group's first entry on a master is an EVALSHA hit. */
+export const GROUP_SCRIPTS = [
+  GROUP_CREATE,
+  GROUP_CHANGE,
+  GROUP_APPEND,
+  GROUP_READ,
+  GROUP_MARK_READ,
+  GROUP_READ_BY,
+  GROUP_PUBLISH,
+  GROUP_SUMMARIES,
+  GROUP_SUMMARY,
+];
 
 /** The codes the scripts answer with (below 0) as refusals. */
 function refusalOf(code: unknown, detail?: unknown): GroupRefusedError | undefined {
@@ -364,6 +463,9 @@ function refusalOf(code: unknown, detail?: unknown): GroupRefusedError | undefin
 }
 
 export class RedisGroupStore implements GroupStore {
+  /** Redis Cluster: the steps outside the group's slot (cluster-groups.ts); standalone: none. */
+  readonly steps: ClusterGroupSteps | undefined;
+
   constructor(
     private readonly client: RedisClient,
     private readonly keys: Keys,
@@ -371,17 +473,22 @@ export class RedisGroupStore implements GroupStore {
     private readonly retention: RetentionOptions,
     private readonly rateLimit: RateLimitOptions,
     private readonly limits: GroupLimits,
+    /** For typing frames on Redis Cluster (a SPUBLISH per member). */
+    private readonly broker: Broker,
   ) {
     messages.groups = this;
+    this.steps = keys.cluster
+      ? new ClusterGroupSteps(client, keys, retention, rateLimit, IDEMPOTENCY_TTL_MS)
+      : undefined;
   }
 
-  /** KEYS 1-6 and ARGV 1-12 of every group script. */
+  /**
+   * KEYS 1-6 and ARGV 1-12 of every group script. In cluster mode the per-user heads are empty
+   * (their keys are in other slots: the scripts then leave the members' side to the node).
+   */
   private base(groupId: string): ScriptArgument[] {
-    if (this.keys.cluster)
-      throw new EngineFeatureUnavailableError(
-        "Group chat is not available yet on this deployment (Redis Cluster mode).",
-      );
     const { keys } = this;
+    const cluster = keys.cluster;
     return [
       keys.group("group", groupId),
       keys.group("group-members", groupId),
@@ -392,13 +499,13 @@ export class RedisGroupStore implements GroupStore {
       groupId,
       this.retention.messageTtlMs,
       this.retention.maxEntries,
-      keys.inboxPosition(""),
-      keys.inboxLog(""),
-      keys.queue(""),
-      keys.userChannelHead,
-      keys.messageHead,
-      keys.presenceCount,
-      keys.userGroups(""),
+      cluster ? "" : keys.inboxPosition(""),
+      cluster ? "" : keys.inboxLog(""),
+      cluster ? "" : keys.queue(""),
+      cluster ? "" : keys.userChannelHead,
+      keys.textHeadOfGroup(groupId),
+      cluster ? "" : keys.presenceCount,
+      cluster ? "" : keys.userGroups(""),
       this.limits.maxMembers,
       this.limits.maxGroupsPerUser,
     ];
@@ -414,10 +521,39 @@ export class RedisGroupStore implements GroupStore {
     const base = this.base(groupId);
     return runScript(
       this.client,
-      lua,
+      { ...lua, numberOfKeys: 6 + extraKeys.length },
       [...base.slice(0, 6), ...extraKeys, ...base.slice(6), ...args],
       true,
     );
+  }
+
+  /**
+   * A writing script's reply, and in cluster mode the entry it stored (answer() in LIB), whose
+   * members' steps the node then runs.
+   */
+  private async runStep(
+    lua: typeof GROUP_CREATE,
+    groupId: string,
+    extraKeys: ScriptArgument[],
+    args: ScriptArgument[],
+  ): Promise<{ reply: unknown[]; entry: StoredEntry | undefined }> {
+    const reply = strictArray(await this.run(lua, groupId, extraKeys, args));
+    if (!Array.isArray(reply[0])) return { reply, entry: undefined };
+    const out = strictArray(reply[0]);
+    const [json, ...flat] = strings(strictArray(reply[1]), "group step");
+    const recipients: [string, number][] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      recipients.push([flat[i] as string, Number(flat[i + 1])]);
+    }
+    if (json === undefined || json === "") return { reply: out, entry: undefined };
+    const { seq, id } = JSON.parse(json) as { seq: number; id: string };
+    return { reply: out, entry: { seq, id, json, recipients } };
+  }
+
+  /** Cluster mode: refuses (too_many_groups) when one of `users` is at its group limit. */
+  private async checkGroupLimit(groupId: string, users: readonly string[]): Promise<void> {
+    const over = await this.steps?.overGroupLimit(groupId, users, this.limits.maxGroupsPerUser);
+    if (over !== undefined) throw refusalOf(-4, over) as GroupRefusedError;
   }
 
   async create(input: {
@@ -430,12 +566,13 @@ export class RedisGroupStore implements GroupStore {
   }): Promise<GroupChange> {
     const members = [...new Set([input.createdBy, ...input.members])];
     if (members.length > this.limits.maxMembers) throw refusalOf(-3) as GroupRefusedError;
+    await this.checkGroupLimit(input.groupId, members);
     const head = this.eventHead(input.groupId, input.createdBy, input.eventId, input.timestamp, {
       kind: "created",
       name: input.name,
       members,
     });
-    const reply = await this.run(
+    const { reply, entry } = await this.runStep(
       GROUP_CREATE,
       input.groupId,
       [],
@@ -454,8 +591,20 @@ export class RedisGroupStore implements GroupStore {
         createdAt: input.timestamp,
       },
       seq,
-      position,
+      position: await this.deliverAs(input.groupId, entry, input.createdBy, "", position),
     };
+  }
+
+  /** Cluster mode: runs the members' steps of `entry` and answers the actor's position. */
+  private async deliverAs(
+    groupId: string,
+    entry: StoredEntry | undefined,
+    actor: string,
+    excludeConnId: string,
+    position: number,
+  ): Promise<number> {
+    if (this.steps === undefined || entry === undefined) return position;
+    return (await this.steps.deliver(groupId, entry, actor, excludeConnId, true)).actorPosition;
   }
 
   async change(input: {
@@ -468,6 +617,7 @@ export class RedisGroupStore implements GroupStore {
     timestamp: string;
   }): Promise<GroupChange> {
     const subject = input.kind === "leave" ? input.actor : (input.userId ?? "");
+    if (input.kind === "add") await this.checkGroupLimit(input.groupId, [subject]);
     const event: GroupEvent =
       input.kind === "rename"
         ? { kind: "renamed", name: input.name ?? "" }
@@ -476,19 +626,17 @@ export class RedisGroupStore implements GroupStore {
             userId: subject,
           };
     const head = this.eventHead(input.groupId, input.actor, input.eventId, input.timestamp, event);
-    const reply = strictArray(
-      await this.run(
-        GROUP_CHANGE,
-        input.groupId,
-        [],
-        [
-          input.kind,
-          input.actor,
-          input.kind === "rename" ? (input.name ?? "") : subject,
-          input.eventId,
-          head,
-        ],
-      ),
+    const { reply, entry } = await this.runStep(
+      GROUP_CHANGE,
+      input.groupId,
+      [],
+      [
+        input.kind,
+        input.actor,
+        input.kind === "rename" ? (input.name ?? "") : subject,
+        input.eventId,
+        head,
+      ],
     );
     const refusal = refusalOf(reply[0], reply[1]);
     if (refusal !== undefined) throw refusal;
@@ -503,7 +651,7 @@ export class RedisGroupStore implements GroupStore {
     return {
       group: stateOf(input.groupId, name, createdBy, createdAt, members),
       seq,
-      position,
+      position: await this.deliverAs(input.groupId, entry, input.actor, "", position),
     };
   }
 
@@ -539,11 +687,19 @@ export class RedisGroupStore implements GroupStore {
   }
 
   private async groupIdsOf(userId: string): Promise<string[]> {
-    if (this.keys.cluster) return [];
-    return this.client.hkeys(this.keys.userGroups(userId));
+    try {
+      return await this.client.hkeys(this.keys.userGroups(userId));
+    } catch (error) {
+      throw toEngineError(error);
+    }
   }
 
   async append(input: GroupAppendInput): Promise<GroupAppendResult | RateRefusal> {
+    const { keys, steps } = this;
+    // Cluster mode: the rate window is in the sender's slot, so it is counted first (a retry
+    // or a refused send counts too, unlike standalone mode).
+    const refused = await steps?.consumeRate(input.from);
+    if (refused !== undefined) return refused;
     const head = groupMessageWithoutSeq({
       id: input.id,
       groupId: input.groupId,
@@ -552,15 +708,12 @@ export class RedisGroupStore implements GroupStore {
       timestamp: input.timestamp,
       ...(input.clientMsgId === undefined ? {} : { clientMsgId: input.clientMsgId }),
     });
-    const { keys } = this;
-    const reply = strictArray(
-      await this.run(
+    const idempotency = keys.groupIdempotency(input.groupId, input.from, input.clientMsgId ?? "");
+    const [{ reply, entry }, senderConnections] = await Promise.all([
+      this.runStep(
         GROUP_APPEND,
         input.groupId,
-        [
-          keys.groupIdempotency(input.groupId, input.from, input.clientMsgId ?? ""),
-          keys.rate(input.from),
-        ],
+        steps === undefined ? [idempotency, keys.rate(input.from)] : [idempotency],
         [
           input.from,
           input.id,
@@ -568,12 +721,13 @@ export class RedisGroupStore implements GroupStore {
           input.senderConnId,
           input.clientMsgId === undefined ? "" : "1",
           input.timestamp,
-          this.rateLimit.limit,
+          steps === undefined ? this.rateLimit.limit : "",
           this.rateLimit.windowMs,
           IDEMPOTENCY_TTL_MS,
         ],
       ),
-    );
+      steps?.connections(input.from),
+    ]);
     const code = reply[0];
     if (code === -5) return { refused: true, retryAfterMs: Number(reply[1]), limit: "rate" };
     const refusal = refusalOf(code);
@@ -586,13 +740,24 @@ export class RedisGroupStore implements GroupStore {
       string?,
       string?,
     ];
+    const delivery =
+      steps !== undefined && entry !== undefined
+        ? await steps.deliver(
+            input.groupId,
+            entry,
+            input.from,
+            input.senderConnId,
+            // As standalone: the sender's other connections get a copy, if it has any.
+            (senderConnections ?? 0) > (input.senderConnId === "" ? 0 : 1),
+          )
+        : { actorPosition: position, delivered: any === 1 };
     return {
       messageId: duplicate === 1 ? (messageId as string) : input.id,
       timestamp: duplicate === 1 ? (timestamp as string) : input.timestamp,
       duplicate: duplicate === 1,
       seq,
-      status: any === 1 ? "delivered" : "queued",
-      senderPosition: position,
+      status: delivery.delivered ? "delivered" : "queued",
+      senderPosition: delivery.actorPosition,
     };
   }
 
@@ -606,7 +771,12 @@ export class RedisGroupStore implements GroupStore {
     // A former member reads up to its removal only.
     const ceiling = removedAt > 0 ? removedAt + 1 : Number.POSITIVE_INFINITY;
     const end = Math.min(before ?? Number.POSITIVE_INFINITY, ceiling);
-    return this.messages.logPage(this.keys.group("group-log", groupId), limit, end);
+    return this.messages.logPage(
+      this.keys.group("group-log", groupId),
+      limit,
+      end,
+      this.keys.textHeadOfGroup(groupId),
+    );
   }
 
   async markRead(userId: string, groupId: string, upTo: number): Promise<void> {
@@ -624,6 +794,17 @@ export class RedisGroupStore implements GroupStore {
         this.limits.receiptsMaxMembers,
       ],
     );
+    if (Array.isArray(reply)) {
+      // Cluster mode: the receipts to the other members, in their slots.
+      const [, mark, ...members] = reply as [number, number, ...string[]];
+      await this.steps?.readReceipts(
+        members,
+        groupId,
+        userId,
+        groupReceiptFrame(groupId, userId, mark),
+      );
+      return;
+    }
     const refusal = refusalOf(reply);
     if (refusal !== undefined) throw refusal;
   }
@@ -646,6 +827,13 @@ export class RedisGroupStore implements GroupStore {
   }
 
   async publishToMembers(userId: string, groupId: string, frame: string): Promise<void> {
+    if (this.steps !== undefined) {
+      // Cluster mode: the members' channels are in their slots; one SPUBLISH each.
+      const { members } = await this.get(userId, groupId);
+      const others = members.filter((member) => member !== userId);
+      await Promise.all(others.map((member) => this.broker.publishFrame(member, frame)));
+      return;
+    }
     const refusal = refusalOf(await this.run(GROUP_PUBLISH, groupId, [], [userId, frame]));
     if (refusal !== undefined) throw refusal;
   }
@@ -654,15 +842,17 @@ export class RedisGroupStore implements GroupStore {
   async summaries(userId: string, limit: number): Promise<ConversationSummary[]> {
     const ids = await this.groupIdsOf(userId);
     if (ids.length === 0) return [];
-    const flat = strings(
-      await runScript(this.client, GROUP_SUMMARIES, [
-        userId,
-        this.keys.prefix,
-        this.keys.messageHead,
-        ...ids,
-      ]),
-      "group summaries",
-    );
+    const flat = this.keys.cluster
+      ? (await Promise.all(ids.map((groupId) => this.summaryInSlot(userId, groupId)))).flat()
+      : strings(
+          await runScript(this.client, GROUP_SUMMARIES, [
+            userId,
+            this.keys.prefix,
+            this.keys.messageHead,
+            ...ids,
+          ]),
+          "group summaries",
+        );
     const summaries: ConversationSummary[] = [];
     for (let i = 0; i + 3 < flat.length; i += 4) {
       summaries.push({
@@ -678,6 +868,22 @@ export class RedisGroupStore implements GroupStore {
       return x < y ? 1 : x > y ? -1 : 0;
     });
     return summaries.slice(0, limit);
+  }
+
+  /** Cluster mode: one group's summary (GROUP_SUMMARY), as GROUP_SUMMARIES' four fields. */
+  private async summaryInSlot(userId: string, groupId: string): Promise<string[]> {
+    const { keys } = this;
+    const found = strings(
+      await runScript(this.client, GROUP_SUMMARY, [
+        keys.group("group", groupId),
+        keys.group("group-log", groupId),
+        keys.group("group-unread", groupId),
+        userId,
+        keys.textHeadOfGroup(groupId),
+      ]),
+      "group summary",
+    );
+    return found.length === 0 ? [] : [groupId, ...found];
   }
 
   private eventHead(

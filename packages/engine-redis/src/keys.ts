@@ -103,6 +103,11 @@
  * `<kind>:<n>:{u:<owner>}<other>`, n = length of the tagged id, for the same reason as in
  * standalone mode. The prefix must not contain `{` or `}` (checked at start).
  *
+ * Groups (groups.ts, cluster-groups.ts): a group's keys are in its own slot, `{g:<groupId>}`,
+ * with the group's copy of each entry's text (`msg:{g:<groupId>}<id>`); the members' side of an
+ * entry is in each member's slot: inbox keys, the member's text copy, `groups:{u:<member>}`
+ * (its groups) and `group-cursor:{u:<member>}` (per group, the last seq in its inbox).
+ *
  * Message texts are kept once per user, in the user's slot (`msg:{u:<userId>}<id>`): the
  * owner's copy also serves the conversation's reads (history, mark-read). A script reads texts
  * by id it found in an index of its own slot; those keys cannot be declared in KEYS ahead (the
@@ -305,6 +310,23 @@ export class Keys {
    */
   group(kind: string, groupId: string): string {
     return `${this.prefix}${kind}:{g:${groupId}}`;
+  }
+
+  /**
+   * Head of a group's texts: in cluster mode the group's own copies, `msg:{g:<groupId>}<id>`, in
+   * its slot (each member keeps another in its own, textHeadOfUser); standalone, the one copy.
+   */
+  textHeadOfGroup(groupId: string): string {
+    return this.cluster ? `${this.prefix}msg:{g:${groupId}}` : this.messageHead;
+  }
+
+  /**
+   * Cluster mode: hash of group id → the last seq of that group in the user's inbox (the
+   * member steps' cursor, cluster-scripts.ts GROUP_MEMBER_STEP). Kept after the user leaves
+   * (a late step of an earlier entry must still find it), like the other counters: no TTL.
+   */
+  groupCursor(userId: string): string {
+    return this.user("group-cursor", userId);
   }
 
   /** The idempotency record of (sender, clientMsgId) in a group, in the group's slot. */

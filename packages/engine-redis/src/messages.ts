@@ -41,6 +41,7 @@ import {
 import { encodeMessageWithoutSeq, type ReceiptKind, receiptFrame } from "@mrezhen/protocol";
 import type { Keys } from "./keys.js";
 import {
+  coalesceWrites,
   type RedisClient,
   runScript,
   type ScriptArgument,
@@ -180,19 +181,22 @@ export class RedisMessageStore implements MessageStore {
     return { messages: strings(reply.slice(1), "history"), hasMore: reply[0] === 1 };
   }
 
-  /** A page of any log of `<seq>|<id>` entries (HISTORY): the newest `limit` below `before`. */
-  async logPage(logKey: string, limit: number, before: number): Promise<HistoryPage> {
+  /**
+   * A page of any log of `<seq>|<id>` entries (HISTORY): the newest `limit` below `before`, the
+   * texts read under `textHead` (in the log's slot).
+   */
+  async logPage(
+    logKey: string,
+    limit: number,
+    before: number,
+    textHead: string,
+  ): Promise<HistoryPage> {
     if (before <= 1) return { messages: [], hasMore: false };
     const highest =
       before === Number.POSITIVE_INFINITY
         ? "+inf"
         : Math.min(Math.ceil(before) - 1, Number.MAX_SAFE_INTEGER);
-    const reply = await runScript(this.client, HISTORY, [
-      logKey,
-      count(limit),
-      highest,
-      this.keys.messageHead,
-    ]);
+    const reply = await runScript(this.client, HISTORY, [logKey, count(limit), highest, textHead]);
     if (!Array.isArray(reply) || (reply[0] !== 0 && reply[0] !== 1)) unexpected("history", reply);
     return { messages: strings(reply.slice(1), "history"), hasMore: reply[0] === 1 };
   }
@@ -306,6 +310,7 @@ export class RedisMessageStore implements MessageStore {
     const wanted = count(limit);
     if (wanted === 0) return [];
     try {
+      coalesceWrites(this.client); // a connect's reads leave with the other commands of its turn
       return strings(
         await this.client.zrevrange(this.keys.conversations(userId), 0, wanted - 1),
         "zrevrange",

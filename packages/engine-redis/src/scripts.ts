@@ -129,6 +129,18 @@ local function mget_all(keys)
 end
 `;
 
+export const HMGET_ALL = `
+-- HMGET of any number of fields, in batches as mget_all.
+local function hmget_all(key, fields)
+  local values = {}
+  for first = 1, #fields, 1000 do
+    local batch = redis.call('HMGET', key, unpack(fields, first, math.min(first + 999, #fields)))
+    for i = 1, #batch do values[first + i - 1] = batch[i] end
+  end
+  return values
+end
+`;
+
 // -------------------------------------------------------------------------------------------
 // Presence
 
@@ -896,16 +908,8 @@ export const CONVERSATIONS = script(
   3,
   MGET_ALL,
   INDEX,
+  HMGET_ALL,
   `
-local function hmget_all(key, fields)
-  local values = {}
-  for first = 1, #fields, 1000 do
-    local batch = redis.call('HMGET', key, unpack(fields, first, math.min(first + 999, #fields)))
-    for i = 1, #batch do values[first + i - 1] = batch[i] end
-  end
-  return values
-end
-
 local want = tonumber(ARGV[1])
 local out = {}
 local found = 0

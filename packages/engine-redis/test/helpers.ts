@@ -132,12 +132,18 @@ export interface TcpProxy {
   blackhole(): void;
   /** Forwards again (new connections; dropped ones stay dropped). */
   heal(): void;
+  /**
+   * Drops, unforwarded, the next connection whose client sends bytes containing `text` (for
+   * example a command in RESP: `$9\r\nsubscribe\r\n`). Resolves when it happened.
+   */
+  dropNextSending(text: string): Promise<void>;
   close(): Promise<void>;
 }
 
 export async function startProxy(targetPort: number): Promise<TcpProxy> {
   let mode: "pass" | "cut" | "blackhole" = "pass";
   const sockets = new Set<Socket>();
+  let trap: { text: string; sprung: () => void } | undefined;
   const server = createServer((client) => {
     sockets.add(client);
     client.on("close", () => sockets.delete(client));
@@ -154,7 +160,15 @@ export async function startProxy(targetPort: number): Promise<TcpProxy> {
     });
     upstream.on("error", () => {});
     client.on("close", () => upstream.destroy());
-    client.on("data", (chunk) => {
+    client.on("data", (chunk: Buffer) => {
+      if (trap !== undefined && chunk.includes(trap.text)) {
+        const { sprung } = trap;
+        trap = undefined;
+        client.destroy();
+        upstream.destroy();
+        sprung();
+        return;
+      }
       if (mode === "pass") upstream.write(chunk);
     });
     upstream.on("data", (chunk) => {
@@ -179,6 +193,10 @@ export async function startProxy(targetPort: number): Promise<TcpProxy> {
     heal() {
       mode = "pass";
     },
+    dropNextSending: (text) =>
+      new Promise<void>((sprung) => {
+        trap = { text, sprung };
+      }),
     close: () =>
       new Promise<void>((resolve) => {
         for (const socket of sockets) socket.destroy();

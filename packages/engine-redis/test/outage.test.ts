@@ -2,7 +2,7 @@
  * Redis going away and coming back, on a redis-server of this test's own (no persistence, so a
  * restart is also a total loss of data: the hardest recovery). Checks: the node keeps running,
  * calls fail fast with EngineUnavailableError, health() follows the connection, and after the
- * restart the node heals by itself: connections, subscriptions (ioredis autoResubscribe),
+ * restart the node heals by itself: connections, subscriptions (the broker's resubscribe),
  * presence (re-asserted), heartbeat, and scripts (EVALSHA → NOSCRIPT → EVAL).
  */
 import { randomUUID } from "node:crypto";
@@ -113,7 +113,7 @@ describe.skipIf(!haveRedisServer())("redis engine: outage and recovery", () => {
     await eventually(async () =>
       expect(await raw.pttl(`${keyPrefix}node-alive:${nodeId}`)).toBeGreaterThan(0),
     );
-    // Subscriptions were restored by ioredis, except carol's, dropped as asked during the outage.
+    // Subscriptions were restored, except carol's, dropped as asked during the outage.
     expect(await raw.pubsub("NUMSUB", `${keyPrefix}user:bob`)).toEqual([`${keyPrefix}user:bob`, 1]);
     expect(await raw.pubsub("NUMSUB", `${keyPrefix}broadcast`)).toEqual([
       `${keyPrefix}broadcast`,
@@ -155,6 +155,43 @@ describe.skipIf(!haveRedisServer())("redis engine: outage and recovery", () => {
         `healthy again ${recoverMs} ms after redis-server restarted; ` +
         `first message after recovery delivered in ${deliverMs} ms`,
     );
+  }, 30_000);
+
+  it("survives losing the subscriber again while it re-subscribes, and re-subscribes later", async () => {
+    const server = await startRedisServer();
+    const proxy = await startProxy(server.port);
+    proxies.push(proxy);
+    const keyPrefix = "resubscribe:";
+    const engine = await startEngine({ url: proxy.url, keyPrefix });
+    const recorder = new Recorder();
+    engine.broker.setHandler(recorder);
+    await engine.broker.subscribe("alice");
+    const publisher = await startEngine({ url: server.url, keyPrefix });
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      // The subscriber's link breaks; its first SUBSCRIBE after reconnecting is cut off too.
+      const resubscribeCut = proxy.dropNextSending("$9\r\nsubscribe\r\n");
+      proxy.cut();
+      proxy.heal();
+      await resubscribeCut;
+      await eventually(() => expect(engine.health()).toEqual({ ok: true }), 15_000, 10);
+      // A second reconnect subscribed again: what is published to alice reaches this node.
+      await publisher.broker.publishFrame("alice", '{"type":"typing","from":"bob"}');
+      await eventually(() => expect(recorder.framesFor("alice")).toHaveLength(1), 5000);
+      const raw = rawClient(server.url);
+      clients.push(raw);
+      expect(await raw.pubsub("NUMSUB", `${keyPrefix}user:alice`)).toEqual([
+        `${keyPrefix}user:alice`,
+        1,
+      ]);
+      // Give a stray rejection of the cut re-subscribe time to surface.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+    }
   }, 30_000);
 
   it("re-asserts presence that other nodes swept during a partition", async () => {

@@ -423,8 +423,7 @@ export class Hub implements BrokerHandler {
   /**
    * Reads the user's groups (once per local user, like its contacts) and watches them. Groups
    * another local user watches already are not read again into the node's view: their members
-   * are kept up to date by that user's stream. In Redis Cluster mode the engine has no groups
-   * and this watches none.
+   * are kept up to date by that user's stream.
    */
   private async loadGroups(user: LocalUser): Promise<void> {
     let states: GroupState[];

@@ -1,16 +1,13 @@
 import { randomUUID } from "node:crypto";
 import { afterEach, describe, expect, it } from "vitest";
-import {
-  type Engine,
-  type GroupAppendInput,
-  type GroupLimits,
-  GroupRefusedError,
-  type MessageEvent,
-} from "../ports.js";
+import { type Engine, type GroupLimits, GroupRefusedError, type MessageEvent } from "../ports.js";
 import {
   type BackendFactory,
   type ContractBackend,
   eventually,
+  groupInput,
+  groupInboxLabels as inboxLabels,
+  entryLabel as label,
   QUIET_MS,
   Recorder,
   sleep,
@@ -29,30 +26,6 @@ interface Entry {
 }
 
 const parse = (json: string) => JSON.parse(json) as Entry;
-/** A short label of a log entry: its content, or its event ("joined:dave"). */
-const label = (json: string) => {
-  const entry = parse(json);
-  return entry.event === undefined
-    ? (entry.content as string)
-    : `${entry.event.kind}${entry.event.userId === undefined ? "" : `:${entry.event.userId}`}`;
-};
-
-function groupInput(
-  groupId: string,
-  from: string,
-  content: string,
-  options: { clientMsgId?: string; senderConnId?: string } = {},
-): GroupAppendInput {
-  return {
-    id: randomUUID(),
-    groupId,
-    from,
-    content,
-    timestamp: new Date().toISOString(),
-    senderConnId: options.senderConnId ?? `${from}-conn`,
-    ...(options.clientMsgId === undefined ? {} : { clientMsgId: options.clientMsgId }),
-  };
-}
 
 const eventInput = () => ({ eventId: randomUUID(), timestamp: new Date().toISOString() });
 
@@ -64,12 +37,6 @@ async function refusal(promise: Promise<unknown>): Promise<string> {
     throw error;
   }
   return "accepted";
-}
-
-/** A user's whole inbox, as labels of its group entries. */
-async function inboxLabels(engine: Engine, userId: string, groupId: string): Promise<string[]> {
-  const page = await engine.messages.readInbox(userId, 0, 10_000);
-  return page.entries.filter((e) => e.groupId === groupId).map((e) => label(e.messageJson));
 }
 
 /** GroupStore: groups on the delivery model of direct messages (ports.ts). */

@@ -3,6 +3,7 @@ import type {
   AppendInput,
   BrokerHandler,
   Engine,
+  GroupAppendInput,
   GroupLimits,
   MessageEvent,
   MessageStore,
@@ -129,4 +130,42 @@ export async function takeAllQueued(
   const last = queued.at(-1);
   if (last !== undefined) await messages.removeQueued(userId, last.position);
   return queued;
+}
+
+/**
+ * A group message of `content` from `from`, with a fresh id and the current time. The sending
+ * connection defaults to `<from>-conn`.
+ */
+export function groupInput(
+  groupId: string,
+  from: string,
+  content: string,
+  options: { clientMsgId?: string; senderConnId?: string } = {},
+): GroupAppendInput {
+  return {
+    id: randomUUID(),
+    groupId,
+    from,
+    content,
+    timestamp: new Date().toISOString(),
+    senderConnId: options.senderConnId ?? `${from}-conn`,
+    ...(options.clientMsgId === undefined ? {} : { clientMsgId: options.clientMsgId }),
+  };
+}
+
+/** A short label of a group log entry: its content, or its event (`joined:dave`, `renamed`). */
+export function entryLabel(json: string): string {
+  const entry = JSON.parse(json) as { content?: string; event?: { kind: string; userId?: string } };
+  if (entry.event === undefined) return entry.content as string;
+  return `${entry.event.kind}${entry.event.userId === undefined ? "" : `:${entry.event.userId}`}`;
+}
+
+/** A user's stream of a group (its inbox entries of the group, in order), as entry labels. */
+export async function groupInboxLabels(
+  engine: Engine,
+  userId: string,
+  groupId: string,
+): Promise<string[]> {
+  const page = await engine.messages.readInbox(userId, 0, 10_000);
+  return page.entries.filter((e) => e.groupId === groupId).map((e) => entryLabel(e.messageJson));
 }

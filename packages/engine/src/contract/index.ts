@@ -14,15 +14,7 @@ import { reliableDeliveryContract } from "./reliable-delivery.js";
 
 export * from "./harness.js";
 
-/**
- * `groups: false` leaves the GroupStore suite out, for an engine mode that has no groups yet
- * (Redis Cluster, see engine-redis groups.ts).
- */
-export function engineContract(
-  name: string,
-  factory: BackendFactory,
-  options: { readonly groups?: boolean } = {},
-): void {
+export function engineContract(name: string, factory: BackendFactory): void {
   describe(`${name} engine contract`, () => {
     messageStoreContract(factory);
     reliableDeliveryContract(factory);
@@ -30,6 +22,6 @@ export function engineContract(
     rateLimiterContract(factory);
     quotaContract(factory);
     backendApiContract(factory);
-    if (options.groups !== false) groupContract(factory);
+    groupContract(factory);
   });
 }
