@@ -319,7 +319,11 @@ for (const engine of ["memory", "redis"] as const) {
       );
       expect(await upgradeRefusal(node, oldToken)).toBe("Unauthorized: token revoked.");
       // A token issued from `before` on is accepted; a refresh with a revoked one is refused.
-      await new Promise((resolve) => setTimeout(resolve, Math.max(0, before - Date.now())));
+      // A loop, not one timer: timers run on a monotonic clock and may fire while Date.now() is
+      // still a millisecond short of `before`, and a token minted then (iat a second earlier)
+      // is revoked.
+      while (Date.now() < before)
+        await new Promise((resolve) => setTimeout(resolve, before - Date.now() + 1));
       const fresh = await node.connect(alice);
       fresh.send({ type: "refresh", token: oldToken });
       expect(await fresh.next("error")).toMatchObject({
