@@ -54,6 +54,15 @@ function namesIn(scrape: string): Set<string> {
   for (const match of scrape.matchAll(/^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]/gm)) {
     names.add(match[1] as string);
   }
+  // A metric declared with no sample yet is served all the same: the GC histogram has none
+  // until the node's first garbage collection, which a short test may not reach.
+  for (const match of scrape.matchAll(/^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (\w+)$/gm)) {
+    const [, name, type] = match as unknown as [string, string, string];
+    names.add(name);
+    if (type === "histogram" || type === "summary") {
+      for (const suffix of ["_sum", "_count", "_bucket"]) names.add(`${name}${suffix}`);
+    }
+  }
   return names;
 }
 
