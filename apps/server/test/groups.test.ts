@@ -126,7 +126,10 @@ describe.each(backends)("groups (%s)", (_name, service) => {
       "removed:carol",
     ]);
     carol.client.send({ type: "group_message", groupId, content: "let me in" });
-    expect(await carol.client.next("error")).toMatchObject({ code: "FORBIDDEN" });
+    expect(await carol.client.next("error")).toMatchObject({ code: "FORBIDDEN", groupId });
+    // A refusal names its group, also for a command that has no answer of its own.
+    carol.client.send({ type: "mark_read", groupId, upTo: 2 });
+    expect(await carol.client.next("error")).toMatchObject({ code: "FORBIDDEN", groupId });
     carol.client.send({ type: "get_history", groupId });
     const history = await carol.client.next("message_history");
     expect((history["messages"] as Entry[]).map(label).at(-1)).toBe("removed:carol");
@@ -147,7 +150,10 @@ describe.each(backends)("groups (%s)", (_name, service) => {
     dave.client.send({ type: "get_groups" });
     expect(((await dave.client.next("groups"))["groups"] as unknown[]).length).toBe(1);
     dave.client.send({ type: "group_message", groupId: "no-such-group", content: "x" });
-    expect(await dave.client.next("error")).toMatchObject({ code: "NOT_FOUND" });
+    expect(await dave.client.next("error")).toMatchObject({
+      code: "NOT_FOUND",
+      groupId: "no-such-group",
+    });
   });
 
   it("orders messages racing a removal: the removed member gets exactly those before it", async () => {

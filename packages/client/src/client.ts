@@ -129,8 +129,9 @@ interface Pending {
   /** The answer's frame type. */
   readonly t: string;
   /**
-   * For a `group` answer, which group it is about ("" for a group this user creates): `group`
-   * frames also arrive unasked (someone added you), and must not answer another request.
+   * Which group the request is about: for a `group` answer ("" for a group this user creates),
+   * because `group` frames also arrive unasked (someone added you) and must not answer another
+   * request; for a group read, so that a refusal naming the group finds it.
    */
   readonly g?: string | undefined;
   /** The outbox entry, for a send. */
@@ -322,6 +323,7 @@ export class MrezhenClient {
     return this.request(
       { type: "get_history", ...target(peer, "with"), ...options },
       "message_history",
+      typeof peer === "string" ? undefined : peer.groupId,
     );
   }
 
@@ -430,7 +432,7 @@ export class MrezhenClient {
 
   /** How many members (the sender aside) read the group up to `seq`: large groups send no receipts. */
   readBy(groupId: string, seq: number): Promise<ReadBy> {
-    return this.request({ type: "get_read_by", groupId, seq }, "read_by");
+    return this.request({ type: "get_read_by", groupId, seq }, "read_by", groupId);
   }
 
   // ---- Connection ----------------------------------------------------------------------------
@@ -690,27 +692,31 @@ export class MrezhenClient {
 
   private onError(frame: WireError): void {
     const error = new ClientError(frame.code, frame.message, frame);
-    const { code, limit, clientMsgId } = frame;
+    const { code, limit, clientMsgId, groupId } = frame;
     // Answers come in request order, but only some errors name their request: the others are
-    // matched to the oldest request that can get that error.
+    // matched to the oldest request that can get that error. A refusal naming a group answers
+    // the oldest read or command about it, or none: a mark_read or typing has no answer to wait
+    // for, and its refusal must not fail another request.
     const request =
       clientMsgId !== undefined
         ? this.take((r) => r.id === clientMsgId)
-        : code === "UNAUTHORIZED"
-          ? this.take((r) => r.t === "refreshed")
-          : code === "RATE_LIMITED"
-            ? this.take((r) =>
-                limit === "reads"
-                  ? READS.includes(r.t)
-                  : limit === "refresh"
-                    ? r.t === "refreshed"
-                    : r.id !== undefined,
-              )
-            : // A group refusal without a clientMsgId is never a send's: a refused group send
-              // names its clientMsgId.
-              this.take(
-                (r) => r.t !== "pong" && !(r.id !== undefined && GROUP_REFUSALS.includes(code)),
-              );
+        : groupId !== undefined
+          ? this.take((r) => r.id === undefined && r.g === groupId)
+          : code === "UNAUTHORIZED"
+            ? this.take((r) => r.t === "refreshed")
+            : code === "RATE_LIMITED"
+              ? this.take((r) =>
+                  limit === "reads"
+                    ? READS.includes(r.t)
+                    : limit === "refresh"
+                      ? r.t === "refreshed"
+                      : r.id !== undefined,
+                )
+              : // A group refusal without a clientMsgId is never a send's: a refused group send
+                // names its clientMsgId.
+                this.take(
+                  (r) => r.t !== "pong" && !(r.id !== undefined && GROUP_REFUSALS.includes(code)),
+                );
     const entry = this.outboxMap.get(request?.id ?? clientMsgId ?? "");
     if (entry !== undefined) {
       if (RETRYABLE.includes(code)) {

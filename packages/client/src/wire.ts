@@ -130,4 +130,6 @@ export interface WireError {
   readonly retryAfterMs?: number;
   readonly outcome?: SendOutcome;
   readonly clientMsgId?: string;
+  /** A refusal of a command about a group names the group. */
+  readonly groupId?: string;
 }

@@ -746,6 +746,24 @@ describe("groups", () => {
     client.close();
   });
 
+  it("matches a refusal naming a group to a request about that group, or to none", async () => {
+    const { client } = makeClient();
+    const socket = await connected(client);
+    const errors: string[] = [];
+    client.on("error", (error) => errors.push(error.code));
+    const older = client.history({ groupId: "g1" });
+    const refused = client.history({ groupId: "g2" });
+    socket.receive({ type: "error", code: "FORBIDDEN", message: "Not a member.", groupId: "g2" });
+    await expect(refused).rejects.toMatchObject({ code: "FORBIDDEN" });
+    // A mark_read has no answer: its refusal is reported, and fails no other request.
+    client.markRead({ groupId: "g3" }, 5);
+    socket.receive({ type: "error", code: "FORBIDDEN", message: "Not a member.", groupId: "g3" });
+    socket.receive({ type: "message_history", with: "g1", messages: [], hasMore: false });
+    await expect(older).resolves.toMatchObject({ messages: [] });
+    expect(errors).toEqual(["FORBIDDEN", "FORBIDDEN"]);
+    client.close();
+  });
+
   it("reads groups, group history, read counts; marks a group read (offline: on the next connect) and types in it", async () => {
     const { client } = makeClient();
     client.markRead({ groupId: "g1" }, 3);

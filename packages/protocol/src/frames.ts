@@ -306,6 +306,12 @@ export interface ErrorFrame {
   readonly outcome?: SendOutcome;
   /** The failed send's clientMsgId, when it had one (an addition), so a client can match it. */
   readonly clientMsgId?: string;
+  /**
+   * With FORBIDDEN or NOT_FOUND answering a command about a group (an addition): that group, so
+   * a client can tell which request was refused, including one that has no answer of its own
+   * (`mark_read`, `typing`).
+   */
+  readonly groupId?: string;
 }
 
 /**
@@ -327,7 +333,7 @@ export interface RefreshedFrame {
 
 /** The optional fields an error frame may carry beside its code and message. */
 export type ErrorDetails = Partial<
-  Pick<ErrorFrame, "limit" | "retryAfterMs" | "outcome" | "clientMsgId">
+  Pick<ErrorFrame, "limit" | "retryAfterMs" | "outcome" | "clientMsgId" | "groupId">
 >;
 
 /** What a failed send may have done: see {@link ErrorFrame.outcome}. */

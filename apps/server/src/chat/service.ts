@@ -1079,13 +1079,18 @@ export class ChatService {
    */
   private failRequest(session: Session, error: unknown, command: ClientCommand): void {
     if (error instanceof GroupRefusedError) {
+      // Named, so that a client can tell which request was refused: mark_read and typing have
+      // no answer of their own that the error could stand in for.
+      const clientMsgId = "clientMsgId" in command ? command.clientMsgId : undefined;
+      const groupId = "groupId" in command ? command.groupId : undefined;
       this.sendError(
         session,
         error.reason === "not_found" ? ErrorCode.NOT_FOUND : ErrorCode.FORBIDDEN,
         error.message,
-        "clientMsgId" in command && command.clientMsgId !== undefined
-          ? { clientMsgId: command.clientMsgId }
-          : undefined,
+        {
+          ...(clientMsgId === undefined ? {} : { clientMsgId }),
+          ...(groupId === undefined ? {} : { groupId }),
+        },
       );
       return;
     }
