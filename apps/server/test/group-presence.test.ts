@@ -1,18 +1,25 @@
 /**
- * group_presence end to end: real nodes and clients, on the memory engine and on two nodes
- * sharing a Redis. Members of a group with a `presence=contacts` connection are told when
+ * group_presence end to end: real nodes and clients, on the memory engine, on two nodes
+ * sharing a Redis and on two nodes on a Redis Cluster. Members of a group with a `presence=contacts` connection are told when
  * another member comes online or goes offline: once per connection and change however many
  * groups they share, a snapshot at connect, and membership changes followed (a removed member
  * hears nothing more, a member added while online is announced, the added member gets the
  * group's online members).
  */
 import { randomUUID } from "node:crypto";
-import { eventually, type Frame, redisForTests, type TestClient } from "@mrezhen/testkit";
+import {
+  eventually,
+  type Frame,
+  redisClusterForTests,
+  redisForTests,
+  type TestClient,
+} from "@mrezhen/testkit";
 import { afterAll, describe, expect, it } from "vitest";
 import { startNode, type TestNode } from "./helpers.js";
 
 const redis = await redisForTests();
-afterAll(() => redis?.close());
+const redisCluster = await redisClusterForTests();
+afterAll(() => Promise.all([redis?.close(), redisCluster?.close()]));
 
 // Coalescing off: every change is announced at once, so the tests can count frames exactly.
 const env = { RATE_LIMIT_MESSAGES: "100000", PRESENCE_COALESCE_MS: "0" };
@@ -33,6 +40,23 @@ if (redis !== undefined) {
         ...env,
         REDIS_URL: redis.url,
         REDIS_KEY_PREFIX: `${redis.prefix}${randomUUID().slice(0, 6)}:`,
+      };
+      return [
+        await startNode({ ...shared, NODE_ID: "a" }),
+        await startNode({ ...shared, NODE_ID: "b" }),
+      ];
+    },
+  ]);
+}
+
+if (redisCluster !== undefined) {
+  backends.push([
+    "redis cluster engine, two nodes",
+    async () => {
+      const shared = {
+        ...env,
+        REDIS_CLUSTER_NODES: redisCluster.seeds,
+        REDIS_KEY_PREFIX: `${redisCluster.prefix}${randomUUID().slice(0, 6)}:`,
       };
       return [
         await startNode({ ...shared, NODE_ID: "a" }),
