@@ -1,8 +1,9 @@
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { tmpdir } from "node:os";
 import { Redis } from "ioredis";
 import { freePort } from "./net.js";
+import { spawnRedisServer } from "./redis-cluster.js";
 
 export interface TestRedis {
   /** A URL any client or node can use. */
@@ -113,8 +114,7 @@ export async function ownRedisServer(): Promise<LocalRedis | undefined> {
 
 async function startPrivateRedisServer(onStop: () => void): Promise<LocalRedis> {
   const port = await freePort();
-  const child: ChildProcess = spawn(
-    "redis-server",
+  const child: ChildProcess = await spawnRedisServer(
     [
       "--port",
       String(port),
@@ -127,7 +127,7 @@ async function startPrivateRedisServer(onStop: () => void): Promise<LocalRedis> 
       "--dir",
       tmpdir(),
     ],
-    { stdio: "ignore" },
+    5000,
   );
   // Never outlive the tests, even when they end without running their teardown.
   const kill = () => {
@@ -136,14 +136,6 @@ async function startPrivateRedisServer(onStop: () => void): Promise<LocalRedis> 
   process.once("exit", kill);
   const url = `redis://127.0.0.1:${port}`;
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  const deadline = Date.now() + 5000;
-  while (!(await answers(url))) {
-    if (child.exitCode !== null || Date.now() > deadline) {
-      kill();
-      throw new Error(`redis-server on port ${port} did not answer`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
   return {
     url,
     source: "private redis-server",
