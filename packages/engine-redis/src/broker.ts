@@ -7,6 +7,11 @@
  *   codec.ts. A direct message is one PUBLISH to the recipient's channel (plus one to the
  *   sender's when it has other connections): it reaches only the nodes that hold the user,
  *   never all nodes.
+ * - `<p>node:<nodeId>`: this node's channel, subscribed at start (standalone Redis). A group's
+ *   entry or frame comes here once for all of this node's members it is for (codec.ts), so a
+ *   message to a group costs one PUBLISH per node that holds members, not one per member; the
+ *   same connection carries the user channels, so a user's direct and group events keep the
+ *   order in which the scripts published them.
  * - `<p>broadcast`: presence deltas (codec.ts), published by the presence scripts; every node
  *   subscribes to it at start and keeps its copy of the online set from them (PresenceMirror),
  *   which calls the handler's onPresence for each change.
@@ -34,6 +39,7 @@
 import type { Broker, BrokerHandler, ControlEvent } from "@mrezhen/engine";
 import { Cluster } from "ioredis";
 import {
+  decodeNodeEvent,
   decodePresenceDelta,
   decodeUserEvent,
   encodeControlEvent,
@@ -187,6 +193,16 @@ export class RedisBroker implements Broker {
       }
       const handler = this.handler;
       if (handler === undefined) return;
+      if (channel === this.keys.thisNodeChannel) {
+        const delivered = decodeNodeEvent(payload, (userId, event) =>
+          handler.onUserEvent(userId, event),
+        );
+        if (!delivered && !this.warnedUndecodable) {
+          this.warnedUndecodable = true;
+          this.logger.warn({ channel }, "ignoring a node event this version cannot decode");
+        }
+        return;
+      }
       const userId = this.keys.userOfChannel(channel);
       if (userId === undefined) return;
       const event = decodeUserEvent(payload);

@@ -16,6 +16,20 @@
  * text, which may contain anything, is the untouched tail: it goes into frames as-is, without a
  * parse and a stringify. A frame event (receipts, typing) is the frame text after the tag.
  *
+ * ## Node channels
+ *
+ * What a group script (groups.ts) sends live to its members: one event per node that holds any
+ * of them, naming the members it is for. Two kinds:
+ *
+ *     G|<messageId>|<k>|<groupId>\n<position 1>\n<user 1>\n…<position k>\n<user k>\n<messageJson>
+ *     F|<k>\n<user 1>\n…<user k>\n<frame>
+ *
+ * `G` is a group entry (message or membership event), each member with its own inbox position;
+ * the sender's own line is `<position>|<excludeConnId>`: its other connections get the copy,
+ * the sending one gets its ack. `F` is a ready-to-send frame (typing, receipts). User and group
+ * ids never contain a control character (protocol `userIdProblem`) and JSON text never contains
+ * a raw line feed, so `\n` splits them; message ids and counts never contain `|`.
+ *
  * ## The broadcast channel
  *
  * Presence deltas, published by the presence scripts (scripts.ts) when a user's membership of
@@ -132,6 +146,105 @@ function decodeGroupEvent(payload: string): UserEvent | undefined {
     groupId,
     ...(exclude === "" ? {} : { excludeConnId: exclude }),
   };
+}
+
+/** One member's line pair of a node-channel group entry. */
+interface NodeEntryMember {
+  readonly userId: string;
+  readonly position: number;
+  readonly excludeConnId: string | undefined;
+}
+
+/**
+ * Decodes a node-channel payload (see the format above) and hands each member's event to
+ * `deliver`, in the order listed; false when the payload is not one this version understands
+ * (then nothing was delivered). The text is shared by every member's event, not copied.
+ */
+export function decodeNodeEvent(
+  payload: string,
+  deliver: (userId: string, event: UserEvent) => void,
+): boolean {
+  if (payload.startsWith("F|")) return decodeNodeFrame(payload, deliver);
+  if (!payload.startsWith("G|")) return false;
+  const afterId = payload.indexOf("|", 2);
+  const afterCount = afterId < 0 ? -1 : payload.indexOf("|", afterId + 1);
+  const afterGroup = afterCount < 0 ? -1 : payload.indexOf("\n", afterCount + 1);
+  if (afterGroup < 0) return false;
+  const count = Number(payload.slice(afterId + 1, afterCount));
+  if (!Number.isSafeInteger(count) || count < 0) return false;
+  const members: NodeEntryMember[] = [];
+  let at = afterGroup + 1;
+  for (let i = 0; i < count; i++) {
+    const afterPosition = payload.indexOf("\n", at);
+    const afterUser = afterPosition < 0 ? -1 : payload.indexOf("\n", afterPosition + 1);
+    if (afterUser < 0) return false;
+    // `<position>` or, for the sender's copy, `<position>|<its sending connection>`.
+    const bar = payload.indexOf("|", at);
+    const excludes = bar >= 0 && bar < afterPosition;
+    const position = Number(payload.slice(at, excludes ? bar : afterPosition));
+    if (!Number.isSafeInteger(position)) return false;
+    members.push({
+      userId: payload.slice(afterPosition + 1, afterUser),
+      position,
+      excludeConnId: excludes ? payload.slice(bar + 1, afterPosition) : undefined,
+    });
+    at = afterUser + 1;
+  }
+  const messageId = payload.slice(2, afterId);
+  const groupId = payload.slice(afterCount + 1, afterGroup);
+  const messageJson = payload.slice(at);
+  for (const { userId, position, excludeConnId } of members) {
+    deliver(
+      userId,
+      excludeConnId === undefined
+        ? { kind: "message", messageId, messageJson, position, groupId }
+        : { kind: "message", messageId, messageJson, position, groupId, excludeConnId },
+    );
+  }
+  return true;
+}
+
+function decodeNodeFrame(
+  payload: string,
+  deliver: (userId: string, event: UserEvent) => void,
+): boolean {
+  const afterCount = payload.indexOf("\n", 2);
+  if (afterCount < 0) return false;
+  const count = Number(payload.slice(2, afterCount));
+  if (!Number.isSafeInteger(count) || count < 0) return false;
+  const users: string[] = [];
+  let at = afterCount + 1;
+  for (let i = 0; i < count; i++) {
+    const end = payload.indexOf("\n", at);
+    if (end < 0) return false;
+    users.push(payload.slice(at, end));
+    at = end + 1;
+  }
+  const event: UserEvent = { kind: "frame", frame: payload.slice(at) };
+  for (const user of users) deliver(user, event);
+  return true;
+}
+
+/** The payload a group script publishes on a node channel (for tests; the scripts write it). */
+export function encodeNodeEntry(entry: {
+  readonly messageId: string;
+  readonly groupId: string;
+  readonly members: readonly NodeEntryMember[];
+  readonly messageJson: string;
+}): string {
+  const lines = entry.members
+    .map(({ userId, position, excludeConnId }) =>
+      excludeConnId === undefined
+        ? `${position}\n${userId}\n`
+        : `${position}|${excludeConnId}\n${userId}\n`,
+    )
+    .join("");
+  return `G|${entry.messageId}|${entry.members.length}|${entry.groupId}\n${lines}${entry.messageJson}`;
+}
+
+/** The payload of a frame for some of a node's users (for tests; the scripts write it). */
+export function encodeNodeFrame(userIds: readonly string[], frame: string): string {
+  return `F|${userIds.length}\n${userIds.map((id) => `${id}\n`).join("")}${frame}`;
 }
 
 const ON = "on|";

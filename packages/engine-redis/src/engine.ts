@@ -394,6 +394,10 @@ class RedisEngine implements Engine {
       );
       await this.broker.listen(this.keys.broadcastChannel);
       await this.broker.listen(this.backendKeys.revocationChannel);
+      // Group entries for this node's members (groups.ts): subscribed before the node registers
+      // any connection, so every entry published for a member registered here reaches it.
+      // (Redis Cluster: a group's steps publish on each member's channel instead.)
+      if (!this.keys.cluster) await this.broker.listen(this.keys.thisNodeChannel);
       this.broadcastSubscribed = true;
       this.broadcastLive = this.subscriber.status === "ready";
       // Clears registrations a previous process with this node id left, then registers the node.

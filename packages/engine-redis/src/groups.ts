@@ -10,9 +10,10 @@
  * members offline and publishes it to those online, atomically: a message racing a removal is
  * before it (and reaches the removed member) or after it (and does not).
  *
- * Cost of a message to a group of n members, in one script: about 8 + 5n commands (per member:
- * INCR, RPUSH, PEXPIRE, HINCRBY unread, and PUBLISH when online or ZADD + PEXPIRE when offline),
- * one text of the message, and n inbox references of about 45 bytes.
+ * Cost of a message to a group of n members, in one script: about 11 + 3n commands (per member:
+ * INCR, RPUSH, PEXPIRE, and ZADD + PEXPIRE when offline), one PUBLISH per node holding members
+ * (its node channel, naming them: codec.ts), one text of the message, and n inbox references of
+ * about 45 bytes.
  *
  * Redis Cluster: the per-member inbox writes touch n users' slots, which one script cannot. The
  * same scripts run in a cluster mode (LIB's CLUSTER: the node passes no per-user key heads):
@@ -51,10 +52,31 @@ import {
 } from "./script-runner.js";
 import { HMGET_ALL, INDEX, RATE_WINDOW, script } from "./scripts.js";
 
-const LIB = `${INDEX}${HMGET_ALL}
+/**
+ * Unread counts without a write per member per message. The group counts its messages (field
+ * `messages` of the group hash); each member has a base in `group-unread`: the messages it is
+ * not to count, raised by one for each message of its own, set to the count at its join and,
+ * by mark_read, to the count minus the messages from others above its mark. A member's unread
+ * count is then the group's count minus its base: two writes per message whatever the size of
+ * the group, where a counter per member cost one per member (1,000 for a full group).
+ */
+const UNREAD_COUNTS = `
+local function unread_of(messages, base)
+  return math.max(0, tonumber(messages or '0') - tonumber(base or '0'))
+end
+
+-- The base that leaves a member with unread messages unread.
+local function unread_base(group_key, unread)
+  return tonumber(redis.call('HGET', group_key, 'messages') or '0') - unread
+end
+`;
+
+const LIB = `${INDEX}${HMGET_ALL}${UNREAD_COUNTS}
 local gid, ttl, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local POS, LOG, QUEUE, CHAN, MSG, COUNT, UGROUPS =
-  ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local POS, LOG, QUEUE, MSG, COUNT, UGROUPS = ARGV[4], ARGV[5], ARGV[6], ARGV[8], ARGV[9], ARGV[10]
+-- Live delivery: the node set, the head of the nodes' presence hashes and that of their
+-- channels, a line each (standalone only).
+local NODES, NODE_COUNT, NODE_CHAN = string.match(ARGV[7], '^([^\\n]*)\\n([^\\n]*)\\n(.*)$')
 local MAX_MEMBERS, MAX_GROUPS = tonumber(ARGV[11]), tonumber(ARGV[12])
 local G, MEMBERS, GLOG, FORMER, UNREAD, READS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 -- Redis Cluster: the node passes no per-user key heads (those keys are in other slots), and
@@ -95,11 +117,40 @@ local function answer(out)
   return out
 end
 
+-- Live delivery on a standalone Redis: to each node holding connections of any of users (its
+-- presence hash counts them), one PUBLISH naming those it holds: head, their count, mid, their
+-- lines (lines[i] is users[i]'s), tail (codec.ts, node channels). One publish per node that
+-- holds members, none per member, none to a node that holds none.
+local function publish_to_nodes(users, lines, head, mid, tail)
+  if #users == 0 then return end
+  for _, node in ipairs(redis.call('SMEMBERS', NODES)) do
+    local counts = hmget_all(NODE_COUNT .. node, users)
+    local held, k = {}, 0
+    for i = 1, #users do
+      if counts[i] then
+        k = k + 1
+        held[k] = lines[i]
+      end
+    end
+    if k > 0 then
+      redis.call('PUBLISH', NODE_CHAN .. node,
+        head .. string.format('%d', k) .. mid .. table.concat(held) .. tail)
+    end
+  end
+end
+
+-- A frame to users (typing, receipts), through publish_to_nodes.
+local function publish_frame(users, frame)
+  local lines = {}
+  for i = 1, #users do lines[i] = users[i] .. '\\n' end
+  publish_to_nodes(users, lines, 'F|', '\\n', frame)
+end
+
 -- Numbers an entry, stores its text and log entry, and writes it to each recipient's inbox:
 -- queued for those with no connection, published to the others (the sender's sending
 -- connection, exclude, gets an ack instead). Returns seq, the sender's position, and 1 when
 -- another recipient had a connection. Cluster mode: only the group's part (seq, text, log,
--- unread counts); the recipients' inboxes are the node's steps.
+-- message counts); the recipients' inboxes are the node's steps.
 local function store(id, head, from, recipients, exclude, is_message)
   local seq = redis.call('HINCRBY', G, 'seq', 1)
   local seq_text = string.format('%d', seq)
@@ -109,18 +160,18 @@ local function store(id, head, from, recipients, exclude, is_message)
     redis.call('LTRIM', GLOG, '-' .. ARGV[3], '-1')
   end
   redis.call('PEXPIRE', GLOG, ttl)
+  if is_message then
+    -- Unread counts in O(1) per message (see unread_of): a member's own message raises its base.
+    redis.call('HINCRBY', G, 'messages', 1)
+    redis.call('HINCRBY', UNREAD, from, 1)
+  end
   if CLUSTER then
-    if is_message then
-      for i = 1, #recipients do
-        if recipients[i] ~= from then redis.call('HINCRBY', UNREAD, recipients[i], '1') end
-      end
-    end
     record_entry(json, recipients)
     return seq, 0, 0
   end
   local counts = hmget_all(COUNT, recipients)
   local sender_position, any = 0, 0
-  local tail = '|' .. id .. '|' .. string.format('%d', #gid) .. '|' .. gid .. json
+  local online, lines = {}, {}
   for i = 1, #recipients do
     local m = recipients[i]
     local pos = redis.call('INCR', POS .. m)
@@ -134,17 +185,19 @@ local function store(id, head, from, recipients, exclude, is_message)
     if m == from then
       sender_position = pos
       if c > (exclude == '' and 0 or 1) then
-        redis.call('PUBLISH', CHAN .. m, 'g|' .. pt .. '|' .. exclude .. tail)
+        online[#online + 1] = m
+        lines[#lines + 1] = (exclude == '' and pt or pt .. '|' .. exclude) .. '\\n' .. m .. '\\n'
       end
     elseif c > 0 then
       any = 1
-      redis.call('PUBLISH', CHAN .. m, 'g|' .. pt .. '|' .. tail)
+      online[#online + 1] = m
+      lines[#lines + 1] = pt .. '\\n' .. m .. '\\n'
     else
       redis.call('ZADD', QUEUE .. m, pt, id)
       cap_index(QUEUE .. m, cap, ttl, pos)
     end
-    if is_message and m ~= from then redis.call('HINCRBY', UNREAD, m, '1') end
   end
+  publish_to_nodes(online, lines, 'G|' .. id .. '|', '|' .. gid .. '\\n', json)
   return seq, sender_position, any
 end
 `;
@@ -196,6 +249,8 @@ if kind == 'add' then
     local next_seq = tonumber(redis.call('HGET', G, 'seq')) + 1
     redis.call('HSET', MEMBERS, user, string.format('%d', next_seq))
     redis.call('HDEL', FORMER, user)
+    -- Nothing unread yet: the messages so far are its base.
+    redis.call('HSET', UNREAD, user, redis.call('HGET', G, 'messages') or '0')
     if not CLUSTER then redis.call('HSET', UGROUPS .. user, gid, '1') end
     seq, position = store(ARGV[16], ARGV[17], actor, redis.call('HKEYS', MEMBERS), '', false)
   end
@@ -319,7 +374,7 @@ if entries > 0 then
     end
   end
 end
-redis.call('HSET', UNREAD, user, string.format('%d', unread))
+redis.call('HSET', UNREAD, user, string.format('%d', unread_base(G, unread)))
 if redis.call('HLEN', MEMBERS) <= tonumber(ARGV[18]) then
   if CLUSTER then
     -- The receipts go to the members' slots: the node sends them (RECEIPT).
@@ -330,12 +385,14 @@ if redis.call('HLEN', MEMBERS) <= tonumber(ARGV[18]) then
     return out
   end
   local frame = ARGV[16] .. string.format('%d', up_to) .. '}'
+  local others = {}
   for _, m in ipairs(redis.call('HKEYS', MEMBERS)) do
     if m ~= user then
       redis.call('HSET', ARGV[17] .. m, 'read|g' .. gid .. '|' .. user, frame)
-      redis.call('PUBLISH', CHAN .. m, 'f|' .. frame)
+      others[#others + 1] = m
     end
   end
+  publish_frame(others, frame)
 end
 return 1
 `,
@@ -371,20 +428,24 @@ const GROUP_PUBLISH = script(
   `
 if redis.call('EXISTS', G) == 0 then return -2 end
 if redis.call('HEXISTS', MEMBERS, ARGV[13]) == 0 then return -1 end
+local others = {}
 for _, m in ipairs(redis.call('HKEYS', MEMBERS)) do
-  if m ~= ARGV[13] then redis.call('PUBLISH', CHAN .. m, 'f|' .. ARGV[14]) end
+  if m ~= ARGV[13] then others[#others + 1] = m end
 end
+publish_frame(others, ARGV[14])
 return 1
 `,
 );
 
-const SUMMARY = `
+const SUMMARY = `${UNREAD_COUNTS}
 -- A group's name, last text and the user's unread count; nil when its last text expired.
 local function summary(group_key, log_key, unread_key, text_head, user)
   local last = redis.call('LINDEX', log_key, '-1')
   local text = last and redis.call('GET', text_head .. string.sub(last, string.find(last, '|', 1, true) + 1))
   if not text then return nil end
-  return { redis.call('HGET', group_key, 'name') or '', text, redis.call('HGET', unread_key, user) or '0' }
+  local fields = redis.call('HMGET', group_key, 'name', 'messages')
+  local unread = unread_of(fields[2], redis.call('HGET', unread_key, user))
+  return { fields[1] or '', text, string.format('%d', unread) }
 end
 `;
 
@@ -502,7 +563,7 @@ export class RedisGroupStore implements GroupStore {
       cluster ? "" : keys.inboxPosition(""),
       cluster ? "" : keys.inboxLog(""),
       cluster ? "" : keys.queue(""),
-      cluster ? "" : keys.userChannelHead,
+      cluster ? "" : `${keys.nodes}\n${keys.presenceNodeHead}\n${keys.nodeChannelHead}`,
       keys.textHeadOfGroup(groupId),
       cluster ? "" : keys.presenceCount,
       cluster ? "" : keys.userGroups(""),

@@ -62,6 +62,8 @@
  * | channel            | payload                                                             |
  * |--------------------|---------------------------------------------------------------------|
  * | `<p>user:<userId>` | user events (codec.ts); subscribed while the user is on this node   |
+ * | `<p>node:<nodeId>` | a group's entries and frames for that node's members (codec.ts);    |
+ * |                    | the node subscribes at start (standalone Redis only)                |
  * | `<p>broadcast`     | presence deltas (codec.ts); every node subscribes at start          |
  *
  * `<conversation>` is `conversationKey(a, b)` from @mrezhen/engine, so both engines agree.
@@ -136,6 +138,12 @@ export class Keys {
   readonly broadcastChannel: string;
   /** This node's presence hash and liveness key. */
   readonly presenceThisNode: string;
+  /**
+   * This node's channel, and the head of every node's: a group's entry reaches each node that
+   * holds members in one PUBLISH (groups.ts), not one per member.
+   */
+  readonly thisNodeChannel: string;
+  readonly nodeChannelHead: string;
   readonly aliveThisNode: string;
   /** `<p>user:`; a user channel is this plus the user id (plus the tag in cluster mode). */
   readonly userChannelHead: string;
@@ -166,6 +174,8 @@ export class Keys {
     this.presenceThisNode = this.presenceNode(nodeId);
     this.aliveThisNode = this.alive(nodeId);
     this.userChannelHead = `${prefix}user:`;
+    this.nodeChannelHead = `${p}node:`;
+    this.thisNodeChannel = this.nodeChannelHead + nodeId;
   }
 
   /** `<p><kind>:<userId>`, or `<p><kind>:{u:<userId>}` in cluster mode. */
@@ -302,10 +312,10 @@ export class Keys {
 
   /**
    * A group's keys, `<p><kind>:{g:<groupId>}`, tagged in both modes (groups.ts): `group` (hash:
-   * name, createdBy, createdAt, seq), `group-members` (hash: member → seq of its join),
+   * name, createdBy, createdAt, seq, messages), `group-members` (hash: member → seq of its join),
    * `group-former` (hash: former member → seq of its removal), `group-log` (list of
-   * `<seq>|<message id>`, as conv-log), `group-unread` and `group-reads` (hash: member → count,
-   * read mark). A group id may contain `}`: the tag is then only a prefix of it, which only
+   * `<seq>|<message id>`, as conv-log), `group-unread` and `group-reads` (hash: member → unread
+   * base, see UNREAD_COUNTS in groups.ts; read mark). A group id may contain `}`: the tag is then only a prefix of it, which only
    * puts two groups in one slot; the kind before the tag keeps names unambiguous.
    */
   group(kind: string, groupId: string): string {

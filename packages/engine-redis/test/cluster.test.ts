@@ -456,8 +456,8 @@ describe.skipIf(!cluster)("groups on Redis Cluster", () => {
     expect(commands.filter((c) => c !== "evalsha")).toEqual(["hget"]);
     const inScripts = await commandsOf(sendOne("c2"), true);
     close();
-    // docs/groups.md: 13 + 8n commands in the scripts, plus 2 per offline member.
-    expect(inScripts).toHaveLength(13 + 8 * 5 + 2 * 2);
+    // docs/groups.md: 16 + 7n commands in the scripts, plus 2 per offline member.
+    expect(inScripts).toHaveLength(16 + 7 * 5 + 2 * 2);
     console.log(
       `[group cost] cluster, 5 members (2 online, 2 offline, the sender): ${commands.length} ` +
         `commands from the node, ${inScripts.length} run by its scripts: ${inScripts.join(" ")}`,

@@ -98,7 +98,11 @@ export interface PresenceChange {
 
 /** Receives what the broker routes to this node. Called synchronously; must not throw. */
 export interface BrokerHandler {
-  /** An event for `userId`, delivered only while this node is subscribed to that user. */
+  /**
+   * An event for `userId`, delivered only while this node is subscribed to that user or (a
+   * group's entries and frames, which an engine may route by presence) holds a registered
+   * connection of it; either way in the order the engine published the user's events.
+   */
   onUserEvent(userId: string, event: UserEvent): void;
   /**
    * Every presence change, on every node, in one total order (the order in which the changes

@@ -321,6 +321,40 @@ export function groupContract(factory: BackendFactory): void {
       expect(await inboxLabels(engine, "bob", groupId)).toEqual(["created", "g1"]);
     });
 
+    it("counts unread per member across joins, own messages, read marks and a rejoin", async () => {
+      const { engine } = await setup();
+      const { groupId } = (await create(engine, "alice", ["bob"])).group;
+      const send = async (from: string, content: string) => {
+        const result = await engine.groups.append(groupInput(groupId, from, content));
+        if ("refused" in result) throw new Error("refused");
+        return result.seq;
+      };
+      const unread = async (user: string) =>
+        (await engine.messages.conversations(user, 10)).find((c) => c.with === groupId)?.unread;
+      const change = (kind: "add" | "remove", userId: string) =>
+        engine.groups.change({ groupId, actor: "alice", kind, userId, ...eventInput() });
+      await send("alice", "a1");
+      await send("alice", "a2");
+      await change("add", "carol");
+      expect(await unread("carol")).toBe(0); // what came before the join is not unread
+      const b1 = await send("bob", "b1");
+      await send("carol", "c1");
+      expect([await unread("alice"), await unread("bob"), await unread("carol")]).toEqual([
+        2, 3, 1,
+      ]);
+      await engine.groups.markRead("bob", groupId, b1);
+      expect(await unread("bob")).toBe(1); // c1
+      await send("bob", "b2"); // one's own message is never unread
+      expect(await unread("bob")).toBe(1);
+      await change("remove", "carol");
+      await change("add", "carol");
+      expect(await unread("carol")).toBe(0);
+      await send("alice", "a3");
+      expect([await unread("alice"), await unread("bob"), await unread("carol")]).toEqual([
+        3, 2, 1,
+      ]);
+    });
+
     it("keeps unread counts and read marks; receipts to members in small groups; read-by counts", async () => {
       const { engine, recorder } = await setup();
       const { groupId } = (await create(engine, "alice", ["bob", "carol"])).group;
@@ -367,8 +401,11 @@ export function groupContract(factory: BackendFactory): void {
     it("sends typing to the other members only", async () => {
       const { engine, recorder } = await setup();
       const { groupId } = (await create(engine, "alice", ["bob"])).group;
-      await engine.broker.subscribe("alice");
-      await engine.broker.subscribe("bob");
+      // Connected as a session connects: subscribed, then registered.
+      for (const user of ["alice", "bob"]) {
+        await engine.broker.subscribe(user);
+        await engine.presence.connect(user);
+      }
       await engine.groups.publishToMembers("alice", groupId, '{"type":"typing"}');
       await eventually(() => expect(recorder.framesFor("bob")).toEqual([{ type: "typing" }]));
       await sleep(QUIET_MS);
