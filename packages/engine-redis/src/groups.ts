@@ -50,7 +50,7 @@ import {
   strings,
   toEngineError,
 } from "./script-runner.js";
-import { HMGET_ALL, INDEX, RATE_WINDOW, script } from "./scripts.js";
+import { HASH_VALUES, HMGET_ALL, INDEX, RATE_WINDOW, script } from "./scripts.js";
 
 /**
  * Unread counts without a write per member per message. The group counts its messages (field
@@ -71,7 +71,7 @@ local function unread_base(group_key, unread)
 end
 `;
 
-const LIB = `${INDEX}${HMGET_ALL}${UNREAD_COUNTS}
+const LIB = `${INDEX}${HMGET_ALL}${HASH_VALUES}${UNREAD_COUNTS}
 local gid, ttl, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local POS, LOG, QUEUE, MSG, COUNT, UGROUPS = ARGV[4], ARGV[5], ARGV[6], ARGV[8], ARGV[9], ARGV[10]
 -- Live delivery: the node set, the head of the nodes' presence hashes and that of their
@@ -103,7 +103,7 @@ end
 -- Cluster mode: records the entry (its text) and its recipients with the seq of their join,
 -- which their steps need (a member's stream starts at its join).
 local function record_entry(json, recipients)
-  local joins = hmget_all(MEMBERS, recipients)
+  local joins = hash_values(MEMBERS, recipients)
   entry = { json }
   for i = 1, #recipients do
     entry[#entry + 1] = recipients[i]
@@ -124,7 +124,7 @@ end
 local function publish_to_nodes(users, lines, head, mid, tail)
   if #users == 0 then return end
   for _, node in ipairs(redis.call('SMEMBERS', NODES)) do
-    local counts = hmget_all(NODE_COUNT .. node, users)
+    local counts = hash_values(NODE_COUNT .. node, users)
     local held, k = {}, 0
     for i = 1, #users do
       if counts[i] then
@@ -169,7 +169,7 @@ local function store(id, head, from, recipients, exclude, is_message)
     record_entry(json, recipients)
     return seq, 0, 0
   end
-  local counts = hmget_all(COUNT, recipients)
+  local counts = hash_values(COUNT, recipients)
   local sender_position, any = 0, 0
   local online, lines = {}, {}
   for i = 1, #recipients do
@@ -408,7 +408,7 @@ if redis.call('EXISTS', G) == 0 then return { -2 } end
 if redis.call('HEXISTS', MEMBERS, ARGV[15]) == 0 then return { -1 } end
 local seq = tonumber(ARGV[13])
 local members = redis.call('HKEYS', MEMBERS)
-local marks = #members > 0 and redis.call('HMGET', READS, unpack(members)) or {}
+local marks = hash_values(READS, members)
 local count, total = 0, 0
 for i = 1, #members do
   if members[i] ~= ARGV[14] then
