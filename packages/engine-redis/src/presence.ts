@@ -40,6 +40,7 @@ import type { PresenceStore, Registration } from "@mrezhen/engine";
 import { Cluster } from "ioredis";
 import type { Keys } from "./keys.js";
 import {
+  coalesceWrites,
   integers,
   type RedisClient,
   runScript,
@@ -146,6 +147,10 @@ export class RedisPresenceStore implements PresenceStore {
       if (!this.flushScheduled && this.inFlight < MAX_IN_FLIGHT) {
         this.flushScheduled = true;
         setImmediate(this.flushSoon);
+        // Corked from now until after the batch leaves (the uncork is scheduled after the
+        // flush): the commands issued later in this turn, such as a connect's contacts and
+        // groups reads, leave with the batch in one write rather than in a write of their own.
+        coalesceWrites(this.client);
       }
     });
   }

@@ -249,9 +249,19 @@ export class ChatService {
     try {
       await this.hub.add(session);
       if (session.isClosed) return;
-      const registration = await this.engine.presence.connect(session.userId);
+      // The registration and a contacts session's reads at once, in one write to Redis: the
+      // registration is queued first, so the reads issued after it in this turn leave with its
+      // batch (RedisPresenceStore.enqueue). Both settle before either failure is acted on: a
+      // connection registered must be known as such, whatever happened to the reads.
+      const [registered, watched] = await Promise.allSettled([
+        this.engine.presence.connect(session.userId),
+        this.hub.watchContacts(session),
+      ]);
+      if (registered.status === "rejected") throw registered.reason;
       session.registered = true;
+      if (watched.status === "rejected") throw watched.reason;
       if (session.isClosed) return;
+      const registration = registered.value;
       if (session.since !== undefined) {
         const replayed = await this.replay(session, session.since);
         if (session.logs("info")) {
