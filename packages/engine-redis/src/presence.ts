@@ -36,9 +36,11 @@
  * queued when a REASSERT (or the node's unregister) is sent leave first, in the same write: the
  * REASSERT already counts them, and sent after it they would count twice.
  */
-import type { PresenceStore } from "@mrezhen/engine";
+import type { PresenceStore, Registration } from "@mrezhen/engine";
+import { Cluster } from "ioredis";
 import type { Keys } from "./keys.js";
 import {
+  coalesceWrites,
   integers,
   type RedisClient,
   runScript,
@@ -63,7 +65,7 @@ const MAX_IN_FLIGHT = 4;
 /** One queued connect (`+<userId>`) or disconnect (`-<userId>`) and its caller's promise. */
 interface QueuedCall {
   readonly call: string;
-  readonly resolve: () => void;
+  readonly resolve: (registration: Registration) => void;
   readonly reject: (error: unknown) => void;
 }
 
@@ -77,9 +79,18 @@ export interface TickResult {
   readonly swept: number;
 }
 
+/** What a connect resolves with (a disconnect's caller ignores it). */
+const QUEUE_EMPTY: Registration = { queueMayHoldMessages: false };
+const MAY_HOLD_MESSAGES: Registration = { queueMayHoldMessages: true };
+
 export class RedisPresenceStore implements PresenceStore {
   /** userId → connections registered by this node (the local truth). */
   private readonly local = new Map<string, number>();
+  /**
+   * Whether PRESENCE_BATCH checks the connecting users' offline queues: not on Redis Cluster,
+   * where the queue is in another slot than presence, so no script can see both.
+   */
+  private readonly queuesChecked: boolean;
   /** Set when Redis may disagree with the local truth; the next heartbeat re-asserts. */
   needsReassert = false;
   /** Calls not sent yet, oldest first. */
@@ -97,12 +108,14 @@ export class RedisPresenceStore implements PresenceStore {
      * the view and the changes agree by construction.
      */
     readonly view: ReadonlySet<string>,
-  ) {}
+  ) {
+    this.queuesChecked = !(client instanceof Cluster);
+  }
 
-  async connect(userId: string): Promise<void> {
+  async connect(userId: string): Promise<Registration> {
     this.local.set(userId, (this.local.get(userId) ?? 0) + 1);
     try {
-      await this.enqueue(`+${userId}`);
+      return await this.enqueue(`+${userId}`);
     } catch (error) {
       // The caller treats this connection as not registered; Redis may have it anyway.
       this.forget(userId);
@@ -128,12 +141,16 @@ export class RedisPresenceStore implements PresenceStore {
     return this.queue.length;
   }
 
-  private enqueue(call: string): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
+  private enqueue(call: string): Promise<Registration> {
+    return new Promise<Registration>((resolve, reject) => {
       this.queue.push({ call, resolve, reject });
       if (!this.flushScheduled && this.inFlight < MAX_IN_FLIGHT) {
         this.flushScheduled = true;
         setImmediate(this.flushSoon);
+        // Corked from now until after the batch leaves (the uncork is scheduled after the
+        // flush): the commands issued later in this turn, such as a connect's contacts and
+        // groups reads, leave with the batch in one write rather than in a write of their own.
+        coalesceWrites(this.client);
       }
     });
   }
@@ -159,19 +176,30 @@ export class RedisPresenceStore implements PresenceStore {
       this.keys.presenceVersion,
       this.nodeId,
       this.keys.broadcastChannel,
+      this.queuesChecked ? this.keys.queue("") : "",
     ];
     for (const queued of calls) args.push(queued.call);
     this.inFlight++;
     runScript(this.client, PRESENCE_BATCH, args).then(
-      () => this.settle(calls, undefined),
-      (error: unknown) => this.settle(calls, error ?? new Error("presence batch failed")),
+      (reply) =>
+        isPositionList(reply)
+          ? this.settle(calls, undefined, reply)
+          : this.settle(calls, unexpectedReply(reply), []),
+      (error: unknown) => this.settle(calls, error ?? new Error("presence batch failed"), []),
     );
   }
 
-  private settle(calls: readonly QueuedCall[], error: unknown): void {
+  /** `withQueue`: the positions (1-based) of the connects whose user's queue exists. */
+  private settle(calls: readonly QueuedCall[], error: unknown, withQueue: number[]): void {
     this.inFlight--;
-    if (error === undefined) for (const queued of calls) queued.resolve();
-    else for (const queued of calls) queued.reject(error);
+    if (error === undefined) {
+      let next = 0;
+      for (const [i, queued] of calls.entries()) {
+        const hasQueue = withQueue[next] === i + 1;
+        if (hasQueue) next++;
+        queued.resolve(hasQueue || !this.queuesChecked ? MAY_HOLD_MESSAGES : QUEUE_EMPTY);
+      }
+    } else for (const queued of calls) queued.reject(error);
     if (this.queue.length > 0 && !this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(this.flushSoon);
@@ -263,4 +291,13 @@ export class RedisPresenceStore implements PresenceStore {
     else this.local.delete(userId);
     return true;
   }
+}
+
+function isPositionList(reply: unknown): reply is number[] {
+  return Array.isArray(reply) && reply.every((value) => typeof value === "number");
+}
+
+/** A reply that is not what the script returns: a bug in the script, not an outage. */
+function unexpectedReply(reply: unknown): Error {
+  return new Error(`unexpected reply from the presence batch script: ${JSON.stringify(reply)}`);
 }

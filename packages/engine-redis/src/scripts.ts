@@ -171,10 +171,19 @@ end
  * a node issued within a few milliseconds (presence.ts), applied in the order they were issued,
  * each exactly as a lone call would be. O(1) per call, one delta per user whose membership
  * changed; a connect storm costs one round trip per batch instead of one per connection.
+ *
+ * A connect also tells whether the user's offline queue exists (holds entries) once the
+ * connection is registered, in the same atomic step: every write to a queue (APPEND, the group
+ * scripts, REQUEUE_IF_OFFLINE) decides "queued" against presence:count atomically and queues
+ * only for a user with no connection, so a queue found empty here stays empty while the
+ * connection is registered, and the node's flush can skip reading it (service.ts). Cluster mode
+ * cannot check (the queue is in the user's slot, presence in `{p}`): the node passes no queue
+ * head and reads the queue as before.
  * KEYS: presence:node:<self>, presence:count, presence:online, nodes, presence:version
- * ARGV: nodeId, broadcast channel, then one per call: `+<userId>` (one more connection of the
- * user on this node) or `-<userId>` (one fewer; a no-op when this node has none)
- * Returns how many calls it applied.
+ * ARGV: nodeId, broadcast channel, queue key head ('' in cluster mode: not checked), then one
+ * per call: `+<userId>` (one more connection of the user on this node) or `-<userId>` (one
+ * fewer; a no-op when this node has none)
+ * Returns the positions (1-based, among the calls) of the connects whose user's queue exists.
  */
 export const PRESENCE_BATCH = script(
   "presence_batch",
@@ -182,8 +191,10 @@ export const PRESENCE_BATCH = script(
   PRESENCE,
   `
 local p = { count = KEYS[2], online = KEYS[3], version = KEYS[5], channel = ARGV[2] }
+local queue_head = ARGV[3]
 local registered = false
-for i = 3, #ARGV do
+local queued = {}
+for i = 4, #ARGV do
   local call = ARGV[i]
   local user = string.sub(call, 2)
   if string.byte(call, 1) == 43 then -- '+'
@@ -193,6 +204,9 @@ for i = 3, #ARGV do
     end
     redis.call('HINCRBY', KEYS[1], user, 1)
     adjust_total(p, user, 1)
+    if queue_head ~= '' and redis.call('EXISTS', queue_head .. user) == 1 then
+      queued[#queued + 1] = i - 3
+    end
   else
     local mine = tonumber(redis.call('HGET', KEYS[1], user) or '0')
     if mine == 1 then
@@ -204,7 +218,7 @@ for i = 3, #ARGV do
     end
   end
 end
-return #ARGV - 2
+return queued
 `,
 );
 

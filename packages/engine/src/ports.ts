@@ -137,6 +137,18 @@ export interface Broker {
 // ---------------------------------------------------------------------------------------------
 // Presence: who is online, cluster-wide.
 
+/** What {@link PresenceStore.connect} learned in the step that registered the connection. */
+export interface Registration {
+  /**
+   * Whether the user's offline queue may hold messages. False only when the store found it
+   * empty atomically with the registration: messages are queued only for a user with no
+   * connection (decided atomically with presence), so the queue stays empty while this
+   * connection is registered, and reading it now would find nothing. True when the store cannot
+   * tell.
+   */
+  readonly queueMayHoldMessages: boolean;
+}
+
 export interface PresenceStore {
   /**
    * Registers one connection of `userId` on this node. When it is the user's first connection
@@ -144,7 +156,7 @@ export interface PresenceStore {
    * decided atomically with the change: changes are totally ordered, and each one's online set
    * matches the state it announces. Costs O(1), however many users are online.
    */
-  connect(userId: string): Promise<void>;
+  connect(userId: string): Promise<Registration>;
   /** Unregisters one connection; the user's last one anywhere makes it offline, announced likewise. */
   disconnect(userId: string): Promise<void>;
   /** Every user with at least one connection anywhere, in no particular order. */

@@ -159,7 +159,10 @@ export class Hub implements BrokerHandler {
     return this.sessionCount;
   }
 
-  /** Adds a session; resolves once its user's events are routed to this node. */
+  /**
+   * Adds a session; resolves once its user's events are routed to this node. A
+   * `presence=contacts` session then needs {@link watchContacts}.
+   */
   add(session: Session): Promise<void> {
     let user = this.users.get(session.userId);
     if (user === undefined) {
@@ -186,9 +189,19 @@ export class Hub implements BrokerHandler {
     session.limits = user.limits;
     this.sessionCount++;
     if (session.presence === "all") this.fullListeners++;
-    if (session.presence !== "contacts") return user.subscribed;
-    // Both reads at once: a contacts session costs no extra round trip before it is online.
-    return Promise.all([user.subscribed, this.listenToContacts(user, session)]).then(noop);
+    return user.subscribed;
+  }
+
+  /**
+   * Makes a `presence=contacts` session a delta listener (see listenToContacts); resolves at once
+   * for the other sessions. Called once the user's events are routed here (add), so that a
+   * membership entry of the user's groups arriving during their read is never missed.
+   */
+  watchContacts(session: Session): Promise<void> {
+    const user = this.users.get(session.userId);
+    if (session.presence !== "contacts" || user === undefined || !user.sessions.has(session))
+      return RESOLVED;
+    return this.listenToContacts(user, session);
   }
 
   /** Removes a session. Its user stays subscribed until release(). */
@@ -659,4 +672,4 @@ export class Hub implements BrokerHandler {
   }
 }
 
-function noop(): void {}
+const RESOLVED = Promise.resolve();

@@ -249,9 +249,19 @@ export class ChatService {
     try {
       await this.hub.add(session);
       if (session.isClosed) return;
-      await this.engine.presence.connect(session.userId);
+      // The registration and a contacts session's reads at once, in one write to Redis: the
+      // registration is queued first, so the reads issued after it in this turn leave with its
+      // batch (RedisPresenceStore.enqueue). Both settle before either failure is acted on: a
+      // connection registered must be known as such, whatever happened to the reads.
+      const [registered, watched] = await Promise.allSettled([
+        this.engine.presence.connect(session.userId),
+        this.hub.watchContacts(session),
+      ]);
+      if (registered.status === "rejected") throw registered.reason;
       session.registered = true;
+      if (watched.status === "rejected") throw watched.reason;
       if (session.isClosed) return;
+      const registration = registered.value;
       if (session.since !== undefined) {
         const replayed = await this.replay(session, session.since);
         if (session.logs("info")) {
@@ -261,7 +271,14 @@ export class ChatService {
           );
         }
       } else {
-        const flushed = await this.flushQueue(session);
+        // No read when the engine found the queue empty in the step that registered the
+        // connection: nothing is queued for a user with a registered connection, so the read
+        // would find nothing (a read per connect was a script per connect, for most connects an
+        // empty one). Were this node swept as dead meanwhile, what is queued for the user then
+        // waits for the next connection, as anything queued after a flush does.
+        const flushed = registration.queueMayHoldMessages
+          ? await this.flushQueue(session)
+          : this.nothingToFlush(session);
         this.metrics.queueFlushed(flushed);
         if (session.logs("info")) session.log.info({ queued: flushed }, "connected");
       }
@@ -326,6 +343,12 @@ export class ChatService {
     if (open && (await window.drain()) && window.confirmedUpTo > removedUpTo)
       await this.removeQueued(session, window.confirmedUpTo);
     return sent.size;
+  }
+
+  /** Ends the flush of an empty queue: live messages may flow now. Returns 0 (messages sent). */
+  private nothingToFlush(session: Session): number {
+    session.endReplay(nothingSent);
+    return 0;
   }
 
   /**
@@ -1150,4 +1173,8 @@ function unavailableText(details: ErrorDetails | undefined): string {
 
 function assertNever(value: never): never {
   throw new Error(`unhandled command ${JSON.stringify(value)}`);
+}
+
+function nothingSent(): boolean {
+  return false;
 }

@@ -66,6 +66,23 @@ export function messageStoreContract(factory: BackendFactory): void {
       expect(await takeAllQueued(engine.messages, "bob")).toEqual([]);
     });
 
+    it("never tells a connect that a queue holding messages is empty", async () => {
+      const { engine } = await setup();
+      await engine.messages.append(appendInput("alice", "bob", "while you were away"));
+      await engine.broker.subscribe("bob");
+      expect((await engine.presence.connect("bob")).queueMayHoldMessages).toBe(true);
+      // A second connection of bob, and a requeue while bob was offline, alike.
+      expect((await engine.presence.connect("bob")).queueMayHoldMessages).toBe(true);
+      await takeAllQueued(engine.messages, "bob");
+      await engine.presence.disconnect("bob");
+      await engine.presence.disconnect("bob");
+      const sent = appendInput("carol", "bob");
+      const result = await engine.messages.append(sent);
+      await takeAllQueued(engine.messages, "bob");
+      expect(await engine.messages.requeueIfOffline("bob", toQueued(sent, result))).toBe(true);
+      expect((await engine.presence.connect("bob")).queueMayHoldMessages).toBe(true);
+    });
+
     it("delivers to an online recipient's node instead of queueing", async () => {
       const { engine, recorder } = await setup();
       await goOnline(engine, "bob");

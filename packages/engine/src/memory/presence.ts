@@ -1,5 +1,8 @@
-import type { PresenceStore } from "../ports.js";
+import type { PresenceStore, Registration } from "../ports.js";
 import type { MemoryBroker } from "./broker.js";
+
+/** The queue lives in the message store, which this store does not see: the flush reads it. */
+const MAY_HOLD_MESSAGES: Registration = { queueMayHoldMessages: true };
 
 /** Presence of a single node: a connection count per online user. */
 export class MemoryPresenceStore implements PresenceStore {
@@ -14,10 +17,10 @@ export class MemoryPresenceStore implements PresenceStore {
 
   constructor(private readonly broker: MemoryBroker) {}
 
-  async connect(userId: string): Promise<void> {
+  async connect(userId: string): Promise<Registration> {
     const count = this.connections.get(userId) ?? 0;
     this.connections.set(userId, count + 1);
-    if (count > 0) return;
+    if (count > 0) return MAY_HOLD_MESSAGES;
     this.online.add(userId);
     this.broker.announce({
       userId,
@@ -25,6 +28,7 @@ export class MemoryPresenceStore implements PresenceStore {
       online: this.online,
       version: ++this.version,
     });
+    return MAY_HOLD_MESSAGES;
   }
 
   async disconnect(userId: string): Promise<void> {
