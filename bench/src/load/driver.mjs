@@ -47,7 +47,9 @@ function describe(fig) {
       ? ` errors=${fig.errors} lost=${fig.lost ?? 0} shed=${fig.shed ?? 0}`
       : "";
   const slowlog =
-    fig.slowlogMaxUs === undefined ? "" : ` slowlog max=${num(fig.slowlogMaxUs / 1000, 2)}ms`;
+    fig.slowlogMaxUs === undefined
+      ? ""
+      : ` slowlog max=${num(fig.slowlogMaxUs / 1000, 2)}ms p50=${num(fig.slowlogMedianUs / 1000, 2)}ms`;
   return (
     `${Math.round(fig.msgsPerSec).toLocaleString("en-US")}/s p99=${num(fig.p99Ms, 1)}ms ` +
     `cpu=${num(fig.cpuUsPerMsg, 1)}µs lg=${num(fig.loadgenCpuPct, 0)}%${slowlog}${problems}`
