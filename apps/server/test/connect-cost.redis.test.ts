@@ -12,7 +12,7 @@
 import { randomUUID } from "node:crypto";
 import { createRedisEngine } from "@mrezhen/engine-redis";
 import { loadConfig } from "@mrezhen/server";
-import { eventually, ownRedisServer } from "@mrezhen/testkit";
+import { commandsOf, ownRedisServer } from "@mrezhen/testkit";
 import { Redis } from "ioredis";
 import { afterAll, describe, expect, it, onTestFinished } from "vitest";
 import { startNode, type TestNode } from "./helpers.js";
@@ -47,39 +47,13 @@ describe.skipIf(!redis)("a connect's commands to Redis", () => {
     return { node: await startNode({ NODE_ID: nodeId }, { engine }), nodeId, prefix };
   }
 
-  /** The commands `nodeId`'s command connection sends while `action` runs (MONITOR). */
-  async function commandsOf(nodeId: string, action: () => Promise<void>): Promise<string[][]> {
-    const client = await admin();
-    const list = String(await client.client("LIST"));
-    const line = list.split("\n").find((l) => l.includes(` name=mrezhen:${nodeId}:command `));
-    const address = /\baddr=(\S+)/.exec(line ?? "")?.[1];
-    if (address === undefined) throw new Error(`no command connection for ${nodeId}:\n${list}`);
-    const monitor = await client.monitor();
-    monitor.on("error", () => {});
-    onTestFinished(() => monitor.disconnect());
-    const seen: string[][] = [];
-    const marker = `marker-${randomUUID()}`;
-    let markerSeen = false;
-    monitor.on("monitor", (_time: string, args: string[], source: string) => {
-      if (source === address) seen.push(args);
-      if (args[1] === marker) markerSeen = true;
-    });
-    await eventually(async () => {
-      await client.ping(marker);
-      if (!markerSeen) throw new Error("MONITOR not active yet");
-    }, 3000);
-    await action();
-    await new Promise((resolve) => setTimeout(resolve, 100)); // Let MONITOR catch up.
-    return seen;
-  }
-
   const naming = (commands: string[][], text: string) =>
     commands.filter((args) => args.some((arg) => arg.includes(text)));
 
   it("registers and reads contacts and groups, and reads no empty queue", async () => {
     const { node: a, nodeId, prefix } = await node();
     const userId = `carol-${randomUUID().slice(0, 6)}`;
-    const commands = await commandsOf(nodeId, async () => {
+    const commands = await commandsOf(url, nodeId, async () => {
       await a.connect(userId, { query: CONTACTS });
     });
     const mine = naming(commands, userId);
@@ -114,7 +88,7 @@ describe.skipIf(!redis)("a connect's commands to Redis", () => {
     sender.send({ type: "direct_message", to: userId, content: "while you were away" });
     expect((await sender.next("message_ack"))["status"]).toBe("queued");
     let erin: Awaited<ReturnType<TestNode["connect"]>> | undefined;
-    const commands = await commandsOf(nodeId, async () => {
+    const commands = await commandsOf(url, nodeId, async () => {
       erin = await a.connect(userId, { query: CONTACTS });
     });
     expect(naming(commands, `${prefix}queue:${userId}`).length).toBeGreaterThan(0);

@@ -1,10 +1,10 @@
 /**
- * group_presence end to end: real nodes and clients, on the memory engine, on two nodes
- * sharing a Redis and on two nodes on a Redis Cluster. Members of a group with a `presence=contacts` connection are told when
- * another member comes online or goes offline: once per connection and change however many
- * groups they share, a snapshot at connect, and membership changes followed (a removed member
- * hears nothing more, a member added while online is announced, the added member gets the
- * group's online members).
+ * group_presence end to end: real nodes and clients, on the memory engine, on two nodes sharing
+ * a Redis and on two nodes on a Redis Cluster. Members of a group with a `presence=contacts`
+ * connection are told when another member comes online or goes offline: once per connection and
+ * change however many groups they share, a snapshot at connect, and membership changes followed
+ * (a removed member hears nothing more, a member added while online is announced, the added
+ * member gets the group's online members).
  */
 import { randomUUID } from "node:crypto";
 import {
@@ -32,37 +32,23 @@ const backends: [string, () => Promise<[TestNode, TestNode]>][] = [
     },
   ],
 ];
-if (redis !== undefined) {
-  backends.push([
-    "redis engine, two nodes",
-    async () => {
-      const shared = {
-        ...env,
-        REDIS_URL: redis.url,
-        REDIS_KEY_PREFIX: `${redis.prefix}${randomUUID().slice(0, 6)}:`,
-      };
-      return [
-        await startNode({ ...shared, NODE_ID: "a" }),
-        await startNode({ ...shared, NODE_ID: "b" }),
-      ];
-    },
-  ]);
+/** Two nodes sharing a Redis (`store`: its settings), each test under a key prefix of its own. */
+function twoNodes(store: Record<string, string>, prefix: string) {
+  return async (): Promise<[TestNode, TestNode]> => {
+    const shared = { ...env, ...store, REDIS_KEY_PREFIX: `${prefix}${randomUUID().slice(0, 6)}:` };
+    return [
+      await startNode({ ...shared, NODE_ID: "a" }),
+      await startNode({ ...shared, NODE_ID: "b" }),
+    ];
+  };
 }
-
+if (redis !== undefined) {
+  backends.push(["redis engine, two nodes", twoNodes({ REDIS_URL: redis.url }, redis.prefix)]);
+}
 if (redisCluster !== undefined) {
   backends.push([
     "redis cluster engine, two nodes",
-    async () => {
-      const shared = {
-        ...env,
-        REDIS_CLUSTER_NODES: redisCluster.seeds,
-        REDIS_KEY_PREFIX: `${redisCluster.prefix}${randomUUID().slice(0, 6)}:`,
-      };
-      return [
-        await startNode({ ...shared, NODE_ID: "a" }),
-        await startNode({ ...shared, NODE_ID: "b" }),
-      ];
-    },
+    twoNodes({ REDIS_CLUSTER_NODES: redisCluster.seeds }, redisCluster.prefix),
   ]);
 }
 

@@ -2,6 +2,7 @@
 export { type CloseInfo, type Frame, TestClient, UpgradeRefused } from "./client.js";
 export { eventually, freePort } from "./net.js";
 export {
+  commandsOf,
   deletePrefix,
   findLocalRedis,
   LOCAL_REDIS_URL,

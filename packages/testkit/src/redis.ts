@@ -2,7 +2,7 @@ import { type ChildProcess, spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { tmpdir } from "node:os";
 import { Redis } from "ioredis";
-import { freePort } from "./net.js";
+import { eventually, freePort } from "./net.js";
 import { spawnRedisServer } from "./redis-cluster.js";
 
 export interface TestRedis {
@@ -195,5 +195,47 @@ export async function deletePrefix(url: string, prefix: string): Promise<void> {
     } while (cursor !== "0");
   } finally {
     client.disconnect();
+  }
+}
+
+/**
+ * The commands node `nodeId`'s command connection (client name `mrezhen:<nodeId>:command`)
+ * sends to the Redis at `url` while `action` runs, seen by MONITOR. Use a redis-server of the
+ * test's own (ownRedisServer): MONITOR on a Redis that other test files load streams all of
+ * their commands too, and ioredis' monitor mode loses track of its replies under that flood.
+ */
+export async function commandsOf(
+  url: string,
+  nodeId: string,
+  action: () => Promise<void>,
+): Promise<string[][]> {
+  const admin = new Redis(url, { maxRetriesPerRequest: 1 });
+  admin.on("error", () => {});
+  let monitor: Redis | undefined;
+  try {
+    const list = String(await admin.client("LIST"));
+    const line = list.split("\n").find((l) => l.includes(` name=mrezhen:${nodeId}:command `));
+    const address = /\baddr=(\S+)/.exec(line ?? "")?.[1];
+    if (address === undefined) throw new Error(`no command connection for ${nodeId}:\n${list}`);
+    monitor = await admin.monitor(); // A connection of its own (ioredis duplicates).
+    monitor.on("error", () => {});
+    const seen: string[][] = [];
+    // MONITOR is active once it reports a command of ours (a PING from the admin connection).
+    const marker = `marker-${randomUUID()}`;
+    let markerSeen = false;
+    monitor.on("monitor", (_time: string, args: string[], source: string) => {
+      if (source === address) seen.push(args);
+      if (args[1] === marker) markerSeen = true;
+    });
+    await eventually(async () => {
+      await admin.ping(marker);
+      if (!markerSeen) throw new Error("MONITOR not active yet");
+    }, 3000);
+    await action();
+    await new Promise((resolve) => setTimeout(resolve, 100)); // Let MONITOR catch up.
+    return seen;
+  } finally {
+    monitor?.disconnect();
+    admin.disconnect();
   }
 }
