@@ -42,6 +42,8 @@ export interface Config {
   readonly shutdownTimeoutMs: number;
   /** A connection that has not sent a whole request (a WebSocket upgrade, a probe) by then is closed. */
   readonly upgradeTimeoutMs: number;
+  /** Connections the kernel may hold completed for this node before it accepts them (listen(2)). */
+  readonly listenBacklog: number;
   /** How long messages are kept, and how many entries each inbox, queue and conversation index keeps. */
   readonly retention: { readonly messageTtlMs: number; readonly maxEntries: number };
   /** A user's presence is announced at most once per this many milliseconds (0: every change). */
@@ -175,6 +177,11 @@ export const defaults = {
   HEARTBEAT_INTERVAL_MS: 30_000,
   SHUTDOWN_TIMEOUT_MS: 10_000,
   UPGRADE_TIMEOUT_MS: 10_000,
+  // Node's default is 511. In a connect storm a node busy with upgrades accepts in bursts; past
+  // a full queue the kernel drops the handshake's last packet and the client waits a second or
+  // more to retransmit (tens of thousands of such drops in the 20,000-connection storm). Linux
+  // caps it at net.core.somaxconn (4096 on current kernels).
+  LISTEN_BACKLOG: 4096,
   RETENTION_DAYS: 30,
   RETENTION_MAX_ENTRIES: 10_000,
   // Why one second: see DEFAULT_PRESENCE_COALESCE_MS in chat/service.ts.
@@ -324,6 +331,7 @@ export function loadConfig(env: Env = process.env): Config {
     heartbeatIntervalMs: integer(read, "HEARTBEAT_INTERVAL_MS", 100, 3_600_000),
     shutdownTimeoutMs: integer(read, "SHUTDOWN_TIMEOUT_MS", 0, 600_000),
     upgradeTimeoutMs: integer(read, "UPGRADE_TIMEOUT_MS", 100, 600_000),
+    listenBacklog: integer(read, "LISTEN_BACKLOG", 1, 65_535),
     retention: Object.freeze({
       messageTtlMs: integer(read, "RETENTION_DAYS", 1, 3650) * 86_400_000,
       maxEntries: integer(read, "RETENTION_MAX_ENTRIES", 10, 10_000_000),

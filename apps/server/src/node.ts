@@ -79,6 +79,7 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     presenceCoalesceMs: config.presenceCoalesceMs,
     tokens: verifier,
     tokenExpiringNoticeMs: config.tokenExpiringNoticeMs,
+    tokenSweepIntervalMs: config.tokenSweepIntervalMs,
     ...(webhooks === undefined ? {} : { events: webhooks.emitter }),
   });
   metrics.countConnectionsWith(() => chat.hub.connections);
@@ -135,7 +136,11 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     engine,
     config,
     listen: async () => {
-      const address = await app.listen({ host: config.host, port: config.port });
+      const address = await app.listen({
+        host: config.host,
+        port: config.port,
+        backlog: config.listenBacklog,
+      });
       log.info({ address, engine: engine.kind }, "listening");
       return address;
     },

@@ -1,4 +1,6 @@
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { type Socket, connect as tcpConnect } from "node:net";
 import { Writable } from "node:stream";
 import { ConfigError, createNode, loadConfig } from "@mrezhen/server";
@@ -86,6 +88,34 @@ describe("connections that never complete a request (UPGRADE_TIMEOUT_MS)", () =>
     }
   });
 });
+
+describe("the listen backlog (LISTEN_BACKLOG)", () => {
+  it("is what the node's listening socket gets from the kernel (Send-Q of `ss -lt`)", async () => {
+    const hasSs = spawnSync("ss", ["-V"]).status === 0;
+    if (!hasSs) {
+      // CI installs iproute2; elsewhere say so rather than pass quietly.
+      if (process.env.CI === "true") throw new Error("ss (iproute2) is needed for this test");
+      console.warn("SKIPPED: ss (iproute2) is not installed");
+      return;
+    }
+    const backlogOf = (url: string) => {
+      const port = new URL(url).port;
+      const out = spawnSync("ss", ["-ltnH", `sport = :${port}`], { encoding: "utf8" }).stdout;
+      // State Recv-Q Send-Q Local Peer: for a listening socket Send-Q is the backlog.
+      return Number(out.trim().split(/\s+/)[2]);
+    };
+    const defaults = await startNode();
+    // The kernel caps it at net.core.somaxconn (4096 here and on current kernels).
+    expect(backlogOf(defaults.url)).toBe(Math.min(4096, somaxconn()));
+    const small = await startNode({ LISTEN_BACKLOG: "37" });
+    expect(backlogOf(small.url)).toBe(37);
+    expect(() => loadConfig({ LISTEN_BACKLOG: "0" })).toThrow(ConfigError);
+  });
+});
+
+function somaxconn(): number {
+  return Number(readFileSync("/proc/sys/net/core/somaxconn", "utf8"));
+}
 
 describe("the demo page's security headers", () => {
   it("sends a CSP that allows only the page's own inline script and style and scripts from its origin (the SDK), no framing, and nosniff, on / and /demo", async () => {

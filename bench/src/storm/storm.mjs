@@ -229,8 +229,15 @@ export async function runStorm({
     });
     progress(`connect: ${acked} online in ${row.connectSeconds}s (${row.connectsPerSec}/s)`);
 
-    // --- Hold, through heartbeat passes.
+    // --- Hold, through heartbeat passes. What the nodes spend holding idle connections (the
+    // heartbeat, the token sweep) is CPU a storm cannot have: measured over the hold.
+    const holdCpu0 = nodeCpu();
+    const holdT0 = performance.now();
     await sleep(p.stormHoldMs);
+    row.holdNodeCpuPercent = round(
+      (100 * (nodeCpu() - holdCpu0)) / ((performance.now() - holdT0) * 1000),
+      2,
+    );
     const counted = await all({ type: "count" }, "counted");
     row.droppedDuringConnectAndHold = counted.reduce((sum, c) => sum + c.dropped, 0);
     row.onlineInRedis = await redis.scard(`${prefix}presence:online`);
@@ -288,7 +295,7 @@ export function formatStorm(row) {
     `  connect: ${row.acked} online in ${row.connectSeconds} s = ${row.connectsPerSec}/s; failed ${row.connectFailed}${row.connectLastError ? ` (${row.connectLastError})` : ""}`,
     `           per connect: node CPU ${row.nodeCpuUsPerConnect} µs, Redis CPU ${row.redisCpuUsPerConnect} µs, Redis commands ${row.redisCommandsPerConnect}`,
     `           Redis PING p99 ${row.connect.pingP99Ms} ms, max ${row.connect.pingMaxMs} ms`,
-    `  hold:    dropped ${row.droppedDuringConnectAndHold}; online in Redis ${row.onlineInRedis}; PING max ${row.hold.pingMaxMs} ms`,
+    `  hold:    dropped ${row.droppedDuringConnectAndHold}; online in Redis ${row.onlineInRedis}; PING max ${row.hold.pingMaxMs} ms; nodes' CPU ${row.holdNodeCpuPercent} % of a core (all nodes)`,
     `  leave:   in ${row.leaveSeconds} s; ghosts 1 s after ${row.ghostsAfter1s}, presence empty after ${row.presenceEmptyAfterSeconds} s (${row.ghostsAfter60s} left at 60 s)`,
     `           per disconnect: node CPU ${row.nodeCpuUsPerDisconnect} µs, Redis CPU ${row.redisCpuUsPerDisconnect} µs; PING p99 ${row.leave.pingP99Ms} ms, max ${row.leave.pingMaxMs} ms`,
     `  Redis:   SLOWLOG max ${row.slowlogMaxMs} ms (${row.slowlogEntries} entries from the nodes), LATENCY max ${row.redisLatencyEventMaxMs} ms`,

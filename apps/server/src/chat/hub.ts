@@ -244,11 +244,6 @@ export class Hub implements BrokerHandler {
     for (const bucket of this.wheel) bucket.length = 0;
   }
 
-  /** Every open session on this node (for broadcasts, drain and sweeps). */
-  *sessions(): IterableIterator<Session> {
-    for (const user of this.users.values()) yield* user.sessions;
-  }
-
   onUserEvent(userId: string, event: UserEvent): void {
     const sessions = this.users.get(userId)?.sessions;
     if (event.kind === "control") {

@@ -56,6 +56,7 @@ import {
 } from "./ports.js";
 import { ReceiptWindow } from "./receipt-window.js";
 import type { Session } from "./session.js";
+import { TokenDeadlines } from "./token-deadlines.js";
 import { WarningSummary } from "./warning-summary.js";
 
 export interface ChatOptions {
@@ -75,6 +76,11 @@ export interface ChatOptions {
   readonly tokens?: TokenCheck;
   /** TOKEN_EXPIRING_NOTICE_MS; default DEFAULT_TOKEN_EXPIRING_NOTICE_MS. */
   readonly tokenExpiringNoticeMs?: number;
+  /**
+   * TOKEN_SWEEP_INTERVAL_MS, the interval expireTokens() is called at; default 1000. Deadlines
+   * are kept in buckets this wide (see TokenDeadlines).
+   */
+  readonly tokenSweepIntervalMs?: number;
   /** Told of stored messages and presence changes (webhooks); absent: nothing extra is done. */
   readonly events?: ChatEvents;
 }
@@ -174,6 +180,8 @@ export class ChatService {
   private readonly readRateLimit: number;
   private readonly tokens: TokenCheck | undefined;
   private readonly noticeMs: number;
+  /** The open sessions by their next token deadline (see expireTokens). */
+  private readonly tokenDeadlines: TokenDeadlines<Session>;
   private readonly events: ChatEvents | undefined;
   /** Handlers still running (for drain). */
   private inFlight = 0;
@@ -220,6 +228,7 @@ export class ChatService {
     this.readRateLimit = options.readRateLimit ?? READS_PER_SECOND;
     this.tokens = options.tokens;
     this.noticeMs = options.tokenExpiringNoticeMs ?? DEFAULT_TOKEN_EXPIRING_NOTICE_MS;
+    this.tokenDeadlines = new TokenDeadlines(options.tokenSweepIntervalMs ?? 1000, this.now());
     const quotas = options.quotas;
     this.limitTexts = {
       messages: `Rate limit exceeded (at most ${limit} messages per ${windowMs} ms)`,
@@ -239,6 +248,7 @@ export class ChatService {
    */
   open(session: Session): Promise<void> {
     session.setToken(session.expiresAt, this.now(), this.noticeMs, session.issuedAt);
+    this.tokenDeadlines.schedule(session);
     session.opened = this.bringOnline(session).finally(() => {
       session.opened = OPENED; // a settled promise per idle connection is memory for nothing
     });
@@ -294,6 +304,7 @@ export class ChatService {
   /** The session's connection closed: unregisters it once open() has settled. */
   async closed(session: Session, code: number): Promise<void> {
     session.state = "closed";
+    this.tokenDeadlines.unschedule(session);
     await session.opened;
     this.hub.remove(session);
     try {
@@ -421,12 +432,12 @@ export class ChatService {
   /**
    * Run periodically (TOKEN_SWEEP_INTERVAL_MS): tells sessions whose token expires soon
    * (`token_expiring`, once per token, so that the client can `refresh`), and closes those whose
-   * token expired (`UNAUTHORIZED`, then 4001). One pass over the sessions, comparing two numbers
-   * each: a timer per connection would cost memory on every idle one.
+   * token expired (`UNAUTHORIZED`, then 4001). Visits only the sessions due (TokenDeadlines): a pass
+   * over every session each interval cost an idle node CPU per connection.
    */
   expireTokens(): void {
     const now = this.now();
-    for (const session of this.hub.sessions()) {
+    for (const session of this.tokenDeadlines.due(now)) {
       if (session.isClosed) continue;
       if (session.expiresAt <= now) {
         this.sendError(
@@ -441,7 +452,14 @@ export class ChatService {
         session.expiringNoticeAt = 0;
         session.send(tokenExpiringFrame(Math.floor(session.expiresAt / 1000)));
       }
+      this.tokenDeadlines.schedule(session);
     }
+  }
+
+  /** Writes the pending summary lines now (at shutdown). */
+  flushWarnings(): void {
+    this.onlineFailures.flush();
+    this.unregisterFailures.flush();
   }
 
   /**
@@ -449,12 +467,6 @@ export class ChatService {
    * drain every frame read gets an answer: handled and acked, or refused. Handlers already
    * running finish (see whenIdle).
    */
-  /** Writes the pending summary lines now (at shutdown). */
-  flushWarnings(): void {
-    this.onlineFailures.flush();
-    this.unregisterFailures.flush();
-  }
-
   startDraining(): void {
     this.draining = true;
     this.lastFrameAt = performance.now();
@@ -1020,6 +1032,7 @@ export class ChatService {
       return;
     }
     session.setToken(principal.expiresAt, this.now(), this.noticeMs, principal.issuedAt);
+    if (session.tokenBucket >= 0) this.tokenDeadlines.schedule(session);
     session.send(refreshedFrame(Math.floor(principal.expiresAt / 1000)));
   }
 

@@ -70,9 +70,12 @@ export class Session {
 
   /**
    * When to send `token_expiring` (ms since the epoch), 0 once sent; set with the token (see
-   * setToken). A number per connection, read by the one periodic sweep: no timer per connection.
+   * setToken). A number per connection, read by the periodic sweep when due (TokenDeadlines): no timer
+   * per connection.
    */
   expiringNoticeAt = 0;
+  /** Where the token sweep has this connection scheduled (TokenDeadlines' bookkeeping). */
+  tokenBucket = -1;
   /** When the last `refresh` frame was read (ms since the epoch): one a second is allowed. */
   lastRefreshAt = Number.NEGATIVE_INFINITY;
 
