@@ -42,6 +42,8 @@ export interface Config {
   readonly shutdownTimeoutMs: number;
   /** A connection that has not sent a whole request (a WebSocket upgrade, a probe) by then is closed. */
   readonly upgradeTimeoutMs: number;
+  /** Refuse upgrades (503) while the event loop runs this many ms late; 0: never. */
+  readonly upgradeShedLagMs: number;
   /** Connections the kernel may hold completed for this node before it accepts them (listen(2)). */
   readonly listenBacklog: number;
   /** How long messages are kept, and how many entries each inbox, queue and conversation index keeps. */
@@ -182,6 +184,9 @@ export const defaults = {
   // more to retransmit (tens of thousands of such drops in the 20,000-connection storm). Linux
   // caps it at net.core.somaxconn (4096 on current kernels).
   LISTEN_BACKLOG: 4096,
+  // Off by default: a refused upgrade is a client's retry, which a client that does not retry
+  // (or a test) takes for a failure. See http/upgrade-shedding.ts and the README.
+  UPGRADE_SHED_LAG_MS: 0,
   RETENTION_DAYS: 30,
   RETENTION_MAX_ENTRIES: 10_000,
   // Why one second: see DEFAULT_PRESENCE_COALESCE_MS in chat/service.ts.
@@ -332,6 +337,7 @@ export function loadConfig(env: Env = process.env): Config {
     shutdownTimeoutMs: integer(read, "SHUTDOWN_TIMEOUT_MS", 0, 600_000),
     upgradeTimeoutMs: integer(read, "UPGRADE_TIMEOUT_MS", 100, 600_000),
     listenBacklog: integer(read, "LISTEN_BACKLOG", 1, 65_535),
+    upgradeShedLagMs: integer(read, "UPGRADE_SHED_LAG_MS", 0, 60_000),
     retention: Object.freeze({
       messageTtlMs: integer(read, "RETENTION_DAYS", 1, 3650) * 86_400_000,
       maxEntries: integer(read, "RETENTION_MAX_ENTRIES", 10, 10_000_000),

@@ -102,6 +102,7 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     limits: config.limits,
     isDraining: () => draining,
     upgradeTimeoutMs: config.upgradeTimeoutMs,
+    upgradeShedLagMs: config.upgradeShedLagMs,
     allowedOrigins: config.allowedOrigins,
     apiKeys: config.api?.keys,
   });

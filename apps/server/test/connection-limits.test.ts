@@ -1,5 +1,5 @@
 import { request } from "node:http";
-import type { Socket } from "node:net";
+import { connect as connectTcp, type Socket } from "node:net";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import {
@@ -288,5 +288,59 @@ describe("slow readers", () => {
       5000,
       50,
     );
+  });
+});
+
+describe("shedding upgrades while the node runs behind (UPGRADE_SHED_LAG_MS)", () => {
+  /**
+   * Sends an upgrade on a TCP connection opened beforehand, right after blocking this process'
+   * event loop (the node runs in it) for `blockMs`, and returns the node's answer's head.
+   */
+  async function upgradeAfterStall(url: string, userId: string, blockMs: number): Promise<string> {
+    const token = await mintToken({ sub: userId });
+    const { port } = new URL(url);
+    const socket = connectTcp(Number(port), "127.0.0.1");
+    await new Promise((resolve) => socket.once("connect", resolve));
+    let answer = "";
+    const head = new Promise<string>((resolve, reject) => {
+      socket.on("data", (chunk) => {
+        answer += chunk.toString();
+        if (answer.includes("\r\n\r\n")) resolve(answer.slice(0, answer.indexOf("\r\n\r\n")));
+      });
+      socket.on("error", reject);
+    });
+    const until = performance.now() + blockMs;
+    while (performance.now() < until) {
+      // A node busy with other work: its timers and sockets wait.
+    }
+    socket.write(
+      `GET /ws?token=${token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+        "Sec-WebSocket-Version: 13\r\n\r\n",
+    );
+    try {
+      return await head;
+    } finally {
+      socket.destroy();
+    }
+  }
+
+  it("refuses an upgrade read while the event loop is late with 503 and Retry-After, and admits the next once caught up", async () => {
+    const { url, connect } = await startNode({ UPGRADE_SHED_LAG_MS: "100" });
+    const refused = await upgradeAfterStall(url, "bob", 300);
+    expect(refused).toMatch(/^HTTP\/1\.1 503 /);
+    expect(refused).toMatch(/\r\nretry-after: 1\r\n/i);
+    expect(await metric(url, 'mrezhen_upgrades_refused_total{reason="overloaded"}')).toBe(1);
+    // Caught up (a tick of its timer on time): the same user gets in, and the node serves.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const bob = await connect("bob");
+    bob.send({ type: "ping" });
+    await bob.next("pong");
+    expect(await upgradeAfterStall(url, "carol", 0)).toMatch(/^HTTP\/1\.1 101 /);
+  });
+
+  it("is off by default: the same stall delays the upgrade but does not refuse it", async () => {
+    const { url } = await startNode();
+    expect(await upgradeAfterStall(url, "bob", 300)).toMatch(/^HTTP\/1\.1 101 /);
   });
 });

@@ -94,7 +94,7 @@ describe("the listen backlog (LISTEN_BACKLOG)", () => {
     const hasSs = spawnSync("ss", ["-V"]).status === 0;
     if (!hasSs) {
       // CI installs iproute2; elsewhere say so rather than pass quietly.
-      if (process.env.CI === "true") throw new Error("ss (iproute2) is needed for this test");
+      if (process.env["CI"] === "true") throw new Error("ss (iproute2) is needed for this test");
       console.warn("SKIPPED: ss (iproute2) is not installed");
       return;
     }

@@ -16,6 +16,7 @@ import { apiPlugin } from "./api.js";
 import type { ConnectionLimits, ConnectionOptions, Connections } from "./connections.js";
 import type { NodeMetrics } from "./metrics.js";
 import { OriginPolicy } from "./origins.js";
+import { UpgradeShedding } from "./upgrade-shedding.js";
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -41,6 +42,8 @@ export interface AppOptions {
   readonly isDraining: () => boolean;
   /** UPGRADE_TIMEOUT_MS: how long a connection may take to send a whole request. */
   readonly upgradeTimeoutMs: number;
+  /** UPGRADE_SHED_LAG_MS: refuse upgrades while the event loop is this late (0: never). */
+  readonly upgradeShedLagMs?: number;
   /** ALLOWED_ORIGINS; undefined allows any origin. */
   readonly allowedOrigins?: readonly string[] | undefined;
   /** API_KEY's keys: the server API is served under /api/v1 when set (see api.ts). */
@@ -57,6 +60,8 @@ const MAX_FRAGMENTS = 32;
 
 /** Retry-After (seconds) of a 503 for a node at MAX_CONNECTIONS. */
 const NODE_FULL_RETRY_AFTER_S = 5;
+/** Retry-After (seconds) of a 503 for a node shedding upgrades: its lateness passes in moments. */
+const OVERLOADED_RETRY_AFTER_S = 1;
 
 const demoPage = loadDemoPage();
 const demoPageHeaders = pageSecurityHeaders(demoPage);
@@ -81,6 +86,7 @@ export async function buildApp(options: AppOptions) {
   } = options;
   const origins =
     options.allowedOrigins === undefined ? undefined : new OriginPolicy(options.allowedOrigins);
+  const shedding = new UpgradeShedding(options.upgradeShedLagMs ?? 0);
   const app = Fastify({
     loggerInstance: log,
     // Per-request logs would double every upgrade and probe; connections are logged by the core.
@@ -154,6 +160,16 @@ export async function buildApp(options: AppOptions) {
         .header("connection", "close")
         .type("text/plain")
         .send("Draining: connect again.");
+    }
+    // First, before the token's check: a refusal must cost a busy node as little as possible.
+    if (shedding.overloaded) {
+      metrics.refusedUpgrade("overloaded");
+      return reply
+        .code(503)
+        .header("connection", "close")
+        .header("retry-after", String(OVERLOADED_RETRY_AFTER_S))
+        .type("text/plain")
+        .send("Service Unavailable: this node is busy; retry in a moment.");
     }
     const options = readConnectionOptions(request.query);
     if (typeof options === "string") {
@@ -315,6 +331,8 @@ export async function buildApp(options: AppOptions) {
   app.get("/metrics", async (_request, reply) =>
     reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),
   );
+
+  app.addHook("onClose", async () => shedding.stop());
 
   if (apiKeys !== undefined && apiKeys.length > 0)
     await app.register(apiPlugin, { chat, engine, keys: apiKeys, log });

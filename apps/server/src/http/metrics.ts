@@ -14,6 +14,7 @@ export const REFUSAL_REASONS = [
   "forbidden_origin",
   "user_limit",
   "node_limit",
+  "overloaded",
 ] as const;
 export type RefusalReason = (typeof REFUSAL_REASONS)[number];
 
