@@ -432,8 +432,8 @@ export class ChatService {
   /**
    * Run periodically (TOKEN_SWEEP_INTERVAL_MS): tells sessions whose token expires soon
    * (`token_expiring`, once per token, so that the client can `refresh`), and closes those whose
-   * token expired (`UNAUTHORIZED`, then 4001). Visits only the sessions due (TokenDeadlines): a pass
-   * over every session each interval cost an idle node CPU per connection.
+   * token expired (`UNAUTHORIZED`, then 4001). Visits only the sessions due (TokenDeadlines): a
+   * pass over every session each interval cost an idle node CPU per connection.
    */
   expireTokens(): void {
     const now = this.now();

@@ -70,8 +70,8 @@ export class Session {
 
   /**
    * When to send `token_expiring` (ms since the epoch), 0 once sent; set with the token (see
-   * setToken). A number per connection, read by the periodic sweep when due (TokenDeadlines): no timer
-   * per connection.
+   * setToken). A number per connection, read by the periodic sweep when due (TokenDeadlines):
+   * no timer per connection.
    */
   expiringNoticeAt = 0;
   /** Where the token sweep has this connection scheduled (TokenDeadlines' bookkeeping). */
