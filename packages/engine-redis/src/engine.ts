@@ -66,7 +66,12 @@ import { RedisBroker } from "./broker.js";
 import { type AppendStep, ClusterMessageStore } from "./cluster-messages.js";
 import { CLUSTER_SCRIPTS } from "./cluster-scripts.js";
 import { RedisEventQueue } from "./event-queue.js";
-import { GROUP_SCRIPTS, RedisGroupStore } from "./groups.js";
+import {
+  DEFAULT_GROUP_FAN_OUT,
+  GROUP_SCRIPTS,
+  type GroupFanOutOptions,
+  RedisGroupStore,
+} from "./groups.js";
 import { Keys } from "./keys.js";
 import { RedisMessageStore } from "./messages.js";
 import { RedisPresenceStore } from "./presence.js";
@@ -119,6 +124,12 @@ export interface RedisEngineOptions {
   readonly quotas?: QuotaOptions;
   /** Group limits. Default {@link DEFAULT_GROUP_LIMITS}. */
   readonly groups?: GroupLimits;
+  /**
+   * Standalone Redis: the size above which a group's entries are written into the members'
+   * inboxes in chunks, and the members per chunk (groups.ts). Default
+   * {@link DEFAULT_GROUP_FAN_OUT}.
+   */
+  readonly groupFanOut?: Partial<GroupFanOutOptions>;
   /** Default: silent. */
   readonly logger?: Logger;
   /** How often the node refreshes its liveness key and sweeps dead nodes. Default 3000. */
@@ -196,6 +207,19 @@ export function injectClusterFaultForTests(
   }
   engine.messages.faultForTests = fault;
   if (steps !== undefined) steps.faultForTests = fault;
+}
+
+/**
+ * Standalone Redis, for tests only: `fault` is called after each fan-out chunk that an append or
+ * membership change of this engine runs for a large group (groups.ts), and an error it throws
+ * interrupts it there (as a node dying mid fan-out would). undefined: none.
+ */
+export function injectGroupFanOutFaultForTests(
+  engine: Engine,
+  fault: ((chunk: number) => void) | undefined,
+): void {
+  if (!(engine instanceof RedisEngine)) throw new TypeError("not a Redis engine");
+  engine.groups.faultForTests = fault;
 }
 
 const SILENT: Logger = { info() {}, warn() {}, error() {} };
@@ -321,6 +345,7 @@ class RedisEngine implements Engine {
       options.rateLimit,
       options.groups ?? DEFAULT_GROUP_LIMITS,
       this.broker,
+      { ...DEFAULT_GROUP_FAN_OUT, ...options.groupFanOut },
     );
     this.backendKeys = new BackendKeys(options.keyPrefix, seeds !== undefined);
     this.revocations = new RedisRevocationStore(this.command, this.backendKeys);

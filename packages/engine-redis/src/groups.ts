@@ -26,6 +26,7 @@
 import {
   type Broker,
   type ConversationSummary,
+  EngineUnavailableError,
   type GroupAppendInput,
   type GroupAppendResult,
   type GroupChange,
@@ -74,9 +75,13 @@ end
 const LIB = `${INDEX}${HMGET_ALL}${HASH_VALUES}${UNREAD_COUNTS}
 local gid, ttl, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local POS, LOG, QUEUE, MSG, COUNT, UGROUPS = ARGV[4], ARGV[5], ARGV[6], ARGV[8], ARGV[9], ARGV[10]
--- Live delivery: the node set, the head of the nodes' presence hashes and that of their
--- channels, a line each (standalone only).
-local NODES, NODE_COUNT, NODE_CHAN = string.match(ARGV[7], '^([^\\n]*)\\n([^\\n]*)\\n(.*)$')
+-- Standalone only, a line each: live delivery (the node set, the head of the nodes' presence
+-- hashes), the chunked fan-out of large groups (the group's fan-out queue, the heads of an
+-- entry's remaining recipients and of its state, the size above which a group's entries go
+-- through the queue: see enqueue_fan_out), then the head of the nodes' channels.
+local NODES, NODE_COUNT, FANOUT, FANOUT_TO, FANOUT_ENTRY, CHUNK_ABOVE, NODE_CHAN = string.match(
+  ARGV[7], '^([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n(.*)$')
+CHUNK_ABOVE = tonumber(CHUNK_ABOVE)
 local MAX_MEMBERS, MAX_GROUPS = tonumber(ARGV[11]), tonumber(ARGV[12])
 local G, MEMBERS, GLOG, FORMER, UNREAD, READS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 -- Redis Cluster: the node passes no per-user key heads (those keys are in other slots), and
@@ -146,29 +151,13 @@ local function publish_frame(users, frame)
   publish_to_nodes(users, lines, 'F|', '\\n', frame)
 end
 
--- Numbers an entry, stores its text and log entry, and writes it to each recipient's inbox:
--- queued for those with no connection, published to the others (the sender's sending
--- connection, exclude, gets an ack instead). Returns seq, the sender's position, and 1 when
--- another recipient had a connection. Cluster mode: only the group's part (seq, text, log,
--- message counts); the recipients' inboxes are the node's steps.
-local function store(id, head, from, recipients, exclude, is_message)
-  local seq = redis.call('HINCRBY', G, 'seq', 1)
-  local seq_text = string.format('%d', seq)
-  local json = head .. ',"seq":' .. seq_text .. '}'
-  redis.call('SET', MSG .. id, json, 'PX', ttl)
-  if redis.call('RPUSH', GLOG, seq_text .. '|' .. id) > cap then
-    redis.call('LTRIM', GLOG, '-' .. ARGV[3], '-1')
-  end
-  redis.call('PEXPIRE', GLOG, ttl)
-  if is_message then
-    -- Unread counts in O(1) per message (see unread_of): a member's own message raises its base.
-    redis.call('HINCRBY', G, 'messages', 1)
-    redis.call('HINCRBY', UNREAD, from, 1)
-  end
-  if CLUSTER then
-    record_entry(json, recipients)
-    return seq, 0, 0
-  end
+-- Writes an entry into the inboxes of recipients: per member INCR (its position), RPUSH +
+-- PEXPIRE (its inbox log), then queued (ZADD) when it has no connection, else named in its
+-- node's publish (the sender's sending connection, exclude, gets an ack instead of a copy).
+-- Presence is read in the same atomic step as the write, as for a DM. json false (its text
+-- expired before a late chunk): references only, no publish. Returns the sender's position (0
+-- when it is not among recipients) and 1 when another recipient had a connection.
+local function write_inboxes(id, json, from, recipients, exclude)
   local counts = hash_values(COUNT, recipients)
   local sender_position, any = 0, 0
   local online, lines = {}, {}
@@ -197,7 +186,66 @@ local function store(id, head, from, recipients, exclude, is_message)
       cap_index(QUEUE .. m, cap, ttl, pos)
     end
   end
-  publish_to_nodes(online, lines, 'G|' .. id .. '|', '|' .. gid .. '\\n', json)
+  if json then publish_to_nodes(online, lines, 'G|' .. id .. '|', '|' .. gid .. '\\n', json) end
+  return sender_position, any
+end
+
+-- Chunked fan-out (standalone Redis, groups of more than CHUNK_ABOVE members): instead of
+-- writing every inbox here, the entry joins the group's fan-out queue (FANOUT, seqs in seq
+-- order) with a snapshot of its recipients, the members at this seq (FANOUT_TO .. seq, a list,
+-- the sender first so that its position is known after the first chunk), and its state
+-- (FANOUT_ENTRY .. seq: id, sender, exclude, the idempotency record to complete, then the
+-- sender's position and whether another recipient was online). GROUP_FAN_OUT writes the
+-- queue's entries into the inboxes from its head, a bounded number of members per script,
+-- so that no script runs long (docs/groups.md). The snapshot keeps membership decided here,
+-- atomically with the seq, whatever changes before the last chunk.
+local function enqueue_fan_out(seq_text, id, from, recipients, exclude, idem)
+  local to = FANOUT_TO .. seq_text
+  local others = {}
+  local sender = false
+  for i = 1, #recipients do
+    if recipients[i] == from then sender = true else others[#others + 1] = recipients[i] end
+  end
+  if sender then redis.call('RPUSH', to, from) end
+  for first = 1, #others, 1000 do
+    redis.call('RPUSH', to, unpack(others, first, math.min(first + 999, #others)))
+  end
+  redis.call('HSET', FANOUT_ENTRY .. seq_text, 'id', id, 'from', from, 'exclude', exclude,
+    'idem', idem, 'position', '0', 'any', '0')
+  redis.call('RPUSH', FANOUT, seq_text)
+end
+
+-- Numbers an entry, stores its text and log entry, and writes it to each recipient's inbox:
+-- queued for those with no connection, published to the others (the sender's sending
+-- connection, exclude, gets an ack instead). Returns seq, the sender's position, and 1 when
+-- another recipient had a connection. A large group's entry (or any entry while the group's
+-- fan-out queue holds some: they go in seq order) is queued for GROUP_FAN_OUT instead, and the
+-- position answered is 0: not known yet. idem: the key of the idempotency record that
+-- GROUP_FAN_OUT completes with the position ('' without one). Cluster mode: only the group's
+-- part (seq, text, log, message counts); the recipients' inboxes are the node's steps.
+local function store(id, head, from, recipients, exclude, is_message, idem)
+  local seq = redis.call('HINCRBY', G, 'seq', 1)
+  local seq_text = string.format('%d', seq)
+  local json = head .. ',"seq":' .. seq_text .. '}'
+  redis.call('SET', MSG .. id, json, 'PX', ttl)
+  if redis.call('RPUSH', GLOG, seq_text .. '|' .. id) > cap then
+    redis.call('LTRIM', GLOG, '-' .. ARGV[3], '-1')
+  end
+  redis.call('PEXPIRE', GLOG, ttl)
+  if is_message then
+    -- Unread counts in O(1) per message (see unread_of): a member's own message raises its base.
+    redis.call('HINCRBY', G, 'messages', 1)
+    redis.call('HINCRBY', UNREAD, from, 1)
+  end
+  if CLUSTER then
+    record_entry(json, recipients)
+    return seq, 0, 0
+  end
+  if #recipients > CHUNK_ABOVE or redis.call('EXISTS', FANOUT) == 1 then
+    enqueue_fan_out(seq_text, id, from, recipients, exclude, idem)
+    return seq, 0, 0
+  end
+  local sender_position, any = write_inboxes(id, json, from, recipients, exclude)
   return seq, sender_position, any
 end
 `;
@@ -224,7 +272,7 @@ for i = 1, #members do
   redis.call('HSET', MEMBERS, members[i], '1')
   if not CLUSTER then redis.call('HSET', UGROUPS .. members[i], gid, '1') end
 end
-local seq, position = store(ARGV[16], ARGV[17], ARGV[13], members, '', false)
+local seq, position = store(ARGV[16], ARGV[17], ARGV[13], members, '', false, '')
 return answer({ seq, position })
 `,
 );
@@ -252,13 +300,13 @@ if kind == 'add' then
     -- Nothing unread yet: the messages so far are its base.
     redis.call('HSET', UNREAD, user, redis.call('HGET', G, 'messages') or '0')
     if not CLUSTER then redis.call('HSET', UGROUPS .. user, gid, '1') end
-    seq, position = store(ARGV[16], ARGV[17], actor, redis.call('HKEYS', MEMBERS), '', false)
+    seq, position = store(ARGV[16], ARGV[17], actor, redis.call('HKEYS', MEMBERS), '', false, '')
   end
 elseif kind == 'remove' or kind == 'leave' then
   local user = kind == 'leave' and actor or ARGV[15]
   if redis.call('HEXISTS', MEMBERS, user) == 1 then
     -- The removed member gets the event of its removal, then nothing.
-    seq, position = store(ARGV[16], ARGV[17], actor, redis.call('HKEYS', MEMBERS), '', false)
+    seq, position = store(ARGV[16], ARGV[17], actor, redis.call('HKEYS', MEMBERS), '', false, '')
     redis.call('HDEL', MEMBERS, user)
     redis.call('HSET', FORMER, user, string.format('%d', seq))
     if not CLUSTER then redis.call('HDEL', UGROUPS .. user, gid) end
@@ -267,7 +315,7 @@ elseif kind == 'remove' or kind == 'leave' then
   end
 else
   redis.call('HSET', G, 'name', ARGV[15])
-  seq, position = store(ARGV[16], ARGV[17], actor, redis.call('HKEYS', MEMBERS), '', false)
+  seq, position = store(ARGV[16], ARGV[17], actor, redis.call('HKEYS', MEMBERS), '', false, '')
 end
 local state = redis.call('HMGET', G, 'name', 'createdBy', 'createdAt')
 local out = { seq, position, state[1], state[2], state[3] }
@@ -309,12 +357,69 @@ if ARGV[19] ~= '' then
   if allowed == 0 then return { -5, retry_after_ms } end
 end
 local id = ARGV[14]
-local seq, position, any = store(id, ARGV[15], from, redis.call('HKEYS', MEMBERS), ARGV[16], true)
+-- The record completed by GROUP_FAN_OUT when the entry is chunked (written below, position 0).
+local idem = ARGV[17] == '1' and KEYS[7] or ''
+local seq, position, any = store(id, ARGV[15], from, redis.call('HKEYS', MEMBERS), ARGV[16], true, idem)
 if ARGV[17] == '1' then
   redis.call('SET', KEYS[7], string.format('%d|%d|%d|%d|', seq, any, position, #id) .. id .. ARGV[18],
     'PX', ARGV[21])
 end
 return answer({ seq, any, position, 0 })
+`,
+);
+
+/**
+ * Chunked fan-out, standalone Redis (see enqueue_fan_out in LIB): writes the group's queued
+ * entries into their recipients' inboxes from the queue's head, in seq order, at most ARGV 13
+ * members per call (the chunk: it bounds the script's time), entry after entry while the
+ * budget lasts. Each member's inbox write, presence check and node publish are one atomic step,
+ * as in store(); the remaining recipients are popped as they are written, so the cursor is the
+ * list itself, and any node may run this at any time, concurrently with others: each member
+ * gets each entry once, and an entry only after every earlier one (the head is finished before
+ * the next entry starts). A finished entry leaves the queue, completes its idempotency record
+ * (the retry's answer) and keeps its state ARGV 15 ms for the sender's node to read.
+ * ARGV 13 members per call, 14 the seq the caller waits for, 15 how long a finished entry's
+ * state is kept (ms).
+ * Returns { 1 when that seq is fanned out (else 0), the sender's position, 1 when another
+ * recipient was online } (the last two 0 while not done, or when the state has expired).
+ */
+const GROUP_FAN_OUT = script(
+  "group_fan_out",
+  6,
+  LIB,
+  `
+local budget, target = tonumber(ARGV[13]), tonumber(ARGV[14])
+while budget > 0 do
+  local seq_text = redis.call('LINDEX', FANOUT, 0)
+  if not seq_text then break end
+  local state, to = FANOUT_ENTRY .. seq_text, FANOUT_TO .. seq_text
+  local chunk = redis.call('LPOP', to, budget)
+  if chunk then
+    budget = budget - #chunk
+    local e = redis.call('HMGET', state, 'id', 'from', 'exclude')
+    local position, any = write_inboxes(e[1], redis.call('GET', MSG .. e[1]), e[2], chunk, e[3])
+    if position > 0 then redis.call('HSET', state, 'position', string.format('%d', position)) end
+    if any == 1 then redis.call('HSET', state, 'any', '1') end
+  end
+  -- Recipients left: the budget is spent, the next call goes on from here.
+  if redis.call('EXISTS', to) == 1 then break end
+  redis.call('LPOP', FANOUT)
+  local done = redis.call('HMGET', state, 'idem', 'position', 'any')
+  if done[1] and done[1] ~= '' then
+    -- The idempotency record was written with position 0 (pending): a retry now gets the
+    -- original's answer at once.
+    local record = redis.call('GET', done[1])
+    local seq, rest = string.match(record or '', '^(%d+)|%d+|%d+|(.*)$')
+    if seq then
+      redis.call('SET', done[1], seq .. '|' .. done[3] .. '|' .. done[2] .. '|' .. rest, 'KEEPTTL')
+    end
+  end
+  redis.call('PEXPIRE', state, ARGV[15])
+end
+local head = redis.call('LINDEX', FANOUT, 0)
+if head and tonumber(head) <= target then return { 0, 0, 0 } end
+local result = redis.call('HMGET', FANOUT_ENTRY .. string.format('%d', target), 'position', 'any')
+return { 1, tonumber(result[1] or '0'), tonumber(result[2] or '0') }
 `,
 );
 
@@ -493,6 +598,7 @@ export const GROUP_SCRIPTS = [
   GROUP_CREATE,
   GROUP_CHANGE,
   GROUP_APPEND,
+  GROUP_FAN_OUT,
   GROUP_READ,
   GROUP_MARK_READ,
   GROUP_READ_BY,
@@ -500,6 +606,29 @@ export const GROUP_SCRIPTS = [
   GROUP_SUMMARIES,
   GROUP_SUMMARY,
 ];
+
+/**
+ * Chunked fan-out of large groups on a standalone Redis (GROUP_FAN_OUT, docs/groups.md): an
+ * entry to more than `chunkAbove` members is written into their inboxes by scripts of at most
+ * `chunkMembers` members each, so that no script runs long.
+ */
+export interface GroupFanOutOptions {
+  /**
+   * Entries to at most this many members are written by the script that numbers them, as
+   * before (one round trip); larger ones are chunked.
+   */
+  readonly chunkAbove: number;
+  /** Members written per chunk script, the bound of its time (about 6 µs a member here). */
+  readonly chunkMembers: number;
+}
+
+export const DEFAULT_GROUP_FAN_OUT: GroupFanOutOptions = { chunkAbove: 256, chunkMembers: 250 };
+
+/**
+ * How long a fanned-out entry's state (the sender's position) is kept for the sender's node,
+ * which normally reads it within milliseconds; a retry later reads the idempotency record.
+ */
+const FAN_OUT_STATE_TTL_MS = 10 * 60_000;
 
 /** The codes the scripts answer with (below 0) as refusals. */
 function refusalOf(code: unknown, detail?: unknown): GroupRefusedError | undefined {
@@ -526,6 +655,11 @@ function refusalOf(code: unknown, detail?: unknown): GroupRefusedError | undefin
 export class RedisGroupStore implements GroupStore {
   /** Redis Cluster: the steps outside the group's slot (cluster-groups.ts); standalone: none. */
   readonly steps: ClusterGroupSteps | undefined;
+  /**
+   * Tests only (injectGroupFanOutFaultForTests): called after each chunk this node runs (1, 2,
+   * …, per entry it waits for); an error it throws interrupts the fan-out there, as a node dying.
+   */
+  faultForTests: ((chunk: number) => void) | undefined;
 
   constructor(
     private readonly client: RedisClient,
@@ -536,6 +670,7 @@ export class RedisGroupStore implements GroupStore {
     private readonly limits: GroupLimits,
     /** For typing frames on Redis Cluster (a SPUBLISH per member). */
     private readonly broker: Broker,
+    private readonly fanOutOptions: GroupFanOutOptions = DEFAULT_GROUP_FAN_OUT,
   ) {
     messages.groups = this;
     this.steps = keys.cluster
@@ -563,7 +698,17 @@ export class RedisGroupStore implements GroupStore {
       cluster ? "" : keys.inboxPosition(""),
       cluster ? "" : keys.inboxLog(""),
       cluster ? "" : keys.queue(""),
-      cluster ? "" : `${keys.nodes}\n${keys.presenceNodeHead}\n${keys.nodeChannelHead}`,
+      cluster
+        ? ""
+        : [
+            keys.nodes,
+            keys.presenceNodeHead,
+            keys.group("group-fanout", groupId),
+            keys.group("group-fanout-to", groupId),
+            keys.group("group-fanout-entry", groupId),
+            this.fanOutOptions.chunkAbove,
+            keys.nodeChannelHead,
+          ].join("\n"),
       keys.textHeadOfGroup(groupId),
       cluster ? "" : keys.presenceCount,
       cluster ? "" : keys.userGroups(""),
@@ -652,20 +797,59 @@ export class RedisGroupStore implements GroupStore {
         createdAt: input.timestamp,
       },
       seq,
-      position: await this.deliverAs(input.groupId, entry, input.createdBy, "", position),
+      position: await this.deliverAs(input.groupId, entry, input.createdBy, "", seq, position),
     };
   }
 
-  /** Cluster mode: runs the members' steps of `entry` and answers the actor's position. */
+  /**
+   * The actor's position of a membership event: in cluster mode after running the members'
+   * steps of `entry`; on a standalone Redis after the chunks of a large group's entry (position
+   * 0 from its script), if it was stored (seq > 0).
+   */
   private async deliverAs(
     groupId: string,
     entry: StoredEntry | undefined,
     actor: string,
     excludeConnId: string,
+    seq: number,
     position: number,
   ): Promise<number> {
-    if (this.steps === undefined || entry === undefined) return position;
+    if (this.steps === undefined) {
+      return seq > 0 && position === 0 ? (await this.fanOut(groupId, seq)).actorPosition : position;
+    }
+    if (entry === undefined) return position;
     return (await this.steps.deliver(groupId, entry, actor, excludeConnId, true)).actorPosition;
+  }
+
+  /**
+   * Standalone Redis, a chunked entry: runs GROUP_FAN_OUT until the group's queue is through
+   * `seq`, and answers its sender's position and whether another recipient was online. Each
+   * call writes at most chunkMembers members, of `seq` or of the entries before it (those of a
+   * concurrent sender, or left by a node that died): the queue ahead is finite, so this ends.
+   */
+  private async fanOut(
+    groupId: string,
+    seq: number,
+  ): Promise<{ actorPosition: number; delivered: boolean }> {
+    for (let chunk = 1; ; chunk++) {
+      const [done, position, any] = strictArray(
+        await this.run(
+          GROUP_FAN_OUT,
+          groupId,
+          [],
+          [this.fanOutOptions.chunkMembers, seq, FAN_OUT_STATE_TTL_MS],
+        ),
+      ) as [number, number, number];
+      this.faultForTests?.(chunk);
+      if (done !== 1) continue;
+      if (position === 0) {
+        // Its state expired (minutes after it was done): a retry reads the idempotency record.
+        throw new EngineUnavailableError(`group ${groupId} entry ${seq}: fan-out state expired`, {
+          mayHaveSucceeded: true,
+        });
+      }
+      return { actorPosition: position, delivered: any === 1 };
+    }
   }
 
   async change(input: {
@@ -712,7 +896,7 @@ export class RedisGroupStore implements GroupStore {
     return {
       group: stateOf(input.groupId, name, createdBy, createdAt, members),
       seq,
-      position: await this.deliverAs(input.groupId, entry, input.actor, "", position),
+      position: await this.deliverAs(input.groupId, entry, input.actor, "", seq, position),
     };
   }
 
@@ -811,7 +995,10 @@ export class RedisGroupStore implements GroupStore {
             // As standalone: the sender's other connections get a copy, if it has any.
             (senderConnections ?? 0) > (input.senderConnId === "" ? 0 : 1),
           )
-        : { actorPosition: position, delivered: any === 1 };
+        : position === 0
+          ? // A large group's entry (or a retry of one) not fanned out yet: its chunks first.
+            await this.fanOut(input.groupId, seq)
+          : { actorPosition: position, delivered: any === 1 };
     return {
       messageId: duplicate === 1 ? (messageId as string) : input.id,
       timestamp: duplicate === 1 ? (timestamp as string) : input.timestamp,
