@@ -315,8 +315,12 @@ export class Keys {
    * name, createdBy, createdAt, seq, messages), `group-members` (hash: member → seq of its join),
    * `group-former` (hash: former member → seq of its removal), `group-log` (list of
    * `<seq>|<message id>`, as conv-log), `group-unread` and `group-reads` (hash: member → unread
-   * base, see UNREAD_COUNTS in groups.ts; read mark). A group id may contain `}`: the tag is then only a prefix of it, which only
-   * puts two groups in one slot; the kind before the tag keeps names unambiguous.
+   * base, see UNREAD_COUNTS in groups.ts; read mark); standalone Redis, a large group's chunked
+   * fan-out (groups.ts): `group-fanout` (list of the seqs not yet in every recipient's inbox),
+   * `group-fanout-to:{g:<groupId>}<seq>` (list: the entry's recipients not written yet) and
+   * `group-fanout-entry:{g:<groupId>}<seq>` (hash: id, from, exclude, idem, position, any; kept
+   * 10 minutes once done). A group id may contain `}`: the tag is then only a prefix of it, which
+   * only puts two groups in one slot; the kind before the tag keeps names unambiguous.
    */
   group(kind: string, groupId: string): string {
     return `${this.prefix}${kind}:{g:${groupId}}`;
