@@ -22,11 +22,12 @@
  * Cost of a message to a group of n members: about 12 + 3n commands (per member: INCR, RPUSH,
  * PEXPIRE, and ZADD + PEXPIRE when offline), one PUBLISH per node holding members (its node
  * channel, naming them: codec.ts), one text of the message, and n inbox references of about 45
- * bytes; in one script up to 256 members. Above, 1 + ⌈n / 250⌉ scripts (round trips, in
- * sequence): the numbering one (about 17 commands and the snapshot, RPUSH of n members) and per
- * chunk about 15 commands, 3 per member (and 2 per offline one), one PUBLISH per node holding
- * members of the chunk. Measured here (1,000 members online on two nodes): a chunk of 250
- * has a median of 1.2 ms, the numbering script 0.4 ms, where the single script took 3.9 to 6 ms.
+ * bytes; in one script up to 256 members. Above, ⌈n / 250⌉ scripts (round trips, in sequence):
+ * per chunk about 15 commands, 3 per member (and 2 per offline one), one PUBLISH per node
+ * holding members of the chunk; the numbering script, which runs the first chunk, about 17 more
+ * and the snapshot (an RPUSH of n members). Measured here (1,000 members online on two nodes):
+ * a chunk of 250 has a median of 1.2 ms, the numbering script with its chunk 2 ms, where the
+ * single script took 3.9 to 6 ms.
  *
  * Redis Cluster: the per-member inbox writes touch n users' slots, which one script cannot. The
  * same scripts run in a cluster mode (LIB's CLUSTER: the node passes no per-user key heads):
@@ -91,10 +92,11 @@ local POS, LOG, QUEUE, MSG, COUNT, UGROUPS = ARGV[4], ARGV[5], ARGV[6], ARGV[8],
 -- Standalone only, a line each: live delivery (the node set, the head of the nodes' presence
 -- hashes), the chunked fan-out of large groups (the group's fan-out queue, the heads of an
 -- entry's remaining recipients and of its state, the size above which a group's entries go
--- through the queue: see enqueue_fan_out), then the head of the nodes' channels.
-local NODES, NODE_COUNT, FANOUT, FANOUT_TO, FANOUT_ENTRY, CHUNK_ABOVE, NODE_CHAN = string.match(
-  ARGV[7], '^([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n(.*)$')
-CHUNK_ABOVE = tonumber(CHUNK_ABOVE)
+-- through the queue, the members per chunk, how long a finished entry's state is kept (ms): see
+-- enqueue_fan_out), then the head of the nodes' channels.
+local NODES, NODE_COUNT, FANOUT, FANOUT_TO, FANOUT_ENTRY, CHUNK_ABOVE, CHUNK_MEMBERS, FANOUT_TTL,
+  NODE_CHAN = string.match(ARGV[7], '^' .. string.rep('([^\\n]*)\\n', 8) .. '(.*)$')
+CHUNK_ABOVE, CHUNK_MEMBERS = tonumber(CHUNK_ABOVE), tonumber(CHUNK_MEMBERS)
 local MAX_MEMBERS, MAX_GROUPS = tonumber(ARGV[11]), tonumber(ARGV[12])
 local G, MEMBERS, GLOG, FORMER, UNREAD, READS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 -- Redis Cluster: the node passes no per-user key heads (those keys are in other slots), and
@@ -228,13 +230,64 @@ local function enqueue_fan_out(seq_text, id, from, recipients, exclude, idem)
   redis.call('RPUSH', FANOUT, seq_text)
 end
 
+-- Writes the fan-out queue's entries into their recipients' inboxes from its head, in seq
+-- order, at most budget members (a chunk: it bounds the script's time), entry after entry while
+-- the budget lasts. Each member's inbox write, presence check and node publish are one atomic
+-- step, as in store(); the remaining recipients are popped as they are written, so the cursor
+-- is the list itself, and any node may run this at any time, concurrently with others: each
+-- member gets each entry once, and an entry only after every earlier one (the head is finished
+-- before the next entry starts). A finished entry leaves the queue, completes its idempotency
+-- record (the retry's answer) and keeps its state FANOUT_TTL ms for the sender's node to read.
+-- Returns the queue's head seq after it (false when empty).
+local function fan_out(budget)
+  while budget > 0 do
+    local seq_text = redis.call('LINDEX', FANOUT, 0)
+    if not seq_text then return false end
+    local state, to = FANOUT_ENTRY .. seq_text, FANOUT_TO .. seq_text
+    local chunk = redis.call('LPOP', to, budget)
+    if chunk then
+      budget = budget - #chunk
+      local e = redis.call('HMGET', state, 'id', 'from', 'exclude')
+      local position, any = write_inboxes(e[1], redis.call('GET', MSG .. e[1]), e[2], chunk, e[3])
+      if position > 0 then redis.call('HSET', state, 'position', string.format('%d', position)) end
+      if any == 1 then redis.call('HSET', state, 'any', '1') end
+    end
+    -- Recipients left: the budget is spent, the next chunk goes on from here.
+    if redis.call('EXISTS', to) == 1 then return seq_text end
+    redis.call('LPOP', FANOUT)
+    local done = redis.call('HMGET', state, 'idem', 'position', 'any')
+    if done[1] and done[1] ~= '' then
+      -- The idempotency record was written with position 0 (pending): a retry now gets the
+      -- original's answer at once. (Not written yet when this is the script that numbered the
+      -- entry: it then writes the record with the position itself.)
+      local record = redis.call('GET', done[1])
+      local seq, rest = string.match(record or '', '^(%d+)|%d+|%d+|(.*)$')
+      if seq then
+        redis.call('SET', done[1], seq .. '|' .. done[3] .. '|' .. done[2] .. '|' .. rest, 'KEEPTTL')
+      end
+    end
+    redis.call('PEXPIRE', state, FANOUT_TTL)
+  end
+  return redis.call('LINDEX', FANOUT, 0)
+end
+
+-- Whether the entry of seq target is in every inbox (the queue's head, as fan_out answers it,
+-- is past it), with its sender's position and 1 when another recipient was online: { 1,
+-- position, any }, or { 0, 0, 0 } while it is not (positions are never 0: 0 means not known).
+local function fanned_out(target, head)
+  if head and tonumber(head) <= target then return { 0, 0, 0 } end
+  local result = redis.call('HMGET', FANOUT_ENTRY .. string.format('%d', target), 'position', 'any')
+  return { 1, tonumber(result[1] or '0'), tonumber(result[2] or '0') }
+end
+
 -- Numbers an entry, stores its text and log entry, and writes it to each recipient's inbox:
 -- queued for those with no connection, published to the others (the sender's sending
 -- connection, exclude, gets an ack instead). Returns seq, the sender's position, and 1 when
 -- another recipient had a connection. A large group's entry (or any entry while the group's
--- fan-out queue holds some: they go in seq order) is queued for GROUP_FAN_OUT instead, and the
--- position answered is 0: not known yet. idem: the key of the idempotency record that
--- GROUP_FAN_OUT completes with the position ('' without one). Cluster mode: only the group's
+-- fan-out queue holds some: they go in seq order) is queued instead, and this script writes
+-- only the queue's first chunk; the position answered is then 0 (not known yet) unless that
+-- chunk finished it, and GROUP_FAN_OUT writes the rest. idem: the key of the idempotency record
+-- that GROUP_FAN_OUT completes with the position ('' without one). Cluster mode: only the group's
 -- part (seq, text, log, message counts); the recipients' inboxes are the node's steps.
 local function store(id, head, from, recipients, exclude, is_message, idem)
   local seq = redis.call('HINCRBY', G, 'seq', 1)
@@ -256,7 +309,9 @@ local function store(id, head, from, recipients, exclude, is_message, idem)
   end
   if #recipients > CHUNK_ABOVE or redis.call('EXISTS', FANOUT) == 1 then
     enqueue_fan_out(seq_text, id, from, recipients, exclude, idem)
-    return seq, 0, 0
+    -- The first chunk here (one round trip fewer): of this entry, or of those before it.
+    local done = fanned_out(seq, fan_out(CHUNK_MEMBERS))
+    return seq, done[2], done[3]
   end
   local sender_position, any = write_inboxes(id, json, from, recipients, exclude)
   return seq, sender_position, any
@@ -382,17 +437,10 @@ return answer({ seq, any, position, 0 })
 );
 
 /**
- * Chunked fan-out, standalone Redis (see enqueue_fan_out in LIB): writes the group's queued
- * entries into their recipients' inboxes from the queue's head, in seq order, at most ARGV 13
- * members per call (the chunk: it bounds the script's time), entry after entry while the
- * budget lasts. Each member's inbox write, presence check and node publish are one atomic step,
- * as in store(); the remaining recipients are popped as they are written, so the cursor is the
- * list itself, and any node may run this at any time, concurrently with others: each member
- * gets each entry once, and an entry only after every earlier one (the head is finished before
- * the next entry starts). A finished entry leaves the queue, completes its idempotency record
- * (the retry's answer) and keeps its state ARGV 15 ms for the sender's node to read.
- * ARGV 13 members per call, 14 the seq the caller waits for, 15 how long a finished entry's
- * state is kept (ms).
+ * Chunked fan-out, standalone Redis (enqueue_fan_out and fan_out in LIB): one chunk of the
+ * group's fan-out queue, CHUNK_MEMBERS members from its head, by any node (the sender's node
+ * until its entry is through; a retry's; the next entry's, which finishes the earlier ones).
+ * ARGV 13 the seq the caller waits for.
  * Returns { 1 when that seq is fanned out (else 0), the sender's position, 1 when another
  * recipient was online } (the last two 0 while not done, or when the state has expired).
  */
@@ -401,38 +449,7 @@ const GROUP_FAN_OUT = script(
   6,
   LIB,
   `
-local budget, target = tonumber(ARGV[13]), tonumber(ARGV[14])
-while budget > 0 do
-  local seq_text = redis.call('LINDEX', FANOUT, 0)
-  if not seq_text then break end
-  local state, to = FANOUT_ENTRY .. seq_text, FANOUT_TO .. seq_text
-  local chunk = redis.call('LPOP', to, budget)
-  if chunk then
-    budget = budget - #chunk
-    local e = redis.call('HMGET', state, 'id', 'from', 'exclude')
-    local position, any = write_inboxes(e[1], redis.call('GET', MSG .. e[1]), e[2], chunk, e[3])
-    if position > 0 then redis.call('HSET', state, 'position', string.format('%d', position)) end
-    if any == 1 then redis.call('HSET', state, 'any', '1') end
-  end
-  -- Recipients left: the budget is spent, the next call goes on from here.
-  if redis.call('EXISTS', to) == 1 then break end
-  redis.call('LPOP', FANOUT)
-  local done = redis.call('HMGET', state, 'idem', 'position', 'any')
-  if done[1] and done[1] ~= '' then
-    -- The idempotency record was written with position 0 (pending): a retry now gets the
-    -- original's answer at once.
-    local record = redis.call('GET', done[1])
-    local seq, rest = string.match(record or '', '^(%d+)|%d+|%d+|(.*)$')
-    if seq then
-      redis.call('SET', done[1], seq .. '|' .. done[3] .. '|' .. done[2] .. '|' .. rest, 'KEEPTTL')
-    end
-  end
-  redis.call('PEXPIRE', state, ARGV[15])
-end
-local head = redis.call('LINDEX', FANOUT, 0)
-if head and tonumber(head) <= target then return { 0, 0, 0 } end
-local result = redis.call('HMGET', FANOUT_ENTRY .. string.format('%d', target), 'position', 'any')
-return { 1, tonumber(result[1] or '0'), tonumber(result[2] or '0') }
+return fanned_out(tonumber(ARGV[13]), fan_out(CHUNK_MEMBERS))
 `,
 );
 
@@ -723,6 +740,8 @@ export class RedisGroupStore implements GroupStore {
             keys.group("group-fanout-to", groupId),
             keys.group("group-fanout-entry", groupId),
             this.fanOutOptions.chunkAbove,
+            this.fanOutOptions.chunkMembers,
+            FAN_OUT_STATE_TTL_MS,
             keys.nodeChannelHead,
           ].join("\n"),
       keys.textHeadOfGroup(groupId),
@@ -849,12 +868,7 @@ export class RedisGroupStore implements GroupStore {
   ): Promise<{ actorPosition: number; delivered: boolean }> {
     for (let chunk = 1; ; chunk++) {
       const [done, position, any] = strictArray(
-        await this.run(
-          GROUP_FAN_OUT,
-          groupId,
-          [],
-          [this.fanOutOptions.chunkMembers, seq, FAN_OUT_STATE_TTL_MS],
-        ),
+        await this.run(GROUP_FAN_OUT, groupId, [], [seq]),
       ) as [number, number, number];
       this.faultForTests?.(chunk);
       if (done !== 1) continue;
