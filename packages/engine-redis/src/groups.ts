@@ -248,9 +248,15 @@ local function fan_out(budget)
     if chunk then
       budget = budget - #chunk
       local e = redis.call('HMGET', state, 'id', 'from', 'exclude')
-      local position, any = write_inboxes(e[1], redis.call('GET', MSG .. e[1]), e[2], chunk, e[3])
-      if position > 0 then redis.call('HSET', state, 'position', string.format('%d', position)) end
-      if any == 1 then redis.call('HSET', state, 'any', '1') end
+      -- (A state lost while queued, evicted by a maxmemory policy, would block the group's
+      -- queue for good: its remaining recipients are dropped instead.)
+      if e[1] then
+        local position, any = write_inboxes(e[1], redis.call('GET', MSG .. e[1]), e[2], chunk, e[3])
+        if position > 0 then redis.call('HSET', state, 'position', string.format('%d', position)) end
+        if any == 1 then redis.call('HSET', state, 'any', '1') end
+      else
+        redis.call('DEL', to)
+      end
     end
     -- Recipients left: the budget is spent, the next chunk goes on from here.
     if redis.call('EXISTS', to) == 1 then return seq_text end
