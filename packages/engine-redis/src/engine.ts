@@ -645,6 +645,13 @@ class RedisEngine implements Engine {
           await this.reassert("unconfirmed change");
         }
         await this.resyncIfNeeded();
+        // Large groups' fan-outs left by a node that died (groups.ts); not awaited, so that a
+        // long backlog never delays the liveness refresh.
+        this.groups.finishFanOuts().catch((error: unknown) => {
+          if (!(toEngineError(error) instanceof EngineUnavailableError)) {
+            this.logger.error({ err: error }, "finishing group fan-outs failed");
+          }
+        });
       }
       // Gives the watchdog a command to wait for on the subscriber: a half-open socket is noticed.
       if (this.subscriberReady) await this.subscriber.ping();

@@ -16,8 +16,9 @@
  * it in the group's fan-out queue with a snapshot of its recipients, the members at its seq
  * (membership is still decided atomically with the seq), and GROUP_FAN_OUT writes the queue's
  * entries into the inboxes, at most chunkMembers (250) members per script, in seq order. The
- * sender's node runs it until its entry is through, then acks; any node may run it, so a retry
- * or the group's next entry finishes what a node that died left.
+ * sender's node runs it until its entry is through, then acks; any node may run it, so a retry,
+ * the group's next entry or another node's heartbeat (finishFanOuts) finishes what a node that
+ * died left.
  *
  * Cost of a message to a group of n members: about 12 + 3n commands (per member: INCR, RPUSH,
  * PEXPIRE, and ZADD + PEXPIRE when offline), one PUBLISH per node holding members (its node
@@ -92,10 +93,11 @@ local POS, LOG, QUEUE, MSG, COUNT, UGROUPS = ARGV[4], ARGV[5], ARGV[6], ARGV[8],
 -- Standalone only, a line each: live delivery (the node set, the head of the nodes' presence
 -- hashes), the chunked fan-out of large groups (the group's fan-out queue, the heads of an
 -- entry's remaining recipients and of its state, the size above which a group's entries go
--- through the queue, the members per chunk, how long a finished entry's state is kept (ms): see
--- enqueue_fan_out), then the head of the nodes' channels.
+-- through the queue, the members per chunk, how long a finished entry's state is kept (ms), the
+-- set of groups with a non-empty queue: see enqueue_fan_out), then the head of the nodes'
+-- channels.
 local NODES, NODE_COUNT, FANOUT, FANOUT_TO, FANOUT_ENTRY, CHUNK_ABOVE, CHUNK_MEMBERS, FANOUT_TTL,
-  NODE_CHAN = string.match(ARGV[7], '^' .. string.rep('([^\\n]*)\\n', 8) .. '(.*)$')
+  PENDING, NODE_CHAN = string.match(ARGV[7], '^' .. string.rep('([^\\n]*)\\n', 9) .. '(.*)$')
 CHUNK_ABOVE, CHUNK_MEMBERS = tonumber(CHUNK_ABOVE), tonumber(CHUNK_MEMBERS)
 local MAX_MEMBERS, MAX_GROUPS = tonumber(ARGV[11]), tonumber(ARGV[12])
 local G, MEMBERS, GLOG, FORMER, UNREAD, READS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -227,7 +229,9 @@ local function enqueue_fan_out(seq_text, id, from, recipients, exclude, idem)
   end
   redis.call('HSET', FANOUT_ENTRY .. seq_text, 'id', id, 'from', from, 'exclude', exclude,
     'idem', idem, 'position', '0', 'any', '0')
-  redis.call('RPUSH', FANOUT, seq_text)
+  -- The group is listed while its queue holds entries: every node's heartbeat helps finish it
+  -- (finishFanOuts), so that what a dead node left does not wait for the group's next entry.
+  if redis.call('RPUSH', FANOUT, seq_text) == 1 then redis.call('SADD', PENDING, gid) end
 end
 
 -- Writes the fan-out queue's entries into their recipients' inboxes from its head, in seq
@@ -242,7 +246,10 @@ end
 local function fan_out(budget)
   while budget > 0 do
     local seq_text = redis.call('LINDEX', FANOUT, 0)
-    if not seq_text then return false end
+    if not seq_text then
+      redis.call('SREM', PENDING, gid)
+      return false
+    end
     local state, to = FANOUT_ENTRY .. seq_text, FANOUT_TO .. seq_text
     local chunk = redis.call('LPOP', to, budget)
     if chunk then
@@ -274,7 +281,9 @@ local function fan_out(budget)
     end
     redis.call('PEXPIRE', state, FANOUT_TTL)
   end
-  return redis.call('LINDEX', FANOUT, 0)
+  local head = redis.call('LINDEX', FANOUT, 0)
+  if not head then redis.call('SREM', PENDING, gid) end
+  return head
 end
 
 -- Whether the entry of seq target is in every inbox (the queue's head, as fan_out answers it,
@@ -445,17 +454,22 @@ return answer({ seq, any, position, 0 })
 /**
  * Chunked fan-out, standalone Redis (enqueue_fan_out and fan_out in LIB): one chunk of the
  * group's fan-out queue, CHUNK_MEMBERS members from its head, by any node (the sender's node
- * until its entry is through; a retry's; the next entry's, which finishes the earlier ones).
- * ARGV 13 the seq the caller waits for.
+ * until its entry is through; a retry's; the next entry's, which finishes the earlier ones; a
+ * heartbeat's, finishFanOuts).
+ * ARGV 13 the seq the caller waits for, or '' for the queue's last one at this call.
  * Returns { 1 when that seq is fanned out (else 0), the sender's position, 1 when another
- * recipient was online } (the last two 0 while not done, or when the state has expired).
+ * recipient was online, that seq } (the second and third 0 while not done, or when the state
+ * has expired).
  */
 const GROUP_FAN_OUT = script(
   "group_fan_out",
   6,
   LIB,
   `
-return fanned_out(tonumber(ARGV[13]), fan_out(CHUNK_MEMBERS))
+local target = tonumber(ARGV[13] == '' and (redis.call('LINDEX', FANOUT, -1) or '0') or ARGV[13])
+local result = fanned_out(target, fan_out(CHUNK_MEMBERS))
+result[4] = target
+return result
 `,
 );
 
@@ -699,6 +713,8 @@ export class RedisGroupStore implements GroupStore {
    * …, per entry it waits for); an error it throws interrupts the fan-out there, as a node dying.
    */
   faultForTests: ((chunk: number) => void) | undefined;
+  /** finishFanOuts is running. */
+  private finishing = false;
 
   constructor(
     private readonly client: RedisClient,
@@ -748,6 +764,7 @@ export class RedisGroupStore implements GroupStore {
             this.fanOutOptions.chunkAbove,
             this.fanOutOptions.chunkMembers,
             FAN_OUT_STATE_TTL_MS,
+            keys.groupFanOutPending,
             keys.nodeChannelHead,
           ].join("\n"),
       keys.textHeadOfGroup(groupId),
@@ -885,6 +902,35 @@ export class RedisGroupStore implements GroupStore {
         });
       }
       return { actorPosition: position, delivered: any === 1 };
+    }
+  }
+
+  /**
+   * Standalone Redis, every heartbeat (engine.ts): runs the chunks of up to 16 groups whose
+   * fan-out queue holds entries, up to the entries queued at the start. Their senders' nodes
+   * normally do it within milliseconds (this only helps them); it finishes what a node that
+   * died mid fan-out left when no retry and no later entry of the group comes. One run at a
+   * time per node.
+   */
+  async finishFanOuts(): Promise<void> {
+    if (this.steps !== undefined || this.finishing) return;
+    this.finishing = true;
+    try {
+      const groupIds = await this.client.srandmember(this.keys.groupFanOutPending, 16);
+      for (const groupId of groupIds) {
+        let target = "";
+        for (;;) {
+          const [done, , , through] = strictArray(
+            await this.run(GROUP_FAN_OUT, groupId, [], [target]),
+          ) as [number, number, number, number];
+          if (done === 1) break;
+          target = String(through);
+        }
+      }
+    } catch (error) {
+      throw toEngineError(error);
+    } finally {
+      this.finishing = false;
     }
   }
 

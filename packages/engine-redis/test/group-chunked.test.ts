@@ -7,7 +7,7 @@
 import { randomUUID } from "node:crypto";
 import type { Engine, GroupAppendResult } from "@mrezhen/engine";
 import { groupInput, Recorder } from "@mrezhen/engine/contract";
-import { deletePrefix, ownRedisServer } from "@mrezhen/testkit";
+import { deletePrefix, eventually, ownRedisServer } from "@mrezhen/testkit";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { injectGroupFanOutFaultForTests } from "../src/index.js";
 import { closeEngines, goOnline, rawClient, startEngine } from "./helpers.js";
@@ -33,8 +33,11 @@ describe.skipIf(!redis)("redis engine: chunked fan-out of large groups", () => {
     await deletePrefix(url, keyPrefix);
   });
 
-  /** Two nodes; the admin and s1 on A, s2 on B, 20 more members online on each, the rest not. */
-  async function bigGroup() {
+  /**
+   * Two nodes; the admin and s1 on A, s2 on B, 20 more members online on each, the rest not.
+   * A long heartbeat (no finishFanOuts) unless B's is given.
+   */
+  async function bigGroup(heartbeatOfB = 60_000) {
     const options = {
       url,
       keyPrefix,
@@ -42,10 +45,10 @@ describe.skipIf(!redis)("redis engine: chunked fan-out of large groups", () => {
       nodeTtlMs: 180_000,
       groupFanOut: FAN_OUT,
     };
-    const [a, b] = (await Promise.all([startEngine(options), startEngine(options)])) as [
-      Engine,
-      Engine,
-    ];
+    const [a, b] = (await Promise.all([
+      startEngine(options),
+      startEngine({ ...options, heartbeatIntervalMs: heartbeatOfB }),
+    ])) as [Engine, Engine];
     const recorders = [a, b].map((engine) => {
       const recorder = new Recorder();
       engine.broker.setHandler(recorder);
@@ -241,5 +244,27 @@ describe.skipIf(!redis)("redis engine: chunked fan-out of large groups", () => {
       status: "delivered",
     });
     expect((await log(a, groupId)).map((entry) => entry.seq)).toEqual([1, 2, 3, 4]);
+  }, 60_000);
+
+  it("finishes an entry whose node died mid fan-out at another node's heartbeat, with no retry and no next entry", async () => {
+    const { a, b, others, groupId } = await bigGroup(100);
+    injectGroupFanOutFaultForTests(a, () => {
+      throw new Error("node died");
+    });
+    const lost = groupInput(groupId, "s1", "no retry");
+    await expect(a.groups.append(lost)).rejects.toThrow("node died");
+    await eventually(async () => {
+      for (const user of ["admin", "s1", "s2", ...others]) {
+        const got = await inbox(b, user, groupId);
+        expect(
+          got.map((entry) => entry.id),
+          user,
+        ).toEqual([expect.any(String), lost.id]);
+      }
+    }, 10_000);
+    const admin = rawClient(url);
+    expect(await admin.smembers(`${keyPrefix}group-fanout-pending`)).toEqual([]);
+    expect(await admin.exists(`${keyPrefix}group-fanout:{g:${groupId}}`)).toBe(0);
+    admin.disconnect();
   }, 60_000);
 });
