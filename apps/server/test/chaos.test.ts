@@ -322,8 +322,10 @@ const MESSAGES_PER_GROUP_SENDER = 150;
  */
 /**
  * The group chaos also runs with every group entry chunked (docs/groups.md, "Large groups"): a
- * group of 8 is above GROUP_CHUNK_ABOVE=2, and its entries take three scripts of 3 members,
- * which the nodes of cut senders leave half-done for the retries and the next entries to finish.
+ * group of 8 is above GROUP_CHUNK_ABOVE=2, and its entries take three scripts of 3 members. An
+ * ack then means in the group's log and the sender's inbox, with the rest queued: the nodes
+ * write the other inboxes after it (and retries and next entries help), so each receiver's
+ * finish() waits (up to 15 s) until its stream has every entry of its slices before the check.
  */
 const groupBackends = [...backends];
 if (redis !== undefined) {

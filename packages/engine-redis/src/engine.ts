@@ -91,6 +91,8 @@ export interface Logger {
   info(obj: object, msg?: string): void;
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
+  /** Optional: what a node may lose without harm (a background fan-out the heartbeat finishes). */
+  debug?(obj: object, msg?: string): void;
 }
 
 export interface RedisEngineOptions {
@@ -210,13 +212,14 @@ export function injectClusterFaultForTests(
 }
 
 /**
- * Standalone Redis, for tests only: `fault` is called after each fan-out chunk that an append or
- * membership change of this engine runs for a large group (groups.ts), and an error it throws
- * interrupts it there (as a node dying mid fan-out would). undefined: none.
+ * Standalone Redis, for tests only: `fault` is called (and awaited) before each fan-out chunk
+ * this engine runs in the background after acking a large group's entry (groups.ts, drive:
+ * chunk 1, 2, … of each driver run); an error it throws stops that driver there, as a node dying
+ * after its ack would, and a promise it returns pauses it. undefined: none.
  */
 export function injectGroupFanOutFaultForTests(
   engine: Engine,
-  fault: ((chunk: number) => void) | undefined,
+  fault: ((chunk: number) => void | Promise<void>) | undefined,
 ): void {
   if (!(engine instanceof RedisEngine)) throw new TypeError("not a Redis engine");
   engine.groups.faultForTests = fault;
@@ -346,6 +349,7 @@ class RedisEngine implements Engine {
       options.groups ?? DEFAULT_GROUP_LIMITS,
       this.broker,
       { ...DEFAULT_GROUP_FAN_OUT, ...options.groupFanOut },
+      this.logger,
     );
     this.backendKeys = new BackendKeys(options.keyPrefix, seeds !== undefined);
     this.revocations = new RedisRevocationStore(this.command, this.backendKeys);

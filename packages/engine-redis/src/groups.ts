@@ -16,19 +16,21 @@
  * it in the group's fan-out queue with a snapshot of its recipients, the members at its seq
  * (membership is still decided atomically with the seq), and GROUP_FAN_OUT writes the queue's
  * entries into the inboxes, at most chunkMembers (250) members per script, in seq order. The
- * sender's node runs it until its entry is through, then acks; any node may run it, so a retry,
- * the group's next entry or another node's heartbeat (finishFanOuts) finishes what a node that
- * died left.
+ * numbering script runs the first chunk, the sender first, and the sender's node acks after it
+ * (stored in the log, the sender's inbox and the queue: delivery follows, as a DM's ack
+ * promises), then runs the other chunks in the background (drive); any node may run them, so a
+ * retry, the group's next entry or another node's heartbeat (finishFanOuts) finishes what a
+ * node that died after its ack left.
  *
  * Cost of a message to a group of n members: about 12 + 3n commands (per member: INCR, RPUSH,
  * PEXPIRE, and ZADD + PEXPIRE when offline), one PUBLISH per node holding members (its node
  * channel, naming them: codec.ts), one text of the message, and n inbox references of about 45
- * bytes; in one script up to 256 members. Above, ⌈n / 250⌉ scripts (round trips, in sequence):
- * per chunk about 15 commands, 3 per member (and 2 per offline one), one PUBLISH per node
- * holding members of the chunk; the numbering script, which runs the first chunk, about 17 more
- * and the snapshot (an RPUSH of n members). Measured here (1,000 members online on two nodes):
- * a chunk of 250 has a median of 1.2 ms, the numbering script with its chunk 2 ms, where the
- * single script took 3.9 to 6 ms.
+ * bytes; in one script up to 256 members. Above, ⌈n / 250⌉ scripts (round trips, in sequence),
+ * of which the ack waits for the first: per chunk about 16 commands, 3 per member (and 2 per
+ * offline one), one PUBLISH per node holding members of the chunk; the numbering script, which
+ * runs the first chunk, about 17 more and the snapshot (an RPUSH of n members). Measured here
+ * (1,000 members online on two nodes): a chunk of 250 has a median of 1.2 ms, the numbering
+ * script with its chunk 2 ms, where the single script took 3.9 to 6 ms.
  *
  * Redis Cluster: the per-member inbox writes touch n users' slots, which one script cannot. The
  * same scripts run in a cluster mode (LIB's CLUSTER: the node passes no per-user key heads):
@@ -107,6 +109,9 @@ local G, MEMBERS, GLOG, FORMER, UNREAD, READS = KEYS[1], KEYS[2], KEYS[3], KEYS[
 local CLUSTER = POS == ''
 -- Cluster mode: the entry stored by this script, for the node: { text, member, join seq, ... }.
 local entry
+-- Standalone: 1 when this script queued an entry for chunked fan-out and the group's queue
+-- still holds entries after its first chunk: the node goes on driving it (after its answer).
+local fan_out_left = 0
 
 -- Members in join order (by the seq of their join, then id), for the group's state.
 local function members_list()
@@ -286,13 +291,14 @@ local function fan_out(budget)
   return head
 end
 
--- Whether the entry of seq target is in every inbox (the queue's head, as fan_out answers it,
--- is past it), with its sender's position and 1 when another recipient was online: { 1,
--- position, any }, or { 0, 0, 0 } while it is not (positions are never 0: 0 means not known).
+-- Whether the entry of seq target is in every inbox (1 when the queue's head, as fan_out
+-- answers it, is past it, else 0), with its sender's position once the sender's inbox has it
+-- (it is first in the snapshot; 0 while not, or once the state expired: positions are never
+-- 0) and 1 when another recipient written so far was online: { done, position, any }.
 local function fanned_out(target, head)
-  if head and tonumber(head) <= target then return { 0, 0, 0 } end
   local result = redis.call('HMGET', FANOUT_ENTRY .. string.format('%d', target), 'position', 'any')
-  return { 1, tonumber(result[1] or '0'), tonumber(result[2] or '0') }
+  local done = (head and tonumber(head) <= target) and 0 or 1
+  return { done, tonumber(result[1] or '0'), tonumber(result[2] or '0') }
 end
 
 -- Numbers an entry, stores its text and log entry, and writes it to each recipient's inbox:
@@ -300,10 +306,12 @@ end
 -- connection, exclude, gets an ack instead). Returns seq, the sender's position, and 1 when
 -- another recipient had a connection. A large group's entry (or any entry while the group's
 -- fan-out queue holds some: they go in seq order) is queued instead, and this script writes
--- only the queue's first chunk; the position answered is then 0 (not known yet) unless that
--- chunk finished it, and GROUP_FAN_OUT writes the rest. idem: the key of the idempotency record
--- that GROUP_FAN_OUT completes with the position ('' without one). Cluster mode: only the group's
--- part (seq, text, log, message counts); the recipients' inboxes are the node's steps.
+-- only the queue's first chunk, which has the sender (first in the snapshot) unless earlier
+-- entries fill it; the position answered is 0 (not known yet) when it does not, and
+-- GROUP_FAN_OUT writes the rest (fan_out_left: some is left). idem: the key of the idempotency
+-- record that GROUP_FAN_OUT completes when the entry is through ('' without one). Cluster mode:
+-- only the group's part (seq, text, log, message counts); the recipients' inboxes are the
+-- node's steps.
 local function store(id, head, from, recipients, exclude, is_message, idem)
   local seq = redis.call('HINCRBY', G, 'seq', 1)
   local seq_text = string.format('%d', seq)
@@ -325,7 +333,9 @@ local function store(id, head, from, recipients, exclude, is_message, idem)
   if #recipients > CHUNK_ABOVE or redis.call('EXISTS', FANOUT) == 1 then
     enqueue_fan_out(seq_text, id, from, recipients, exclude, idem)
     -- The first chunk here (one round trip fewer): of this entry, or of those before it.
-    local done = fanned_out(seq, fan_out(CHUNK_MEMBERS))
+    local head = fan_out(CHUNK_MEMBERS)
+    if head then fan_out_left = 1 end
+    local done = fanned_out(seq, head)
     return seq, done[2], done[3]
   end
   local sender_position, any = write_inboxes(id, json, from, recipients, exclude)
@@ -356,7 +366,7 @@ for i = 1, #members do
   if not CLUSTER then redis.call('HSET', UGROUPS .. members[i], gid, '1') end
 end
 local seq, position = store(ARGV[16], ARGV[17], ARGV[13], members, '', false, '')
-return answer({ seq, position })
+return answer({ seq, position, fan_out_left })
 `,
 );
 
@@ -401,7 +411,7 @@ else
   seq, position = store(ARGV[16], ARGV[17], actor, redis.call('HKEYS', MEMBERS), '', false, '')
 end
 local state = redis.call('HMGET', G, 'name', 'createdBy', 'createdAt')
-local out = { seq, position, state[1], state[2], state[3] }
+local out = { seq, position, fan_out_left, state[1], state[2], state[3] }
 for _, m in ipairs(members_list()) do out[#out + 1] = m end
 return answer(out)
 `,
@@ -429,8 +439,11 @@ if ARGV[17] == '1' then
     -- Cluster mode: the retry finishes the original's steps, for today's members (a member
     -- removed since got it at the latest with its removal, which fills its stream up to there).
     if CLUSTER then record_entry(redis.call('GET', MSG .. id) or '', redis.call('HKEYS', MEMBERS)) end
+    -- Standalone: the retry helps drive the group's fan-out queue if it holds entries (the
+    -- original's node may have died before its entry was through).
+    if not CLUSTER then fan_out_left = redis.call('EXISTS', FANOUT) end
     return answer({ tonumber(seq), tonumber(any), tonumber(position), 1, id,
-      string.sub(earlier, rest + id_length) })
+      string.sub(earlier, rest + id_length), fan_out_left })
   end
 end
 if redis.call('EXISTS', G) == 0 then return { -2 } end
@@ -440,26 +453,28 @@ if ARGV[19] ~= '' then
   if allowed == 0 then return { -5, retry_after_ms } end
 end
 local id = ARGV[14]
--- The record completed by GROUP_FAN_OUT when the entry is chunked (written below, position 0).
+-- The record completed by GROUP_FAN_OUT when a chunked entry is through (written below, with
+-- the sender's position once the first chunk wrote it, else 0: pending).
 local idem = ARGV[17] == '1' and KEYS[7] or ''
 local seq, position, any = store(id, ARGV[15], from, redis.call('HKEYS', MEMBERS), ARGV[16], true, idem)
 if ARGV[17] == '1' then
   redis.call('SET', KEYS[7], string.format('%d|%d|%d|%d|', seq, any, position, #id) .. id .. ARGV[18],
     'PX', ARGV[21])
 end
-return answer({ seq, any, position, 0 })
+return answer({ seq, any, position, 0, '', '', fan_out_left })
 `,
 );
 
 /**
  * Chunked fan-out, standalone Redis (enqueue_fan_out and fan_out in LIB): one chunk of the
- * group's fan-out queue, CHUNK_MEMBERS members from its head, by any node (the sender's node
- * until its entry is through; a retry's; the next entry's, which finishes the earlier ones; a
- * heartbeat's, finishFanOuts).
+ * group's fan-out queue, CHUNK_MEMBERS members from its head, by any node (the sender's node,
+ * in the background after its ack, or before it while earlier entries keep the sender's copy
+ * out of the numbering script's chunk; a retry's; the next entry's, which finishes the earlier
+ * ones; a heartbeat's, finishFanOuts).
  * ARGV 13 the seq the caller waits for, or '' for the queue's last one at this call.
- * Returns { 1 when that seq is fanned out (else 0), the sender's position, 1 when another
- * recipient was online, that seq } (the second and third 0 while not done, or when the state
- * has expired).
+ * Returns { 1 when that seq is fanned out (else 0), the sender's position (0 while its inbox
+ * does not have it yet, or once the state expired), 1 when another recipient written so far
+ * was online, that seq }.
  */
 const GROUP_FAN_OUT = script(
   "group_fan_out",
@@ -709,12 +724,18 @@ export class RedisGroupStore implements GroupStore {
   /** Redis Cluster: the steps outside the group's slot (cluster-groups.ts); standalone: none. */
   readonly steps: ClusterGroupSteps | undefined;
   /**
-   * Tests only (injectGroupFanOutFaultForTests): called after each chunk this node runs (1, 2,
-   * …, per entry it waits for); an error it throws interrupts the fan-out there, as a node dying.
+   * Tests only (injectGroupFanOutFaultForTests): called (and awaited) before each chunk this
+   * node runs in the background after an ack (1, 2, … per driver run, see drive); an error it
+   * throws stops that driver there, as a node dying after its ack would.
    */
-  faultForTests: ((chunk: number) => void) | undefined;
+  faultForTests: ((chunk: number) => void | Promise<void>) | undefined;
   /** finishFanOuts is running. */
   private finishing = false;
+  /**
+   * The groups whose fan-out queue this node is driving in the background (drive), one driver
+   * each; `again`: an entry was queued meanwhile, so the driver goes on once through.
+   */
+  private readonly drivers = new Map<string, { again: boolean }>();
 
   constructor(
     private readonly client: RedisClient,
@@ -726,6 +747,8 @@ export class RedisGroupStore implements GroupStore {
     /** For typing frames on Redis Cluster (a SPUBLISH per member). */
     private readonly broker: Broker,
     private readonly fanOutOptions: GroupFanOutOptions = DEFAULT_GROUP_FAN_OUT,
+    /** Background fan-out failures, left to the heartbeat (finishFanOuts). */
+    private readonly logger: { debug?(obj: object, msg?: string): void } = {},
   ) {
     messages.groups = this;
     this.steps = keys.cluster
@@ -845,6 +868,7 @@ export class RedisGroupStore implements GroupStore {
     const [seq, position, detail] = reply as [number, number, unknown];
     const refusal = refusalOf(seq, detail);
     if (refusal !== undefined) throw refusal;
+    const left = detail === 1;
     return {
       group: {
         groupId: input.groupId,
@@ -855,14 +879,24 @@ export class RedisGroupStore implements GroupStore {
         createdAt: input.timestamp,
       },
       seq,
-      position: await this.deliverAs(input.groupId, entry, input.createdBy, "", seq, position),
+      position: await this.deliverAs(
+        input.groupId,
+        entry,
+        input.createdBy,
+        "",
+        seq,
+        position,
+        left,
+      ),
     };
   }
 
   /**
    * The actor's position of a membership event: in cluster mode after running the members'
-   * steps of `entry`; on a standalone Redis after the chunks of a large group's entry (position
-   * 0 from its script), if it was stored (seq > 0).
+   * steps of `entry`; on a standalone Redis, for a large group's entry (chunked), once the
+   * actor's own inbox has it (position 0 from its script: earlier entries filled the numbering
+   * script's chunk), the rest of its fan-out driven in the background (`left`: the script left
+   * some), if it was stored (seq > 0).
    */
   private async deliverAs(
     groupId: string,
@@ -871,37 +905,82 @@ export class RedisGroupStore implements GroupStore {
     excludeConnId: string,
     seq: number,
     position: number,
+    left: boolean,
   ): Promise<number> {
     if (this.steps === undefined) {
-      return seq > 0 && position === 0 ? (await this.fanOut(groupId, seq)).actorPosition : position;
+      const actorPosition =
+        seq > 0 && position === 0 ? (await this.senderCopy(groupId, seq)).actorPosition : position;
+      if (left || (seq > 0 && position === 0)) this.drive(groupId);
+      return actorPosition;
     }
     if (entry === undefined) return position;
     return (await this.steps.deliver(groupId, entry, actor, excludeConnId, true)).actorPosition;
   }
 
   /**
-   * Standalone Redis, a chunked entry: runs GROUP_FAN_OUT until the group's queue is through
-   * `seq`, and answers its sender's position and whether another recipient was online. Each
-   * call writes at most chunkMembers members, of `seq` or of the entries before it (those of a
-   * concurrent sender, or left by a node that died): the queue ahead is finite, so this ends.
+   * Standalone Redis, a chunked entry whose sender's inbox does not have it yet (the numbering
+   * script's chunk went to earlier entries of the queue, or a retry found the record pending):
+   * runs GROUP_FAN_OUT until it does, and answers the sender's position and whether another
+   * recipient written so far was online. Each call writes at most chunkMembers members, of the
+   * entries before `seq` (those of a concurrent sender, or left by a node that died) or of
+   * `seq`, its sender first: the queue ahead is finite, so this ends. The rest of `seq` is left
+   * to drive (the caller starts it).
    */
-  private async fanOut(
+  private async senderCopy(
     groupId: string,
     seq: number,
   ): Promise<{ actorPosition: number; delivered: boolean }> {
-    for (let chunk = 1; ; chunk++) {
+    for (;;) {
       const [done, position, any] = strictArray(
         await this.run(GROUP_FAN_OUT, groupId, [], [seq]),
       ) as [number, number, number];
-      this.faultForTests?.(chunk);
-      if (done !== 1) continue;
-      if (position === 0) {
+      if (position > 0) return { actorPosition: position, delivered: any === 1 };
+      if (done === 1) {
         // Its state expired (minutes after it was done): a retry reads the idempotency record.
         throw new EngineUnavailableError(`group ${groupId} entry ${seq}: fan-out state expired`, {
           mayHaveSucceeded: true,
         });
       }
-      return { actorPosition: position, delivered: any === 1 };
+    }
+  }
+
+  /**
+   * Standalone Redis: drives the group's fan-out queue in the background until it is empty,
+   * after an entry was acked (its sender's copy and the queue are stored, so the rest is this
+   * node's work, or any other node's if this one dies: a retry, the group's next entry, a
+   * heartbeat's finishFanOuts). At most one driver per group on this node: an entry queued while
+   * one runs is picked up by it (`again`). A failure ends the driver (logged at debug): the
+   * heartbeat sweep, or the group's next entry, finishes the queue.
+   */
+  private drive(groupId: string): void {
+    const running = this.drivers.get(groupId);
+    if (running !== undefined) {
+      running.again = true;
+      return;
+    }
+    const driver = { again: false };
+    this.drivers.set(groupId, driver);
+    this.driveQueue(groupId, driver).catch((error: unknown) => {
+      this.logger.debug?.(
+        { err: error, groupId },
+        "group fan-out stopped; left to the heartbeat sweep",
+      );
+    });
+  }
+
+  private async driveQueue(groupId: string, driver: { again: boolean }): Promise<void> {
+    try {
+      for (let chunk = 1; ; chunk++) {
+        await this.faultForTests?.(chunk);
+        const [done] = strictArray(await this.run(GROUP_FAN_OUT, groupId, [], [""])) as [number];
+        if (done !== 1) continue;
+        // Through the queue's last entry at that call: done, unless an entry came meanwhile.
+        if (!driver.again) return;
+        driver.again = false;
+      }
+    } finally {
+      // In the same turn as the last answer, so that a later drive() starts a new driver.
+      this.drivers.delete(groupId);
     }
   }
 
@@ -967,7 +1046,8 @@ export class RedisGroupStore implements GroupStore {
     );
     const refusal = refusalOf(reply[0], reply[1]);
     if (refusal !== undefined) throw refusal;
-    const [seq, position, name, createdBy, createdAt, ...members] = reply as [
+    const [seq, position, left, name, createdBy, createdAt, ...members] = reply as [
+      number,
       number,
       number,
       string,
@@ -978,7 +1058,15 @@ export class RedisGroupStore implements GroupStore {
     return {
       group: stateOf(input.groupId, name, createdBy, createdAt, members),
       seq,
-      position: await this.deliverAs(input.groupId, entry, input.actor, "", seq, position),
+      position: await this.deliverAs(
+        input.groupId,
+        entry,
+        input.actor,
+        "",
+        seq,
+        position,
+        left === 1,
+      ),
     };
   }
 
@@ -1059,13 +1147,14 @@ export class RedisGroupStore implements GroupStore {
     if (code === -5) return { refused: true, retryAfterMs: Number(reply[1]), limit: "rate" };
     const refusal = refusalOf(code);
     if (refusal !== undefined) throw refusal;
-    const [seq, any, position, duplicate, messageId, timestamp] = reply as [
+    const [seq, any, position, duplicate, messageId, timestamp, left] = reply as [
       number,
       number,
       number,
       number,
       string?,
       string?,
+      number?,
     ];
     const delivery =
       steps !== undefined && entry !== undefined
@@ -1078,9 +1167,12 @@ export class RedisGroupStore implements GroupStore {
             (senderConnections ?? 0) > (input.senderConnId === "" ? 0 : 1),
           )
         : position === 0
-          ? // A large group's entry (or a retry of one) not fanned out yet: its chunks first.
-            await this.fanOut(input.groupId, seq)
+          ? // A large group's entry (or a retry of one) not in its sender's inbox yet.
+            await this.senderCopy(input.groupId, seq)
           : { actorPosition: position, delivered: any === 1 };
+    // Standalone, a large group's entry: the ack goes out now (its sender's copy and the rest
+    // of its fan-out are stored); this node writes the rest into the other inboxes after it.
+    if (steps === undefined && (left === 1 || position === 0)) this.drive(input.groupId);
     return {
       messageId: duplicate === 1 ? (messageId as string) : input.id,
       timestamp: duplicate === 1 ? (timestamp as string) : input.timestamp,
