@@ -489,6 +489,9 @@ class RedisEngine implements Engine {
     clearInterval(this.watchdogTimer);
     this.updateHealth();
     if (wasRunning && this.commandReady) {
+      // Large groups' fan-outs this node acked and is still writing (groups.ts, drive): up to 2 s,
+      // then the other nodes' heartbeats finish them.
+      await this.groups.settle(2000);
       try {
         await this.presence.unregister();
       } catch (error) {

@@ -735,7 +735,7 @@ export class RedisGroupStore implements GroupStore {
    * The groups whose fan-out queue this node is driving in the background (drive), one driver
    * each; `again`: an entry was queued meanwhile, so the driver goes on once through.
    */
-  private readonly drivers = new Map<string, { again: boolean }>();
+  private readonly drivers = new Map<string, { again: boolean; running?: Promise<void> }>();
 
   constructor(
     private readonly client: RedisClient,
@@ -958,14 +958,33 @@ export class RedisGroupStore implements GroupStore {
       running.again = true;
       return;
     }
-    const driver = { again: false };
+    const driver: { again: boolean; running?: Promise<void> } = { again: false };
     this.drivers.set(groupId, driver);
-    this.driveQueue(groupId, driver).catch((error: unknown) => {
+    driver.running = this.driveQueue(groupId, driver).catch((error: unknown) => {
       this.logger.debug?.(
         { err: error, groupId },
         "group fan-out stopped; left to the heartbeat sweep",
       );
     });
+  }
+
+  /**
+   * Waits (at most `timeoutMs`) for the background drivers running now (drive), at shutdown:
+   * what they do not finish is left to the other nodes (heartbeat sweep, next entries).
+   */
+  async settle(timeoutMs: number): Promise<void> {
+    const running = [...this.drivers.values()].flatMap((driver) =>
+      driver.running === undefined ? [] : [driver.running],
+    );
+    if (running.length === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(running),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   private async driveQueue(groupId: string, driver: { again: boolean }): Promise<void> {
