@@ -26,6 +26,7 @@ export async function createEngine(config: Config, log: Logger): Promise<Engine>
     retention: config.retention,
     quotas: config.quotas,
     groups: config.groups,
+    groupFanOut: config.groupFanOut,
     logger: log.child({ component: "engine" }),
     // A node started before its Redis comes up unready and starts serving when Redis answers,
     // instead of exiting into a restart loop (compose, Kubernetes).

@@ -66,7 +66,12 @@ import { RedisBroker } from "./broker.js";
 import { type AppendStep, ClusterMessageStore } from "./cluster-messages.js";
 import { CLUSTER_SCRIPTS } from "./cluster-scripts.js";
 import { RedisEventQueue } from "./event-queue.js";
-import { GROUP_SCRIPTS, RedisGroupStore } from "./groups.js";
+import {
+  DEFAULT_GROUP_FAN_OUT,
+  GROUP_SCRIPTS,
+  type GroupFanOutOptions,
+  RedisGroupStore,
+} from "./groups.js";
 import { Keys } from "./keys.js";
 import { RedisMessageStore } from "./messages.js";
 import { RedisPresenceStore } from "./presence.js";
@@ -86,6 +91,8 @@ export interface Logger {
   info(obj: object, msg?: string): void;
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
+  /** Optional: what a node may lose without harm (a background fan-out the heartbeat finishes). */
+  debug?(obj: object, msg?: string): void;
 }
 
 export interface RedisEngineOptions {
@@ -119,6 +126,12 @@ export interface RedisEngineOptions {
   readonly quotas?: QuotaOptions;
   /** Group limits. Default {@link DEFAULT_GROUP_LIMITS}. */
   readonly groups?: GroupLimits;
+  /**
+   * Standalone Redis: the size above which a group's entries are written into the members'
+   * inboxes in chunks, and the members per chunk (groups.ts). Default
+   * {@link DEFAULT_GROUP_FAN_OUT}.
+   */
+  readonly groupFanOut?: Partial<GroupFanOutOptions>;
   /** Default: silent. */
   readonly logger?: Logger;
   /** How often the node refreshes its liveness key and sweeps dead nodes. Default 3000. */
@@ -196,6 +209,20 @@ export function injectClusterFaultForTests(
   }
   engine.messages.faultForTests = fault;
   if (steps !== undefined) steps.faultForTests = fault;
+}
+
+/**
+ * Standalone Redis, for tests only: `fault` is called (and awaited) before each fan-out chunk
+ * this engine runs in the background after acking a large group's entry (groups.ts, drive:
+ * chunk 1, 2, … of each driver run); an error it throws stops that driver there, as a node dying
+ * after its ack would, and a promise it returns pauses it. undefined: none.
+ */
+export function injectGroupFanOutFaultForTests(
+  engine: Engine,
+  fault: ((chunk: number) => void | Promise<void>) | undefined,
+): void {
+  if (!(engine instanceof RedisEngine)) throw new TypeError("not a Redis engine");
+  engine.groups.faultForTests = fault;
 }
 
 const SILENT: Logger = { info() {}, warn() {}, error() {} };
@@ -321,6 +348,8 @@ class RedisEngine implements Engine {
       options.rateLimit,
       options.groups ?? DEFAULT_GROUP_LIMITS,
       this.broker,
+      { ...DEFAULT_GROUP_FAN_OUT, ...options.groupFanOut },
+      this.logger,
     );
     this.backendKeys = new BackendKeys(options.keyPrefix, seeds !== undefined);
     this.revocations = new RedisRevocationStore(this.command, this.backendKeys);
@@ -460,6 +489,9 @@ class RedisEngine implements Engine {
     clearInterval(this.watchdogTimer);
     this.updateHealth();
     if (wasRunning && this.commandReady) {
+      // Large groups' fan-outs this node acked and is still writing (groups.ts, drive): up to 2 s,
+      // then the other nodes' heartbeats finish them.
+      await this.groups.settle(2000);
       try {
         await this.presence.unregister();
       } catch (error) {
@@ -620,6 +652,13 @@ class RedisEngine implements Engine {
           await this.reassert("unconfirmed change");
         }
         await this.resyncIfNeeded();
+        // Large groups' fan-outs left by a node that died (groups.ts); not awaited, so that a
+        // long backlog never delays the liveness refresh.
+        this.groups.finishFanOuts().catch((error: unknown) => {
+          if (!(toEngineError(error) instanceof EngineUnavailableError)) {
+            this.logger.error({ err: error }, "finishing group fan-outs failed");
+          }
+        });
       }
       // Gives the watchdog a command to wait for on the subscriber: a half-open socket is noticed.
       if (this.subscriberReady) await this.subscriber.ping();

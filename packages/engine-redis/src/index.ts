@@ -8,6 +8,8 @@ export {
   createRedisEngine,
   haltRedisEngineForTests,
   injectClusterFaultForTests,
+  injectGroupFanOutFaultForTests,
   type Logger,
   type RedisEngineOptions,
 } from "./engine.js";
+export { DEFAULT_GROUP_FAN_OUT, type GroupFanOutOptions } from "./groups.js";

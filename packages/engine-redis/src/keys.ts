@@ -35,6 +35,8 @@
  * | `<p>presence:count`          | hash   | user → connections on all nodes                       |
  * | `<p>presence:node:<nodeId>`  | hash   | user → connections on that node                       |
  * | `<p>nodes`                   | set    | node ids that may own presence entries                |
+ * | `<p>group-fanout-pending`    | set    | groups whose chunked fan-out queue is not empty       |
+ * |                              |        | (standalone; groups.ts)                               |
  * | `<p>node-alive:<nodeId>`     | string | liveness: PX TTL = nodeTtlMs, refreshed by heartbeat  |
  * | `<p>rate-log:<key>`          | list   | rate-limit window: times (µs, Redis clock) of the     |
  * |                              |        | last allowed actions, oldest first; PX windowMs       |
@@ -153,6 +155,11 @@ export class Keys {
   readonly receiptsHead: string;
   readonly presenceNodeHead: string;
   readonly aliveHead: string;
+  /**
+   * Standalone Redis: the set of groups whose chunked fan-out queue holds entries (groups.ts),
+   * which every node's heartbeat helps finish: what a node that died mid fan-out left.
+   */
+  readonly groupFanOutPending: string;
 
   constructor(
     readonly prefix: string,
@@ -171,6 +178,7 @@ export class Keys {
     this.receiptsHead = `${prefix}receipts:`;
     this.presenceNodeHead = `${p}presence:node:`;
     this.aliveHead = `${p}node-alive:`;
+    this.groupFanOutPending = `${prefix}group-fanout-pending`;
     this.presenceThisNode = this.presenceNode(nodeId);
     this.aliveThisNode = this.alive(nodeId);
     this.userChannelHead = `${prefix}user:`;
@@ -315,8 +323,12 @@ export class Keys {
    * name, createdBy, createdAt, seq, messages), `group-members` (hash: member → seq of its join),
    * `group-former` (hash: former member → seq of its removal), `group-log` (list of
    * `<seq>|<message id>`, as conv-log), `group-unread` and `group-reads` (hash: member → unread
-   * base, see UNREAD_COUNTS in groups.ts; read mark). A group id may contain `}`: the tag is then only a prefix of it, which only
-   * puts two groups in one slot; the kind before the tag keeps names unambiguous.
+   * base, see UNREAD_COUNTS in groups.ts; read mark); standalone Redis, a large group's chunked
+   * fan-out (groups.ts): `group-fanout` (list of the seqs not yet in every recipient's inbox),
+   * `group-fanout-to:{g:<groupId>}<seq>` (list: the entry's recipients not written yet) and
+   * `group-fanout-entry:{g:<groupId>}<seq>` (hash: id, from, exclude, idem, position, any; kept
+   * 10 minutes once done). A group id may contain `}`: the tag is then only a prefix of it, which
+   * only puts two groups in one slot; the kind before the tag keeps names unambiguous.
    */
   group(kind: string, groupId: string): string {
     return `${this.prefix}${kind}:{g:${groupId}}`;
