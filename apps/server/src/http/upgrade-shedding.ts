@@ -12,6 +12,10 @@
  * "Late" is measured two ways: how late the last tick of a short timer ran (the turns before it
  * were long), and how long it has been overdue now (this turn is long: the upgrades read later in
  * it are refused, not all of them). Nothing per connection, one timer per node.
+ *
+ * Off by default: in the benchmark's reconnect storm it helped on a loaded machine and not on a
+ * quiet one (bench/RESULTS.md, "Connection storms"), and a client that does not retry takes the
+ * 503 for a failure.
  */
 const TICK_MS = 50;
 
