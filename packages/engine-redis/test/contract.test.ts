@@ -1,15 +1,16 @@
 import { randomUUID } from "node:crypto";
 import type { Engine } from "@mrezhen/engine";
-import { engineContract } from "@mrezhen/engine/contract";
+import { type BackendFactory, engineContract } from "@mrezhen/engine/contract";
 import { deletePrefix, redisForTests } from "@mrezhen/testkit";
 import { afterAll, describe } from "vitest";
-import { createRedisEngine } from "../src/index.js";
+import { createRedisEngine, type RedisEngineOptions } from "../src/index.js";
 
 const redis = await redisForTests();
 afterAll(() => redis?.close());
 
-describe.skipIf(!redis)("redis engine", () => {
-  engineContract("redis", async ({ rateLimit, retention, quotas, groups }) => {
+/** Nodes of one standalone-Redis service for the contract, with `extra` engine options. */
+function standalone(extra: Partial<RedisEngineOptions> = {}): BackendFactory {
+  return async ({ rateLimit, retention, quotas, groups }) => {
     if (!redis) throw new Error("unreachable: the suite is skipped without Redis");
     // A prefix per backend: the contract's tests never see each other's keys, nor other files'.
     const keyPrefix = `${redis.prefix}${randomUUID().slice(0, 8)}:`;
@@ -26,6 +27,7 @@ describe.skipIf(!redis)("redis engine", () => {
           ...(retention === undefined ? {} : { retention }),
           ...(quotas === undefined ? {} : { quotas }),
           ...(groups === undefined ? {} : { groups }),
+          ...extra,
         });
         engines.push(engine);
         return engine;
@@ -35,5 +37,18 @@ describe.skipIf(!redis)("redis engine", () => {
         await deletePrefix(redis.url, keyPrefix);
       },
     };
-  });
+  };
+}
+
+describe.skipIf(!redis)("redis engine", () => {
+  engineContract("redis", standalone());
+});
+
+/**
+ * Every group entry fanned out in chunks (groups.ts, GROUP_FAN_OUT): groups of 2 members and
+ * more are chunked, 2 members a script, so that each of the contract's group entries takes the
+ * queue, a numbering script and chunks.
+ */
+describe.skipIf(!redis)("redis engine, every group entry chunked", () => {
+  engineContract("redis", standalone({ groupFanOut: { chunkAbove: 1, chunkMembers: 2 } }));
 });

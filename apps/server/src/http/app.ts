@@ -14,7 +14,7 @@ import type { ChatService } from "../chat/service.js";
 import type { PresenceMode } from "../chat/session.js";
 import { apiPlugin } from "./api.js";
 import type { ConnectionLimits, ConnectionOptions, Connections } from "./connections.js";
-import type { NodeMetrics } from "./metrics.js";
+import type { NodeMetrics, RefusalReason } from "./metrics.js";
 import { OriginPolicy } from "./origins.js";
 import { UpgradeShedding } from "./upgrade-shedding.js";
 
@@ -147,6 +147,23 @@ export async function buildApp(options: AppOptions) {
   });
 
   /**
+   * Answers an upgrade with a plain-text refusal and closes the connection (no WebSocket is
+   * made), counting it by reason; `retryAfterS` when waiting helps.
+   */
+  const refuse = (
+    reply: FastifyReply,
+    reason: RefusalReason,
+    status: number,
+    text: string,
+    retryAfterS?: number,
+  ) => {
+    metrics.refusedUpgrade(reason);
+    reply.code(status).header("connection", "close");
+    if (retryAfterS !== undefined) reply.header("retry-after", String(retryAfterS));
+    return reply.type("text/plain").send(text);
+  };
+
+  /**
    * Authenticates an upgrade before the handshake: a bad token gets a plain 401 and no socket.
    * Then takes a connection slot: a user over MAX_CONNECTIONS_PER_USER gets 429, a node at
    * MAX_CONNECTIONS 503; both before any WebSocket exists, so a refusal costs no socket state.
@@ -154,41 +171,21 @@ export async function buildApp(options: AppOptions) {
   const authenticate = async (request: FastifyRequest, reply: FastifyReply) => {
     if (!request.ws) return;
     if (isDraining()) {
-      metrics.refusedUpgrade("draining");
-      return reply
-        .code(503)
-        .header("connection", "close")
-        .type("text/plain")
-        .send("Draining: connect again.");
+      return refuse(reply, "draining", 503, "Draining: connect again.");
     }
     // First, before the token's check: a refusal must cost a busy node as little as possible.
     if (shedding.overloaded) {
-      metrics.refusedUpgrade("overloaded");
-      return reply
-        .code(503)
-        .header("connection", "close")
-        .header("retry-after", String(OVERLOADED_RETRY_AFTER_S))
-        .type("text/plain")
-        .send("Service Unavailable: this node is busy; retry in a moment.");
+      const text = "Service Unavailable: this node is busy; retry in a moment.";
+      return refuse(reply, "overloaded", 503, text, OVERLOADED_RETRY_AFTER_S);
     }
     const options = readConnectionOptions(request.query);
     if (typeof options === "string") {
-      metrics.refusedUpgrade("bad_request");
-      return reply
-        .code(400)
-        .header("connection", "close")
-        .type("text/plain")
-        .send(`Bad Request: ${options}`);
+      return refuse(reply, "bad_request", 400, `Bad Request: ${options}`);
     }
     // Before the token: a page from a foreign origin learns nothing about the token it sent.
     if (origins !== undefined && !origins.allows(request.headers.origin, request.headers.host)) {
       request.log.debug({ origin: request.headers.origin }, "upgrade refused: origin");
-      metrics.refusedUpgrade("forbidden_origin");
-      return reply
-        .code(403)
-        .header("connection", "close")
-        .type("text/plain")
-        .send("Forbidden: origin not allowed.");
+      return refuse(reply, "forbidden_origin", 403, "Forbidden: origin not allowed.");
     }
     request.connectionOptions = options;
     request.upgradeResponse = reply.raw;
@@ -199,12 +196,7 @@ export async function buildApp(options: AppOptions) {
     } catch (error) {
       if (!(error instanceof AuthError)) throw error;
       request.log.debug({ reason: error.reason }, "upgrade refused");
-      metrics.refusedUpgrade("unauthorized");
-      return reply
-        .code(401)
-        .header("connection", "close")
-        .type("text/plain")
-        .send(`Unauthorized: ${error.reason}.`);
+      return refuse(reply, "unauthorized", 401, `Unauthorized: ${error.reason}.`);
     }
     // A revocation of the server API: a map lookup in this node's copy, no round trip.
     const revokedBefore = engine.revocations.revokedBefore(request.principal.userId);
@@ -212,33 +204,23 @@ export async function buildApp(options: AppOptions) {
       revokedBefore !== undefined &&
       (request.principal.issuedAt === undefined || request.principal.issuedAt < revokedBefore)
     ) {
-      metrics.refusedUpgrade("unauthorized");
-      return reply
-        .code(401)
-        .header("connection", "close")
-        .type("text/plain")
-        .send("Unauthorized: token revoked.");
+      return refuse(reply, "unauthorized", 401, "Unauthorized: token revoked.");
     }
     const admission = connections.admit(request.principal.userId, request.raw.socket);
     if (admission === "user_limit") {
-      metrics.refusedUpgrade("user_limit");
       // No Retry-After: waiting does not help, only closing another connection of this user.
-      return reply
-        .code(429)
-        .header("connection", "close")
-        .type("text/plain")
-        .send(`Too Many Requests: at most ${limits.connectionsPerUser} connections per user.`);
+      return refuse(
+        reply,
+        "user_limit",
+        429,
+        `Too Many Requests: at most ${limits.connectionsPerUser} connections per user.`,
+      );
     }
     if (admission === "node_limit") {
-      metrics.refusedUpgrade("node_limit");
       // Behind a load balancer the retry may reach another node; this one frees slots as
       // clients leave.
-      return reply
-        .code(503)
-        .header("connection", "close")
-        .header("retry-after", String(NODE_FULL_RETRY_AFTER_S))
-        .type("text/plain")
-        .send("Service Unavailable: this node has too many connections; retry later.");
+      const text = "Service Unavailable: this node has too many connections; retry later.";
+      return refuse(reply, "node_limit", 503, text, NODE_FULL_RETRY_AFTER_S);
     }
   };
 
