@@ -230,33 +230,32 @@ async function wholeHistory(
   return pages.flat();
 }
 
+/** Two nodes of one service on `env`, under a key prefix of their own (`prefix` and a suffix). */
+async function twoNodes(prefix: string, env: Record<string, string>): Promise<TestNode[]> {
+  const shared = {
+    ...env,
+    REDIS_KEY_PREFIX: `${prefix}${randomUUID().slice(0, 6)}:`,
+    RATE_LIMIT_MESSAGES: "1000000",
+  };
+  return [
+    await startNode({ ...shared, NODE_ID: "a" }),
+    await startNode({ ...shared, NODE_ID: "b" }),
+  ];
+}
+
 const backends: [string, () => Promise<TestNode[]>][] = [
   ["memory engine, one node", async () => [await startNode({ RATE_LIMIT_MESSAGES: "1000000" })]],
 ];
 if (redis !== undefined) {
   backends.push([
     "redis engine, two nodes",
-    async () => {
-      const env = {
-        REDIS_URL: redis.url,
-        REDIS_KEY_PREFIX: `${redis.prefix}${randomUUID().slice(0, 6)}:`,
-        RATE_LIMIT_MESSAGES: "1000000",
-      };
-      return [await startNode({ ...env, NODE_ID: "a" }), await startNode({ ...env, NODE_ID: "b" })];
-    },
+    () => twoNodes(redis.prefix, { REDIS_URL: redis.url }),
   ]);
 }
 if (redisCluster !== undefined) {
   backends.push([
     "redis engine on a Redis Cluster (3 masters, 3 replicas), two nodes",
-    async () => {
-      const env = {
-        REDIS_CLUSTER_NODES: redisCluster.seeds,
-        REDIS_KEY_PREFIX: `${redisCluster.prefix}${randomUUID().slice(0, 6)}:`,
-        RATE_LIMIT_MESSAGES: "1000000",
-      };
-      return [await startNode({ ...env, NODE_ID: "a" }), await startNode({ ...env, NODE_ID: "b" })];
-    },
+    () => twoNodes(redisCluster.prefix, { REDIS_CLUSTER_NODES: redisCluster.seeds }),
   ]);
 }
 
@@ -312,15 +311,6 @@ const GROUP_SENDERS = 3;
 const MESSAGES_PER_GROUP_SENDER = 150;
 
 /**
- * Groups under the same chaos, with membership changing mid-run. Per group: an admin (who adds
- * and removes), senders cut before and after their acks and retrying with the same clientMsgId,
- * members cut at random and resuming with `since` on a random node, one member added after a
- * third of the messages and one removed after two thirds; one member is in every group, so its
- * stream interleaves them. Each member's stream must be exactly its slice of the group's log
- * (from the start, or from its `joined` entry; to the end, or to its `removed` entry): nothing
- * acked lost, nothing twice, every group in seq order, membership entries at their place.
- */
-/**
  * The group chaos also runs with every group entry chunked (docs/groups.md, "Large groups"): a
  * group of 8 is above GROUP_CHUNK_ABOVE=2, and its entries take three scripts of 3 members. An
  * ack then means in the group's log and the sender's inbox, with the rest queued: the nodes
@@ -331,19 +321,24 @@ const groupBackends = [...backends];
 if (redis !== undefined) {
   groupBackends.push([
     "redis engine, two nodes, chunked fan-out",
-    async () => {
-      const env = {
+    () =>
+      twoNodes(redis.prefix, {
         REDIS_URL: redis.url,
-        REDIS_KEY_PREFIX: `${redis.prefix}${randomUUID().slice(0, 6)}:`,
-        RATE_LIMIT_MESSAGES: "1000000",
         GROUP_CHUNK_ABOVE: "2",
         GROUP_CHUNK_MEMBERS: "3",
-      };
-      return [await startNode({ ...env, NODE_ID: "a" }), await startNode({ ...env, NODE_ID: "b" })];
-    },
+      }),
   ]);
 }
 
+/**
+ * Groups under the same chaos, with membership changing mid-run. Per group: an admin (who adds
+ * and removes), senders cut before and after their acks and retrying with the same clientMsgId,
+ * members cut at random and resuming with `since` on a random node, one member added after a
+ * third of the messages and one removed after two thirds; one member is in every group, so its
+ * stream interleaves them. Each member's stream must be exactly its slice of the group's log
+ * (from the start, or from its `joined` entry; to the end, or to its `removed` entry): nothing
+ * acked lost, nothing twice, every group in seq order, membership entries at their place.
+ */
 describe.each(groupBackends)("group chaos (%s)", (name, service) => {
   it("loses no acked group message, stores none twice, and gives every member its slice of each log in order", async () => {
     const nodes = await service();

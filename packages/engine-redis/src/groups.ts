@@ -62,6 +62,7 @@ import { ClusterGroupSteps, type StoredEntry } from "./cluster-groups.js";
 import type { Keys } from "./keys.js";
 import type { RedisMessageStore } from "./messages.js";
 import {
+  integers,
   type RedisClient,
   runScript,
   type ScriptArgument,
@@ -926,14 +927,24 @@ export class RedisGroupStore implements GroupStore {
    * `seq`, its sender first: the queue ahead is finite, so this ends. The rest of `seq` is left
    * to drive (the caller starts it).
    */
+  /**
+   * One GROUP_FAN_OUT call for the queue's entry of seq `target` ("": its last at the call):
+   * [done, the sender's position, any online, the seq waited for].
+   */
+  private async fanOutChunk(
+    groupId: string,
+    target: number | "",
+  ): Promise<[number, number, number, number]> {
+    const reply = await this.run(GROUP_FAN_OUT, groupId, [], [target]);
+    return integers<[number, number, number, number]>(reply, 4, "group fan-out");
+  }
+
   private async senderCopy(
     groupId: string,
     seq: number,
   ): Promise<{ actorPosition: number; delivered: boolean }> {
     for (;;) {
-      const [done, position, any] = strictArray(
-        await this.run(GROUP_FAN_OUT, groupId, [], [seq]),
-      ) as [number, number, number];
+      const [done, position, any] = await this.fanOutChunk(groupId, seq);
       if (position > 0) return { actorPosition: position, delivered: any === 1 };
       if (done === 1) {
         // Its state expired (minutes after it was done): a retry reads the idempotency record.
@@ -991,7 +1002,7 @@ export class RedisGroupStore implements GroupStore {
     try {
       for (let chunk = 1; ; chunk++) {
         await this.faultForTests?.(chunk);
-        const [done] = strictArray(await this.run(GROUP_FAN_OUT, groupId, [], [""])) as [number];
+        const [done] = await this.fanOutChunk(groupId, "");
         if (done !== 1) continue;
         // Through the queue's last entry at that call: done, unless an entry came meanwhile.
         if (!driver.again) return;
@@ -1016,13 +1027,11 @@ export class RedisGroupStore implements GroupStore {
     try {
       const groupIds = await this.client.srandmember(this.keys.groupFanOutPending, 16);
       for (const groupId of groupIds) {
-        let target = "";
+        let target: number | "" = "";
         for (;;) {
-          const [done, , , through] = strictArray(
-            await this.run(GROUP_FAN_OUT, groupId, [], [target]),
-          ) as [number, number, number, number];
+          const [done, , , through] = await this.fanOutChunk(groupId, target);
           if (done === 1) break;
-          target = String(through);
+          target = through;
         }
       }
     } catch (error) {

@@ -42,6 +42,7 @@ import type { Keys } from "./keys.js";
 import {
   coalesceWrites,
   integers,
+  numbers,
   type RedisClient,
   runScript,
   type ScriptArgument,
@@ -180,13 +181,12 @@ export class RedisPresenceStore implements PresenceStore {
     ];
     for (const queued of calls) args.push(queued.call);
     this.inFlight++;
-    runScript(this.client, PRESENCE_BATCH, args).then(
-      (reply) =>
-        isPositionList(reply)
-          ? this.settle(calls, undefined, reply)
-          : this.settle(calls, unexpectedReply(reply), []),
-      (error: unknown) => this.settle(calls, error ?? new Error("presence batch failed"), []),
-    );
+    runScript(this.client, PRESENCE_BATCH, args)
+      .then((reply) => numbers(reply, "presence batch"))
+      .then(
+        (withQueue) => this.settle(calls, undefined, withQueue),
+        (error: unknown) => this.settle(calls, error ?? new Error("presence batch failed"), []),
+      );
   }
 
   /** `withQueue`: the positions (1-based) of the connects whose user's queue exists. */
@@ -291,13 +291,4 @@ export class RedisPresenceStore implements PresenceStore {
     else this.local.delete(userId);
     return true;
   }
-}
-
-function isPositionList(reply: unknown): reply is number[] {
-  return Array.isArray(reply) && reply.every((value) => typeof value === "number");
-}
-
-/** A reply that is not what the script returns: a bug in the script, not an outage. */
-function unexpectedReply(reply: unknown): Error {
-  return new Error(`unexpected reply from the presence batch script: ${JSON.stringify(reply)}`);
 }

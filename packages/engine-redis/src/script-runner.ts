@@ -224,6 +224,14 @@ export function integers<T extends number[]>(reply: unknown, count: T["length"],
   return reply as T;
 }
 
+/** A script's reply that is a list of integers of any length. */
+export function numbers(reply: unknown, what: string): number[] {
+  if (!Array.isArray(reply) || !reply.every((value) => typeof value === "number")) {
+    throw new Error(`unexpected reply from the ${what} script: ${JSON.stringify(reply)}`);
+  }
+  return reply;
+}
+
 export function strings(reply: unknown, what: string): string[] {
   if (!Array.isArray(reply) || !reply.every((value) => typeof value === "string")) {
     throw new Error(`unexpected reply from the ${what} script: ${JSON.stringify(reply)}`);

@@ -271,9 +271,9 @@ describe.skipIf(!redis)("redis engine: chunked fan-out of large groups", () => {
 
     // The client's retry, on B (its ack was lost with A): the original's answer; B's node
     // finishes the fan-out after it.
-    const retried = (await b.groups.append({
-      ...groupInput(groupId, "s1", "first", { clientMsgId: "c1" }),
-    })) as GroupAppendResult;
+    const retried = (await b.groups.append(
+      groupInput(groupId, "s1", "first", { clientMsgId: "c1" }),
+    )) as GroupAppendResult;
     expect(retried).toMatchObject({
       duplicate: true,
       messageId: first.id,
@@ -305,9 +305,9 @@ describe.skipIf(!redis)("redis engine: chunked fan-out of large groups", () => {
     // Its retry now reads the completed idempotency record (the final status with it).
     injectGroupFanOutFaultForTests(a, undefined);
     const s1Second = (await inbox(b, "s1", groupId)).find((entry) => entry.seq === 3);
-    const again = (await a.groups.append({
-      ...groupInput(groupId, "s1", "second", { clientMsgId: "c2" }),
-    })) as GroupAppendResult;
+    const again = (await a.groups.append(
+      groupInput(groupId, "s1", "second", { clientMsgId: "c2" }),
+    )) as GroupAppendResult;
     expect(again).toMatchObject({
       duplicate: true,
       messageId: second.id,

@@ -1032,7 +1032,7 @@ export class ChatService {
       return;
     }
     session.setToken(principal.expiresAt, this.now(), this.noticeMs, principal.issuedAt);
-    if (session.tokenBucket >= 0) this.tokenDeadlines.schedule(session);
+    if (!session.isClosed) this.tokenDeadlines.schedule(session);
     session.send(refreshedFrame(Math.floor(principal.expiresAt / 1000)));
   }
 
