@@ -219,7 +219,7 @@ export const defaults = {
   // "Large groups"): a script writing 1,000 inboxes took about 6 ms, and Redis serves nobody
   // meanwhile; a chunk of 250 about 1.2 ms.
   GROUP_CHUNK_ABOVE: 256,
-  GROUP_CHUNK_MEMBERS: 250,
+  GROUP_CHUNK_MEMBERS: 125,
   MAX_CONNECTIONS_PER_USER: 16,
   // 100,000 idle connections at the measured 6.3 KiB each are about 615 MiB of RSS: with the
   // unsent-bytes budget below, a node's connection state stays near 1 GiB. Raise it on bigger

@@ -3,6 +3,7 @@
 // record per slice. Interleaving is done here: within a scenario, every cycle gives each system
 // one short slice, in an order rotated by one each cycle; cycle 0 only warms up and is dropped.
 import { SignJWT } from "jose";
+import { GROUP_GOALS } from "../report.mjs";
 import { LatencyRecorder } from "../stats.mjs";
 import {
   closeGroups,
@@ -49,7 +50,8 @@ function describe(fig) {
   const slowlog =
     fig.slowlogMaxUs === undefined
       ? ""
-      : ` slowlog max=${num(fig.slowlogMaxUs / 1000, 2)}ms p50=${num(fig.slowlogMedianUs / 1000, 2)}ms`;
+      : ` slowlog max=${num(fig.slowlogMaxUs / 1000, 2)}ms p50=${num(fig.slowlogMedianUs / 1000, 2)}ms` +
+        ` over=${fig.slowlogOverBudget}/${fig.slowlogLogged} redis-preempted=${fig.redisPreempted ?? "?"}`;
   return (
     `${Math.round(fig.msgsPerSec).toLocaleString("en-US")}/s p99=${num(fig.p99Ms, 1)}ms ` +
     `cpu=${num(fig.cpuUsPerMsg, 1)}µs lg=${num(fig.loadgenCpuPct, 0)}%${slowlog}${problems}`
@@ -234,7 +236,12 @@ async function run(plan) {
           p,
           latency,
           sys.system === "mrezhen" && sys.engine === "redis"
-            ? slowlogWatch(plan.redisUrl, plan.keyPrefix, p.slowlogThresholdUs)
+            ? slowlogWatch(
+                plan.redisUrl,
+                plan.keyPrefix,
+                p.slowlogThresholdUs,
+                GROUP_GOALS.slowlogMs * 1000,
+              )
             : undefined,
         ),
       )),

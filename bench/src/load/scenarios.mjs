@@ -1,6 +1,7 @@
 // The measurements the load generator makes against one system. Each slice drives load for a
 // warm-up, then measures over a window (server CPU from /proc, delivered messages, latency), then
 // stops the load and drains what is in flight, so the next system's slice starts on a quiet core.
+import { readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Redis } from "ioredis";
 import WebSocket from "ws";
@@ -602,17 +603,37 @@ export async function groupSaturationSlice(sys, groups, p, latency) {
   });
 }
 
+/** A process's involuntary context switches so far, or undefined where /proc does not say. */
+function preemptions(pid) {
+  if (pid === undefined) return undefined;
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const count = /nonvoluntary_ctxt_switches:\s*(\d+)/.exec(status)?.[1];
+    return count === undefined ? undefined : Number(count);
+  } catch {
+    return undefined; // not this machine's process, or gone
+  }
+}
+
 /**
  * Reads SLOWLOG around a slice: `start` lowers the threshold to `thresholdUs` (and lengthens the
  * log, the Redis is shared) and resets it; `finish` restores both and returns the longest entry
  * whose arguments name this run's keys (`prefix`): Mrezhen's scripts get their keys as
- * arguments, so other users of the same Redis are left out.
+ * arguments, so other users of the same Redis are left out. With it: the median, how many
+ * logged scripts were over `budgetUs`, and how often the kernel preempted Redis in the slice
+ * (its involuntary context switches, from /proc: the Redis is on loopback). SLOWLOG times a
+ * command by the wall clock, so a script preempted half-way counts the time another process
+ * ran; on this 2-core machine Redis shares the cores with the nodes and the load generator.
  */
-export function slowlogWatch(redisUrl, prefix, thresholdUs) {
+export function slowlogWatch(redisUrl, prefix, thresholdUs, budgetUs) {
   const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1, connectTimeout: 2000 });
   let saved;
+  let redisPid;
+  let preemptedBefore;
   return {
     async start() {
+      redisPid = /process_id:(\d+)/.exec(await redis.info("server"))?.[1];
+      preemptedBefore = preemptions(redisPid);
       const [, slower] = await redis.config("GET", "slowlog-log-slower-than");
       const [, length] = await redis.config("GET", "slowlog-max-len");
       saved = { slower, length };
@@ -623,17 +644,27 @@ export function slowlogWatch(redisUrl, prefix, thresholdUs) {
     async finish() {
       try {
         const entries = await redis.slowlog("GET", 10_000);
+        const preemptedAfter = preemptions(redisPid);
         let longest = { us: 0, command: `none over ${thresholdUs} µs` };
         const durations = [];
         for (const [, , us, args] of entries) {
+          // Scripts only: Redis 7 also logs the commands a script calls, each on its own.
+          if (!/^eval/i.test(String(args[0]))) continue;
           if (!args.some((arg) => String(arg).includes(prefix))) continue;
           durations.push(us);
           if (us > longest.us) longest = { us, command: args.slice(0, 2).join(" ") };
         }
-        // The median of the entries logged: SLOWLOG times by the wall clock, so on a shared
-        // machine the longest one also counts time the scheduler took Redis off the CPU.
         durations.sort((a, b) => a - b);
-        return { ...longest, medianUs: durations[durations.length >> 1] ?? 0 };
+        return {
+          ...longest,
+          medianUs: durations[durations.length >> 1] ?? 0,
+          logged: durations.length,
+          overBudget: durations.filter((us) => us > budgetUs).length,
+          preempted:
+            preemptedBefore === undefined || preemptedAfter === undefined
+              ? undefined
+              : preemptedAfter - preemptedBefore,
+        };
       } finally {
         if (saved !== undefined) {
           await redis.config("SET", "slowlog-log-slower-than", saved.slower);
@@ -708,6 +739,9 @@ export async function groupRateSlice(sys, group, p, latency, slowlog) {
           slowlogMaxUs: longest.us,
           slowlogMedianUs: longest.medianUs,
           slowlogCommand: longest.command,
+          slowlogLogged: longest.logged,
+          slowlogOverBudget: longest.overBudget,
+          redisPreempted: longest.preempted,
         }),
   });
 }

@@ -15,7 +15,7 @@
  * nobody meanwhile), so it is fanned out in chunks (docs/groups.md): the numbering script puts
  * it in the group's fan-out queue with a snapshot of its recipients, the members at its seq
  * (membership is still decided atomically with the seq), and GROUP_FAN_OUT writes the queue's
- * entries into the inboxes, at most chunkMembers (250) members per script, in seq order. The
+ * entries into the inboxes, at most chunkMembers (125) members per script, in seq order. The
  * numbering script runs the first chunk, the sender first, and the sender's node acks after it
  * (stored in the log, the sender's inbox and the queue: delivery follows, as a DM's ack
  * promises), then runs the other chunks in the background (drive); any node may run them, so a
@@ -25,12 +25,12 @@
  * Cost of a message to a group of n members: about 12 + 3n commands (per member: INCR, RPUSH,
  * PEXPIRE, and ZADD + PEXPIRE when offline), one PUBLISH per node holding members (its node
  * channel, naming them: codec.ts), one text of the message, and n inbox references of about 45
- * bytes; in one script up to 256 members. Above, ⌈n / 250⌉ scripts (round trips, in sequence),
+ * bytes; in one script up to 256 members. Above, ⌈n / 125⌉ scripts (round trips, in sequence),
  * of which the ack waits for the first: per chunk about 16 commands, 3 per member (and 2 per
  * offline one), one PUBLISH per node holding members of the chunk; the numbering script, which
  * runs the first chunk, about 17 more and the snapshot (an RPUSH of n members). Measured here
- * (1,000 members online on two nodes): a chunk of 250 has a median of 1.2 ms, the numbering
- * script with its chunk 2 ms, where the single script took 3.9 to 6 ms.
+ * (1,000 members online on two nodes): a chunk of 125 has a median of 0.7 ms, the numbering
+ * script with its chunk 1 ms, where the single script took 3.9 to 6 ms.
  *
  * Redis Cluster: the per-member inbox writes touch n users' slots, which one script cannot. The
  * same scripts run in a cluster mode (LIB's CLUSTER: the node passes no per-user key heads):
@@ -686,12 +686,12 @@ export interface GroupFanOutOptions {
   readonly chunkAbove: number;
   /**
    * Members written per chunk script, the bound of its time: about 4 µs a member and 0.3 ms a
-   * script here (250: a median of 1.2 ms, docs/groups.md).
+   * script here (125: a median of 0.7 ms; 250: 1.2 to 1.9 ms, docs/groups.md).
    */
   readonly chunkMembers: number;
 }
 
-export const DEFAULT_GROUP_FAN_OUT: GroupFanOutOptions = { chunkAbove: 256, chunkMembers: 250 };
+export const DEFAULT_GROUP_FAN_OUT: GroupFanOutOptions = { chunkAbove: 256, chunkMembers: 125 };
 
 /**
  * How long a fanned-out entry's state (the sender's position) is kept for the sender's node,
