@@ -3,7 +3,11 @@
 // optionally over a part of it only, and per message when given a message count.
 //
 //   node bench/src/profile-top.mjs FILE.cpuprofile [--top 25] [--from-ms 0] [--to-ms …]
-//                                  [--between FUNCTION] [--messages N]
+//                                  [--between FUNCTION] [--messages N] [--under REGEX]
+//
+// --under 'ioredis|redis-parser' also prints the samples whose stack has a frame from a file
+// matching REGEX (inclusive time: what that code and everything it called cost, e.g. the Redis
+// client's commands, its socket writes and its reply parsing).
 //
 // --between directMessage keeps the samples from the first to the last one whose own function
 // is directMessage: the message traffic, without the startup and the connects before it.
@@ -22,6 +26,7 @@ const { values, positionals } = parseArgs({
     "to-ms": { type: "string" },
     messages: { type: "string" },
     between: { type: "string" },
+    under: { type: "string" },
   },
 });
 const profile = JSON.parse(readFileSync(positionals[0], "utf8"));
@@ -45,9 +50,24 @@ if (values.between !== undefined) {
   console.log(`samples from ${(first / 1000).toFixed(0)} ms to ${(last / 1000).toFixed(0)} ms`);
 }
 
+const under = values.under === undefined ? undefined : new RegExp(values.under);
+const parents = new Map();
+for (const n of profile.nodes) for (const child of n.children ?? []) parents.set(child, n.id);
+const hasFrameUnder = new Map(); // node id → whether it or a caller matches `under`
+function isUnder(id) {
+  let known = hasFrameUnder.get(id);
+  if (known === undefined) {
+    const parent = parents.get(id);
+    known = under.test(nodes.get(id).callFrame.url) || (parent !== undefined && isUnder(parent));
+    hasFrameUnder.set(id, known);
+  }
+  return known;
+}
+
 const self = new Map();
 let at = 0;
 let total = 0;
+let underUs = 0;
 for (let i = 0; i < profile.samples.length; i++) {
   const delta = profile.timeDeltas[i] ?? 0;
   at += delta;
@@ -63,9 +83,16 @@ for (let i = 0; i < profile.samples.length; i++) {
   const us = profile.timeDeltas[i + 1] ?? delta;
   self.set(key, (self.get(key) ?? 0) + us);
   total += us;
+  if (under !== undefined && isUnder(profile.samples[i])) underUs += us;
 }
 const messages = values.messages === undefined ? undefined : Number(values.messages);
 console.log(`${(total / 1000).toFixed(0)} ms of non-idle samples`);
+if (under !== undefined) {
+  const per = messages === undefined ? "" : `, ${(underUs / messages).toFixed(2)} µs/msg`;
+  console.log(
+    `${(underUs / 1000).toFixed(1)} ms (${((underUs / total) * 100).toFixed(1)}%${per}) with a frame under /${values.under}/ on the stack`,
+  );
+}
 for (const [key, us] of [...self].sort((a, b) => b[1] - a[1]).slice(0, Number(values.top))) {
   const per = messages === undefined ? "" : ` ${(us / messages).toFixed(2).padStart(6)} µs/msg`;
   console.log(
