@@ -44,6 +44,8 @@ export interface Config {
   readonly upgradeTimeoutMs: number;
   /** Refuse upgrades (503) while the event loop runs this many ms late; 0: never. */
   readonly upgradeShedLagMs: number;
+  /** Upgrade work per turn of the event loop before the rest waits for the next (ms); 0: unpaced. */
+  readonly upgradeTurnBudgetMs: number;
   /** Connections the kernel may hold completed for this node before it accepts them (listen(2)). */
   readonly listenBacklog: number;
   /** How long messages are kept, and how many entries each inbox, queue and conversation index keeps. */
@@ -192,6 +194,10 @@ export const defaults = {
   // Off by default: a refused upgrade is a client's retry, which a client that does not retry
   // (or a test) takes for a failure. See http/upgrade-shedding.ts and the README.
   UPGRADE_SHED_LAG_MS: 0,
+  // A few upgrades' worth (each about a millisecond): a reconnect storm then delays the connected
+  // users' messages by about this much per turn instead of by the whole storm's backlog. See
+  // http/upgrade-pacing.ts.
+  UPGRADE_TURN_BUDGET_MS: 5,
   RETENTION_DAYS: 30,
   RETENTION_MAX_ENTRIES: 10_000,
   // Why one second: see DEFAULT_PRESENCE_COALESCE_MS in chat/service.ts.
@@ -348,6 +354,7 @@ export function loadConfig(env: Env = process.env): Config {
     upgradeTimeoutMs: integer(read, "UPGRADE_TIMEOUT_MS", 100, 600_000),
     listenBacklog: integer(read, "LISTEN_BACKLOG", 1, 65_535),
     upgradeShedLagMs: integer(read, "UPGRADE_SHED_LAG_MS", 0, 60_000),
+    upgradeTurnBudgetMs: integer(read, "UPGRADE_TURN_BUDGET_MS", 0, 60_000),
     retention: Object.freeze({
       messageTtlMs: integer(read, "RETENTION_DAYS", 1, 3650) * 86_400_000,
       maxEntries: integer(read, "RETENTION_MAX_ENTRIES", 10, 10_000_000),

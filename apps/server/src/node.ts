@@ -103,6 +103,7 @@ export async function createNode(options: NodeOptions): Promise<MrezhenNode> {
     isDraining: () => draining,
     upgradeTimeoutMs: config.upgradeTimeoutMs,
     upgradeShedLagMs: config.upgradeShedLagMs,
+    upgradeTurnBudgetMs: config.upgradeTurnBudgetMs,
     allowedOrigins: config.allowedOrigins,
     apiKeys: config.api?.keys,
   });

@@ -16,6 +16,7 @@ import { apiPlugin } from "./api.js";
 import type { ConnectionLimits, ConnectionOptions, Connections } from "./connections.js";
 import type { NodeMetrics, RefusalReason } from "./metrics.js";
 import { OriginPolicy } from "./origins.js";
+import { UpgradePacer } from "./upgrade-pacing.js";
 import { UpgradeShedding } from "./upgrade-shedding.js";
 
 declare module "fastify" {
@@ -44,6 +45,8 @@ export interface AppOptions {
   readonly upgradeTimeoutMs: number;
   /** UPGRADE_SHED_LAG_MS: refuse upgrades while the event loop is this late (0: never). */
   readonly upgradeShedLagMs?: number;
+  /** UPGRADE_TURN_BUDGET_MS: upgrade work per event-loop turn before the rest waits (0: unpaced). */
+  readonly upgradeTurnBudgetMs?: number;
   /** ALLOWED_ORIGINS; undefined allows any origin. */
   readonly allowedOrigins?: readonly string[] | undefined;
   /** API_KEY's keys: the server API is served under /api/v1 when set (see api.ts). */
@@ -62,6 +65,12 @@ const MAX_FRAGMENTS = 32;
 const NODE_FULL_RETRY_AFTER_S = 5;
 /** Retry-After (seconds) of a 503 for a node shedding upgrades: its lateness passes in moments. */
 const OVERLOADED_RETRY_AFTER_S = 1;
+/**
+ * Upgrades that may wait for a later turn of the event loop (UpgradePacer); past it, 503. A node
+ * works through about a thousand a second, so the last of them waits about as long as
+ * UPGRADE_TIMEOUT_MS allows a client to take over its request.
+ */
+const MAX_WAITING_UPGRADES = 10_000;
 
 const demoPage = loadDemoPage();
 const demoPageHeaders = pageSecurityHeaders(demoPage);
@@ -87,6 +96,7 @@ export async function buildApp(options: AppOptions) {
   const origins =
     options.allowedOrigins === undefined ? undefined : new OriginPolicy(options.allowedOrigins);
   const shedding = new UpgradeShedding(options.upgradeShedLagMs ?? 0);
+  const pacer = new UpgradePacer(options.upgradeTurnBudgetMs ?? 0, MAX_WAITING_UPGRADES);
   const app = Fastify({
     loggerInstance: log,
     // Per-request logs would double every upgrade and probe; connections are logged by the core.
@@ -174,9 +184,17 @@ export async function buildApp(options: AppOptions) {
       return refuse(reply, "draining", 503, "Draining: connect again.");
     }
     // First, before the token's check: a refusal must cost a busy node as little as possible.
-    if (shedding.overloaded) {
-      const text = "Service Unavailable: this node is busy; retry in a moment.";
-      return refuse(reply, "overloaded", 503, text, OVERLOADED_RETRY_AFTER_S);
+    const busy = "Service Unavailable: this node is busy; retry in a moment.";
+    if (shedding.overloaded)
+      return refuse(reply, "overloaded", 503, busy, OVERLOADED_RETRY_AFTER_S);
+    const turn = pacer.admit();
+    if (turn === "full") return refuse(reply, "overloaded", 503, busy, OVERLOADED_RETRY_AFTER_S);
+    if (turn !== "now") {
+      await turn;
+      // A later turn: the client may have gone meanwhile (then the handshake is skipped and no
+      // slot is taken), or the node may be closing.
+      if (request.raw.socket.destroyed) return;
+      if (isDraining()) return refuse(reply, "draining", 503, "Draining: connect again.");
     }
     const options = readConnectionOptions(request.query);
     if (typeof options === "string") {
@@ -314,7 +332,10 @@ export async function buildApp(options: AppOptions) {
     reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),
   );
 
-  app.addHook("onClose", async () => shedding.stop());
+  app.addHook("onClose", async () => {
+    shedding.stop();
+    pacer.stop();
+  });
 
   if (apiKeys !== undefined && apiKeys.length > 0)
     await app.register(apiPlugin, { chat, engine, keys: apiKeys, log });
