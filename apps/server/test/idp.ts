@@ -66,6 +66,8 @@ export class JwksServer {
   readonly requests: string[] = [];
   /** Answer 503 instead of the keys (a provider that is up but failing). */
   failing = false;
+  /** Answer this many ms late (a slow provider). */
+  delayMs = 0;
   private server: Server | undefined;
 
   private constructor(private port: number) {}
@@ -92,12 +94,16 @@ export class JwksServer {
   async listen(): Promise<void> {
     const server = createServer((req, res) => {
       this.requests.push(req.url ?? "");
-      if (this.failing) {
-        res.writeHead(503).end();
-        return;
-      }
-      res.writeHead(200, { "content-type": "application/jwk-set+json" });
-      res.end(JSON.stringify({ keys: this.keys }));
+      const answer = () => {
+        if (this.failing) {
+          res.writeHead(503).end();
+          return;
+        }
+        res.writeHead(200, { "content-type": "application/jwk-set+json" });
+        res.end(JSON.stringify({ keys: this.keys }));
+      };
+      if (this.delayMs > 0) setTimeout(answer, this.delayMs);
+      else answer();
     });
     await new Promise<void>((resolve) => server.listen(this.port, "127.0.0.1", resolve));
     this.port = (server.address() as AddressInfo).port;

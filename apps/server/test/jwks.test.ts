@@ -1,4 +1,5 @@
 import { createHmac, generateKeyPairSync } from "node:crypto";
+import { connect as connectTcp } from "node:net";
 import { eventually, freePort, mintToken, TestClient } from "@mrezhen/testkit";
 import { SignJWT } from "jose";
 import { describe, expect, it } from "vitest";
@@ -189,6 +190,35 @@ describe("tokens from an identity provider's JWKS (JWT_JWKS_URL)", () => {
     });
     jwks.failing = false;
     await eventually(async () => expect((await ready(url)).status).toBe(200), 5000, 50);
+  });
+
+  it("gives back the connection slot of a client that left while its token was being checked", async () => {
+    const jwks = await JwksServer.start();
+    const key = await signingKey("RS256");
+    jwks.keys = [key.jwk];
+    jwks.delayMs = 300;
+    const { url, wsUrl } = await startNode({
+      JWT_JWKS_URL: jwks.url,
+      JWT_ISSUER: ISSUER,
+      MAX_CONNECTIONS_PER_USER: "1",
+    });
+    const token = await issue(key, { sub: "alice", iss: ISSUER });
+    const socket = connectTcp(Number(new URL(url).port), "127.0.0.1");
+    await new Promise((resolve) => socket.once("connect", resolve));
+    socket.write(
+      `GET /ws?token=${token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+        "Sec-WebSocket-Version: 13\r\n\r\n",
+    );
+    // The node is fetching the keys: the client leaves before they come.
+    await eventually(() => expect(jwks.requests.length).toBe(1));
+    socket.destroy();
+    await new Promise((resolve) => setTimeout(resolve, jwks.delayMs + 200));
+    // Alice's one slot is free: her next connection gets in (it would get 429 if the slot
+    // taken for the socket that had gone were never given back). The upgrade's socket is paused
+    // while its token is checked, so it closes only once the node writes to it.
+    jwks.delayMs = 0;
+    await connectWith(wsUrl, token);
   });
 });
 

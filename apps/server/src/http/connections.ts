@@ -150,9 +150,6 @@ export class Connections {
     // `on`, not `once`: a socket closes once and releaseSlot is idempotent, while `once` keeps a
     // wrapper state object and a bound function (about 90 bytes) alive per idle connection.
     tcp.on("close", this.releaseSlot);
-    // Closed while the upgrade waited (its turn, a JWKS fetch): 'close' was emitted already and
-    // will not come again. releaseSlot is idempotent, so a 'close' still to come does no harm.
-    if (tcp.closed) this.releaseSlot.call(tcp);
     return "admitted";
   }
 
