@@ -67,8 +67,8 @@ const NODE_FULL_RETRY_AFTER_S = 5;
 const OVERLOADED_RETRY_AFTER_S = 1;
 /**
  * Upgrades that may wait for a later turn of the event loop (UpgradePacer); past it, 503. A node
- * works through about a thousand a second, so the last of them waits about as long as
- * UPGRADE_TIMEOUT_MS allows a client to take over its request.
+ * works through about a thousand a second: the last of 10,000 waits about 10 s, the default
+ * UPGRADE_TIMEOUT_MS.
  */
 const MAX_WAITING_UPGRADES = 10_000;
 
