@@ -223,7 +223,8 @@ export const defaults = {
   GROUP_RECEIPTS_MAX_MEMBERS: 20,
   // A larger group's entry is written into its members' inboxes in chunks (docs/groups.md,
   // "Large groups"): a script writing 1,000 inboxes took about 6 ms, and Redis serves nobody
-  // meanwhile; a chunk of 250 about 1.2 ms.
+  // meanwhile; a chunk of 125 about 0.7 ms (of 250, 1.2 to 1.9 ms: the longest scripts in the
+  // benchmark's 1,000-member group went from 11-14 ms to 6-10 ms with 125).
   GROUP_CHUNK_ABOVE: 256,
   GROUP_CHUNK_MEMBERS: 125,
   MAX_CONNECTIONS_PER_USER: 16,
