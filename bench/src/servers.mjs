@@ -8,13 +8,17 @@ import { fileURLToPath } from "node:url";
 
 const HOOK = fileURLToPath(new URL("./server-hook.mjs", import.meta.url));
 const HEALTHY_WITHIN_MS = 30_000;
-const STOP_WITHIN_MS = 5_000;
 /**
  * Extra Node flags for every server, for profiling a run: `BENCH_SERVER_FLAGS="--cpu-prof"` or
  * `"--trace-gc"` (Node refuses those in NODE_OPTIONS). Output lands in the kept log directory or
  * the working directory.
  */
 const NODE_FLAGS = (process.env.BENCH_SERVER_FLAGS ?? "").split(" ").filter(Boolean);
+/**
+ * How long a server may take to exit after SIGTERM before it is killed. A CPU profile is written
+ * at exit, which for a long run with many connections takes longer than a plain shutdown.
+ */
+const STOP_WITHIN_MS = NODE_FLAGS.some((flag) => flag.startsWith("--cpu-prof")) ? 60_000 : 5_000;
 
 /** A free loopback TCP port (asked of the kernel, then released for the server to take). */
 export function freePort() {
