@@ -6,8 +6,8 @@
  * its registration), a message a few tens of microseconds. When the clients of a dead node come
  * back, a node reads hundreds of upgrade requests in one turn of its event loop and, unpaced,
  * does all of them before it reads anything else: every message of its connected users waits
- * behind them (test/upgrade-pacing.test.ts: a message sent during a burst of 400 upgrades was
- * answered after about 200 of them unpaced, after 3 or 4 paced).
+ * behind them (test/upgrade-pacing.test.ts: a message that reached the node with 400 upgrade
+ * requests was answered after all 400 unpaced, after 3 to 5 paced).
  *
  * Paced, the upgrades handled in one turn of the event loop stop once they have taken
  * `budgetMs`; the rest wait, in arrival order, and go on in the next turns, a budget's worth per
