@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from "node:timers/promises";
 import { describe, expect, it } from "vitest";
 import { UpgradePacer } from "../../src/http/upgrade-pacing.js";
 
@@ -63,8 +62,10 @@ describe("UpgradePacer", () => {
     const pacer = new UpgradePacer(2, 1000);
     expect(pacer.admit()).toBe("now");
     work(3);
-    expect(pacer.admit()).toBeInstanceOf(Promise);
-    await sleep(5);
+    const turn = pacer.admit();
+    expect(turn).toBeInstanceOf(Promise);
+    await turn;
+    await new Promise((resolve) => setImmediate(resolve)); // after the end of that turn
     expect(pacer.waitingCount).toBe(0);
     expect(pacer.admit()).toBe("now");
   });
