@@ -2,7 +2,7 @@ import { connect as tcpConnect } from "node:net";
 import { mintToken, TestClient, UpgradeRefused } from "@mrezhen/testkit";
 import { SignJWT } from "jose";
 import { describe, expect, it } from "vitest";
-import { startNode } from "./helpers.js";
+import { startNode, upgradeRequest } from "./helpers.js";
 
 const base64url = (value: object) => Buffer.from(JSON.stringify(value)).toString("base64url");
 const now = () => Math.floor(Date.now() / 1000);
@@ -63,10 +63,7 @@ describe("authentication during the upgrade", () => {
     const { url } = await startNode();
     const { port } = new URL(url);
     const socket = tcpConnect(Number(port), "127.0.0.1");
-    socket.write(
-      "GET /ws?token=forged HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    );
+    socket.write(upgradeRequest("forged"));
     let response = "";
     socket.on("data", (chunk) => {
       response += chunk.toString();

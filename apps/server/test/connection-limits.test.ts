@@ -10,7 +10,7 @@ import {
   UpgradeRefused,
 } from "@mrezhen/testkit";
 import { describe, expect, it } from "vitest";
-import { startNode, type TestNode } from "./helpers.js";
+import { startNode, type TestNode, upgradeRequest } from "./helpers.js";
 
 /** What the node answered an upgrade it refused: status, Retry-After and the plain-text body. */
 interface Refusal {
@@ -313,11 +313,7 @@ describe("shedding upgrades while the node runs behind (UPGRADE_SHED_LAG_MS)", (
     while (performance.now() < until) {
       // A node busy with other work: its timers and sockets wait.
     }
-    socket.write(
-      `GET /ws?token=${token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
-        "Sec-WebSocket-Version: 13\r\n\r\n",
-    );
+    socket.write(upgradeRequest(token));
     try {
       return await head;
     } finally {

@@ -92,6 +92,18 @@ export async function spawnNode(env: Record<string, string>): Promise<NodeProces
   return { url, wsUrl: `ws://127.0.0.1:${port}/ws`, child, exited };
 }
 
+/**
+ * A WebSocket upgrade request for /ws with `token` in the query (already URL-safe), as raw
+ * HTTP/1.1 for a test that writes it on a TCP socket of its own.
+ */
+export function upgradeRequest(token: string): string {
+  return (
+    `GET /ws?token=${token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
+    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+    "Sec-WebSocket-Version: 13\r\n\r\n"
+  );
+}
+
 /** Connects `userId` to any node URL and waits until the connection is online. */
 export async function connectTo(wsUrl: string, userId: string): Promise<TestClient> {
   const client = await TestClient.connect(`${wsUrl}?token=${await mintToken({ sub: userId })}`);

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { connect as tcpConnect } from "node:net";
 import { mintToken, redisForTests } from "@mrezhen/testkit";
 import { afterAll, describe, expect, it } from "vitest";
-import { startNode, type TestNode } from "./helpers.js";
+import { startNode, type TestNode, upgradeRequest } from "./helpers.js";
 
 /*
  * Ids that are not well-formed Unicode. A lone surrogate cannot be written as UTF-8: on its way
@@ -44,10 +44,7 @@ function upgradeAnswer(httpUrl: string, token: string): Promise<string> {
     });
     socket.on("error", reject);
     socket.on("close", () => resolve(answer));
-    socket.write(
-      `GET /ws?token=${encodeURIComponent(token)} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n` +
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    );
+    socket.write(upgradeRequest(encodeURIComponent(token)));
   });
 }
 

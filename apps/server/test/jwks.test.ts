@@ -3,7 +3,7 @@ import { connect as connectTcp } from "node:net";
 import { eventually, freePort, mintToken, TestClient } from "@mrezhen/testkit";
 import { SignJWT } from "jose";
 import { describe, expect, it } from "vitest";
-import { startNode } from "./helpers.js";
+import { startNode, upgradeRequest } from "./helpers.js";
 import { issue, JwksServer, signingKey, upgrade } from "./idp.js";
 
 // A Keycloak-like provider: its issuer, and the audience the node is configured for.
@@ -205,11 +205,7 @@ describe("tokens from an identity provider's JWKS (JWT_JWKS_URL)", () => {
     const token = await issue(key, { sub: "alice", iss: ISSUER });
     const socket = connectTcp(Number(new URL(url).port), "127.0.0.1");
     await new Promise((resolve) => socket.once("connect", resolve));
-    socket.write(
-      `GET /ws?token=${token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
-        "Sec-WebSocket-Version: 13\r\n\r\n",
-    );
+    socket.write(upgradeRequest(token));
     // The node is fetching the keys: the client leaves before they come.
     await eventually(() => expect(jwks.requests.length).toBe(1));
     socket.destroy();

@@ -7,7 +7,7 @@
 import { connect as connectTcp, type Socket } from "node:net";
 import { eventually, mintToken } from "@mrezhen/testkit";
 import { describe, expect, it } from "vitest";
-import { connectTo, spawnNode } from "./helpers.js";
+import { connectTo, spawnNode, upgradeRequest } from "./helpers.js";
 
 const BURST = 400;
 
@@ -50,11 +50,7 @@ async function upgradedWhenAcked(env: Record<string, string>): Promise<number> {
         if (head.startsWith("HTTP/1.1 101 ")) upgraded++;
         else refused.push(head.slice(0, head.indexOf("\r\n")));
       });
-      socket.write(
-        `GET /ws?token=${tokens[i]} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
-          "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
-          "Sec-WebSocket-Version: 13\r\n\r\n",
-      );
+      socket.write(upgradeRequest(tokens[i] as string));
     }
     alice.send({ type: "direct_message", to: "bob", content: "through the storm" });
     await new Promise((resolve) => setTimeout(resolve, 200)); // all of it in the node's sockets
