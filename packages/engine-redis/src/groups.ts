@@ -919,15 +919,6 @@ export class RedisGroupStore implements GroupStore {
   }
 
   /**
-   * Standalone Redis, a chunked entry whose sender's inbox does not have it yet (the numbering
-   * script's chunk went to earlier entries of the queue, or a retry found the record pending):
-   * runs GROUP_FAN_OUT until it does, and answers the sender's position and whether another
-   * recipient written so far was online. Each call writes at most chunkMembers members, of the
-   * entries before `seq` (those of a concurrent sender, or left by a node that died) or of
-   * `seq`, its sender first: the queue ahead is finite, so this ends. The rest of `seq` is left
-   * to drive (the caller starts it).
-   */
-  /**
    * One GROUP_FAN_OUT call for the queue's entry of seq `target` ("": its last at the call):
    * [done, the sender's position, any online, the seq waited for].
    */
@@ -939,6 +930,15 @@ export class RedisGroupStore implements GroupStore {
     return integers<[number, number, number, number]>(reply, 4, "group fan-out");
   }
 
+  /**
+   * Standalone Redis, a chunked entry whose sender's inbox does not have it yet (the numbering
+   * script's chunk went to earlier entries of the queue, or a retry found the record pending):
+   * runs GROUP_FAN_OUT until it does, and answers the sender's position and whether another
+   * recipient written so far was online. Each call writes at most chunkMembers members, of the
+   * entries before `seq` (those of a concurrent sender, or left by a node that died) or of
+   * `seq`, its sender first: the queue ahead is finite, so this ends. The rest of `seq` is left
+   * to drive (the caller starts it).
+   */
   private async senderCopy(
     groupId: string,
     seq: number,

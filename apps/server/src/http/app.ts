@@ -191,8 +191,9 @@ export async function buildApp(options: AppOptions) {
     if (turn === "full") return refuse(reply, "overloaded", 503, busy, OVERLOADED_RETRY_AFTER_S);
     if (turn !== "now") {
       await turn;
-      // A later turn: the client may have gone meanwhile (then the handshake is skipped and no
-      // slot is taken), or the node may be closing.
+      // A later turn: the node may be closing, or the socket known to be gone (an error while
+      // it waited: no slot is taken for it). A client that left quietly is not known yet (the
+      // upgrade's socket is not read meanwhile): the 101's write finds out, as without pacing.
       if (request.raw.socket.destroyed) return;
       if (isDraining()) return refuse(reply, "draining", 503, "Draining: connect again.");
     }
